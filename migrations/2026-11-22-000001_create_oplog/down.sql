@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS oplog_metadata;
+DROP TABLE IF EXISTS oplog_entry;
+DROP TABLE IF EXISTS oplog_ticket;
+DROP FUNCTION IF EXISTS oplog_reject_update();

@@ -1,0 +1,334 @@
+//! The type catalog: which message types may appear in the log, and where
+//! each one lives in the database.
+//!
+//! A catalog holds a descriptor pool (protobuf descriptors, compiled in or
+//! loaded from a descriptor-set file) and a registry of type names. Writing an
+//! entry requires every message type in it to be registered, so that anything
+//! written can later be decoded, listed and replayed without the writer's
+//! code. A type's table and primary key come from the `(oplog.v1.table)`
+//! message option, or from [`TypeCatalog::register_table`].
+//!
+//! Architecture invariant: the catalog knows nothing about the database; it
+//! only validates the names it will later hand to SQL generators.
+
+use std::collections::BTreeMap;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+
+use crate::error::{Error, Result};
+
+/// The descriptor set of the protobuf types compiled into this crate:
+/// `oplog.v1` (operations and options), `demo.v1` and the well-known types
+/// they use.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+/// Longest identifier PostgreSQL keeps without truncation.
+const MAX_IDENTIFIER: usize = 63;
+
+/// Where a message type's rows live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Table name, optionally schema-qualified (`schema.table`).
+    pub table: String,
+    /// Primary key columns, in order.
+    pub primary_key: Vec<String>,
+}
+
+impl TableInfo {
+    /// A table with the given name and primary key columns.
+    pub fn new(table: impl Into<String>, primary_key: &[&str]) -> Self {
+        TableInfo {
+            table: table.into(),
+            primary_key: primary_key.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn validate(&self, type_name: &str) -> Result<()> {
+        let parts: Vec<&str> = self.table.split('.').collect();
+        if parts.len() > 2 {
+            return Err(Error::Catalog(format!(
+                "type {type_name:?}: table {:?} has more than one schema qualifier",
+                self.table
+            )));
+        }
+        for part in parts {
+            validate_identifier(part)
+                .map_err(|e| Error::Catalog(format!("type {type_name:?}: table: {e}")))?;
+        }
+        if self.primary_key.is_empty() {
+            return Err(Error::Catalog(format!("type {type_name:?}: table {:?} has no primary key", self.table)));
+        }
+        for column in &self.primary_key {
+            validate_identifier(column)
+                .map_err(|e| Error::Catalog(format!("type {type_name:?}: primary key: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `name` is a plain SQL identifier: a letter or underscore, then
+/// letters, digits or underscores, at most 63 bytes. Generated SQL quotes
+/// identifiers as well; this check keeps hostile or surprising names out of
+/// the catalog in the first place.
+pub fn validate_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "{name:?} is not a valid identifier (letters, digits and underscores, not starting with a digit)"
+        ));
+    }
+    if name.len() > MAX_IDENTIFIER {
+        return Err(format!("{name:?} is longer than {MAX_IDENTIFIER} bytes"));
+    }
+    Ok(())
+}
+
+/// A registered message type.
+#[derive(Debug, Clone)]
+pub struct TypeInfo {
+    descriptor: MessageDescriptor,
+    table: Option<TableInfo>,
+}
+
+impl TypeInfo {
+    /// The message's protobuf descriptor.
+    pub fn descriptor(&self) -> &MessageDescriptor {
+        &self.descriptor
+    }
+
+    /// Where the type's rows live, when known.
+    pub fn table(&self) -> Option<&TableInfo> {
+        self.table.as_ref()
+    }
+}
+
+/// Type name -> message type, with table and primary key for replay.
+#[derive(Debug, Clone)]
+pub struct TypeCatalog {
+    pool: DescriptorPool,
+    types: BTreeMap<String, TypeInfo>,
+}
+
+impl Default for TypeCatalog {
+    fn default() -> Self {
+        TypeCatalog::new()
+    }
+}
+
+impl TypeCatalog {
+    /// A catalog with this crate's own descriptors loaded and no type registered.
+    pub fn new() -> Self {
+        let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set compiled into the crate is valid");
+        TypeCatalog {
+            pool,
+            types: BTreeMap::new(),
+        }
+    }
+
+    /// A catalog with the `demo.v1` types registered, as used by the demo,
+    /// the examples and the tests.
+    pub fn demo() -> Self {
+        let mut catalog = TypeCatalog::new();
+        for name in ["demo.v1.Account", "demo.v1.User"] {
+            catalog.register(name).expect("demo types are valid");
+        }
+        catalog
+    }
+
+    /// Adds the descriptors of an encoded `FileDescriptorSet` (as written by
+    /// prost-build's `file_descriptor_set_path` or `protoc
+    /// --descriptor_set_out`), so their types can be registered.
+    pub fn add_file_descriptor_set(&mut self, bytes: &[u8]) -> Result<()> {
+        self.pool
+            .decode_file_descriptor_set(bytes)
+            .map_err(|e| Error::Catalog(format!("invalid descriptor set: {e}")))
+    }
+
+    /// The descriptor pool behind the catalog.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// Registers a message type by its fully qualified name. Its table comes
+    /// from the `(oplog.v1.table)` option when the message has one.
+    pub fn register(&mut self, type_name: &str) -> Result<&TypeInfo> {
+        let descriptor = self.descriptor(type_name)?;
+        let table = self.table_option(&descriptor);
+        self.insert(type_name, descriptor, table)
+    }
+
+    /// Registers `M` (a prost message with type names enabled).
+    pub fn register_message<M: prost::Name>(&mut self) -> Result<&TypeInfo> {
+        self.register(&M::full_name())
+    }
+
+    /// Registers a message type with an explicit table and primary key,
+    /// which take precedence over the message's options.
+    pub fn register_table(&mut self, type_name: &str, table: TableInfo) -> Result<&TypeInfo> {
+        let descriptor = self.descriptor(type_name)?;
+        self.insert(type_name, descriptor, Some(table))
+    }
+
+    /// The registered type named `type_name`.
+    pub fn get(&self, type_name: &str) -> Option<&TypeInfo> {
+        self.types.get(type_name)
+    }
+
+    /// True when `type_name` is registered.
+    pub fn contains(&self, type_name: &str) -> bool {
+        self.types.contains_key(type_name)
+    }
+
+    /// Registered type names, sorted.
+    pub fn type_names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// Decodes `value` as the registered type `type_name`.
+    pub fn decode_dynamic(&self, type_name: &str, value: &[u8]) -> Result<DynamicMessage> {
+        let info = self.get(type_name).ok_or_else(|| Error::UnknownType {
+            type_name: type_name.to_string(),
+        })?;
+        DynamicMessage::decode(info.descriptor.clone(), value).map_err(|e| Error::BadMessage {
+            type_name: type_name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn descriptor(&self, type_name: &str) -> Result<MessageDescriptor> {
+        if type_name.is_empty() {
+            return Err(Error::Catalog("empty type name".into()));
+        }
+        self.pool.get_message_by_name(type_name).ok_or_else(|| {
+            Error::Catalog(format!(
+                "no descriptor for {type_name:?}: add its descriptor set to the catalog first"
+            ))
+        })
+    }
+
+    fn table_option(&self, descriptor: &MessageDescriptor) -> Option<TableInfo> {
+        let ext = self.pool.get_extension_by_name("oplog.v1.table")?;
+        let options = descriptor.options();
+        if !options.has_extension(&ext) {
+            return None;
+        }
+        let value = options.get_extension(&ext);
+        let table = value.as_message()?;
+        let name = table.get_field_by_name("name")?.as_str()?.to_string();
+        let primary_key = table
+            .get_field_by_name("primary_key")?
+            .as_list()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        Some(TableInfo {
+            table: name,
+            primary_key,
+        })
+    }
+
+    fn insert(
+        &mut self,
+        type_name: &str,
+        descriptor: MessageDescriptor,
+        table: Option<TableInfo>,
+    ) -> Result<&TypeInfo> {
+        if self.types.contains_key(type_name) {
+            return Err(Error::Catalog(format!(
+                "type {type_name:?} is already registered; register each type once"
+            )));
+        }
+        if let Some(table) = &table {
+            table.validate(type_name)?;
+            for column in &table.primary_key {
+                if descriptor.get_field_by_name(column).is_none() {
+                    return Err(Error::Catalog(format!(
+                        "type {type_name:?}: primary key column {column:?} is not a field of the message"
+                    )));
+                }
+            }
+            if let Some((other, _)) = self
+                .types
+                .iter()
+                .find(|(_, t)| t.table.as_ref().is_some_and(|t| t.table == table.table))
+            {
+                return Err(Error::Catalog(format!(
+                    "type {type_name:?}: table {:?} is already the table of {other:?}",
+                    table.table
+                )));
+            }
+        }
+        Ok(self
+            .types
+            .entry(type_name.to_string())
+            .or_insert(TypeInfo { descriptor, table }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_types_carry_their_table_options() {
+        let catalog = TypeCatalog::demo();
+        let user = catalog.get("demo.v1.User").unwrap();
+        assert_eq!(user.table(), Some(&TableInfo::new("demo_user", &["id"])));
+        assert_eq!(catalog.type_names().collect::<Vec<_>>(), ["demo.v1.Account", "demo.v1.User"]);
+    }
+
+    #[test]
+    fn duplicate_registration_is_an_error() {
+        let mut catalog = TypeCatalog::demo();
+        let err = catalog.register("demo.v1.User").unwrap_err();
+        assert!(err.to_string().contains("already registered"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_empty_type_names_are_errors() {
+        let mut catalog = TypeCatalog::new();
+        assert!(catalog.register("nope.v1.Missing").unwrap_err().to_string().contains("no descriptor"));
+        assert!(catalog.register("").unwrap_err().to_string().contains("empty type name"));
+    }
+
+    #[test]
+    fn hostile_table_and_column_names_are_rejected() {
+        for (table, pk) in [
+            ("users\"; DROP TABLE x; --", "id"),
+            ("user table", "id"),
+            ("a.b.c", "id"),
+            ("users", "id\""),
+            ("users", ""),
+            ("1users", "id"),
+        ] {
+            let mut catalog = TypeCatalog::new();
+            let err = catalog
+                .register_table("demo.v1.User", TableInfo::new(table, &[pk]))
+                .unwrap_err();
+            assert!(matches!(err, Error::Catalog(_)), "{table:?}/{pk:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn primary_key_must_be_a_field_and_tables_unique() {
+        let mut catalog = TypeCatalog::new();
+        let err = catalog
+            .register_table("demo.v1.User", TableInfo::new("users", &["nope"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("not a field"), "{err}");
+        catalog.register_table("demo.v1.User", TableInfo::new("app.users", &["id"])).unwrap();
+        let err = catalog
+            .register_table("demo.v1.Account", TableInfo::new("app.users", &["id"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("already the table of"), "{err}");
+    }
+
+    #[test]
+    fn descriptor_sets_can_be_added() {
+        let mut catalog = TypeCatalog::new();
+        catalog.add_file_descriptor_set(FILE_DESCRIPTOR_SET).unwrap();
+        assert!(catalog.add_file_descriptor_set(b"\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! Encryption: the [`Wrapper`] seam, AES-256-GCM keys and the [`Keyring`].
+//!
+//! A wrapper turns plaintext plus associated data into a self-describing
+//! ciphertext blob and back. The blob produced by [`Keyring`] is
+//!
+//! ```text
+//! version (1 byte = 1) | key id length (1 byte) | key id | nonce (12 bytes) | ciphertext + tag (16 bytes)
+//! ```
+//!
+//! so decryption finds its key by the id in the blob. Nonces are random (96
+//! bits); keep a key for fewer than 2^32 entries and rotate (`oplog keys
+//! rotate`) well before that.
+//!
+//! Architecture invariant: key material never reaches `Debug` output, logs or
+//! error messages, and a failed decryption says nothing about the plaintext.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key};
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+const BLOB_VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const KEY_LEN: usize = 32;
+const MAX_KEY_ID: usize = 64;
+
+/// Why a wrapper could not decrypt. This is the failure contract of
+/// [`Wrapper::decrypt`]; the caller attaches the entry it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CryptoError {
+    /// The ciphertext, associated data or key do not match: tampering, a
+    /// moved ciphertext, edited metadata or the wrong key.
+    Authentication,
+    /// The blob is not structurally valid.
+    Malformed(&'static str),
+    /// The blob names a key the wrapper does not hold.
+    UnknownKey(String),
+}
+
+/// Encrypts and decrypts entry payloads.
+///
+/// Contract: `decrypt(encrypt(p, ad), ad) == p`; any change to the blob or to
+/// the associated data makes `decrypt` fail with
+/// [`CryptoError::Authentication`] (or `Malformed` for a structurally broken
+/// blob); a blob written under a key the wrapper does not hold fails with
+/// [`CryptoError::UnknownKey`]. Implementations must never put key material
+/// or plaintext in errors or `Debug` output. [`Keyring`] is the standard
+/// implementation.
+pub trait Wrapper: Send + Sync {
+    /// Id of the key new entries are encrypted with; stored in each entry.
+    fn key_id(&self) -> &str;
+    /// Encrypts `plaintext`, authenticating `aad` with it.
+    fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>>;
+    /// Decrypts a blob produced by `encrypt`, checking `aad`.
+    fn decrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// Id of the key a blob was written with, if the blob is well formed.
+    fn blob_key_id<'a>(&self, blob: &'a [u8]) -> Result<&'a str, CryptoError> {
+        parse_blob(blob).map(|b| b.key_id)
+    }
+}
+
+struct Blob<'a> {
+    key_id: &'a str,
+    nonce: &'a [u8],
+    sealed: &'a [u8],
+}
+
+fn parse_blob(blob: &[u8]) -> Result<Blob<'_>, CryptoError> {
+    let (&version, rest) = blob.split_first().ok_or(CryptoError::Malformed("empty ciphertext"))?;
+    if version != BLOB_VERSION {
+        return Err(CryptoError::Malformed("unknown ciphertext version"));
+    }
+    let (&id_len, rest) = rest.split_first().ok_or(CryptoError::Malformed("ciphertext too short"))?;
+    let id_len = usize::from(id_len);
+    if rest.len() < id_len + NONCE_LEN + TAG_LEN {
+        return Err(CryptoError::Malformed("ciphertext too short"));
+    }
+    let (id, rest) = rest.split_at(id_len);
+    let key_id = std::str::from_utf8(id).map_err(|_| CryptoError::Malformed("key id is not UTF-8"))?;
+    let (nonce, sealed) = rest.split_at(NONCE_LEN);
+    Ok(Blob { key_id, nonce, sealed })
+}
+
+/// One AES-256-GCM key with its id.
+struct DataKey {
+    id: String,
+    created_at: String,
+    material: Zeroizing<[u8; KEY_LEN]>,
+    cipher: Aes256Gcm,
+}
+
+impl DataKey {
+    fn new(id: String, created_at: String, material: Zeroizing<[u8; KEY_LEN]>) -> Result<Self> {
+        check_key_id(&id)?;
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(material.as_slice()));
+        Ok(DataKey { id, created_at, material, cipher })
+    }
+
+    fn generate() -> Self {
+        let mut material = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(material.as_mut_slice());
+        let id = format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        DataKey::new(id, created_at, material).expect("a generated key id is valid")
+    }
+}
+
+fn check_key_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_KEY_ID || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(Error::Keyring(format!(
+            "key id {id:?} is invalid: use 1 to {MAX_KEY_ID} letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+/// Several AES-256-GCM keys, one of them active.
+///
+/// New entries are encrypted with the active key; any key in the ring
+/// decrypts the entries written with it. `Debug` shows key ids only.
+///
+/// ```
+/// use oplog::{Keyring, Wrapper};
+///
+/// let mut ring = Keyring::generate();
+/// let blob = ring.encrypt(b"payload", b"context").unwrap();
+/// let old = ring.key_id().to_string();
+/// ring.rotate();
+/// assert_ne!(ring.key_id(), old);
+/// assert_eq!(ring.decrypt(&blob, b"context").unwrap(), b"payload");
+/// assert!(ring.decrypt(&blob, b"other context").is_err());
+/// ```
+pub struct Keyring {
+    keys: Vec<DataKey>,
+    active: usize,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("active", &self.keys[self.active].id)
+            .field("keys", &self.key_ids().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    version: u32,
+    active: String,
+    keys: Vec<KeyFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    id: String,
+    #[serde(default)]
+    created_at: String,
+    key: Zeroizing<String>,
+}
+
+impl Keyring {
+    /// A keyring with one freshly generated active key.
+    pub fn generate() -> Self {
+        Keyring { keys: vec![DataKey::generate()], active: 0 }
+    }
+
+    /// A keyring holding one key with the given id and 32 bytes of material.
+    pub fn from_key(id: &str, material: [u8; KEY_LEN]) -> Result<Self> {
+        let key = DataKey::new(id.to_string(), String::new(), Zeroizing::new(material))?;
+        Ok(Keyring { keys: vec![key], active: 0 })
+    }
+
+    /// Adds a freshly generated key and makes it active; returns its id.
+    /// Older keys stay in the ring to decrypt older entries.
+    pub fn rotate(&mut self) -> &str {
+        self.keys.push(DataKey::generate());
+        self.active = self.keys.len() - 1;
+        &self.keys[self.active].id
+    }
+
+    /// Ids of all keys, oldest first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    /// Parses a keyring file's JSON text.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let file: KeyringFile = serde_json::from_str(text)
+            .map_err(|e| Error::Keyring(format!("not a keyring file: {e}")))?;
+        if file.version != 1 {
+            return Err(Error::Keyring(format!("unsupported keyring version {}; this build reads version 1", file.version)));
+        }
+        let mut keys: Vec<DataKey> = Vec::with_capacity(file.keys.len());
+        for k in file.keys {
+            let bytes = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(k.key.as_bytes())
+                    .map_err(|_| Error::Keyring(format!("key {:?} is not valid base64", k.id)))?,
+            );
+            let material: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+                Error::Keyring(format!("key {:?} must be {KEY_LEN} bytes, found {}", k.id, bytes.len()))
+            })?;
+            if keys.iter().any(|existing| existing.id == k.id) {
+                return Err(Error::Keyring(format!("key {:?} appears twice", k.id)));
+            }
+            keys.push(DataKey::new(k.id, k.created_at, Zeroizing::new(material))?);
+        }
+        let active = keys
+            .iter()
+            .position(|k| k.id == file.active)
+            .ok_or_else(|| Error::Keyring(format!("active key {:?} is not among the keys", file.active)))?;
+        Ok(Keyring { keys, active })
+    }
+
+    /// The keyring as keyring-file JSON. The text holds key material: write
+    /// it only to a file readable by its owner alone.
+    pub fn to_json(&self) -> Zeroizing<String> {
+        let file = KeyringFile {
+            version: 1,
+            active: self.keys[self.active].id.clone(),
+            keys: self
+                .keys
+                .iter()
+                .map(|k| KeyFile {
+                    id: k.id.clone(),
+                    created_at: k.created_at.clone(),
+                    key: Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(k.material.as_slice())),
+                })
+                .collect(),
+        };
+        let mut text = serde_json::to_string_pretty(&file).expect("a keyring serialises");
+        text.push('\n');
+        Zeroizing::new(text)
+    }
+
+    /// Reads a keyring file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self> {
+        let io = |source| Error::Io { context: format!("cannot read key file {}", path.display()), source };
+        let meta = fs::metadata(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::Keyring(format!(
+                    "key file {} has mode {mode:o}, readable by group or others; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        Keyring::from_json(&text).map_err(|e| match e {
+            Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Writes the keyring to `path` with mode 0600, replacing the file
+    /// atomically (write to a temporary file beside it, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |source| Error::Io { context: format!("cannot write key file {}", path.display()), source };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let result = (|| {
+            let mut file = options.open(&tmp)?;
+            file.write_all(self.to_json().as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io)
+    }
+
+    fn key(&self, id: &str) -> Option<&DataKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+}
+
+impl Wrapper for Keyring {
+    fn key_id(&self) -> &str {
+        &self.keys[self.active].id
+    }
+
+    fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        let key = &self.keys[self.active];
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let sealed = key
+            .cipher
+            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .map_err(|_| Error::Keyring("encryption failed: payload too large for AES-GCM".into()))?;
+        let id_len = u8::try_from(key.id.len()).expect("key ids are at most 64 bytes");
+        let mut blob = Vec::with_capacity(2 + key.id.len() + NONCE_LEN + sealed.len());
+        blob.push(BLOB_VERSION);
+        blob.push(id_len);
+        blob.extend_from_slice(key.id.as_bytes());
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&sealed);
+        Ok(blob)
+    }
+
+    fn decrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let parsed = parse_blob(blob)?;
+        let key = self
+            .key(parsed.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(parsed.key_id.to_string()))?;
+        key.cipher
+            .decrypt(
+                aes_gcm::Nonce::from_slice(parsed.nonce),
+                Payload { msg: parsed.sealed, aad },
+            )
+            .map_err(|_| CryptoError::Authentication)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn debug_shows_ids_but_never_key_material() {
+        let ring = Keyring::from_key("test-key", [0xAB; KEY_LEN]).unwrap();
+        let debug = format!("{ring:?}");
+        assert!(debug.contains("test-key"));
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0xAB; KEY_LEN]);
+        assert!(!debug.contains(&b64[..8]) && !debug.to_lowercase().contains("abab"), "{debug}");
+    }
+
+    #[test]
+    fn unknown_key_id_is_reported() {
+        let a = Keyring::generate();
+        let b = Keyring::generate();
+        let blob = a.encrypt(b"x", b"").unwrap();
+        assert_eq!(b.decrypt(&blob, b""), Err(CryptoError::UnknownKey(a.key_id().to_string())));
+    }
+
+    #[test]
+    fn tampering_fails_authentication() {
+        let ring = Keyring::generate();
+        let mut blob = ring.encrypt(b"secret", b"ad").unwrap();
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        assert_eq!(ring.decrypt(&blob, b"ad"), Err(CryptoError::Authentication));
+    }
+
+    #[test]
+    fn short_and_foreign_blobs_are_malformed() {
+        let ring = Keyring::generate();
+        assert!(matches!(ring.decrypt(&[], b""), Err(CryptoError::Malformed(_))));
+        assert!(matches!(ring.decrypt(&[9, 0, 0], b""), Err(CryptoError::Malformed(_))));
+        assert!(matches!(ring.decrypt(&[1, 200, 0], b""), Err(CryptoError::Malformed(_))));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_keys_and_active() {
+        let mut ring = Keyring::generate();
+        let blob = ring.encrypt(b"old", b"").unwrap();
+        ring.rotate();
+        let again = Keyring::from_json(&ring.to_json()).unwrap();
+        assert_eq!(again.key_id(), ring.key_id());
+        assert_eq!(again.key_ids().count(), 2);
+        assert_eq!(again.decrypt(&blob, b"").unwrap(), b"old");
+    }
+
+    #[test]
+    fn bad_keyring_files_are_clear_errors() {
+        for (text, expect) in [
+            ("{", "not a keyring file"),
+            (r#"{"version":2,"active":"a","keys":[]}"#, "unsupported keyring version"),
+            (r#"{"version":1,"active":"a","keys":[]}"#, "active key \"a\" is not among"),
+            (r#"{"version":1,"active":"a","keys":[{"id":"a","key":"AAAA"}]}"#, "must be 32 bytes"),
+            (r#"{"version":1,"active":"a","keys":[{"id":"a","key":"!!"}]}"#, "not valid base64"),
+            (r#"{"version":1,"active":"a b","keys":[{"id":"a b","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]}"#, "is invalid"),
+        ] {
+            let err = Keyring::from_json(text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_writes_0600_and_load_refuses_open_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("oplog-keys-{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let ring = Keyring::generate();
+        ring.save(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(Keyring::load(&path).unwrap().key_id(), ring.key_id());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Keyring::load(&path).unwrap_err().to_string();
+        assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(plain in prop::collection::vec(any::<u8>(), 0..512), aad in prop::collection::vec(any::<u8>(), 0..64)) {
+            let ring = Keyring::generate();
+            let blob = ring.encrypt(&plain, &aad).unwrap();
+            prop_assert_eq!(ring.decrypt(&blob, &aad).unwrap(), plain);
+        }
+
+        #[test]
+        fn any_flipped_bit_fails(plain in prop::collection::vec(any::<u8>(), 1..64), bit in any::<prop::sample::Index>()) {
+            let ring = Keyring::generate();
+            let mut blob = ring.encrypt(&plain, b"ad").unwrap();
+            let i = bit.index(blob.len() * 8);
+            blob[i / 8] ^= 1 << (i % 8);
+            prop_assert!(ring.decrypt(&blob, b"ad").is_err());
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The crate's one error type.
+//!
+//! Every fallible function returns [`Result`]. Messages are lowercase, name the
+//! entry, frame, key or table concerned, and say what to do next. Conditions a
+//! caller may retry are recognised with [`Error::is_retryable`], never by
+//! matching on message text.
+
+use std::fmt;
+
+/// `Result` with this crate's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Identifies the entry an error concerns, by database id when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRef {
+    /// Database id of the entry, when it was read from the database.
+    pub id: Option<i64>,
+    /// Aggregate the entry belongs to.
+    pub aggregate: String,
+    /// Sequence number of the entry within its aggregate.
+    pub seq: i64,
+}
+
+impl fmt::Display for EntryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "entry {id} (aggregate {:?}, seq {})", self.aggregate, self.seq),
+            None => write!(f, "entry (aggregate {:?}, seq {})", self.aggregate, self.seq),
+        }
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation was rejected before encoding; the message says which and why.
+    #[error("invalid operation #{index} ({type_name:?}): {reason}")]
+    InvalidOperation {
+        /// Position of the operation in its queue, from 0.
+        index: usize,
+        /// Type name of the offending operation.
+        type_name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A queue could not be decoded; `frame` says which frame, from 0.
+    #[error("corrupt queue at frame {frame} (byte offset {offset}): {reason}")]
+    CorruptQueue {
+        /// Frame index, from 0.
+        frame: usize,
+        /// Byte offset of the frame's length prefix.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A queue or entry exceeds a configured decoding limit.
+    #[error("{what} is {actual}, over the limit of {limit}; raise the limit in Limits if this input is trusted")]
+    LimitExceeded {
+        /// What was measured.
+        what: &'static str,
+        /// The measured size or count.
+        actual: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A type name is not in the type catalog.
+    #[error("unknown message type {type_name:?}: register it in the type catalog")]
+    UnknownType {
+        /// The unregistered type name.
+        type_name: String,
+    },
+
+    /// The type catalog was given conflicting or invalid registrations.
+    #[error("type catalog: {0}")]
+    Catalog(String),
+
+    /// A message could not be decoded as the type it claims to be.
+    #[error("message of type {type_name:?} does not decode: {reason}")]
+    BadMessage {
+        /// Type name of the message.
+        type_name: String,
+        /// Why decoding failed.
+        reason: String,
+    },
+
+    /// Ciphertext failed authentication: wrong key, tampered data, data moved
+    /// from another entry, or edited metadata. Says nothing about the plaintext.
+    #[error("{entry} failed authentication (tampered, moved or re-labelled ciphertext, or wrong key); run `oplog verify`")]
+    Decryption {
+        /// The entry that failed.
+        entry: EntryRef,
+    },
+
+    /// Ciphertext is structurally invalid (too short, bad header).
+    #[error("{entry}: malformed ciphertext: {reason}")]
+    MalformedCiphertext {
+        /// The entry concerned.
+        entry: EntryRef,
+        /// What is malformed.
+        reason: &'static str,
+    },
+
+    /// No key with this id is in the keyring.
+    #[error("key {key_id:?} is not in the keyring{}: add the key that wrote it to the key file", entry_context(.entry))]
+    UnknownKey {
+        /// The missing key id.
+        key_id: String,
+        /// The entry that needs it, if any.
+        entry: Option<EntryRef>,
+    },
+
+    /// A keyring file or key is invalid.
+    #[error("keyring: {0}")]
+    Keyring(String),
+
+    /// An entry has a format version this build does not read.
+    #[error("{entry} has format version {found}, this build reads version {supported}; upgrade oplog")]
+    UnsupportedFormat {
+        /// The entry concerned.
+        entry: EntryRef,
+        /// Format stored in the entry.
+        found: i16,
+        /// Format this build reads.
+        supported: i16,
+    },
+
+    /// An entry as built is invalid (empty aggregate, empty queue, bad metadata).
+    #[error("invalid entry: {0}")]
+    InvalidEntry(String),
+
+    /// Optimistic locking lost the race: another transaction redeemed the
+    /// ticket first. Retryable: run the whole transaction again.
+    #[error("ticket {name:?} version {version} was already redeemed by another transaction; retry the transaction")]
+    TicketAlreadyRedeemed {
+        /// Ticket name.
+        name: String,
+        /// The version this transaction held.
+        version: i64,
+    },
+
+    /// The ticket row does not exist.
+    #[error("ticket {name:?} does not exist; create it with Oplog::ensure_ticket or write with the pessimistic mode, which creates it")]
+    TicketNotFound {
+        /// Ticket name.
+        name: String,
+    },
+
+    /// A diesel connection was passed outside a transaction.
+    #[error("the connection is not inside a transaction; write oplog entries inside the transaction that makes the domain changes")]
+    NotInTransaction,
+
+    /// The retry helper gave up.
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last retryable error.
+        last: Box<Error>,
+    },
+
+    /// The database (rust-postgres driver) reported an error.
+    #[error("database: {0}")]
+    Postgres(#[from] postgres::Error),
+
+    /// The database (diesel driver) reported an error.
+    #[error("database: {0}")]
+    Diesel(#[from] diesel::result::Error),
+
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    /// Stored data violates an invariant (for example a NULL where none can be).
+    #[error("{entry}: {reason}")]
+    CorruptEntry {
+        /// The entry concerned.
+        entry: EntryRef,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn entry_context(entry: &Option<EntryRef>) -> String {
+    match entry {
+        Some(e) => format!(" (needed by {e})"),
+        None => String::new(),
+    }
+}
+
+/// SQLSTATE codes that mean "run the transaction again".
+const RETRYABLE_SQLSTATES: [&str; 2] = ["40001", "40P01"];
+
+impl Error {
+    /// True when running the whole transaction again may succeed: a lost
+    /// ticket race, a serialization failure (40001) or a deadlock (40P01).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::TicketAlreadyRedeemed { .. } => true,
+            Error::Postgres(e) => e
+                .code()
+                .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.code())),
+            Error::Diesel(diesel::result::Error::DatabaseError(kind, info)) => {
+                matches!(kind, diesel::result::DatabaseErrorKind::SerializationFailure)
+                    || is_deadlock_message(info.message())
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a database error, when the driver exposes it.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// diesel does not expose the SQLSTATE of a deadlock; PostgreSQL's message for
+/// 40P01 is fixed ("deadlock detected") in every locale-independent build we
+/// support, so this is the one place where the text is consulted.
+fn is_deadlock_message(message: &str) -> bool {
+    message.starts_with("deadlock detected")
+}

@@ -1,0 +1,274 @@
+//! The write and read API: [`Oplog`] ties a type catalog and a wrapper to
+//! the tickets and entries in the database.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::catalog::TypeCatalog;
+use crate::crypto::Wrapper;
+use crate::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
+use crate::error::{EntryRef, Error, Result};
+use crate::queue::Limits;
+use crate::store::{Connection, InsertRow, ListQuery, StoredRow, TicketRow};
+
+/// Name of the ticket seeded by the migrations. Writing every entry to the
+/// aggregate named `global` puts the whole log in one total order.
+pub const GLOBAL_TICKET: &str = "global";
+
+/// How a writer redeems its aggregate's ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+    /// Lock the ticket when the entry is written and wait for it if another
+    /// transaction holds it: no work is thrown away under contention. The
+    /// lock is held until the caller's transaction ends, so write the entry
+    /// last. A missing ticket is created.
+    #[default]
+    Pessimistic,
+    /// Boundary's semantics: read the ticket early ([`Oplog::ticket`]) and
+    /// compare-and-swap at write time ([`Oplog::write_with_ticket`]); losing
+    /// the race is [`Error::TicketAlreadyRedeemed`], which is retryable.
+    Optimistic,
+}
+
+/// A ticket read for optimistic writing: the version this transaction
+/// expects to redeem, and the chain head at that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    name: String,
+    version: i64,
+    chain: Vec<u8>,
+}
+
+impl Ticket {
+    /// Ticket (aggregate) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Version when read; the entry written with it gets `version + 1`.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// What a successful write produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Database id of the entry.
+    pub id: i64,
+    /// The entry's UUID.
+    pub uuid: Uuid,
+    /// Aggregate name.
+    pub aggregate: String,
+    /// The ticket version the entry redeemed.
+    pub seq: i64,
+    /// Chain head after the entry.
+    pub chain: [u8; HASH_LEN],
+}
+
+/// An operation log: a type catalog, a wrapper and decoding limits.
+///
+/// Cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct Oplog {
+    catalog: Arc<TypeCatalog>,
+    wrapper: Arc<dyn Wrapper>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Oplog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oplog")
+            .field("types", &self.catalog.type_names().collect::<Vec<_>>())
+            .field("active_key", &self.wrapper.key_id())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Oplog {
+    /// An oplog that writes the types registered in `catalog`, encrypted by
+    /// `wrapper`.
+    pub fn new(catalog: TypeCatalog, wrapper: impl Wrapper + 'static) -> Self {
+        Oplog {
+            catalog: Arc::new(catalog),
+            wrapper: Arc::new(wrapper),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the decoding limits used when reading entries.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The type catalog.
+    pub fn catalog(&self) -> &TypeCatalog {
+        &self.catalog
+    }
+
+    /// The wrapper.
+    pub fn wrapper(&self) -> &dyn Wrapper {
+        self.wrapper.as_ref()
+    }
+
+    /// Creates the ticket `name` at version 0 if it does not exist.
+    /// Idempotent; run it on a `Client` (its own transaction) to make the
+    /// ticket visible to everyone at once.
+    pub fn ensure_ticket(&self, conn: &mut impl Connection, name: &str) -> Result<()> {
+        conn.seed_ticket(name)
+    }
+
+    /// Reads the ticket `name` for an optimistic write later in the same
+    /// transaction.
+    pub fn ticket(&self, conn: &mut impl Connection, name: &str) -> Result<Ticket> {
+        let row = conn
+            .read_ticket(name, false)?
+            .ok_or_else(|| Error::TicketNotFound { name: name.to_string() })?;
+        Ok(Ticket { name: name.to_string(), version: row.version, chain: row.chain })
+    }
+
+    /// Writes `entry` inside the caller's transaction, waiting for the
+    /// aggregate's ticket if another transaction holds it
+    /// ([`LockMode::Pessimistic`]). Two statements: lock the ticket, then
+    /// redeem it and insert the entry with its metadata.
+    pub fn write(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<Written> {
+        self.check_writable(conn, entry)?;
+        let ticket = match conn.read_ticket(&entry.aggregate, true)? {
+            Some(t) => t,
+            None => {
+                conn.seed_ticket(&entry.aggregate)?;
+                conn.read_ticket(&entry.aggregate, true)?
+                    .ok_or_else(|| Error::TicketNotFound { name: entry.aggregate.clone() })?
+            }
+        };
+        self.insert(conn, entry, &ticket)
+    }
+
+    /// Writes `entry` with a ticket read earlier by [`Oplog::ticket`]
+    /// ([`LockMode::Optimistic`]). If another transaction redeemed the ticket
+    /// meanwhile, fails with the retryable [`Error::TicketAlreadyRedeemed`].
+    pub fn write_with_ticket(&self, conn: &mut impl Connection, ticket: &Ticket, entry: &NewEntry) -> Result<Written> {
+        if ticket.name != entry.aggregate {
+            return Err(Error::InvalidEntry(format!(
+                "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
+                ticket.name, entry.aggregate
+            )));
+        }
+        self.check_writable(conn, entry)?;
+        let row = TicketRow { version: ticket.version, chain: ticket.chain.clone() };
+        self.insert(conn, entry, &row)
+    }
+
+    /// Writes `entry` in the given mode: [`Oplog::write`] for pessimistic,
+    /// [`Oplog::ticket`] then [`Oplog::write_with_ticket`] for optimistic.
+    pub fn write_mode(&self, conn: &mut impl Connection, mode: LockMode, entry: &NewEntry) -> Result<Written> {
+        match mode {
+            LockMode::Pessimistic => self.write(conn, entry),
+            LockMode::Optimistic => {
+                let ticket = self.ticket(conn, &entry.aggregate)?;
+                self.write_with_ticket(conn, &ticket, entry)
+            }
+        }
+    }
+
+    fn check_writable(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<()> {
+        if !conn.in_transaction() {
+            return Err(Error::NotInTransaction);
+        }
+        entry.validate(&self.catalog)
+    }
+
+    fn insert(&self, conn: &mut impl Connection, entry: &NewEntry, ticket: &TicketRow) -> Result<Written> {
+        let seq = ticket.version.checked_add(1).ok_or_else(|| {
+            Error::InvalidEntry(format!("ticket {:?} is at the largest version", entry.aggregate))
+        })?;
+        let key_id = self.wrapper.key_id();
+        let header = Header {
+            aggregate: &entry.aggregate,
+            seq,
+            format: FORMAT_VERSION,
+            key_id,
+            uuid: entry.uuid,
+            metadata: &entry.metadata,
+        };
+        let sealed = entry::seal(self.wrapper.as_ref(), &header, &entry.queue, &ticket.chain)?;
+        let row = InsertRow {
+            uuid: entry.uuid,
+            aggregate: &entry.aggregate,
+            seq,
+            format: FORMAT_VERSION,
+            key_id,
+            data: &sealed.data,
+            digest: &sealed.digest,
+            chain: &sealed.chain,
+            meta_keys: entry.metadata.iter().map(|(k, _)| k).collect(),
+            meta_values: entry.metadata.iter().map(|(_, v)| v).collect(),
+        };
+        match conn.insert_entry(&row)? {
+            Some(id) => Ok(Written {
+                id,
+                uuid: entry.uuid,
+                aggregate: entry.aggregate.clone(),
+                seq,
+                chain: sealed.chain,
+            }),
+            None => Err(Error::TicketAlreadyRedeemed { name: entry.aggregate.clone(), version: ticket.version }),
+        }
+    }
+
+    /// Lists entries, decrypted and decoded: those of `aggregate` with a seq
+    /// above `after_seq` in seq order, or (with `None`) those of every
+    /// aggregate in insertion order; at most `limit`.
+    pub fn list(&self, conn: &mut impl Connection, aggregate: Option<&str>, after_seq: i64, limit: Option<i64>) -> Result<Vec<Entry>> {
+        let rows = conn.list_entries(&ListQuery { aggregate, after_seq, limit: limit.unwrap_or(i64::MAX) })?;
+        rows.into_iter().map(|row| self.open(row)).collect()
+    }
+
+    /// The id of the entry with this UUID if it committed, else `None`. Ask
+    /// on a fresh connection after a commit whose outcome is unknown.
+    pub fn committed(&self, conn: &mut impl Connection, uuid: Uuid) -> Result<Option<i64>> {
+        conn.entry_id_by_uuid(uuid)
+    }
+
+    fn open(&self, row: StoredRow) -> Result<Entry> {
+        let entry_ref = || EntryRef { id: Some(row.id), aggregate: row.aggregate_name.clone(), seq: row.seq };
+        let uuid = Uuid::parse_str(&row.entry_uuid)
+            .map_err(|e| Error::CorruptEntry { entry: entry_ref(), reason: format!("bad uuid: {e}") })?;
+        if row.meta_keys.len() != row.meta_values.len() {
+            return Err(Error::CorruptEntry { entry: entry_ref(), reason: "metadata keys and values differ in number".into() });
+        }
+        let metadata: Metadata = row.meta_keys.iter().cloned().zip(row.meta_values.iter().cloned()).collect();
+        let header = Header {
+            aggregate: &row.aggregate_name,
+            seq: row.seq,
+            format: row.format,
+            key_id: &row.key_id,
+            uuid,
+            metadata: &metadata,
+        };
+        let operations = entry::open(
+            self.wrapper.as_ref(),
+            &self.catalog,
+            &self.limits,
+            &header,
+            Some(row.id),
+            &row.data,
+            &row.digest,
+        )?;
+        Ok(Entry {
+            id: row.id,
+            uuid,
+            aggregate: row.aggregate_name,
+            seq: row.seq,
+            format: row.format,
+            key_id: row.key_id,
+            created_at_micros: row.created_us,
+            metadata,
+            chain: row.chain,
+            operations,
+        })
+    }
+}
