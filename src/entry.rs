@@ -246,9 +246,13 @@ impl NewEntry {
             )));
         }
         self.metadata.validate()?;
-        // Decoding what was just encoded checks the type names against the
-        // catalog, so nothing undecodable reaches the log.
-        Queue::decode(self.queue.as_bytes(), catalog, &Limits::default()).map(|_| ())
+        // Every type must be registered, so that everything written can be
+        // decoded, listed and replayed later.
+        let ops = Queue::decode_with(self.queue.as_bytes(), &Limits::default(), |_| true)?;
+        match ops.iter().find(|op| !catalog.contains(&op.type_name)) {
+            Some(op) => Err(Error::UnknownType { type_name: op.type_name.clone() }),
+            None => Ok(()),
+        }
     }
 }
 

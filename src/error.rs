@@ -163,7 +163,7 @@ pub enum Error {
     },
 
     /// The database (rust-postgres driver) reported an error.
-    #[error("database: {0}")]
+    #[error("database: {}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
 
     /// The database (diesel driver) reported an error.
@@ -191,6 +191,25 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// rust-postgres displays a server error as just "db error"; say what the
+/// server said, with its SQLSTATE, and the cause of connection errors.
+fn postgres_message(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut msg = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            msg.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            msg.push_str(&format!("; hint: {hint}"));
+        }
+        return msg;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 fn entry_context(entry: &Option<EntryRef>) -> String {

@@ -1,0 +1,6 @@
+//! Integration tests against a real PostgreSQL: each test creates its own
+//! database and drops it afterwards. Set DATABASE_URL to point elsewhere than
+//! postgres://postgres@127.0.0.1:5432/postgres.
+
+mod support;
+mod write;

@@ -1,0 +1,82 @@
+//! Test support: a fresh database per test, created from DATABASE_URL (or
+//! the local server) and dropped afterwards.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use diesel::Connection as _;
+use postgres::{Client, NoTls};
+
+/// Server URL for administrative connections.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A database that exists for the lifetime of the value.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// An empty database.
+    pub fn empty() -> TestDb {
+        let name = format!(
+            "oplog_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut admin = Client::connect(&admin_url(), NoTls).expect("connect to PostgreSQL (set DATABASE_URL)");
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+        let url = with_database(&admin_url(), &name);
+        TestDb { name, url }
+    }
+
+    /// A migrated database with the demo tables.
+    pub fn new() -> TestDb {
+        let db = TestDb::empty();
+        oplog::migrate_url(&db.url).unwrap();
+        db.client().batch_execute(oplog::demo::SCHEMA).unwrap();
+        db
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url, NoTls).unwrap()
+    }
+
+    pub fn diesel(&self) -> diesel::PgConnection {
+        diesel::PgConnection::establish(&self.url).unwrap()
+    }
+
+    /// One value from a query without parameters.
+    pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> T {
+        self.client().query_one(sql, &[]).unwrap().get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+        }
+    }
+}
