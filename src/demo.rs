@@ -2,8 +2,6 @@
 //! the examples, the tests and the benchmarks; register it with
 //! [`TypeCatalog::demo`](crate::TypeCatalog::demo).
 
-#![allow(missing_docs)]
-
 include!(concat!(env!("OUT_DIR"), "/demo.v1.rs"));
 
 /// SQL that creates the demo tables when they are missing.
