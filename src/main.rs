@@ -1,1 +1,125 @@
-fn main() {}
+//! The `oplog` command-line tool: create and rotate keys, migrate the
+//! schema and read the log.
+//!
+//! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
+//! or runtime error, which is reported as one line on standard error.
+//!
+//! This file holds the argument grammar and maps results to exit codes; the
+//! modules under `cli/` present what the library returns.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod cli;
+
+use cli::{Context, Failure, Output};
+
+/// Encrypted, tamper-evident operation log for PostgreSQL.
+// Without a subcommand (here and under `keys`) clap would print the whole
+// help to stderr; a one-line error keeps the contract of every failure.
+#[derive(Debug, Parser)]
+#[command(name = "oplog", version, arg_required_else_help = false)]
+struct Cli {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// Keyring file (JSON, mode 0600) that encrypts and decrypts entries.
+    #[arg(long, global = true, value_name = "PATH", env = "OPLOG_KEY_FILE")]
+    key_file: Option<PathBuf>,
+
+    /// Print machine-readable JSON (JSON Lines for lists) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and rotate encryption keys.
+    #[command(subcommand, arg_required_else_help = false)]
+    Keys(KeysCommand),
+
+    /// Apply pending schema migrations.
+    Migrate,
+
+    /// List entries, decrypted and decoded.
+    Log(LogArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Generate a new keyring and print it, or write it to a file.
+    Generate {
+        /// Write the keyring to PATH (mode 0600) instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+
+        /// Replace PATH if it exists; the keys in it are lost.
+        #[arg(long, requires = "out")]
+        force: bool,
+    },
+
+    /// Add a new active key to the keyring file; older keys stay to decrypt
+    /// older entries.
+    Rotate,
+}
+
+#[derive(Debug, Args)]
+struct LogArgs {
+    /// Only entries of this aggregate, in seq order (default: every
+    /// aggregate, in insertion order).
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+
+    /// Only entries with a seq above SEQ.
+    #[arg(long, value_name = "SEQ", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
+    after: i64,
+
+    /// At most N entries.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
+    limit: Option<i64>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version are not errors: clap prints them to stdout.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return cli::report(&Failure::usage(&e)),
+    };
+    let ctx = Context::new(cli.database_url, cli.key_file);
+    let mut out = Output::stdout(cli.json);
+    let result = run(&ctx, &mut out, cli.command).and_then(|()| out.flush());
+    drop(out);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => cli::report(&failure),
+    }
+}
+
+fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Keys(KeysCommand::Generate { out: path, force }) => {
+            cli::keys::generate(out, path.as_deref(), force)
+        }
+        Command::Keys(KeysCommand::Rotate) => cli::keys::rotate(ctx, out),
+        Command::Migrate => cli::migrate::run(ctx, out),
+        Command::Log(args) => {
+            cli::log::run(ctx, out, args.aggregate.as_deref(), args.after, args.limit)
+        }
+    }
+}

@@ -2,5 +2,6 @@
 //! database and drops it afterwards. Set DATABASE_URL to point elsewhere than
 //! postgres://postgres@127.0.0.1:5432/postgres.
 
+mod cli;
 mod support;
 mod write;

@@ -1,0 +1,214 @@
+//! Presentation for the `oplog` binary: where connection settings come
+//! from, how results are printed and how failures become one line on
+//! standard error.
+
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use oplog::{Keyring, Oplog, TypeCatalog};
+use serde::Serialize;
+
+pub mod keys;
+pub mod log;
+pub mod migrate;
+mod render;
+
+/// Exit status of a usage or runtime error.
+const EXIT_ERROR: u8 = 2;
+
+/// Why a command stopped early.
+#[derive(Debug)]
+pub enum Failure {
+    /// The reader of standard output went away (for example `| head`).
+    /// Nothing is left to say to anyone, so the process exits quietly.
+    BrokenPipe,
+    /// An error reported as `oplog: error: <message>`, exit status 2.
+    Error(String),
+}
+
+impl Failure {
+    /// A failure with this message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Failure::Error(message.to_string())
+    }
+
+    /// A command-line usage error from clap. clap renders several
+    /// paragraphs (the error, tips, usage, a pointer to `--help`); the usage
+    /// block is left out so the error fits on one line like every other.
+    pub fn usage(e: &clap::Error) -> Self {
+        let text = e.to_string();
+        let mut parts: Vec<String> = text
+            .split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|p| {
+                !p.is_empty() && !p.starts_with("Usage:") && !p.starts_with("For more information")
+            })
+            .collect();
+        if let Some(first) = parts.first_mut() {
+            if let Some(rest) = first.strip_prefix("error: ") {
+                *first = rest.to_string();
+            }
+        }
+        parts.push("see 'oplog --help'".to_string());
+        Failure::Error(parts.join("; "))
+    }
+}
+
+impl From<oplog::Error> for Failure {
+    fn from(e: oplog::Error) -> Self {
+        Failure::msg(e)
+    }
+}
+
+/// `e` from a query on the oplog's tables, with a hint when the tables are
+/// missing: the usual cause is a database that was never migrated.
+pub fn read_failure(e: oplog::Error) -> Failure {
+    match e.sqlstate() {
+        Some("42P01") => Failure::msg(format!(
+            "{e}; run `oplog migrate` to create the oplog tables"
+        )),
+        _ => Failure::from(e),
+    }
+}
+
+/// Prints `failure` (if there is anything to say) and returns the exit code.
+pub fn report(failure: &Failure) -> ExitCode {
+    match failure {
+        Failure::BrokenPipe => ExitCode::SUCCESS,
+        Failure::Error(message) => {
+            // Errors from PostgreSQL and libpq can span several lines
+            // (DETAIL, HINT); one line keeps the output easy to log and grep.
+            let line = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = writeln!(io::stderr().lock(), "oplog: error: {line}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Standard output, in text or JSON mode.
+pub struct Output {
+    out: BufWriter<io::StdoutLock<'static>>,
+    json: bool,
+}
+
+impl Output {
+    /// Buffered standard output.
+    pub fn stdout(json: bool) -> Self {
+        Output {
+            out: BufWriter::new(io::stdout().lock()),
+            json,
+        }
+    }
+
+    /// True when `--json` asked for JSON output.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one line of text.
+    pub fn line(&mut self, args: fmt::Arguments<'_>) -> Result<(), Failure> {
+        writeln!(self.out, "{args}").map_err(write_failure)
+    }
+
+    /// Writes `value` as one line of compact JSON.
+    pub fn json_line(&mut self, value: &impl Serialize) -> Result<(), Failure> {
+        serde_json::to_writer(&mut self.out, value).map_err(|e| match e.io_error_kind() {
+            Some(kind) => write_failure(io::Error::from(kind)),
+            None => Failure::msg(format!("cannot print JSON: {e}")),
+        })?;
+        writeln!(self.out).map_err(write_failure)
+    }
+
+    /// Writes text exactly as given.
+    pub fn raw(&mut self, text: &str) -> Result<(), Failure> {
+        self.out.write_all(text.as_bytes()).map_err(write_failure)
+    }
+
+    /// Flushes buffered output.
+    pub fn flush(&mut self) -> Result<(), Failure> {
+        self.out.flush().map_err(write_failure)
+    }
+}
+
+fn write_failure(e: io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Failure::BrokenPipe
+    } else {
+        Failure::msg(format!("cannot write to standard output: {e}"))
+    }
+}
+
+/// The global options, resolved into what commands need when they need it:
+/// a command that does not touch the database does not require its URL.
+pub struct Context {
+    database_url: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+impl Context {
+    /// Settings from the command line (or their environment variables).
+    pub fn new(database_url: Option<String>, key_file: Option<PathBuf>) -> Self {
+        Context {
+            database_url,
+            key_file,
+        }
+    }
+
+    /// The database URL, which is required.
+    pub fn database_url(&self) -> Result<&str, Failure> {
+        self.database_url
+            .as_deref()
+            .ok_or_else(|| Failure::msg("no database URL: pass --database-url or set DATABASE_URL"))
+    }
+
+    /// The key file path, which is required.
+    pub fn key_file(&self) -> Result<&Path, Failure> {
+        self.key_file
+            .as_deref()
+            .ok_or_else(|| Failure::msg("no key file: pass --key-file or set OPLOG_KEY_FILE"))
+    }
+
+    /// Loads the keyring from the key file.
+    pub fn keyring(&self) -> Result<Keyring, Failure> {
+        let path = self.key_file()?;
+        Keyring::load(path).map_err(|e| match &e {
+            oplog::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                Failure::msg(format!(
+                    "{e}; create one with `oplog keys generate --out {}`",
+                    path.display()
+                ))
+            }
+            _ => Failure::from(e),
+        })
+    }
+
+    /// Connects to the database.
+    pub fn connect(&self) -> Result<postgres::Client, Failure> {
+        let url = self.database_url()?;
+        Ok(postgres::Client::connect(url, postgres::NoTls).map_err(oplog::Error::from)?)
+    }
+
+    /// A connection and an oplog that reads with the key file's keyring. The
+    /// keyring is loaded first so a key problem is reported without waiting
+    /// for the database.
+    pub fn open(&self) -> Result<(postgres::Client, Oplog), Failure> {
+        let keyring = self.keyring()?;
+        let mut client = self.connect()?;
+        let catalog = catalog(&mut client)?;
+        Ok((client, Oplog::new(catalog, keyring)))
+    }
+}
+
+/// The types the log may hold. The connection is passed so that the
+/// catalog can come from descriptors stored in the database; until they
+/// are, the types compiled into this build (the demo domain) are used.
+fn catalog(_client: &mut postgres::Client) -> oplog::Result<TypeCatalog> {
+    Ok(TypeCatalog::demo())
+}

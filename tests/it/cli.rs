@@ -1,0 +1,658 @@
+//! The `oplog` binary, run as a subprocess: keys, migrations, listing the
+//! log, and the one-line errors that exit with status 2.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use oplog::demo::{Account, User};
+use oplog::{Keyring, NewEntry, Oplog, TypeCatalog, Wrapper, Written};
+use serde_json::{json, Value};
+
+use crate::support::TestDb;
+
+/// A directory of its own under the system's temporary directory, removed
+/// when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("oplog-cli-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The binary, with the connection settings of the test environment
+/// removed so that every test says what it uses.
+fn oplog_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oplog"));
+    cmd.env_remove("DATABASE_URL").env_remove("OPLOG_KEY_FILE");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    oplog_cmd().args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Asserts a clean success and returns standard output.
+fn success(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr), "");
+    text(&out.stdout)
+}
+
+/// Asserts exit status 2 with exactly one line on standard error, in the
+/// `oplog: error: ` form, mentioning each of `needles`; returns the line.
+fn failure(out: &Output, needles: &[&str]) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.ends_with('\n'), "{stderr:?}");
+    assert!(stderr.starts_with("oplog: error: "), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+    }
+    assert_eq!(text(&out.stdout), "", "nothing on stdout after an error");
+    stderr.trim_end().to_string()
+}
+
+fn save_keyring(ring: &Keyring, path: &Path) -> String {
+    ring.save(path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn user(id: &str) -> User {
+    User {
+        id: id.into(),
+        tenant_id: "t1".into(),
+        account_id: "a1".into(),
+        email: format!("{id}@example.com"),
+        display_name: format!("User {id}"),
+        phone: Some("+1 555 0100".into()),
+        age: Some(42),
+        active: true,
+        avatar: vec![1, 2, 3],
+    }
+}
+
+fn write(db: &TestDb, ring: Keyring, entry: &NewEntry) -> Written {
+    let oplog = Oplog::new(TypeCatalog::demo(), ring);
+    let mut client = db.client();
+    let mut tx = client.transaction().unwrap();
+    let written = oplog.write(&mut tx, entry).unwrap();
+    tx.commit().unwrap();
+    written
+}
+
+/// A migrated database with three entries written through the library,
+/// and the key file that encrypted them.
+struct Fixture {
+    db: TestDb,
+    dir: TempDir,
+    keys: String,
+    key_id: String,
+    written: Vec<Written>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let db = TestDb::new();
+        let dir = TempDir::new();
+        let ring = Keyring::generate();
+        let key_id = ring.key_id().to_string();
+        let keys = save_keyring(&ring, &dir.join("keys.json"));
+        let load = || Keyring::load(Path::new(&keys)).unwrap();
+
+        let mut first = NewEntry::new("tenant-a");
+        first
+            .metadata("tag", "red")
+            .metadata("actor", "alice")
+            .metadata("tag", "blue");
+        first.create(&user("u1")).unwrap();
+        first
+            .create(&Account {
+                id: "a1".into(),
+                tenant_id: "t1".into(),
+                name: "Acme".into(),
+                plan: "pro".into(),
+                balance_cents: 1500,
+                ..Default::default()
+            })
+            .unwrap();
+
+        let mut second = NewEntry::new("tenant-a");
+        second.metadata("actor", "bob");
+        let changed = User {
+            email: "new@example.com".into(),
+            display_name: "New Name".into(),
+            phone: None,
+            ..user("u1")
+        };
+        second
+            .update(&changed, &["email", "display_name"], &["phone"])
+            .unwrap();
+
+        let mut third = NewEntry::new("tenant-b");
+        third.metadata("actor", "carol");
+        third
+            .delete(&User {
+                id: "u2".into(),
+                ..Default::default()
+            })
+            .unwrap();
+
+        let written = [first, second, third]
+            .iter()
+            .map(|e| write(&db, load(), e))
+            .collect();
+        Fixture {
+            db,
+            dir,
+            keys,
+            key_id,
+            written,
+        }
+    }
+
+    /// Runs `oplog <args> --database-url .. --key-file ..`.
+    fn run(&self, args: &[&str]) -> Output {
+        oplog_cmd()
+            .args(args)
+            .args(["--database-url", &self.db.url, "--key-file", &self.keys])
+            .output()
+            .unwrap()
+    }
+
+    /// `oplog log --json <args>`, one value per line.
+    fn log_json(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.run(&[&["log", "--json"][..], args].concat());
+        success(&out)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+fn seqs(entries: &[Value]) -> Vec<(String, i64)> {
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["aggregate"].as_str().unwrap().to_string(),
+                e["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn keys_generate_out_writes_an_owner_only_file_and_refuses_to_overwrite_it() {
+    let dir = TempDir::new();
+    let path = dir.join("keys.json");
+    let path_str = path.to_str().unwrap();
+
+    let stdout = success(&run(&["keys", "generate", "--out", path_str]));
+    assert_eq!(mode(&path), 0o600);
+    let ring = Keyring::load(&path).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains(ring.key_id()), "{stdout}");
+    let file: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let material = file["keys"][0]["key"].as_str().unwrap();
+    assert!(
+        !stdout.contains(material),
+        "the confirmation must not show the key"
+    );
+
+    failure(
+        &run(&["keys", "generate", "--out", path_str]),
+        &["already exists", path_str, "--force"],
+    );
+    assert_eq!(
+        Keyring::load(&path).unwrap().key_id(),
+        ring.key_id(),
+        "the existing file is untouched"
+    );
+
+    let stdout = success(&run(&[
+        "keys", "generate", "--out", path_str, "--force", "--json",
+    ]));
+    let replaced = Keyring::load(&path).unwrap();
+    assert_ne!(replaced.key_id(), ring.key_id());
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        summary,
+        json!({"path": path_str, "active_key": replaced.key_id(), "keys": [replaced.key_id()]})
+    );
+    assert_eq!(mode(&path), 0o600);
+}
+
+#[test]
+fn keys_generate_without_out_prints_only_the_keyring() {
+    let plain = success(&run(&["keys", "generate"]));
+    let json = success(&run(&["--json", "keys", "generate"]));
+    let a = Keyring::from_json(&plain).unwrap();
+    let b = Keyring::from_json(&json).unwrap();
+    assert_ne!(a.key_id(), b.key_id(), "every run generates a new key");
+    assert_eq!(
+        a.to_json().as_str(),
+        plain,
+        "stdout holds the keyring file and nothing else"
+    );
+}
+
+#[test]
+fn keys_rotate_adds_an_active_key_and_old_entries_still_decrypt() {
+    let f = Fixture::new();
+    let path = Path::new(&f.keys);
+
+    let out = oplog_cmd()
+        .args(["keys", "rotate", "--json", "--key-file", &f.keys])
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_str(&success(&out)).unwrap();
+    let ring = Keyring::load(path).unwrap();
+    let new_id = ring.key_id().to_string();
+    assert_ne!(new_id, f.key_id);
+    assert_eq!(
+        summary,
+        json!({"active_key": new_id, "keys": [f.key_id, new_id]})
+    );
+    assert_eq!(mode(path), 0o600);
+
+    // The key file can also come from the environment.
+    let out = oplog_cmd()
+        .args(["keys", "rotate"])
+        .env("OPLOG_KEY_FILE", &f.keys)
+        .output()
+        .unwrap();
+    let stdout = success(&out);
+    let ring = Keyring::load(path).unwrap();
+    assert!(
+        stdout.contains(ring.key_id()) && stdout.contains("3 keys"),
+        "{stdout}"
+    );
+    assert_eq!(
+        ring.key_ids().collect::<Vec<_>>()[..2],
+        [f.key_id.as_str(), new_id.as_str()]
+    );
+
+    let mut entry = NewEntry::new("tenant-a");
+    entry.create(&user("u9")).unwrap();
+    write(&f.db, Keyring::load(path).unwrap(), &entry);
+
+    let entries = f.log_json(&["--aggregate", "tenant-a"]);
+    let keys: Vec<&str> = entries
+        .iter()
+        .map(|e| e["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, [f.key_id.as_str(), f.key_id.as_str(), ring.key_id()]);
+    assert_eq!(entries[0]["messages"][0]["message"]["id"], "u1");
+    assert_eq!(entries[2]["messages"][0]["message"]["id"], "u9");
+}
+
+#[test]
+fn migrate_applies_the_schema_once() {
+    let db = TestDb::empty();
+    let exists = "SELECT to_regclass('oplog_entry') IS NOT NULL";
+    assert!(!db.scalar::<bool>(exists));
+
+    let stdout = success(&run(&["migrate", "--database-url", &db.url]));
+    assert!(stdout.starts_with("applied migration "), "{stdout}");
+    assert!(db.scalar::<bool>(exists));
+
+    // The URL can also come from the environment.
+    let out = oplog_cmd()
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(success(&out), "schema is up to date\n");
+
+    let stdout = success(&run(&["--json", "migrate", "--database-url", &db.url]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"applied": []})
+    );
+}
+
+#[test]
+fn log_json_shows_every_field_of_every_entry() {
+    let f = Fixture::new();
+    let out = f.run(&["log", "--json"]);
+    let stdout = success(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let entries: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    for (entry, written) in entries.iter().zip(&f.written) {
+        assert_eq!(entry["id"], written.id);
+        assert_eq!(entry["uuid"], written.uuid.to_string());
+        assert_eq!(entry["aggregate"], written.aggregate);
+        assert_eq!(entry["seq"], written.seq);
+        assert_eq!(entry["key_id"], f.key_id);
+        let created = humantime::parse_rfc3339(entry["created_at"].as_str().unwrap()).unwrap();
+        let age = std::time::SystemTime::now()
+            .duration_since(created)
+            .unwrap_or_default();
+        assert!(age.as_secs() < 600, "created_at {created:?} is recent");
+    }
+    assert_eq!(
+        seqs(&entries),
+        [
+            ("tenant-a".into(), 1),
+            ("tenant-a".into(), 2),
+            ("tenant-b".into(), 1)
+        ]
+    );
+
+    // Metadata: an object of arrays, keys in order of first appearance.
+    assert_eq!(
+        entries[0]["metadata"],
+        json!({"tag": ["red", "blue"], "actor": ["alice"]})
+    );
+    assert!(
+        lines[0].contains(r#""metadata":{"tag":["red","blue"],"actor":["alice"]}"#),
+        "{}",
+        lines[0]
+    );
+
+    let created = &entries[0]["messages"];
+    assert_eq!(created.as_array().unwrap().len(), 2);
+    assert_eq!(created[0]["type_name"], "demo.v1.User");
+    assert_eq!(created[0]["op"], "OP_TYPE_CREATE");
+    assert_eq!(created[0]["field_mask"], json!([]));
+    assert_eq!(created[0]["null_mask"], json!([]));
+    let u1 = &created[0]["message"];
+    assert_eq!(u1["id"], "u1");
+    assert_eq!(u1["email"], "u1@example.com");
+    assert_eq!(u1["display_name"], "User u1");
+    assert_eq!(u1["phone"], "+1 555 0100");
+    assert_eq!(u1["age"], 42);
+    assert_eq!(u1["active"], true);
+    assert_eq!(u1["avatar"], "AQID");
+    let a1 = &created[1];
+    assert_eq!(
+        (a1["type_name"].as_str(), a1["op"].as_str()),
+        (Some("demo.v1.Account"), Some("OP_TYPE_CREATE"))
+    );
+    assert_eq!(a1["message"]["name"], "Acme");
+    assert_eq!(
+        a1["message"]["balance_cents"], "1500",
+        "64-bit integers are strings"
+    );
+
+    let update = &entries[1]["messages"][0];
+    assert_eq!(entries[1]["metadata"], json!({"actor": ["bob"]}));
+    assert_eq!(update["op"], "OP_TYPE_UPDATE");
+    assert_eq!(update["field_mask"], json!(["email", "display_name"]));
+    assert_eq!(update["null_mask"], json!(["phone"]));
+    assert_eq!(update["message"]["email"], "new@example.com");
+    assert_eq!(update["message"]["display_name"], "New Name");
+    assert!(
+        update["message"].get("phone").is_none(),
+        "an unset optional field is left out"
+    );
+
+    let delete = &entries[2]["messages"][0];
+    assert_eq!(delete["op"], "OP_TYPE_DELETE");
+    assert_eq!(delete["message"]["id"], "u2");
+    // Fields at their default value are printed, so every message is complete.
+    assert_eq!(delete["message"]["email"], "");
+    assert_eq!(delete["message"]["active"], false);
+}
+
+#[test]
+fn log_filters_by_aggregate_after_and_limit() {
+    let f = Fixture::new();
+    let a = |seq: i64| ("tenant-a".to_string(), seq);
+    let b = |seq: i64| ("tenant-b".to_string(), seq);
+
+    assert_eq!(
+        seqs(&f.log_json(&["--aggregate", "tenant-a"])),
+        [a(1), a(2)]
+    );
+    assert_eq!(seqs(&f.log_json(&["--aggregate", "tenant-b"])), [b(1)]);
+    assert_eq!(
+        seqs(&f.log_json(&["--aggregate", "tenant-a", "--after", "1"])),
+        [a(2)]
+    );
+    assert!(f
+        .log_json(&["--aggregate", "tenant-a", "--after", "2"])
+        .is_empty());
+    assert_eq!(
+        seqs(&f.log_json(&["--aggregate", "tenant-a", "--limit", "1"])),
+        [a(1)]
+    );
+    assert_eq!(seqs(&f.log_json(&["--limit", "2"])), [a(1), a(2)]);
+    assert_eq!(seqs(&f.log_json(&["--after", "1"])), [a(2)]);
+    assert!(f.log_json(&["--aggregate", "nope"]).is_empty());
+
+    // Global options work before the command as well as after it.
+    let before = oplog_cmd()
+        .args([
+            "--json",
+            "--key-file",
+            &f.keys,
+            "--database-url",
+            &f.db.url,
+            "log",
+            "--limit",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_str(&success(&before)).unwrap();
+    assert_eq!(line["id"], f.written[0].id);
+}
+
+#[test]
+fn log_text_shows_a_block_per_entry() {
+    let f = Fixture::new();
+    let stdout = success(&f.run(&["log"]));
+    let blocks: Vec<&str> = stdout.trim_end().split("\n\n").collect();
+    assert_eq!(blocks.len(), 3, "{stdout}");
+    for (block, w) in blocks.iter().zip(&f.written) {
+        let header = format!("#{} {} seq {} key {} ", w.id, w.aggregate, w.seq, f.key_id);
+        assert!(block.starts_with(&header), "{block}");
+    }
+
+    let first: Vec<&str> = blocks[0].lines().collect();
+    assert_eq!(first.len(), 4, "{}", blocks[0]);
+    assert_eq!(first[1], "  tag=red actor=alice tag=blue");
+    assert!(
+        first[2].starts_with(r#"  OP_TYPE_CREATE demo.v1.User {"id":"u1","#),
+        "{}",
+        first[2]
+    );
+    assert!(
+        first[3].starts_with(r#"  OP_TYPE_CREATE demo.v1.Account {"id":"a1","#),
+        "{}",
+        first[3]
+    );
+
+    let update = blocks[1].lines().nth(2).unwrap();
+    assert!(
+        update.starts_with("  OP_TYPE_UPDATE demo.v1.User mask: email,display_name null: phone {"),
+        "{update}"
+    );
+    assert!(update.contains(r#""email":"new@example.com""#), "{update}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_exits_quietly() {
+    let f = Fixture::new();
+    // A pipe whose only reader has exited, as when `oplog log | head -1`
+    // has read its line: every write to it fails with EPIPE.
+    let closed_pipe = || {
+        let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+        let pipe = reader.stdin.take().unwrap();
+        reader.wait().unwrap();
+        Stdio::from(pipe)
+    };
+    for args in [
+        &["log"][..],
+        &["log", "--json"],
+        &["keys", "generate"],
+        &["--help"],
+    ] {
+        let out = oplog_cmd()
+            .args(args)
+            .args(["--database-url", &f.db.url, "--key-file", &f.keys])
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn unreachable_or_missing_database_is_a_one_line_error() {
+    let dir = TempDir::new();
+    let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
+    let unreachable = "postgres://postgres@127.0.0.1:1/nope";
+
+    failure(
+        &run(&["log", "--database-url", unreachable, "--key-file", &keys]),
+        &["database", "connect"],
+    );
+    failure(
+        &run(&["migrate", "--database-url", unreachable]),
+        &["cannot connect"],
+    );
+
+    let no_url = "no database URL: pass --database-url or set DATABASE_URL";
+    assert_eq!(
+        failure(&run(&["migrate"]), &[]),
+        format!("oplog: error: {no_url}")
+    );
+    failure(&run(&["log", "--key-file", &keys]), &[no_url]);
+
+    // A database without the oplog's tables says how to create them.
+    let db = TestDb::empty();
+    failure(
+        &run(&["log", "--database-url", &db.url, "--key-file", &keys]),
+        &["oplog_entry", "oplog migrate"],
+    );
+}
+
+#[test]
+fn key_file_problems_are_one_line_errors() {
+    let f = Fixture::new();
+    let missing = f.dir.join("missing.json");
+    let missing = missing.to_str().unwrap();
+    let url = f.db.url.as_str();
+
+    failure(
+        &run(&["log", "--database-url", url]),
+        &["no key file: pass --key-file or set OPLOG_KEY_FILE"],
+    );
+    failure(&run(&["keys", "rotate"]), &["no key file"]);
+    failure(
+        &run(&["log", "--database-url", url, "--key-file", missing]),
+        &["cannot read key file", missing, "oplog keys generate"],
+    );
+    failure(
+        &run(&["keys", "rotate", "--key-file", missing]),
+        &["cannot read key file", missing],
+    );
+
+    fs::set_permissions(&f.keys, fs::Permissions::from_mode(0o644)).unwrap();
+    failure(
+        &run(&["log", "--database-url", url, "--key-file", &f.keys]),
+        &["readable by group or others", "chmod 600"],
+    );
+    failure(
+        &run(&["keys", "rotate", "--key-file", &f.keys]),
+        &["chmod 600"],
+    );
+    fs::set_permissions(&f.keys, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        Keyring::load(Path::new(&f.keys)).unwrap().key_ids().count(),
+        1,
+        "a refused rotation changes nothing"
+    );
+}
+
+#[test]
+fn a_wrong_key_is_an_error_naming_the_entry() {
+    let f = Fixture::new();
+    let first = format!("entry {} (aggregate \"tenant-a\", seq 1)", f.written[0].id);
+
+    // Another keyring does not hold the key the entries were written with.
+    let other = save_keyring(&Keyring::generate(), &f.dir.join("other.json"));
+    let out = run(&["log", "--database-url", &f.db.url, "--key-file", &other]);
+    failure(
+        &out,
+        &[&format!("key {:?} is not in the keyring", f.key_id), &first],
+    );
+
+    // A key with the right id but the wrong material fails authentication.
+    let forged = Keyring::from_key(&f.key_id, [7; 32]).unwrap();
+    let forged = save_keyring(&forged, &f.dir.join("forged.json"));
+    let out = run(&[
+        "log",
+        "--json",
+        "--database-url",
+        &f.db.url,
+        "--key-file",
+        &forged,
+    ]);
+    failure(&out, &[&first, "failed authentication"]);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    failure(&run(&["nope"]), &["unrecognized subcommand 'nope'"]);
+    failure(&run(&["log", "--nope"]), &["unexpected argument '--nope'"]);
+    failure(&run(&[]), &["requires a subcommand"]);
+    failure(&run(&["keys"]), &["'oplog keys' requires a subcommand"]);
+    failure(&run(&["log", "--limit", "-1"]), &["--limit"]);
+    failure(&run(&["log", "--after", "x"]), &["--after"]);
+    failure(&run(&["keys", "generate", "--force"]), &["--out"]);
+
+    // Help and version are not errors.
+    let help = success(&run(&["--help"]));
+    assert!(
+        help.contains("Usage: oplog") && help.contains("--database-url"),
+        "{help}"
+    );
+    let version = success(&run(&["--version"]));
+    assert_eq!(version, format!("oplog {}\n", env!("CARGO_PKG_VERSION")));
+}
