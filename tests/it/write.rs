@@ -41,7 +41,9 @@ fn insert_user(tx: &mut postgres::Transaction<'_>, u: &User) -> oplog::Result<()
 
 fn create_entry(aggregate: &str, u: &User) -> NewEntry {
     let mut entry = NewEntry::new(aggregate);
-    entry.metadata("actor", "alice").metadata("request-id", "r-1");
+    entry
+        .metadata("actor", "alice")
+        .metadata("request-id", "r-1");
     entry.create(u).unwrap();
     entry
 }
@@ -49,7 +51,8 @@ fn create_entry(aggregate: &str, u: &User) -> NewEntry {
 /// Runs a statement with triggers disabled, as a superuser could.
 fn superuser_exec(db: &TestDb, sql: &str) {
     let mut c = db.client();
-    c.batch_execute(&format!("SET session_replication_role = replica; {sql}")).unwrap();
+    c.batch_execute(&format!("SET session_replication_role = replica; {sql}"))
+        .unwrap();
 }
 
 #[test]
@@ -57,13 +60,13 @@ fn round_trip_write_decrypt_decode_twice() {
     let db = TestDb::new();
     let log = oplog();
     let mut client = db.client();
-    for (i, id) in ["u1", "u2"].iter().enumerate() {
+    for (seq, id) in [(1, "u1"), (2, "u2")] {
         let mut tx = client.transaction().unwrap();
         let u = user(id);
         insert_user(&mut tx, &u).unwrap();
         let written = log.write(&mut tx, &create_entry("tenant-1", &u)).unwrap();
         tx.commit().unwrap();
-        assert_eq!(written.seq, i as i64 + 1);
+        assert_eq!(written.seq, seq);
     }
     let entries = log.list(&mut client, Some("tenant-1"), 0, None).unwrap();
     assert_eq!(entries.len(), 2);
@@ -75,7 +78,10 @@ fn round_trip_write_decrypt_decode_twice() {
         assert_eq!(entry.key_id, log.wrapper().key_id());
     }
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'tenant-1'"), 2);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'tenant-1'"),
+        2
+    );
 }
 
 #[test]
@@ -84,11 +90,21 @@ fn queue_keeps_fifo_order_across_types_with_updates_and_multivalued_metadata() {
     let log = oplog();
     let mut client = db.client();
     let mut entry = NewEntry::new("tenant-1");
-    entry.metadata("tag", "a").metadata("actor", "alice").metadata("tag", "b");
-    let account = Account { id: "a1".into(), tenant_id: "t1".into(), name: "Acme".into(), ..Default::default() };
+    entry
+        .metadata("tag", "a")
+        .metadata("actor", "alice")
+        .metadata("tag", "b");
+    let account = Account {
+        id: "a1".into(),
+        tenant_id: "t1".into(),
+        name: "Acme".into(),
+        ..Default::default()
+    };
     entry.create(&account).unwrap();
     entry.create(&user("u1")).unwrap();
-    entry.update(&user("u1"), &["email", "display_name"], &["phone"]).unwrap();
+    entry
+        .update(&user("u1"), &["email", "display_name"], &["phone"])
+        .unwrap();
     entry.create_items(&[user("u2"), user("u3")]).unwrap();
     entry.delete(&user("u1")).unwrap();
     let mut tx = client.transaction().unwrap();
@@ -96,7 +112,11 @@ fn queue_keeps_fifo_order_across_types_with_updates_and_multivalued_metadata() {
     tx.commit().unwrap();
 
     let got = log.list(&mut client, None, 0, None).unwrap().remove(0);
-    let ops: Vec<(OpType, &str)> = got.operations.iter().map(|o| (o.op, o.type_name.as_str())).collect();
+    let ops: Vec<(OpType, &str)> = got
+        .operations
+        .iter()
+        .map(|o| (o.op, o.type_name.as_str()))
+        .collect();
     assert_eq!(
         ops,
         [
@@ -113,7 +133,10 @@ fn queue_keeps_fifo_order_across_types_with_updates_and_multivalued_metadata() {
     assert_eq!(got.operations[2].null_mask, ["phone"]);
     assert_eq!(got.operations[4].decode::<User>().unwrap().id, "u3");
     assert_eq!(got.metadata.get_all("tag").collect::<Vec<_>>(), ["a", "b"]);
-    assert_eq!(got.metadata.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["tag", "actor", "tag"]);
+    assert_eq!(
+        got.metadata.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        ["tag", "actor", "tag"]
+    );
 }
 
 #[test]
@@ -123,7 +146,9 @@ fn missing_aggregate_empty_entry_unknown_type_and_missing_ticket_are_errors() {
     let mut tx = client.transaction().unwrap();
 
     let log = oplog();
-    let err = log.write(&mut tx, &create_entry("", &user("u1"))).unwrap_err();
+    let err = log
+        .write(&mut tx, &create_entry("", &user("u1")))
+        .unwrap_err();
     assert!(err.to_string().contains("aggregate name \"\""), "{err}");
 
     let err = log.write(&mut tx, &NewEntry::new("agg")).unwrap_err();
@@ -132,11 +157,19 @@ fn missing_aggregate_empty_entry_unknown_type_and_missing_ticket_are_errors() {
     let mut only_accounts = TypeCatalog::new();
     only_accounts.register("demo.v1.Account").unwrap();
     let narrow = Oplog::new(only_accounts, Keyring::generate());
-    let err = narrow.write(&mut tx, &create_entry("agg", &user("u1"))).unwrap_err();
-    assert!(matches!(&err, Error::UnknownType { type_name } if type_name == "demo.v1.User"), "{err}");
+    let err = narrow
+        .write(&mut tx, &create_entry("agg", &user("u1")))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::UnknownType { type_name } if type_name == "demo.v1.User"),
+        "{err}"
+    );
 
     let err = log.ticket(&mut tx, "never-seeded").unwrap_err();
-    assert!(matches!(&err, Error::TicketNotFound { name } if name == "never-seeded"), "{err}");
+    assert!(
+        matches!(&err, Error::TicketNotFound { name } if name == "never-seeded"),
+        "{err}"
+    );
     assert!(err.to_string().contains("ensure_ticket"), "{err}");
     drop(tx);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 0);
@@ -147,28 +180,44 @@ fn update_mask_and_null_path_errors() {
     let mut entry = NewEntry::new("agg");
     let err = entry.update(&user("u1"), &[], &[]).unwrap_err();
     assert!(matches!(err, Error::InvalidOperation { .. }), "{err}");
-    let err = entry.update(&user("u1"), &["phone"], &["phone"]).unwrap_err();
-    assert!(err.to_string().contains("both the field mask and the null mask"), "{err}");
+    let err = entry
+        .update(&user("u1"), &["phone"], &["phone"])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("both the field mask and the null mask"),
+        "{err}"
+    );
     assert!(entry.is_empty());
 }
 
 #[test]
 fn global_ticket_is_seeded_and_seeding_is_idempotent() {
     let db = TestDb::new();
-    assert_eq!(db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'global'"), 0);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'global'"),
+        0
+    );
     let log = oplog();
     let mut client = db.client();
     log.ensure_ticket(&mut client, "accounts").unwrap();
     log.ensure_ticket(&mut client, "accounts").unwrap();
-    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_ticket WHERE name = 'accounts'"), 1);
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM oplog_ticket WHERE name = 'accounts'"),
+        1
+    );
 
     // Entries of several kinds written to the global aggregate share its one order.
     for u in ["u1", "u2", "u3"] {
         let mut tx = client.transaction().unwrap();
-        log.write(&mut tx, &create_entry(oplog::GLOBAL_TICKET, &user(u))).unwrap();
+        log.write(&mut tx, &create_entry(oplog::GLOBAL_TICKET, &user(u)))
+            .unwrap();
         tx.commit().unwrap();
     }
-    assert_eq!(db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'global'"), 3);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'global'"),
+        3
+    );
 }
 
 #[test]
@@ -182,10 +231,16 @@ fn optimistic_second_writer_of_the_same_ticket_fails_retryably() {
     let k1 = log.ticket(&mut t1, "agg").unwrap();
     let k2 = log.ticket(&mut t2, "agg").unwrap();
     assert_eq!(k1, k2);
-    log.write_with_ticket(&mut t1, &k1, &create_entry("agg", &user("u1"))).unwrap();
+    log.write_with_ticket(&mut t1, &k1, &create_entry("agg", &user("u1")))
+        .unwrap();
     t1.commit().unwrap();
-    let err = log.write_with_ticket(&mut t2, &k2, &create_entry("agg", &user("u2"))).unwrap_err();
-    assert!(matches!(err, Error::TicketAlreadyRedeemed { version: 0, .. }), "{err}");
+    let err = log
+        .write_with_ticket(&mut t2, &k2, &create_entry("agg", &user("u2")))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TicketAlreadyRedeemed { version: 0, .. }),
+        "{err}"
+    );
     assert!(err.is_retryable());
     drop(t2);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 1);
@@ -199,7 +254,8 @@ fn concurrent_redemptions_block_then_fail_optimistic_or_proceed_pessimistic() {
     log.ensure_ticket(&mut c1, "agg").unwrap();
     let mut t1 = c1.transaction().unwrap();
     let k1 = log.ticket(&mut t1, "agg").unwrap();
-    log.write_with_ticket(&mut t1, &k1, &create_entry("agg", &user("u1"))).unwrap();
+    log.write_with_ticket(&mut t1, &k1, &create_entry("agg", &user("u1")))
+        .unwrap();
 
     // The optimistic second writer reads the same version (the first has not
     // committed) and blocks on the row lock.
@@ -209,8 +265,7 @@ fn concurrent_redemptions_block_then_fail_optimistic_or_proceed_pessimistic() {
         let mut tx = c.transaction().unwrap();
         let k = log2.ticket(&mut tx, "agg").unwrap();
         let entry = create_entry("agg", &user("u2"));
-        let r = log2.write_with_ticket(&mut tx, &k, &entry).map(|w| w.seq);
-        r
+        log2.write_with_ticket(&mut tx, &k, &entry).map(|w| w.seq)
     });
     // The pessimistic third writer waits for the ticket and then succeeds.
     let (log3, url) = (log.clone(), db.url.clone());
@@ -222,13 +277,22 @@ fn concurrent_redemptions_block_then_fail_optimistic_or_proceed_pessimistic() {
         Ok::<_, Error>(w.seq)
     });
     thread::sleep(Duration::from_millis(500));
-    assert!(!optimistic.is_finished() && !pessimistic.is_finished(), "writers must wait for the ticket");
+    assert!(
+        !optimistic.is_finished() && !pessimistic.is_finished(),
+        "writers must wait for the ticket"
+    );
     t1.commit().unwrap();
 
     let err = optimistic.join().unwrap().unwrap_err();
     assert!(matches!(err, Error::TicketAlreadyRedeemed { .. }), "{err}");
     assert_eq!(pessimistic.join().unwrap().unwrap(), 2);
-    let seqs: Vec<i64> = db.client().query("SELECT seq FROM oplog_entry ORDER BY seq", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let seqs: Vec<i64> = db
+        .client()
+        .query("SELECT seq FROM oplog_entry ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(seqs, [1, 2]);
 }
 
@@ -239,7 +303,9 @@ fn rollback_leaves_no_entry_no_metadata_and_an_unchanged_ticket() {
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
     insert_user(&mut tx, &user("u1")).unwrap();
-    let written = log.write(&mut tx, &create_entry("agg", &user("u1"))).unwrap();
+    let written = log
+        .write(&mut tx, &create_entry("agg", &user("u1")))
+        .unwrap();
     tx.rollback().unwrap();
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 0);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_metadata"), 0);
@@ -249,15 +315,24 @@ fn rollback_leaves_no_entry_no_metadata_and_an_unchanged_ticket() {
     // A ticket that existed keeps its version after a rolled-back write.
     log.ensure_ticket(&mut client, "agg").unwrap();
     let mut tx = client.transaction().unwrap();
-    log.write(&mut tx, &create_entry("agg", &user("u1"))).unwrap();
+    log.write(&mut tx, &create_entry("agg", &user("u1")))
+        .unwrap();
     drop(tx);
-    assert_eq!(db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'agg'"), 0);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'agg'"),
+        0
+    );
 
     let mut tx = client.transaction().unwrap();
-    let written = log.write(&mut tx, &create_entry("agg", &user("u1"))).unwrap();
+    let written = log
+        .write(&mut tx, &create_entry("agg", &user("u1")))
+        .unwrap();
     tx.commit().unwrap();
     assert_eq!(written.seq, 1);
-    assert_eq!(log.committed(&mut client, written.uuid).unwrap(), Some(written.id));
+    assert_eq!(
+        log.committed(&mut client, written.uuid).unwrap(),
+        Some(written.id)
+    );
 }
 
 #[test]
@@ -265,7 +340,9 @@ fn diesel_connection_writes_in_its_transaction_and_reads_back() {
     let db = TestDb::new();
     let log = oplog();
     let mut conn = db.diesel();
-    let err = log.write(&mut conn, &create_entry("agg", &user("u1"))).unwrap_err();
+    let err = log
+        .write(&mut conn, &create_entry("agg", &user("u1")))
+        .unwrap_err();
     assert!(matches!(err, Error::NotInTransaction), "{err}");
 
     let written = conn
@@ -288,12 +365,18 @@ fn diesel_connection_writes_in_its_transaction_and_reads_back() {
 
     let entries = log.list(&mut conn, Some("agg"), 0, None).unwrap();
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].operations[0].decode::<User>().unwrap(), user("u1"));
+    assert_eq!(
+        entries[0].operations[0].decode::<User>().unwrap(),
+        user("u1")
+    );
     assert_eq!(entries[0].metadata.get("request-id"), Some("r-1"));
     // Both drivers read the same rows the same way.
     let via_postgres = log.list(&mut db.client(), Some("agg"), 0, None).unwrap();
     assert_eq!(via_postgres[0].uuid, entries[0].uuid);
-    assert_eq!(via_postgres[0].created_at_micros, entries[0].created_at_micros);
+    assert_eq!(
+        via_postgres[0].created_at_micros,
+        entries[0].created_at_micros
+    );
 }
 
 #[test]
@@ -304,12 +387,20 @@ fn list_filters_by_aggregate_after_and_limit() {
     for i in 0..5 {
         for agg in ["a", "b"] {
             let mut tx = client.transaction().unwrap();
-            log.write(&mut tx, &create_entry(agg, &user(&format!("{agg}{i}")))).unwrap();
+            log.write(&mut tx, &create_entry(agg, &user(&format!("{agg}{i}"))))
+                .unwrap();
             tx.commit().unwrap();
         }
     }
-    let seqs = |v: Vec<oplog::Entry>| v.iter().map(|e| (e.aggregate.clone(), e.seq)).collect::<Vec<_>>();
-    assert_eq!(seqs(log.list(&mut client, Some("a"), 2, Some(2)).unwrap()), [("a".to_string(), 3), ("a".to_string(), 4)]);
+    let seqs = |v: Vec<oplog::Entry>| {
+        v.iter()
+            .map(|e| (e.aggregate.clone(), e.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seqs(log.list(&mut client, Some("a"), 2, Some(2)).unwrap()),
+        [("a".to_string(), 3), ("a".to_string(), 4)]
+    );
     assert_eq!(log.list(&mut client, None, 0, None).unwrap().len(), 10);
     assert_eq!(log.list(&mut client, Some("c"), 0, None).unwrap().len(), 0);
 }
@@ -320,7 +411,8 @@ fn entries_and_metadata_are_immutable() {
     let log = oplog();
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
-    log.write(&mut tx, &create_entry("agg", &user("u1"))).unwrap();
+    log.write(&mut tx, &create_entry("agg", &user("u1")))
+        .unwrap();
     tx.commit().unwrap();
     for sql in [
         "UPDATE oplog_entry SET data = '\\x00'",
@@ -344,7 +436,8 @@ fn write_two(db: &TestDb, log: &Oplog) {
 }
 
 fn read_error(db: &TestDb, log: &Oplog) -> Error {
-    log.list(&mut db.client(), Some("agg"), 0, None).unwrap_err()
+    log.list(&mut db.client(), Some("agg"), 0, None)
+        .unwrap_err()
 }
 
 #[test]
@@ -354,7 +447,9 @@ fn tampered_ciphertext_fails_authentication_naming_the_entry() {
     write_two(&db, &log);
     superuser_exec(&db, "UPDATE oplog_entry SET data = overlay(data placing '\\x00' from length(data) - 3 for 1) WHERE seq = 2");
     match read_error(&db, &log) {
-        Error::Decryption { entry } => assert_eq!((entry.aggregate.as_str(), entry.seq), ("agg", 2)),
+        Error::Decryption { entry } => {
+            assert_eq!((entry.aggregate.as_str(), entry.seq), ("agg", 2))
+        }
         other => panic!("expected a decryption error, got {other}"),
     }
 }
@@ -366,7 +461,10 @@ fn ciphertext_moved_to_another_row_fails_authentication() {
     write_two(&db, &log);
     superuser_exec(&db, "UPDATE oplog_entry SET data = (SELECT data FROM oplog_entry WHERE seq = 2), digest = (SELECT digest FROM oplog_entry WHERE seq = 2) WHERE seq = 1");
     let err = read_error(&db, &log);
-    assert!(matches!(&err, Error::Decryption { entry } if entry.seq == 1), "{err}");
+    assert!(
+        matches!(&err, Error::Decryption { entry } if entry.seq == 1),
+        "{err}"
+    );
     assert!(err.to_string().contains("failed authentication"), "{err}");
 }
 
@@ -378,7 +476,10 @@ fn edited_metadata_fails_authentication() {
     superuser_exec(&db, "UPDATE oplog_metadata SET value = 'mallory' WHERE key = 'actor' AND entry_id = (SELECT id FROM oplog_entry WHERE seq = 1)");
     assert!(matches!(read_error(&db, &log), Error::Decryption { entry } if entry.seq == 1));
     // Adding a metadata row is caught the same way.
-    superuser_exec(&db, "UPDATE oplog_metadata SET value = 'alice' WHERE key = 'actor'");
+    superuser_exec(
+        &db,
+        "UPDATE oplog_metadata SET value = 'alice' WHERE key = 'actor'",
+    );
     superuser_exec(&db, "INSERT INTO oplog_metadata (entry_id, ordinal, key, value) SELECT id, 9, 'extra', 'x' FROM oplog_entry WHERE seq = 2");
     assert!(matches!(read_error(&db, &log), Error::Decryption { entry } if entry.seq == 2));
 }
@@ -391,7 +492,10 @@ fn unknown_key_id_and_unknown_type_are_clear_errors() {
     write_two(&db, &log);
     let stranger = Oplog::new(TypeCatalog::demo(), Keyring::generate());
     let err = read_error(&db, &stranger);
-    assert!(matches!(&err, Error::UnknownKey { key_id, .. } if key_id == log.wrapper().key_id()), "{err}");
+    assert!(
+        matches!(&err, Error::UnknownKey { key_id, .. } if key_id == log.wrapper().key_id()),
+        "{err}"
+    );
     assert!(err.to_string().contains("seq 1"), "{err}");
 
     // Read with the right key but a catalog that lacks the User type.
@@ -399,7 +503,11 @@ fn unknown_key_id_and_unknown_type_are_clear_errors() {
     let mut accounts_only = TypeCatalog::new();
     accounts_only.register("demo.v1.Account").unwrap();
     let err = read_error(&db, &Oplog::new(accounts_only, ring));
-    assert!(err.to_string().contains("unknown message type \"demo.v1.User\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("unknown message type \"demo.v1.User\""),
+        "{err}"
+    );
     assert!(err.to_string().contains("frame 0"), "{err}");
 }
 
@@ -414,13 +522,17 @@ fn unsupported_format_version_is_refused() {
 }
 
 fn concurrent_writes(mode: LockMode) {
-    const THREADS: usize = 8;
-    const WRITES: usize = 200;
+    const THREADS: i64 = 8;
+    const WRITES: i64 = 200;
     let db = TestDb::new();
     let log = oplog();
     log.ensure_ticket(&mut db.client(), "hot").unwrap();
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let policy = RetryPolicy { max_attempts: 10_000, base_delay: Duration::from_micros(200), max_delay: Duration::from_millis(20) };
+    let barrier = Arc::new(Barrier::new(usize::try_from(THREADS).unwrap()));
+    let policy = RetryPolicy {
+        max_attempts: 10_000,
+        base_delay: Duration::from_micros(200),
+        max_delay: Duration::from_millis(20),
+    };
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let (log, url, barrier) = (log.clone(), db.url.clone(), barrier.clone());
@@ -451,27 +563,60 @@ fn concurrent_writes(mode: LockMode) {
         })
         .collect();
     let attempts: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    let total = (THREADS * WRITES) as i64;
-    assert!(attempts as i64 >= total);
-    let seqs: Vec<i64> = db.client().query("SELECT seq FROM oplog_entry WHERE aggregate_name = 'hot' ORDER BY seq", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let total = THREADS * WRITES;
+    assert!(i64::from(attempts) >= total);
+    let seqs: Vec<i64> = db
+        .client()
+        .query(
+            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'hot' ORDER BY seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
-    assert_eq!(db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'hot'"), total);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'hot'"),
+        total
+    );
     let entries = log.list(&mut db.client(), Some("hot"), 0, None).unwrap();
-    assert_eq!(entries.len() as i64, total);
+    assert_eq!(i64::try_from(entries.len()).unwrap(), total);
     // Every domain row has its entry and every entry its domain row.
-    let mut logged: Vec<String> = entries.iter().map(|e| e.operations[0].decode::<User>().unwrap().id).collect();
-    let mut rows: Vec<String> = db.client().query("SELECT id FROM demo_user", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let mut logged: Vec<String> = entries
+        .iter()
+        .map(|e| e.operations[0].decode::<User>().unwrap().id)
+        .collect();
+    let mut rows: Vec<String> = db
+        .client()
+        .query("SELECT id FROM demo_user", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     logged.sort();
     rows.sort();
     assert_eq!(logged, rows);
     // The chain links every entry to its predecessor.
     let mut prev = oplog::GENESIS_CHAIN.to_vec();
-    let chains: Vec<(Vec<u8>,)> = db.client().query("SELECT chain FROM oplog_entry WHERE aggregate_name = 'hot' ORDER BY seq", &[]).unwrap().iter().map(|r| (r.get(0),)).collect();
+    let chains: Vec<(Vec<u8>,)> = db
+        .client()
+        .query(
+            "SELECT chain FROM oplog_entry WHERE aggregate_name = 'hot' ORDER BY seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0),))
+        .collect();
     for (chain,) in &chains {
         assert_ne!(chain, &prev);
         prev = chain.clone();
     }
-    assert_eq!(db.scalar::<Vec<u8>>("SELECT chain FROM oplog_ticket WHERE name = 'hot'"), prev);
+    assert_eq!(
+        db.scalar::<Vec<u8>>("SELECT chain FROM oplog_ticket WHERE name = 'hot'"),
+        prev
+    );
 }
 
 #[test]
@@ -497,8 +642,16 @@ fn concurrent_migrators_do_not_corrupt_each_other() {
             })
         })
         .collect();
-    let applied: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
-    let migrations = MigrationSource::<diesel::pg::Pg>::migrations(&oplog::MIGRATIONS).unwrap().len();
+    let applied: Vec<usize> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let migrations = MigrationSource::<diesel::pg::Pg>::migrations(&oplog::MIGRATIONS)
+        .unwrap()
+        .len();
     assert_eq!(applied.iter().sum::<usize>(), migrations);
-    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_ticket WHERE name = 'global'"), 1);
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM oplog_ticket WHERE name = 'global'"),
+        1
+    );
 }
