@@ -15,11 +15,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_imports(true).include_source_info(true).open_files(PROTOS)?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(PROTOS)?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // The encoded set keeps custom options (such as `oplog.v1.table`), which
     // prost_types' structs would drop.
-    fs::write(out.join("descriptors.bin"), compiler.encode_file_descriptor_set())?;
+    fs::write(
+        out.join("descriptors.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     prost_build::Config::new()
         .enable_type_names()
         .compile_fds(compiler.file_descriptor_set())?;

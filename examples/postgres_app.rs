@@ -34,7 +34,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     retry.postgres(&mut client, |tx| {
         tx.execute(
             "INSERT INTO demo_account (id, tenant_id, name, plan) VALUES ($1, $2, $3, $4)",
-            &[&account.id, &account.tenant_id, &account.name, &account.plan],
+            &[
+                &account.id,
+                &account.tenant_id,
+                &account.name,
+                &account.plan,
+            ],
         )?;
         let mut entry = NewEntry::new(&aggregate);
         entry.metadata("actor", "alice").create(&account)?;
@@ -72,12 +77,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
 
     for entry in log.list(&mut client, Some(&aggregate), 0, None)? {
-        println!("{} seq {} ({} operations)", entry.aggregate, entry.seq, entry.operations.len());
+        println!(
+            "{} seq {} ({} operations)",
+            entry.aggregate,
+            entry.seq,
+            entry.operations.len()
+        );
         for (key, value) in entry.metadata.iter() {
             println!("  {key} = {value}");
         }
         for op in &entry.operations {
-            println!("  {} {} mask={:?} null={:?}", op.op.as_str_name(), op.type_name, op.field_mask, op.null_mask);
+            println!(
+                "  {} {} mask={:?} null={:?}",
+                op.op.as_str_name(),
+                op.type_name,
+                op.field_mask,
+                op.null_mask
+            );
         }
     }
     Ok(())
@@ -89,7 +105,13 @@ fn database_url() -> Result<String, Box<dyn std::error::Error>> {
         return Ok(url);
     }
     let mut admin = Client::connect("postgres://postgres@127.0.0.1:5432/postgres", NoTls)?;
-    if admin.query_opt("SELECT 1 FROM pg_database WHERE datname = 'oplog_example'", &[])?.is_none() {
+    if admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = 'oplog_example'",
+            &[],
+        )?
+        .is_none()
+    {
         admin.batch_execute("CREATE DATABASE oplog_example")?;
     }
     Ok("postgres://postgres@127.0.0.1:5432/oplog_example".into())

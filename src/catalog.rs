@@ -56,7 +56,10 @@ impl TableInfo {
                 .map_err(|e| Error::Catalog(format!("type {type_name:?}: table: {e}")))?;
         }
         if self.primary_key.is_empty() {
-            return Err(Error::Catalog(format!("type {type_name:?}: table {:?} has no primary key", self.table)));
+            return Err(Error::Catalog(format!(
+                "type {type_name:?}: table {:?} has no primary key",
+                self.table
+            )));
         }
         for column in &self.primary_key {
             validate_identifier(column)
@@ -72,7 +75,9 @@ impl TableInfo {
 /// the catalog in the first place.
 pub fn validate_identifier(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
-    let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "{name:?} is not a valid identifier (letters, digits and underscores, not starting with a digit)"
@@ -276,7 +281,10 @@ mod tests {
         let catalog = TypeCatalog::demo();
         let user = catalog.get("demo.v1.User").unwrap();
         assert_eq!(user.table(), Some(&TableInfo::new("demo_user", &["id"])));
-        assert_eq!(catalog.type_names().collect::<Vec<_>>(), ["demo.v1.Account", "demo.v1.User"]);
+        assert_eq!(
+            catalog.type_names().collect::<Vec<_>>(),
+            ["demo.v1.Account", "demo.v1.User"]
+        );
     }
 
     #[test]
@@ -289,8 +297,16 @@ mod tests {
     #[test]
     fn unknown_and_empty_type_names_are_errors() {
         let mut catalog = TypeCatalog::new();
-        assert!(catalog.register("nope.v1.Missing").unwrap_err().to_string().contains("no descriptor"));
-        assert!(catalog.register("").unwrap_err().to_string().contains("empty type name"));
+        assert!(catalog
+            .register("nope.v1.Missing")
+            .unwrap_err()
+            .to_string()
+            .contains("no descriptor"));
+        assert!(catalog
+            .register("")
+            .unwrap_err()
+            .to_string()
+            .contains("empty type name"));
     }
 
     #[test]
@@ -318,7 +334,9 @@ mod tests {
             .register_table("demo.v1.User", TableInfo::new("users", &["nope"]))
             .unwrap_err();
         assert!(err.to_string().contains("not a field"), "{err}");
-        catalog.register_table("demo.v1.User", TableInfo::new("app.users", &["id"])).unwrap();
+        catalog
+            .register_table("demo.v1.User", TableInfo::new("app.users", &["id"]))
+            .unwrap();
         let err = catalog
             .register_table("demo.v1.Account", TableInfo::new("app.users", &["id"]))
             .unwrap_err();
@@ -328,7 +346,9 @@ mod tests {
     #[test]
     fn descriptor_sets_can_be_added() {
         let mut catalog = TypeCatalog::new();
-        catalog.add_file_descriptor_set(FILE_DESCRIPTOR_SET).unwrap();
+        catalog
+            .add_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .unwrap();
         assert!(catalog.add_file_descriptor_set(b"\xff\xff").is_err());
     }
 }

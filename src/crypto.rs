@@ -76,19 +76,28 @@ struct Blob<'a> {
 }
 
 fn parse_blob(blob: &[u8]) -> Result<Blob<'_>, CryptoError> {
-    let (&version, rest) = blob.split_first().ok_or(CryptoError::Malformed("empty ciphertext"))?;
+    let (&version, rest) = blob
+        .split_first()
+        .ok_or(CryptoError::Malformed("empty ciphertext"))?;
     if version != BLOB_VERSION {
         return Err(CryptoError::Malformed("unknown ciphertext version"));
     }
-    let (&id_len, rest) = rest.split_first().ok_or(CryptoError::Malformed("ciphertext too short"))?;
+    let (&id_len, rest) = rest
+        .split_first()
+        .ok_or(CryptoError::Malformed("ciphertext too short"))?;
     let id_len = usize::from(id_len);
     if rest.len() < id_len + NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed("ciphertext too short"));
     }
     let (id, rest) = rest.split_at(id_len);
-    let key_id = std::str::from_utf8(id).map_err(|_| CryptoError::Malformed("key id is not UTF-8"))?;
+    let key_id =
+        std::str::from_utf8(id).map_err(|_| CryptoError::Malformed("key id is not UTF-8"))?;
     let (nonce, sealed) = rest.split_at(NONCE_LEN);
-    Ok(Blob { key_id, nonce, sealed })
+    Ok(Blob {
+        key_id,
+        nonce,
+        sealed,
+    })
 }
 
 /// One AES-256-GCM key with its id.
@@ -103,20 +112,31 @@ impl DataKey {
     fn new(id: String, created_at: String, material: Zeroizing<[u8; KEY_LEN]>) -> Result<Self> {
         check_key_id(&id)?;
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(material.as_slice()));
-        Ok(DataKey { id, created_at, material, cipher })
+        Ok(DataKey {
+            id,
+            created_at,
+            material,
+            cipher,
+        })
     }
 
     fn generate() -> Self {
         let mut material = Zeroizing::new([0u8; KEY_LEN]);
         OsRng.fill_bytes(material.as_mut_slice());
         let id = format!("k{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let created_at =
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         DataKey::new(id, created_at, material).expect("a generated key id is valid")
     }
 }
 
 fn check_key_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > MAX_KEY_ID || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if id.is_empty()
+        || id.len() > MAX_KEY_ID
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(Error::Keyring(format!(
             "key id {id:?} is invalid: use 1 to {MAX_KEY_ID} letters, digits, '-' or '_'"
         )));
@@ -174,13 +194,19 @@ struct KeyFile {
 impl Keyring {
     /// A keyring with one freshly generated active key.
     pub fn generate() -> Self {
-        Keyring { keys: vec![DataKey::generate()], active: 0 }
+        Keyring {
+            keys: vec![DataKey::generate()],
+            active: 0,
+        }
     }
 
     /// A keyring holding one key with the given id and 32 bytes of material.
     pub fn from_key(id: &str, material: [u8; KEY_LEN]) -> Result<Self> {
         let key = DataKey::new(id.to_string(), String::new(), Zeroizing::new(material))?;
-        Ok(Keyring { keys: vec![key], active: 0 })
+        Ok(Keyring {
+            keys: vec![key],
+            active: 0,
+        })
     }
 
     /// Adds a freshly generated key and makes it active; returns its id.
@@ -201,7 +227,10 @@ impl Keyring {
         let file: KeyringFile = serde_json::from_str(text)
             .map_err(|e| Error::Keyring(format!("not a keyring file: {e}")))?;
         if file.version != 1 {
-            return Err(Error::Keyring(format!("unsupported keyring version {}; this build reads version 1", file.version)));
+            return Err(Error::Keyring(format!(
+                "unsupported keyring version {}; this build reads version 1",
+                file.version
+            )));
         }
         let mut keys: Vec<DataKey> = Vec::with_capacity(file.keys.len());
         for k in file.keys {
@@ -211,7 +240,11 @@ impl Keyring {
                     .map_err(|_| Error::Keyring(format!("key {:?} is not valid base64", k.id)))?,
             );
             let material: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
-                Error::Keyring(format!("key {:?} must be {KEY_LEN} bytes, found {}", k.id, bytes.len()))
+                Error::Keyring(format!(
+                    "key {:?} must be {KEY_LEN} bytes, found {}",
+                    k.id,
+                    bytes.len()
+                ))
             })?;
             if keys.iter().any(|existing| existing.id == k.id) {
                 return Err(Error::Keyring(format!("key {:?} appears twice", k.id)));
@@ -221,7 +254,12 @@ impl Keyring {
         let active = keys
             .iter()
             .position(|k| k.id == file.active)
-            .ok_or_else(|| Error::Keyring(format!("active key {:?} is not among the keys", file.active)))?;
+            .ok_or_else(|| {
+                Error::Keyring(format!(
+                    "active key {:?} is not among the keys",
+                    file.active
+                ))
+            })?;
         Ok(Keyring { keys, active })
     }
 
@@ -237,7 +275,9 @@ impl Keyring {
                 .map(|k| KeyFile {
                     id: k.id.clone(),
                     created_at: k.created_at.clone(),
-                    key: Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(k.material.as_slice())),
+                    key: Zeroizing::new(
+                        base64::engine::general_purpose::STANDARD.encode(k.material.as_slice()),
+                    ),
                 })
                 .collect(),
         };
@@ -248,7 +288,10 @@ impl Keyring {
 
     /// Reads a keyring file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io { context: format!("cannot read key file {}", path.display()), source };
+        let io = |source| Error::Io {
+            context: format!("cannot read key file {}", path.display()),
+            source,
+        };
         let meta = fs::metadata(path).map_err(io)?;
         #[cfg(unix)]
         {
@@ -274,7 +317,10 @@ impl Keyring {
     /// Writes the keyring to `path` with mode 0600, replacing the file
     /// atomically (write to a temporary file beside it, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io { context: format!("cannot write key file {}", path.display()), source };
+        let io = |source| Error::Io {
+            context: format!("cannot write key file {}", path.display()),
+            source,
+        };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -310,8 +356,16 @@ impl Wrapper for Keyring {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let sealed = key
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
-            .map_err(|_| Error::Keyring("encryption failed: payload too large for AES-GCM".into()))?;
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| {
+                Error::Keyring("encryption failed: payload too large for AES-GCM".into())
+            })?;
         let id_len = u8::try_from(key.id.len()).expect("key ids are at most 64 bytes");
         let mut blob = Vec::with_capacity(2 + key.id.len() + NONCE_LEN + sealed.len());
         blob.push(BLOB_VERSION);
@@ -330,7 +384,10 @@ impl Wrapper for Keyring {
         key.cipher
             .decrypt(
                 aes_gcm::Nonce::from_slice(parsed.nonce),
-                Payload { msg: parsed.sealed, aad },
+                Payload {
+                    msg: parsed.sealed,
+                    aad,
+                },
             )
             .map_err(|_| CryptoError::Authentication)
     }
@@ -347,7 +404,10 @@ mod tests {
         let debug = format!("{ring:?}");
         assert!(debug.contains("test-key"));
         let b64 = base64::engine::general_purpose::STANDARD.encode([0xAB; KEY_LEN]);
-        assert!(!debug.contains(&b64[..8]) && !debug.to_lowercase().contains("abab"), "{debug}");
+        assert!(
+            !debug.contains(&b64[..8]) && !debug.to_lowercase().contains("abab"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -355,7 +415,10 @@ mod tests {
         let a = Keyring::generate();
         let b = Keyring::generate();
         let blob = a.encrypt(b"x", b"").unwrap();
-        assert_eq!(b.decrypt(&blob, b""), Err(CryptoError::UnknownKey(a.key_id().to_string())));
+        assert_eq!(
+            b.decrypt(&blob, b""),
+            Err(CryptoError::UnknownKey(a.key_id().to_string()))
+        );
     }
 
     #[test]
@@ -370,9 +433,18 @@ mod tests {
     #[test]
     fn short_and_foreign_blobs_are_malformed() {
         let ring = Keyring::generate();
-        assert!(matches!(ring.decrypt(&[], b""), Err(CryptoError::Malformed(_))));
-        assert!(matches!(ring.decrypt(&[9, 0, 0], b""), Err(CryptoError::Malformed(_))));
-        assert!(matches!(ring.decrypt(&[1, 200, 0], b""), Err(CryptoError::Malformed(_))));
+        assert!(matches!(
+            ring.decrypt(&[], b""),
+            Err(CryptoError::Malformed(_))
+        ));
+        assert!(matches!(
+            ring.decrypt(&[9, 0, 0], b""),
+            Err(CryptoError::Malformed(_))
+        ));
+        assert!(matches!(
+            ring.decrypt(&[1, 200, 0], b""),
+            Err(CryptoError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -390,11 +462,26 @@ mod tests {
     fn bad_keyring_files_are_clear_errors() {
         for (text, expect) in [
             ("{", "not a keyring file"),
-            (r#"{"version":2,"active":"a","keys":[]}"#, "unsupported keyring version"),
-            (r#"{"version":1,"active":"a","keys":[]}"#, "active key \"a\" is not among"),
-            (r#"{"version":1,"active":"a","keys":[{"id":"a","key":"AAAA"}]}"#, "must be 32 bytes"),
-            (r#"{"version":1,"active":"a","keys":[{"id":"a","key":"!!"}]}"#, "not valid base64"),
-            (r#"{"version":1,"active":"a b","keys":[{"id":"a b","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]}"#, "is invalid"),
+            (
+                r#"{"version":2,"active":"a","keys":[]}"#,
+                "unsupported keyring version",
+            ),
+            (
+                r#"{"version":1,"active":"a","keys":[]}"#,
+                "active key \"a\" is not among",
+            ),
+            (
+                r#"{"version":1,"active":"a","keys":[{"id":"a","key":"AAAA"}]}"#,
+                "must be 32 bytes",
+            ),
+            (
+                r#"{"version":1,"active":"a","keys":[{"id":"a","key":"!!"}]}"#,
+                "not valid base64",
+            ),
+            (
+                r#"{"version":1,"active":"a b","keys":[{"id":"a b","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]}"#,
+                "is invalid",
+            ),
         ] {
             let err = Keyring::from_json(text).unwrap_err().to_string();
             assert!(err.contains(expect), "{text}: {err}");
@@ -410,11 +497,17 @@ mod tests {
         let path = dir.join("keys.json");
         let ring = Keyring::generate();
         ring.save(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(Keyring::load(&path).unwrap().key_id(), ring.key_id());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Keyring::load(&path).unwrap_err().to_string();
-        assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("readable by group or others") && err.contains("chmod 600"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -60,12 +60,18 @@ impl Metadata {
 
     /// All values of `key`, in insertion order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// All pairs, in insertion order.
@@ -119,7 +125,11 @@ impl Metadata {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Metadata(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Metadata(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -198,7 +208,12 @@ impl NewEntry {
     }
 
     /// Appends an UPDATE of `msg` that sets `field_mask` and nulls `null_mask`.
-    pub fn update<M: Message + prost::Name>(&mut self, msg: &M, field_mask: &[&str], null_mask: &[&str]) -> Result<&mut Self> {
+    pub fn update<M: Message + prost::Name>(
+        &mut self,
+        msg: &M,
+        field_mask: &[&str],
+        null_mask: &[&str],
+    ) -> Result<&mut Self> {
         self.queue.add_update(msg, field_mask, null_mask)?;
         Ok(self)
     }
@@ -250,7 +265,9 @@ impl NewEntry {
         // decoded, listed and replayed later.
         let ops = Queue::decode_with(self.queue.as_bytes(), &Limits::default(), |_| true)?;
         match ops.iter().find(|op| !catalog.contains(&op.type_name)) {
-            Some(op) => Err(Error::UnknownType { type_name: op.type_name.clone() }),
+            Some(op) => Err(Error::UnknownType {
+                type_name: op.type_name.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -299,7 +316,11 @@ impl Header<'_> {
     }
 
     pub fn entry_ref(&self, id: Option<i64>) -> EntryRef {
-        EntryRef { id, aggregate: self.aggregate.to_string(), seq: self.seq }
+        EntryRef {
+            id,
+            aggregate: self.aggregate.to_string(),
+            seq: self.seq,
+        }
     }
 }
 
@@ -311,14 +332,23 @@ pub(crate) struct Sealed {
 }
 
 /// Encrypts `queue` for the entry described by `header`, chaining it to `prev`.
-pub(crate) fn seal(wrapper: &dyn Wrapper, header: &Header<'_>, queue: &Queue, prev: &[u8]) -> Result<Sealed> {
+pub(crate) fn seal(
+    wrapper: &dyn Wrapper,
+    header: &Header<'_>,
+    queue: &Queue,
+    prev: &[u8],
+) -> Result<Sealed> {
     let mut plaintext = zeroize::Zeroizing::new(vec![0u8; SALT_LEN]);
     rand::rngs::OsRng.fill_bytes(&mut plaintext[..SALT_LEN]);
     plaintext.extend_from_slice(queue.as_bytes());
     let digest: [u8; HASH_LEN] = Sha256::digest(plaintext.as_slice()).into();
     let data = wrapper.encrypt(&plaintext, &header.aad())?;
     let chain = header.chain(prev, &digest);
-    Ok(Sealed { data, digest, chain })
+    Ok(Sealed {
+        data,
+        digest,
+        chain,
+    })
 }
 
 /// Decrypts an entry's data, checks its digest and decodes its operations.
@@ -333,24 +363,47 @@ pub(crate) fn open(
 ) -> Result<Vec<Operation>> {
     let entry = || header.entry_ref(id);
     if header.format != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat { entry: entry(), found: header.format, supported: FORMAT_VERSION });
+        return Err(Error::UnsupportedFormat {
+            entry: entry(),
+            found: header.format,
+            supported: FORMAT_VERSION,
+        });
     }
     if data.len() > limits.max_queue_bytes.saturating_add(1024) {
-        return Err(Error::LimitExceeded { what: "entry ciphertext size in bytes", actual: data.len(), limit: limits.max_queue_bytes });
+        return Err(Error::LimitExceeded {
+            what: "entry ciphertext size in bytes",
+            actual: data.len(),
+            limit: limits.max_queue_bytes,
+        });
     }
-    let plaintext = zeroize::Zeroizing::new(wrapper.decrypt(data, &header.aad()).map_err(|e| match e {
-        CryptoError::Authentication => Error::Decryption { entry: entry() },
-        CryptoError::Malformed(reason) => Error::MalformedCiphertext { entry: entry(), reason },
-        CryptoError::UnknownKey(key_id) => Error::UnknownKey { key_id, entry: Some(entry()) },
-    })?);
+    let plaintext =
+        zeroize::Zeroizing::new(wrapper.decrypt(data, &header.aad()).map_err(|e| match e {
+            CryptoError::Authentication => Error::Decryption { entry: entry() },
+            CryptoError::Malformed(reason) => Error::MalformedCiphertext {
+                entry: entry(),
+                reason,
+            },
+            CryptoError::UnknownKey(key_id) => Error::UnknownKey {
+                key_id,
+                entry: Some(entry()),
+            },
+        })?);
     if Sha256::digest(plaintext.as_slice()).as_slice() != digest {
-        return Err(Error::CorruptEntry { entry: entry(), reason: "stored digest does not match the decrypted payload".into() });
+        return Err(Error::CorruptEntry {
+            entry: entry(),
+            reason: "stored digest does not match the decrypted payload".into(),
+        });
     }
-    let queue = plaintext.get(SALT_LEN..).ok_or_else(|| Error::CorruptEntry {
+    let queue = plaintext
+        .get(SALT_LEN..)
+        .ok_or_else(|| Error::CorruptEntry {
+            entry: entry(),
+            reason: "payload shorter than its salt".into(),
+        })?;
+    Queue::decode(queue, catalog, limits).map_err(|e| Error::CorruptEntry {
         entry: entry(),
-        reason: "payload shorter than its salt".into(),
-    })?;
-    Queue::decode(queue, catalog, limits).map_err(|e| Error::CorruptEntry { entry: entry(), reason: e.to_string() })
+        reason: e.to_string(),
+    })
 }
 
 /// An entry read back from the log: decrypted, decoded, with its metadata.
@@ -399,7 +452,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn header<'a>(meta: &'a Metadata, key_id: &'a str, uuid: Uuid) -> Header<'a> {
-        Header { aggregate: "agg", seq: 7, format: FORMAT_VERSION, key_id, uuid, metadata: meta }
+        Header {
+            aggregate: "agg",
+            seq: 7,
+            format: FORMAT_VERSION,
+            key_id,
+            uuid,
+            metadata: meta,
+        }
     }
 
     fn sealed_entry() -> (Keyring, Metadata, Uuid, Queue, Sealed) {
@@ -409,15 +469,38 @@ mod tests {
         meta.insert("actor", "bob");
         let uuid = Uuid::new_v4();
         let mut queue = Queue::new();
-        queue.add(&User { id: "u1".into(), ..Default::default() }, OpType::Create).unwrap();
-        let sealed = seal(&ring, &header(&meta, ring.key_id(), uuid), &queue, &GENESIS_CHAIN).unwrap();
+        queue
+            .add(
+                &User {
+                    id: "u1".into(),
+                    ..Default::default()
+                },
+                OpType::Create,
+            )
+            .unwrap();
+        let sealed = seal(
+            &ring,
+            &header(&meta, ring.key_id(), uuid),
+            &queue,
+            &GENESIS_CHAIN,
+        )
+        .unwrap();
         (ring, meta, uuid, queue, sealed)
     }
 
     #[test]
     fn seal_then_open_round_trips() {
         let (ring, meta, uuid, _, s) = sealed_entry();
-        let ops = open(&ring, &TypeCatalog::demo(), &Limits::default(), &header(&meta, ring.key_id(), uuid), Some(1), &s.data, &s.digest).unwrap();
+        let ops = open(
+            &ring,
+            &TypeCatalog::demo(),
+            &Limits::default(),
+            &header(&meta, ring.key_id(), uuid),
+            Some(1),
+            &s.data,
+            &s.digest,
+        )
+        .unwrap();
         assert_eq!(ops[0].decode::<User>().unwrap().id, "u1");
     }
 
@@ -429,14 +512,35 @@ mod tests {
         let mut edited = meta.clone();
         edited.insert("actor", "mallory");
         let variants = [
-            Header { aggregate: "other", ..header(&meta, &key_id, uuid) },
-            Header { seq: 8, ..header(&meta, &key_id, uuid) },
-            Header { uuid: Uuid::new_v4(), ..header(&meta, &key_id, uuid) },
-            Header { key_id: "k-other", ..header(&meta, &key_id, uuid) },
+            Header {
+                aggregate: "other",
+                ..header(&meta, &key_id, uuid)
+            },
+            Header {
+                seq: 8,
+                ..header(&meta, &key_id, uuid)
+            },
+            Header {
+                uuid: Uuid::new_v4(),
+                ..header(&meta, &key_id, uuid)
+            },
+            Header {
+                key_id: "k-other",
+                ..header(&meta, &key_id, uuid)
+            },
             header(&edited, &key_id, uuid),
         ];
         for h in variants {
-            let err = open(&ring, &catalog, &Limits::default(), &h, Some(1), &s.data, &s.digest).unwrap_err();
+            let err = open(
+                &ring,
+                &catalog,
+                &Limits::default(),
+                &h,
+                Some(1),
+                &s.data,
+                &s.digest,
+            )
+            .unwrap_err();
             assert!(matches!(err, Error::Decryption { .. }), "{h:?}: {err}");
         }
     }
@@ -444,8 +548,20 @@ mod tests {
     #[test]
     fn unsupported_format_is_refused() {
         let (ring, meta, uuid, _, s) = sealed_entry();
-        let h = Header { format: 2, ..header(&meta, ring.key_id(), uuid) };
-        let err = open(&ring, &TypeCatalog::demo(), &Limits::default(), &h, Some(1), &s.data, &s.digest).unwrap_err();
+        let h = Header {
+            format: 2,
+            ..header(&meta, ring.key_id(), uuid)
+        };
+        let err = open(
+            &ring,
+            &TypeCatalog::demo(),
+            &Limits::default(),
+            &h,
+            Some(1),
+            &s.data,
+            &s.digest,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("format version 2"), "{err}");
     }
 
@@ -463,7 +579,10 @@ mod tests {
     #[test]
     fn metadata_groups_in_first_appearance_order() {
         let meta: Metadata = [("b", "1"), ("a", "2"), ("b", "3")].into_iter().collect();
-        assert_eq!(meta.grouped(), vec![("b", vec!["1", "3"]), ("a", vec!["2"])]);
+        assert_eq!(
+            meta.grouped(),
+            vec![("b", vec!["1", "3"]), ("a", vec!["2"])]
+        );
         assert_eq!(meta.get_all("b").collect::<Vec<_>>(), ["1", "3"]);
     }
 

@@ -24,8 +24,16 @@ pub struct EntryRef {
 impl fmt::Display for EntryRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.id {
-            Some(id) => write!(f, "entry {id} (aggregate {:?}, seq {})", self.aggregate, self.seq),
-            None => write!(f, "entry (aggregate {:?}, seq {})", self.aggregate, self.seq),
+            Some(id) => write!(
+                f,
+                "entry {id} (aggregate {:?}, seq {})",
+                self.aggregate, self.seq
+            ),
+            None => write!(
+                f,
+                "entry (aggregate {:?}, seq {})",
+                self.aggregate, self.seq
+            ),
         }
     }
 }
@@ -118,7 +126,9 @@ pub enum Error {
     Keyring(String),
 
     /// An entry has a format version this build does not read.
-    #[error("{entry} has format version {found}, this build reads version {supported}; upgrade oplog")]
+    #[error(
+        "{entry} has format version {found}, this build reads version {supported}; upgrade oplog"
+    )]
     UnsupportedFormat {
         /// The entry concerned.
         entry: EntryRef,
@@ -232,8 +242,10 @@ impl Error {
                 .code()
                 .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.code())),
             Error::Diesel(diesel::result::Error::DatabaseError(kind, info)) => {
-                matches!(kind, diesel::result::DatabaseErrorKind::SerializationFailure)
-                    || is_deadlock_message(info.message())
+                matches!(
+                    kind,
+                    diesel::result::DatabaseErrorKind::SerializationFailure
+                ) || is_deadlock_message(info.message())
             }
             _ => false,
         }

@@ -19,12 +19,16 @@ const MIGRATION_LOCK: i64 = 0x6f70_6c6f_676d_6967;
 /// Applies every pending migration; returns the versions applied (empty when
 /// the schema was already current).
 pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
-    diesel::sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(conn)?;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(conn)?;
     let result = conn
         .run_pending_migrations(MIGRATIONS)
         .map(|versions| versions.iter().map(|v| v.to_string()).collect())
         .map_err(|e| Error::Migration(e.to_string()));
-    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(MIGRATION_LOCK).execute(conn);
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK)
+        .execute(conn);
     let versions = result?;
     unlocked?;
     Ok(versions)
@@ -33,6 +37,7 @@ pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
 /// Connects to `url` and applies every pending migration.
 pub fn migrate_url(url: &str) -> Result<Vec<String>> {
     use diesel::Connection as _;
-    let mut conn = PgConnection::establish(url).map_err(|e| Error::Migration(format!("cannot connect: {e}")))?;
+    let mut conn = PgConnection::establish(url)
+        .map_err(|e| Error::Migration(format!("cannot connect: {e}")))?;
     migrate(&mut conn)
 }

@@ -126,8 +126,14 @@ impl Oplog {
     pub fn ticket(&self, conn: &mut impl Connection, name: &str) -> Result<Ticket> {
         let row = conn
             .read_ticket(name, false)?
-            .ok_or_else(|| Error::TicketNotFound { name: name.to_string() })?;
-        Ok(Ticket { name: name.to_string(), version: row.version, chain: row.chain })
+            .ok_or_else(|| Error::TicketNotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Ticket {
+            name: name.to_string(),
+            version: row.version,
+            chain: row.chain,
+        })
     }
 
     /// Writes `entry` inside the caller's transaction, waiting for the
@@ -141,7 +147,9 @@ impl Oplog {
             None => {
                 conn.seed_ticket(&entry.aggregate)?;
                 conn.read_ticket(&entry.aggregate, true)?
-                    .ok_or_else(|| Error::TicketNotFound { name: entry.aggregate.clone() })?
+                    .ok_or_else(|| Error::TicketNotFound {
+                        name: entry.aggregate.clone(),
+                    })?
             }
         };
         self.insert(conn, entry, &ticket)
@@ -150,7 +158,12 @@ impl Oplog {
     /// Writes `entry` with a ticket read earlier by [`Oplog::ticket`]
     /// ([`LockMode::Optimistic`]). If another transaction redeemed the ticket
     /// meanwhile, fails with the retryable [`Error::TicketAlreadyRedeemed`].
-    pub fn write_with_ticket(&self, conn: &mut impl Connection, ticket: &Ticket, entry: &NewEntry) -> Result<Written> {
+    pub fn write_with_ticket(
+        &self,
+        conn: &mut impl Connection,
+        ticket: &Ticket,
+        entry: &NewEntry,
+    ) -> Result<Written> {
         if ticket.name != entry.aggregate {
             return Err(Error::InvalidEntry(format!(
                 "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
@@ -158,13 +171,21 @@ impl Oplog {
             )));
         }
         self.check_writable(conn, entry)?;
-        let row = TicketRow { version: ticket.version, chain: ticket.chain.clone() };
+        let row = TicketRow {
+            version: ticket.version,
+            chain: ticket.chain.clone(),
+        };
         self.insert(conn, entry, &row)
     }
 
     /// Writes `entry` in the given mode: [`Oplog::write`] for pessimistic,
     /// [`Oplog::ticket`] then [`Oplog::write_with_ticket`] for optimistic.
-    pub fn write_mode(&self, conn: &mut impl Connection, mode: LockMode, entry: &NewEntry) -> Result<Written> {
+    pub fn write_mode(
+        &self,
+        conn: &mut impl Connection,
+        mode: LockMode,
+        entry: &NewEntry,
+    ) -> Result<Written> {
         match mode {
             LockMode::Pessimistic => self.write(conn, entry),
             LockMode::Optimistic => {
@@ -181,9 +202,17 @@ impl Oplog {
         entry.validate(&self.catalog)
     }
 
-    fn insert(&self, conn: &mut impl Connection, entry: &NewEntry, ticket: &TicketRow) -> Result<Written> {
+    fn insert(
+        &self,
+        conn: &mut impl Connection,
+        entry: &NewEntry,
+        ticket: &TicketRow,
+    ) -> Result<Written> {
         let seq = ticket.version.checked_add(1).ok_or_else(|| {
-            Error::InvalidEntry(format!("ticket {:?} is at the largest version", entry.aggregate))
+            Error::InvalidEntry(format!(
+                "ticket {:?} is at the largest version",
+                entry.aggregate
+            ))
         })?;
         let key_id = self.wrapper.key_id();
         let header = Header {
@@ -215,15 +244,28 @@ impl Oplog {
                 seq,
                 chain: sealed.chain,
             }),
-            None => Err(Error::TicketAlreadyRedeemed { name: entry.aggregate.clone(), version: ticket.version }),
+            None => Err(Error::TicketAlreadyRedeemed {
+                name: entry.aggregate.clone(),
+                version: ticket.version,
+            }),
         }
     }
 
     /// Lists entries, decrypted and decoded: those of `aggregate` with a seq
     /// above `after_seq` in seq order, or (with `None`) those of every
     /// aggregate in insertion order; at most `limit`.
-    pub fn list(&self, conn: &mut impl Connection, aggregate: Option<&str>, after_seq: i64, limit: Option<i64>) -> Result<Vec<Entry>> {
-        let rows = conn.list_entries(&ListQuery { aggregate, after_seq, limit: limit.unwrap_or(i64::MAX) })?;
+    pub fn list(
+        &self,
+        conn: &mut impl Connection,
+        aggregate: Option<&str>,
+        after_seq: i64,
+        limit: Option<i64>,
+    ) -> Result<Vec<Entry>> {
+        let rows = conn.list_entries(&ListQuery {
+            aggregate,
+            after_seq,
+            limit: limit.unwrap_or(i64::MAX),
+        })?;
         rows.into_iter().map(|row| self.open(row)).collect()
     }
 
@@ -234,13 +276,27 @@ impl Oplog {
     }
 
     fn open(&self, row: StoredRow) -> Result<Entry> {
-        let entry_ref = || EntryRef { id: Some(row.id), aggregate: row.aggregate_name.clone(), seq: row.seq };
-        let uuid = Uuid::parse_str(&row.entry_uuid)
-            .map_err(|e| Error::CorruptEntry { entry: entry_ref(), reason: format!("bad uuid: {e}") })?;
+        let entry_ref = || EntryRef {
+            id: Some(row.id),
+            aggregate: row.aggregate_name.clone(),
+            seq: row.seq,
+        };
+        let uuid = Uuid::parse_str(&row.entry_uuid).map_err(|e| Error::CorruptEntry {
+            entry: entry_ref(),
+            reason: format!("bad uuid: {e}"),
+        })?;
         if row.meta_keys.len() != row.meta_values.len() {
-            return Err(Error::CorruptEntry { entry: entry_ref(), reason: "metadata keys and values differ in number".into() });
+            return Err(Error::CorruptEntry {
+                entry: entry_ref(),
+                reason: "metadata keys and values differ in number".into(),
+            });
         }
-        let metadata: Metadata = row.meta_keys.iter().cloned().zip(row.meta_values.iter().cloned()).collect();
+        let metadata: Metadata = row
+            .meta_keys
+            .iter()
+            .cloned()
+            .zip(row.meta_values.iter().cloned())
+            .collect();
         let header = Header {
             aggregate: &row.aggregate_name,
             seq: row.seq,

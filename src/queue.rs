@@ -78,7 +78,12 @@ impl Operation {
         if self.op == OpType::Unspecified {
             return Err("operation type is unspecified".into());
         }
-        if let Some(p) = self.field_mask.iter().chain(&self.null_mask).find(|p| p.is_empty()) {
+        if let Some(p) = self
+            .field_mask
+            .iter()
+            .chain(&self.null_mask)
+            .find(|p| p.is_empty())
+        {
             return Err(format!("empty path {p:?} in a mask"));
         }
         if self.op == OpType::Update {
@@ -86,7 +91,9 @@ impl Operation {
                 return Err("an UPDATE needs field mask paths or null paths".into());
             }
             if let Some(p) = self.field_mask.iter().find(|p| self.null_mask.contains(p)) {
-                return Err(format!("path {p:?} is in both the field mask and the null mask"));
+                return Err(format!(
+                    "path {p:?} is in both the field mask and the null mask"
+                ));
             }
         } else if !self.field_mask.is_empty() || !self.null_mask.is_empty() {
             return Err(format!(
@@ -250,9 +257,8 @@ impl Queue {
             }
             let any = AnyOperation::decode(&body[..len])
                 .map_err(|e| corrupt(format!("not an AnyOperation: {e}")))?;
-            let op = OpType::try_from(any.operation_type).map_err(|_| {
-                corrupt(format!("unknown operation type {}", any.operation_type))
-            })?;
+            let op = OpType::try_from(any.operation_type)
+                .map_err(|_| corrupt(format!("unknown operation type {}", any.operation_type)))?;
             let op = Operation {
                 type_name: any.type_name,
                 value: any.value,
@@ -296,7 +302,14 @@ mod tests {
     fn fifo_order_across_types_with_updates() {
         let mut q = Queue::new();
         q.add(&user("u1"), OpType::Create).unwrap();
-        q.add(&Account { id: "a1".into(), ..Default::default() }, OpType::Create).unwrap();
+        q.add(
+            &Account {
+                id: "a1".into(),
+                ..Default::default()
+            },
+            OpType::Create,
+        )
+        .unwrap();
         q.add_update(&user("u1"), &["email"], &["phone"]).unwrap();
         q.add(&user("u2"), OpType::Delete).unwrap();
         let ops = decode(q.as_bytes()).unwrap();
@@ -313,7 +326,11 @@ mod tests {
     #[test]
     fn update_without_masks_is_rejected() {
         let err = Queue::new().add_update(&user("u"), &[], &[]).unwrap_err();
-        assert!(err.to_string().contains("needs field mask paths or null paths"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("needs field mask paths or null paths"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -349,7 +366,11 @@ mod tests {
             field_mask: vec![],
             null_mask: vec![],
         };
-        assert!(q.push(op("", OpType::Create)).unwrap_err().to_string().contains("empty type name"));
+        assert!(q
+            .push(op("", OpType::Create))
+            .unwrap_err()
+            .to_string()
+            .contains("empty type name"));
         assert!(q
             .push(op("demo.v1.User", OpType::Unspecified))
             .unwrap_err()
@@ -420,18 +441,45 @@ mod tests {
         .unwrap();
         let (frame, reason) = frame_error(q.as_bytes());
         assert_eq!(frame, 1);
-        assert!(reason.contains("unknown message type \"evil.v1.Nope\""), "{reason}");
+        assert!(
+            reason.contains("unknown message type \"evil.v1.Nope\""),
+            "{reason}"
+        );
     }
 
     #[test]
     fn limits_on_count_and_size_are_enforced() {
         let bytes = two_frames();
-        let tight = Limits { max_operations: 1, ..Limits::default() };
+        let tight = Limits {
+            max_operations: 1,
+            ..Limits::default()
+        };
         let err = Queue::decode(&bytes, &TypeCatalog::demo(), &tight).unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { what: "operation count", .. }), "{err}");
-        let tight = Limits { max_queue_bytes: 3, ..Limits::default() };
+        assert!(
+            matches!(
+                err,
+                Error::LimitExceeded {
+                    what: "operation count",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let tight = Limits {
+            max_queue_bytes: 3,
+            ..Limits::default()
+        };
         let err = Queue::decode(&bytes, &TypeCatalog::demo(), &tight).unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { what: "queue size in bytes", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::LimitExceeded {
+                    what: "queue size in bytes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -439,7 +487,11 @@ mod tests {
         let mut q = Queue::new();
         q.add(&user("u1"), OpType::Create).unwrap();
         let ops = decode(q.as_bytes()).unwrap();
-        assert!(ops[0].decode::<Account>().unwrap_err().to_string().contains("demo.v1.Account"));
+        assert!(ops[0]
+            .decode::<Account>()
+            .unwrap_err()
+            .to_string()
+            .contains("demo.v1.Account"));
     }
 
     fn arb_op() -> impl Strategy<Value = Operation> {
@@ -469,7 +521,13 @@ mod tests {
                 } else {
                     (vec![], vec![])
                 };
-                Operation { type_name: t.into(), value, op, field_mask, null_mask }
+                Operation {
+                    type_name: t.into(),
+                    value,
+                    op,
+                    field_mask,
+                    null_mask,
+                }
             })
     }
 

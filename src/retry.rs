@@ -45,7 +45,10 @@ pub struct Retried<T> {
 impl RetryPolicy {
     /// A policy allowing `max_attempts` attempts, with default delays.
     pub fn attempts(max_attempts: u32) -> Self {
-        RetryPolicy { max_attempts, ..RetryPolicy::default() }
+        RetryPolicy {
+            max_attempts,
+            ..RetryPolicy::default()
+        }
     }
 
     /// The sleep before attempt `attempt + 1` (full jitter: uniform between
@@ -53,7 +56,10 @@ impl RetryPolicy {
     pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self
             .base_delay
-            .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
             .min(self.max_delay);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
@@ -73,7 +79,10 @@ impl RetryPolicy {
                     n += 1;
                 }
                 Err(e) if e.is_retryable() => {
-                    return Err(Error::RetriesExhausted { attempts: n, last: Box::new(e) })
+                    return Err(Error::RetriesExhausted {
+                        attempts: n,
+                        last: Box::new(e),
+                    })
                 }
                 Err(e) => return Err(e),
             }
@@ -127,38 +136,70 @@ mod tests {
     use super::*;
 
     fn lost_race() -> Error {
-        Error::TicketAlreadyRedeemed { name: "a".into(), version: 1 }
+        Error::TicketAlreadyRedeemed {
+            name: "a".into(),
+            version: 1,
+        }
     }
 
     fn fast(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy { max_attempts, base_delay: Duration::from_micros(10), max_delay: Duration::from_micros(50) }
+        RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_micros(10),
+            max_delay: Duration::from_micros(50),
+        }
     }
 
     #[test]
     fn retries_retryable_errors_and_counts_attempts() {
-        let got = fast(5).run(|n| if n < 3 { Err(lost_race()) } else { Ok(n * 10) }).unwrap();
-        assert_eq!(got, Retried { value: 30, attempts: 3 });
+        let got = fast(5)
+            .run(|n| if n < 3 { Err(lost_race()) } else { Ok(n * 10) })
+            .unwrap();
+        assert_eq!(
+            got,
+            Retried {
+                value: 30,
+                attempts: 3
+            }
+        );
     }
 
     #[test]
     fn gives_up_after_the_bound() {
         let mut calls = 0;
-        let err = fast(4).run(|_| -> Result<()> { calls += 1; Err(lost_race()) }).unwrap_err();
+        let err = fast(4)
+            .run(|_| -> Result<()> {
+                calls += 1;
+                Err(lost_race())
+            })
+            .unwrap_err();
         assert_eq!(calls, 4);
-        assert!(matches!(err, Error::RetriesExhausted { attempts: 4, .. }), "{err}");
+        assert!(
+            matches!(err, Error::RetriesExhausted { attempts: 4, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn does_not_retry_other_errors() {
         let mut calls = 0;
-        let err = fast(5).run(|_| -> Result<()> { calls += 1; Err(Error::InvalidEntry("x".into())) }).unwrap_err();
+        let err = fast(5)
+            .run(|_| -> Result<()> {
+                calls += 1;
+                Err(Error::InvalidEntry("x".into()))
+            })
+            .unwrap_err();
         assert_eq!(calls, 1);
         assert!(matches!(err, Error::InvalidEntry(_)));
     }
 
     #[test]
     fn backoff_is_bounded_by_the_exponential_ceiling() {
-        let p = RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(8) };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(8),
+        };
         for _ in 0..200 {
             assert!(p.backoff(1) <= Duration::from_millis(1));
             assert!(p.backoff(3) <= Duration::from_millis(4));

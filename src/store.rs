@@ -106,8 +106,12 @@ FROM oplog_entry e";
 
 fn list_sql(q: &ListQuery<'_>) -> String {
     match q.aggregate {
-        Some(_) => format!("{SELECT_ENTRIES} WHERE e.aggregate_name = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"),
-        None => format!("{SELECT_ENTRIES} WHERE $1::text IS NULL AND e.seq > $2 ORDER BY e.id LIMIT $3"),
+        Some(_) => format!(
+            "{SELECT_ENTRIES} WHERE e.aggregate_name = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+        ),
+        None => {
+            format!("{SELECT_ENTRIES} WHERE $1::text IS NULL AND e.seq > $2 ORDER BY e.id LIMIT $3")
+        }
     }
 }
 
@@ -142,7 +146,10 @@ impl Connection for PgConnection {}
 fn pg_read_ticket(c: &mut impl GenericClient, name: &str, lock: bool) -> Result<Option<TicketRow>> {
     let sql = if lock { LOCK_TICKET } else { READ_TICKET };
     let row = c.query_typed_opt(sql, &[(&name, Type::TEXT)])?;
-    Ok(row.map(|r| TicketRow { version: r.get(0), chain: r.get(1) }))
+    Ok(row.map(|r| TicketRow {
+        version: r.get(0),
+        chain: r.get(1),
+    }))
 }
 
 fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
@@ -171,7 +178,11 @@ fn pg_insert_entry(c: &mut impl GenericClient, r: &InsertRow<'_>) -> Result<Opti
 fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
     let rows = c.query_typed(
         &list_sql(q),
-        &[(&q.aggregate, Type::TEXT), (&q.after_seq, Type::INT8), (&q.limit, Type::INT8)],
+        &[
+            (&q.aggregate, Type::TEXT),
+            (&q.after_seq, Type::INT8),
+            (&q.limit, Type::INT8),
+        ],
     )?;
     Ok(rows
         .into_iter()
@@ -254,11 +265,16 @@ impl private::Sealed for PgConnection {
     fn read_ticket(&mut self, name: &str, lock: bool) -> Result<Option<TicketRow>> {
         let sql = if lock { LOCK_TICKET } else { READ_TICKET };
         let rows: Vec<DieselTicket> = diesel::sql_query(sql).bind::<Text, _>(name).load(self)?;
-        Ok(first(rows).map(|t| TicketRow { version: t.version, chain: t.chain }))
+        Ok(first(rows).map(|t| TicketRow {
+            version: t.version,
+            chain: t.chain,
+        }))
     }
 
     fn seed_ticket(&mut self, name: &str) -> Result<()> {
-        diesel::sql_query(SEED_TICKET).bind::<Text, _>(name).execute(self)?;
+        diesel::sql_query(SEED_TICKET)
+            .bind::<Text, _>(name)
+            .execute(self)?;
         Ok(())
     }
 

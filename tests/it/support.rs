@@ -8,7 +8,8 @@ use postgres::{Client, NoTls};
 
 /// Server URL for administrative connections.
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// `url` with its database name replaced by `db`.
@@ -45,8 +46,11 @@ impl TestDb {
             COUNTER.fetch_add(1, Ordering::SeqCst),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let mut admin = Client::connect(&admin_url(), NoTls).expect("connect to PostgreSQL (set DATABASE_URL)");
-        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).unwrap();
+        let mut admin =
+            Client::connect(&admin_url(), NoTls).expect("connect to PostgreSQL (set DATABASE_URL)");
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
         let url = with_database(&admin_url(), &name);
         TestDb { name, url }
     }
@@ -76,7 +80,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
