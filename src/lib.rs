@@ -67,6 +67,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod catalog;
 mod crypto;
 pub mod demo;
@@ -79,9 +80,13 @@ mod queue;
 mod retry;
 mod store;
 
-pub use crate::catalog::{validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET};
+pub use crate::catalog::{
+    validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
+};
 pub use crate::crypto::{CryptoError, Keyring, Wrapper};
-pub use crate::entry::{Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE};
+pub use crate::entry::{
+    Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
+};
 pub use crate::error::{EntryRef, Error, Result};
 pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
 pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};

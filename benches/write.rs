@@ -1,0 +1,110 @@
+//! Database write-rate benchmark: what an oplog entry costs a transaction,
+//! and how the locking modes fare with many writers on one aggregate against
+//! Boundary's statement sequence. The measuring is done by
+//! [`oplog::bench::all`]; this binary parses its arguments and prints the
+//! tables.
+//!
+//! ```text
+//! cargo bench --bench write [-- --seconds S] [--writers N] [--payload BYTES] [--json]
+//! ```
+//!
+//! The server comes from `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); the benchmark works in a
+//! scratch database of its own and drops it afterwards. In test mode
+//! (`--test`, or no `--bench` as under `cargo test --benches`) each scenario
+//! runs for 0.2 s, only to show that it works. Criterion-style filter
+//! arguments are accepted and ignored, so `cargo bench -- <filter>` still
+//! runs the other benches.
+
+use std::process::ExitCode;
+
+use oplog::bench::{self, WriteBenchConfig};
+
+/// Scenario length in test mode, in seconds.
+const TEST_SECONDS: f64 = 0.2;
+
+const USAGE: &str = "usage: write [--seconds S] [--writers N] [--payload BYTES] [--json] [--test]";
+
+struct Args {
+    cfg: WriteBenchConfig,
+    json: bool,
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut cfg = WriteBenchConfig::from_env();
+    let (mut json, mut bench_flag, mut test_flag) = (false, false, false);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Both `--name value` and `--name=value` are accepted.
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs {what}"))
+        };
+        match name.as_str() {
+            "--seconds" => {
+                cfg.seconds = value("a number of seconds")?
+                    .parse()
+                    .map_err(|e| format!("--seconds: {e}"))?;
+            }
+            "--writers" => {
+                cfg.writers = value("a number of writers")?
+                    .parse()
+                    .map_err(|e| format!("--writers: {e}"))?;
+            }
+            "--payload" => {
+                cfg.payload_bytes = value("a number of bytes")?
+                    .parse()
+                    .map_err(|e| format!("--payload: {e}"))?;
+            }
+            "--json" => json = true,
+            "--bench" => bench_flag = true,
+            "--test" => test_flag = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other if other.starts_with('-') => {
+                return Err(format!("unknown option {other}\n{USAGE}"))
+            }
+            // A criterion filter meant for another bench.
+            _ => {}
+        }
+    }
+    // The same rule criterion follows: `cargo bench` passes `--bench`, and
+    // anything else is a test run.
+    if test_flag || !bench_flag {
+        cfg.seconds = TEST_SECONDS;
+    }
+    Ok(Args { cfg, json })
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match bench::all(&args.cfg) {
+        Ok(reports) => {
+            println!("{}\n{}", reports.write, reports.contention);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).expect("reports serialise")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("write bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
