@@ -121,7 +121,7 @@ impl Fixture {
     fn seal(&self) -> Sealed {
         let queue = self.queue();
         let mut plaintext = zeroize::Zeroizing::new(vec![0u8; SALT_LEN]);
-        rand::rngs::OsRng.fill_bytes(&mut plaintext[..SALT_LEN]);
+        rand::thread_rng().fill_bytes(&mut plaintext[..SALT_LEN]);
         plaintext.extend_from_slice(queue.as_bytes());
         let digest: [u8; 32] = Sha256::digest(plaintext.as_slice()).into();
         let data = self

@@ -339,7 +339,7 @@ pub(crate) fn seal(
     prev: &[u8],
 ) -> Result<Sealed> {
     let mut plaintext = zeroize::Zeroizing::new(vec![0u8; SALT_LEN]);
-    rand::rngs::OsRng.fill_bytes(&mut plaintext[..SALT_LEN]);
+    rand::thread_rng().fill_bytes(&mut plaintext[..SALT_LEN]);
     plaintext.extend_from_slice(queue.as_bytes());
     let digest: [u8; HASH_LEN] = Sha256::digest(plaintext.as_slice()).into();
     let data = wrapper.encrypt(&plaintext, &header.aad())?;

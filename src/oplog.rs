@@ -1,7 +1,8 @@
 //! The write and read API: [`Oplog`] ties a type catalog and a wrapper to
 //! the tickets and entries in the database.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -10,7 +11,7 @@ use crate::crypto::Wrapper;
 use crate::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
 use crate::error::{EntryRef, Error, Result};
 use crate::queue::Limits;
-use crate::store::{Connection, InsertRow, ListQuery, StoredRow, TicketRow};
+use crate::store::{Appended, Connection, InsertRow, ListQuery, StoredRow, TicketRow};
 
 /// Name of the ticket seeded by the migrations. Writing every entry to the
 /// aggregate named `global` puts the whole log in one total order.
@@ -75,6 +76,38 @@ pub struct Oplog {
     catalog: Arc<TypeCatalog>,
     wrapper: Arc<dyn Wrapper>,
     limits: Limits,
+    tickets: Arc<TicketCache>,
+}
+
+/// Most aggregates whose last ticket position is remembered.
+const TICKET_CACHE_SIZE: usize = 4096;
+
+/// The ticket position (version and chain head) each aggregate had after this
+/// process last wrote to it. A pessimistic write guesses from it and seals
+/// the entry before touching the database, so an uncontended write is one
+/// round trip. A wrong guess (another writer, another database, a rolled
+/// back transaction) costs one more round trip, never correctness: the
+/// compare-and-swap checks both version and chain.
+#[derive(Default)]
+struct TicketCache(Mutex<HashMap<String, TicketRow>>);
+
+impl TicketCache {
+    fn get(&self, aggregate: &str) -> TicketRow {
+        let cached = self.0.lock().ok().and_then(|m| m.get(aggregate).cloned());
+        cached.unwrap_or_else(|| TicketRow {
+            version: 0,
+            chain: crate::entry::GENESIS_CHAIN.to_vec(),
+        })
+    }
+
+    fn put(&self, aggregate: &str, ticket: TicketRow) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= TICKET_CACHE_SIZE && !map.contains_key(aggregate) {
+                map.clear();
+            }
+            map.insert(aggregate.to_string(), ticket);
+        }
+    }
 }
 
 impl std::fmt::Debug for Oplog {
@@ -95,6 +128,7 @@ impl Oplog {
             catalog: Arc::new(catalog),
             wrapper: Arc::new(wrapper),
             limits: Limits::default(),
+            tickets: Arc::default(),
         }
     }
 
@@ -125,7 +159,7 @@ impl Oplog {
     /// transaction.
     pub fn ticket(&self, conn: &mut impl Connection, name: &str) -> Result<Ticket> {
         let row = conn
-            .read_ticket(name, false)?
+            .read_ticket(name)?
             .ok_or_else(|| Error::TicketNotFound {
                 name: name.to_string(),
             })?;
@@ -138,21 +172,27 @@ impl Oplog {
 
     /// Writes `entry` inside the caller's transaction, waiting for the
     /// aggregate's ticket if another transaction holds it
-    /// ([`LockMode::Pessimistic`]). Two statements: lock the ticket, then
-    /// redeem it and insert the entry with its metadata.
+    /// ([`LockMode::Pessimistic`]).
+    ///
+    /// One round trip when this process wrote the aggregate's previous entry
+    /// (the ticket position is remembered); otherwise the first call finds
+    /// the ticket elsewhere, locks it (creating it when missing) and the
+    /// entry is sealed again for a second call, which cannot lose.
     pub fn write(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<Written> {
         self.check_writable(conn, entry)?;
-        let ticket = match conn.read_ticket(&entry.aggregate, true)? {
-            Some(t) => t,
-            None => {
-                conn.seed_ticket(&entry.aggregate)?;
-                conn.read_ticket(&entry.aggregate, true)?
-                    .ok_or_else(|| Error::TicketNotFound {
-                        name: entry.aggregate.clone(),
-                    })?
+        let mut ticket = self.tickets.get(&entry.aggregate);
+        // The second call holds the ticket's lock; the bound only guards
+        // against a database that misbehaves.
+        for _ in 0..3 {
+            match self.append(conn, entry, &ticket, true)? {
+                Ok(written) => return Ok(written),
+                Err(Some(current)) => ticket = current,
+                Err(None) => break,
             }
-        };
-        self.insert(conn, entry, &ticket)
+        }
+        Err(Error::TicketNotFound {
+            name: entry.aggregate.clone(),
+        })
     }
 
     /// Writes `entry` with a ticket read earlier by [`Oplog::ticket`]
@@ -175,7 +215,16 @@ impl Oplog {
             version: ticket.version,
             chain: ticket.chain.clone(),
         };
-        self.insert(conn, entry, &row)
+        match self.append(conn, entry, &row, false)? {
+            Ok(written) => Ok(written),
+            Err(Some(_)) => Err(Error::TicketAlreadyRedeemed {
+                name: entry.aggregate.clone(),
+                version: ticket.version,
+            }),
+            Err(None) => Err(Error::TicketNotFound {
+                name: entry.aggregate.clone(),
+            }),
+        }
     }
 
     /// Writes `entry` in the given mode: [`Oplog::write`] for pessimistic,
@@ -202,12 +251,16 @@ impl Oplog {
         entry.validate(&self.catalog)
     }
 
-    fn insert(
+    /// Seals `entry` as the successor of `ticket` and appends it. The inner
+    /// result is the written entry, or else where the ticket really is
+    /// (`None` when it does not exist).
+    fn append(
         &self,
         conn: &mut impl Connection,
         entry: &NewEntry,
         ticket: &TicketRow,
-    ) -> Result<Written> {
+        wait: bool,
+    ) -> Result<Result<Written, Option<TicketRow>>> {
         let seq = ticket.version.checked_add(1).ok_or_else(|| {
             Error::InvalidEntry(format!(
                 "ticket {:?} is at the largest version",
@@ -228,6 +281,7 @@ impl Oplog {
             uuid: entry.uuid,
             aggregate: &entry.aggregate,
             seq,
+            prev_chain: &ticket.chain,
             format: FORMAT_VERSION,
             key_id,
             data: &sealed.data,
@@ -236,19 +290,26 @@ impl Oplog {
             meta_keys: entry.metadata.iter().map(|(k, _)| k).collect(),
             meta_values: entry.metadata.iter().map(|(_, v)| v).collect(),
         };
-        match conn.insert_entry(&row)? {
-            Some(id) => Ok(Written {
-                id,
-                uuid: entry.uuid,
-                aggregate: entry.aggregate.clone(),
-                seq,
-                chain: sealed.chain,
-            }),
-            None => Err(Error::TicketAlreadyRedeemed {
-                name: entry.aggregate.clone(),
-                version: ticket.version,
-            }),
-        }
+        Ok(match conn.append(&row, wait)? {
+            Appended::Entry(id) => {
+                self.tickets.put(
+                    &entry.aggregate,
+                    TicketRow {
+                        version: seq,
+                        chain: sealed.chain.to_vec(),
+                    },
+                );
+                Ok(Written {
+                    id,
+                    uuid: entry.uuid,
+                    aggregate: entry.aggregate.clone(),
+                    seq,
+                    chain: sealed.chain,
+                })
+            }
+            Appended::Moved(current) => Err(Some(current)),
+            Appended::NoTicket => Err(None),
+        })
     }
 
     /// Lists entries, decrypted and decoded: those of `aggregate` with a seq

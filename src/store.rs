@@ -3,8 +3,8 @@
 //!
 //! Each statement is one round trip: rust-postgres sends them with
 //! `query_typed` (no separate prepare), diesel with its unprepared
-//! `sql_query`. The entry insert, its metadata and the ticket's
-//! compare-and-swap are a single statement.
+//! `sql_query`. The ticket's compare-and-swap, the entry and its metadata are
+//! one call of the `oplog_append` function.
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
@@ -27,6 +27,7 @@ pub struct InsertRow<'a> {
     pub uuid: Uuid,
     pub aggregate: &'a str,
     pub seq: i64,
+    pub prev_chain: &'a [u8],
     pub format: i16,
     pub key_id: &'a str,
     pub data: &'a [u8],
@@ -34,6 +35,26 @@ pub struct InsertRow<'a> {
     pub chain: &'a [u8],
     pub meta_keys: Vec<&'a str>,
     pub meta_values: Vec<&'a str>,
+}
+
+/// What `oplog_append` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// The entry was written with this id.
+    Entry(i64),
+    /// Nothing was written: the ticket is at another version (locked when
+    /// the caller asked to wait).
+    Moved(TicketRow),
+    /// Nothing was written: the ticket does not exist.
+    NoTicket,
+}
+
+fn appended(id: Option<i64>, version: Option<i64>, chain: Option<Vec<u8>>) -> Appended {
+    match (id, version, chain) {
+        (Some(id), _, _) => Appended::Entry(id),
+        (None, Some(version), Some(chain)) => Appended::Moved(TicketRow { version, chain }),
+        _ => Appended::NoTicket,
+    }
 }
 
 /// An entry row with its metadata, as stored.
@@ -74,27 +95,13 @@ pub struct ListQuery<'a> {
 }
 
 const READ_TICKET: &str = "SELECT version, chain FROM oplog_ticket WHERE name = $1";
-const LOCK_TICKET: &str = "SELECT version, chain FROM oplog_ticket WHERE name = $1 FOR UPDATE";
 const SEED_TICKET: &str = "INSERT INTO oplog_ticket (name) VALUES ($1) ON CONFLICT DO NOTHING";
 
-/// Redeems the ticket (compare-and-swap on its version), inserts the entry
-/// and its metadata, in one statement. No row back means the ticket was not
-/// at the expected version: another transaction redeemed it first.
-const INSERT_ENTRY: &str = "\
-WITH t AS (
-    UPDATE oplog_ticket SET version = $3, chain = $8
-    WHERE name = $2 AND version = $3 - 1
-    RETURNING name
-), e AS (
-    INSERT INTO oplog_entry (entry_uuid, aggregate_name, seq, format, key_id, data, digest, chain)
-    SELECT $1::text::uuid, t.name, $3, $4, $5, $6, $7, $8 FROM t
-    RETURNING id
-), m AS (
-    INSERT INTO oplog_metadata (entry_id, ordinal, key, value)
-    SELECT e.id, u.ord - 1, u.k, u.v
-    FROM e, unnest($9::text[], $10::text[]) WITH ORDINALITY AS u(k, v, ord)
-)
-SELECT id FROM e";
+/// Redeems the ticket (compare-and-swap on its version and chain head) and
+/// inserts the entry with its metadata, in one call of the migration's
+/// `oplog_append` function, whose plans PL/pgSQL caches per session.
+const APPEND: &str = "SELECT o_entry_id, o_version, o_chain FROM oplog_append(\
+$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 const SELECT_ENTRIES: &str = "\
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
@@ -123,9 +130,9 @@ pub(crate) mod private {
     /// The statements the oplog runs; implemented for each supported driver.
     pub trait Sealed {
         fn in_transaction(&mut self) -> bool;
-        fn read_ticket(&mut self, name: &str, lock: bool) -> Result<Option<TicketRow>>;
+        fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>>;
         fn seed_ticket(&mut self, name: &str) -> Result<()>;
-        fn insert_entry(&mut self, row: &InsertRow<'_>) -> Result<Option<i64>>;
+        fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
         fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
     }
@@ -143,9 +150,8 @@ impl Connection for postgres::Client {}
 impl Connection for postgres::Transaction<'_> {}
 impl Connection for PgConnection {}
 
-fn pg_read_ticket(c: &mut impl GenericClient, name: &str, lock: bool) -> Result<Option<TicketRow>> {
-    let sql = if lock { LOCK_TICKET } else { READ_TICKET };
-    let row = c.query_typed_opt(sql, &[(&name, Type::TEXT)])?;
+fn pg_read_ticket(c: &mut impl GenericClient, name: &str) -> Result<Option<TicketRow>> {
+    let row = c.query_typed_opt(READ_TICKET, &[(&name, Type::TEXT)])?;
     Ok(row.map(|r| TicketRow {
         version: r.get(0),
         chain: r.get(1),
@@ -157,12 +163,13 @@ fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn pg_insert_entry(c: &mut impl GenericClient, r: &InsertRow<'_>) -> Result<Option<i64>> {
+fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
     let uuid = r.uuid.to_string();
-    let params: [(&(dyn ToSql + Sync), Type); 10] = [
+    let params: [(&(dyn ToSql + Sync), Type); 12] = [
         (&uuid, Type::TEXT),
         (&r.aggregate, Type::TEXT),
         (&r.seq, Type::INT8),
+        (&r.prev_chain, Type::BYTEA),
         (&r.format, Type::INT2),
         (&r.key_id, Type::TEXT),
         (&r.data, Type::BYTEA),
@@ -170,9 +177,10 @@ fn pg_insert_entry(c: &mut impl GenericClient, r: &InsertRow<'_>) -> Result<Opti
         (&r.chain, Type::BYTEA),
         (&r.meta_keys, Type::TEXT_ARRAY),
         (&r.meta_values, Type::TEXT_ARRAY),
+        (&wait, Type::BOOL),
     ];
-    let row = c.query_typed_opt(INSERT_ENTRY, &params)?;
-    Ok(row.map(|r| r.get(0)))
+    let row = c.query_typed_one(APPEND, &params)?;
+    Ok(appended(row.get(0), row.get(1), row.get(2)))
 }
 
 fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
@@ -215,14 +223,14 @@ macro_rules! impl_postgres {
             fn in_transaction(&mut self) -> bool {
                 $in_tx
             }
-            fn read_ticket(&mut self, name: &str, lock: bool) -> Result<Option<TicketRow>> {
-                pg_read_ticket(self, name, lock)
+            fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>> {
+                pg_read_ticket(self, name)
             }
             fn seed_ticket(&mut self, name: &str) -> Result<()> {
                 pg_seed_ticket(self, name)
             }
-            fn insert_entry(&mut self, row: &InsertRow<'_>) -> Result<Option<i64>> {
-                pg_insert_entry(self, row)
+            fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended> {
+                pg_append(self, row, wait)
             }
             fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
                 pg_list_entries(self, q)
@@ -246,6 +254,16 @@ struct DieselTicket {
 }
 
 #[derive(QueryableByName)]
+struct DieselAppended {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    o_entry_id: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    o_version: Option<i64>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    o_chain: Option<Vec<u8>>,
+}
+
+#[derive(QueryableByName)]
 struct DieselId {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -262,9 +280,10 @@ impl private::Sealed for PgConnection {
             .is_ok_and(|d| d.is_some())
     }
 
-    fn read_ticket(&mut self, name: &str, lock: bool) -> Result<Option<TicketRow>> {
-        let sql = if lock { LOCK_TICKET } else { READ_TICKET };
-        let rows: Vec<DieselTicket> = diesel::sql_query(sql).bind::<Text, _>(name).load(self)?;
+    fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>> {
+        let rows: Vec<DieselTicket> = diesel::sql_query(READ_TICKET)
+            .bind::<Text, _>(name)
+            .load(self)?;
         Ok(first(rows).map(|t| TicketRow {
             version: t.version,
             chain: t.chain,
@@ -278,11 +297,12 @@ impl private::Sealed for PgConnection {
         Ok(())
     }
 
-    fn insert_entry(&mut self, r: &InsertRow<'_>) -> Result<Option<i64>> {
-        let rows: Vec<DieselId> = diesel::sql_query(INSERT_ENTRY)
+    fn append(&mut self, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
+        let rows: Vec<DieselAppended> = diesel::sql_query(APPEND)
             .bind::<Text, _>(r.uuid.to_string())
             .bind::<Text, _>(r.aggregate)
             .bind::<BigInt, _>(r.seq)
+            .bind::<Binary, _>(r.prev_chain)
             .bind::<SmallInt, _>(r.format)
             .bind::<Text, _>(r.key_id)
             .bind::<Binary, _>(r.data)
@@ -290,8 +310,12 @@ impl private::Sealed for PgConnection {
             .bind::<Binary, _>(r.chain)
             .bind::<Array<Text>, _>(&r.meta_keys)
             .bind::<Array<Text>, _>(&r.meta_values)
+            .bind::<diesel::sql_types::Bool, _>(wait)
             .load(self)?;
-        Ok(first(rows).map(|r| r.id))
+        Ok(match first(rows) {
+            Some(a) => appended(a.o_entry_id, a.o_version, a.o_chain),
+            None => Appended::NoTicket,
+        })
     }
 
     fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {

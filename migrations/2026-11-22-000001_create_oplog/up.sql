@@ -36,6 +36,49 @@ CREATE TABLE oplog_metadata (
 
 CREATE INDEX oplog_metadata_key_value ON oplog_metadata (key, value);
 
+-- Appends one entry: redeems the ticket with a compare-and-swap on its
+-- version and chain head, inserts the entry and its metadata. One call, one
+-- round trip; PL/pgSQL keeps the statements' plans for the session.
+--
+-- When the ticket is not at the expected version, nothing is written and the
+-- ticket's current version and chain come back (NULL when it does not exist)
+-- so the caller can seal the entry again. With p_wait the ticket is created
+-- when missing and locked, so the caller's next call cannot lose.
+CREATE FUNCTION oplog_append(
+    p_uuid uuid, p_aggregate text, p_seq bigint, p_prev_chain bytea,
+    p_format smallint, p_key_id text, p_data bytea, p_digest bytea,
+    p_chain bytea, p_keys text[], p_values text[], p_wait boolean,
+    OUT o_entry_id bigint, OUT o_version bigint, OUT o_chain bytea)
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE oplog_ticket SET version = p_seq, chain = p_chain
+     WHERE name = p_aggregate AND version = p_seq - 1 AND chain = p_prev_chain;
+    IF FOUND THEN
+        INSERT INTO oplog_entry (entry_uuid, aggregate_name, seq, format, key_id, data, digest, chain)
+        VALUES (p_uuid, p_aggregate, p_seq, p_format, p_key_id, p_data, p_digest, p_chain)
+        RETURNING id INTO o_entry_id;
+        INSERT INTO oplog_metadata (entry_id, ordinal, key, value)
+        SELECT o_entry_id, u.ord - 1, u.k, u.v
+          FROM unnest(p_keys, p_values) WITH ORDINALITY AS u(k, v, ord);
+        o_version := p_seq;
+        o_chain := p_chain;
+        RETURN;
+    END IF;
+    IF p_wait THEN
+        SELECT t.version, t.chain INTO o_version, o_chain
+          FROM oplog_ticket t WHERE t.name = p_aggregate FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO oplog_ticket (name) VALUES (p_aggregate) ON CONFLICT DO NOTHING;
+            SELECT t.version, t.chain INTO o_version, o_chain
+              FROM oplog_ticket t WHERE t.name = p_aggregate FOR UPDATE;
+        END IF;
+    ELSE
+        SELECT t.version, t.chain INTO o_version, o_chain
+          FROM oplog_ticket t WHERE t.name = p_aggregate;
+    END IF;
+END;
+$$;
+
 -- Entries and their metadata are immutable once written.
 CREATE FUNCTION oplog_reject_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

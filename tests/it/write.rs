@@ -655,3 +655,53 @@ fn concurrent_migrators_do_not_corrupt_each_other() {
         1
     );
 }
+
+#[test]
+fn pessimistic_writers_with_stale_ticket_positions_recover() {
+    let db = TestDb::new();
+    let keys = Keyring::generate().to_json();
+    let a = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let b = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let mut client = db.client();
+    let mut seqs = Vec::new();
+    // Each writer remembers only its own last position, so every other
+    // write starts from a stale guess.
+    for (i, log) in [&a, &b, &a, &a, &b].into_iter().enumerate() {
+        let mut tx = client.transaction().unwrap();
+        seqs.push(
+            log.write(&mut tx, &create_entry("agg", &user(&format!("u{i}"))))
+                .unwrap()
+                .seq,
+        );
+        tx.commit().unwrap();
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    // A rolled-back write leaves the writer's guess ahead of the ticket.
+    let mut tx = client.transaction().unwrap();
+    a.write(&mut tx, &create_entry("agg", &user("gone")))
+        .unwrap();
+    drop(tx);
+    let mut tx = client.transaction().unwrap();
+    assert_eq!(
+        a.write(&mut tx, &create_entry("agg", &user("u6")))
+            .unwrap()
+            .seq,
+        6
+    );
+    tx.commit().unwrap();
+    let entries = a.list(&mut client, Some("agg"), 0, None).unwrap();
+    assert_eq!(entries.len(), 6);
+    // The chain runs unbroken through entries written from either guess.
+    let chains: Vec<Vec<u8>> = db
+        .client()
+        .query("SELECT chain FROM oplog_entry ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(chains.len(), 6);
+    assert_eq!(
+        db.scalar::<Vec<u8>>("SELECT chain FROM oplog_ticket WHERE name = 'agg'"),
+        chains[5]
+    );
+}
