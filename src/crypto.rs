@@ -19,7 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key};
 use base64::Engine;
 use rand::RngCore;
@@ -356,25 +356,23 @@ impl Wrapper for Keyring {
         // thread_rng is a CSPRNG (ChaCha, reseeded from the OS) and spares a
         // system call per entry.
         let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
-        let sealed = key
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|_| {
-                Error::Keyring("encryption failed: payload too large for AES-GCM".into())
-            })?;
         let id_len = u8::try_from(key.id.len()).expect("key ids are at most 64 bytes");
-        let mut blob = Vec::with_capacity(2 + key.id.len() + NONCE_LEN + sealed.len());
+        // Encrypt in place behind the header: one allocation, no copies of
+        // the ciphertext.
+        let header_len = 2 + key.id.len() + NONCE_LEN;
+        let mut blob = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
         blob.push(BLOB_VERSION);
         blob.push(id_len);
         blob.extend_from_slice(key.id.as_bytes());
         blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&sealed);
+        blob.extend_from_slice(plaintext);
+        let tag = key
+            .cipher
+            .encrypt_in_place_detached(&nonce, aad, &mut blob[header_len..])
+            .map_err(|_| {
+                Error::Keyring("encryption failed: payload too large for AES-GCM".into())
+            })?;
+        blob.extend_from_slice(&tag);
         Ok(blob)
     }
 
