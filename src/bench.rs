@@ -2,7 +2,7 @@
 //! `benches/write.rs` and the `oplog bench` command.
 //!
 //! Every run creates a scratch database `oplog_bench_<random>` beside the
-//! configured URL, migrates it, creates the [`demo`](crate::demo) tables, and
+//! configured URL, migrates it, creates the [`demo`] tables, and
 //! drops it when the run ends, whether it succeeded or not. Each writer has
 //! its own connection. Every scenario inserts the same domain row (a
 //! `demo_user`, through a prepared statement) and runs its transactions
@@ -11,7 +11,7 @@
 //! scenario's window; after each scenario the log is checked to hold exactly
 //! one entry per commit, so every commit counted did useful work.
 //!
-//! - [`write`]: one writer. The bare domain transaction against the same
+//! - [`write()`]: one writer. The bare domain transaction against the same
 //!   transaction plus one entry written with [`Oplog::write`]: what the log
 //!   costs a transaction.
 //! - [`contention`]: many writers, all on one aggregate. The pessimistic
@@ -52,14 +52,14 @@ use crate::retry::RetryPolicy;
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The smallest commits-per-second ratio of a transaction with an entry to
-/// the bare transaction that [`write`] aims for.
+/// the bare transaction that [`write()`] aims for.
 pub const WRITE_TARGET_RATIO: f64 = 0.65;
 
 /// How many times the pessimistic mode should outrun the baseline in
 /// [`contention`].
 pub const CONTENTION_TARGET_RATIO: f64 = 5.0;
 
-/// Length of one interleaving slice in [`write`].
+/// Length of one interleaving slice in [`write()`].
 const SLICE: Duration = Duration::from_millis(500);
 
 /// What to run and where.
@@ -71,7 +71,7 @@ pub struct WriteBenchConfig {
     pub url: String,
     /// How long each scenario runs, in seconds.
     pub seconds: f64,
-    /// Concurrent writers in [`contention`]; [`write`] always uses one.
+    /// Concurrent writers in [`contention`]; [`write()`] always uses one.
     pub writers: usize,
     /// Size of each user's `avatar`, which sets the size of the domain row
     /// and of the entry.
@@ -217,7 +217,7 @@ fn per(a: f64, b: f64) -> f64 {
     }
 }
 
-/// What [`write`] measured: one writer, with and without an oplog entry.
+/// What [`write()`] measured: one writer, with and without an oplog entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WriteReport {
     /// Always `"write"`.
@@ -381,7 +381,7 @@ pub fn contention(cfg: &WriteBenchConfig) -> Result<ContentionReport> {
     contention_on(&db, &Shared::new(cfg), duration)
 }
 
-/// Runs [`write`] and then [`contention`] against one scratch database.
+/// Runs [`write()`] and then [`contention`] against one scratch database.
 pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
     let duration = cfg.check()?;
     let db = Scratch::create(&cfg.url)?;
