@@ -901,8 +901,9 @@ impl Drop for Scratch {
 }
 
 /// `url` with its database replaced by `db`: the path of a
-/// `postgres://` URL, or a `dbname` appended to a `key=value` string.
-fn with_database(url: &str, db: &str) -> String {
+/// `postgres://` URL, or a `dbname` appended to a `key=value` string. Used to
+/// reach a scratch database on the server of a configured URL.
+pub fn with_database(url: &str, db: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return format!("{url} dbname={db}");
     };

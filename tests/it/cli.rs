@@ -10,7 +10,7 @@ use oplog::demo::{Account, User};
 use oplog::{Keyring, NewEntry, Oplog, TypeCatalog, Wrapper, Written};
 use serde_json::{json, Value};
 
-use crate::support::TestDb;
+use crate::support::{user, TestDb};
 
 /// A directory of its own under the system's temporary directory, removed
 /// when dropped.
@@ -87,20 +87,6 @@ fn save_keyring(ring: &Keyring, path: &Path) -> String {
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn user(id: &str) -> User {
-    User {
-        id: id.into(),
-        tenant_id: "t1".into(),
-        account_id: "a1".into(),
-        email: format!("{id}@example.com"),
-        display_name: format!("User {id}"),
-        phone: Some("+1 555 0100".into()),
-        age: Some(42),
-        active: true,
-        avatar: vec![1, 2, 3],
-    }
 }
 
 fn write(db: &TestDb, ring: Keyring, entry: &NewEntry) -> Written {

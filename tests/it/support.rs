@@ -12,23 +12,6 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A database that exists for the lifetime of the value.
@@ -51,7 +34,7 @@ impl TestDb {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .unwrap();
-        let url = with_database(&admin_url(), &name);
+        let url = oplog::bench::with_database(&admin_url(), &name);
         TestDb { name, url }
     }
 
@@ -85,5 +68,20 @@ impl Drop for TestDb {
                 self.name
             ));
         }
+    }
+}
+
+/// A demo user with every field set.
+pub fn user(id: &str) -> oplog::demo::User {
+    oplog::demo::User {
+        id: id.into(),
+        tenant_id: "t1".into(),
+        account_id: "a1".into(),
+        email: format!("{id}@example.com"),
+        display_name: format!("User {id}"),
+        phone: Some("+1 555 0100".into()),
+        age: Some(42),
+        active: true,
+        avatar: vec![1, 2, 3],
     }
 }

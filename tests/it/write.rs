@@ -11,21 +11,7 @@ use diesel::{Connection as _, RunQueryDsl as _};
 use oplog::demo::{Account, User};
 use oplog::{Error, Keyring, LockMode, NewEntry, OpType, Oplog, RetryPolicy, TypeCatalog};
 
-use crate::support::TestDb;
-
-fn user(id: &str) -> User {
-    User {
-        id: id.into(),
-        tenant_id: "t1".into(),
-        account_id: "a1".into(),
-        email: format!("{id}@example.com"),
-        display_name: format!("User {id}"),
-        phone: Some("+1 555 0100".into()),
-        age: Some(42),
-        active: true,
-        avatar: vec![1, 2, 3],
-    }
-}
+use crate::support::{user, TestDb};
 
 fn oplog() -> Oplog {
     Oplog::new(TypeCatalog::demo(), Keyring::generate())
