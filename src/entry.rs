@@ -263,10 +263,9 @@ impl NewEntry {
         self.metadata.validate()?;
         // Every type must be registered, so that everything written can be
         // decoded, listed and replayed later.
-        let ops = Queue::decode_with(self.queue.as_bytes(), &Limits::default(), |_| true)?;
-        match ops.iter().find(|op| !catalog.contains(&op.type_name)) {
-            Some(op) => Err(Error::UnknownType {
-                type_name: op.type_name.clone(),
+        match self.queue.type_names().find(|t| !catalog.contains(t)) {
+            Some(type_name) => Err(Error::UnknownType {
+                type_name: type_name.to_string(),
             }),
             None => Ok(()),
         }

@@ -110,6 +110,9 @@ impl Operation {
 pub struct Queue {
     buf: Vec<u8>,
     count: usize,
+    /// Distinct type names, in order of first appearance, so a writer can
+    /// check them against its catalog without decoding the frames again.
+    types: Vec<String>,
 }
 
 fn mask(paths: &[String]) -> Option<prost_types::FieldMask> {
@@ -164,7 +167,15 @@ impl Queue {
         any.encode(&mut self.buf)
             .expect("a Vec grows to fit the encoded message");
         self.count += 1;
+        if !self.types.contains(&any.type_name) {
+            self.types.push(any.type_name);
+        }
         Ok(())
+    }
+
+    /// The distinct type names in the queue, in order of first appearance.
+    pub fn type_names(&self) -> impl Iterator<Item = &str> {
+        self.types.iter().map(String::as_str)
     }
 
     /// Appends `msg` with operation `op` and no masks (CREATE, DELETE,
@@ -312,6 +323,10 @@ mod tests {
         .unwrap();
         q.add_update(&user("u1"), &["email"], &["phone"]).unwrap();
         q.add(&user("u2"), OpType::Delete).unwrap();
+        assert_eq!(
+            q.type_names().collect::<Vec<_>>(),
+            ["demo.v1.User", "demo.v1.Account"]
+        );
         let ops = decode(q.as_bytes()).unwrap();
         assert_eq!(ops.len(), 4);
         assert_eq!(ops[0].decode::<User>().unwrap(), user("u1"));
