@@ -1,5 +1,5 @@
 //! The `oplog` command-line tool: create and rotate keys, migrate the
-//! schema and read the log.
+//! schema, read the log and measure write rates.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
 //! or runtime error, which is reported as one line on standard error.
@@ -55,6 +55,31 @@ enum Command {
 
     /// List entries, decrypted and decoded.
     Log(LogArgs),
+
+    /// Measure write rates against a baseline in the same run, on a scratch
+    /// database created beside --database-url and dropped afterwards.
+    #[command(subcommand, arg_required_else_help = false)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// One writer: the domain transaction alone, and with one oplog entry.
+    Write(BenchArgs),
+    /// Many writers on one aggregate: pessimistic, optimistic, and
+    /// Boundary's statement sequence as the baseline.
+    Contention(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Seconds each scenario runs.
+    #[arg(long, value_name = "S", default_value_t = 3.0)]
+    seconds: f64,
+
+    /// Concurrent writers (contention only).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    writers: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,5 +146,15 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
         Command::Log(args) => {
             cli::log::run(ctx, out, args.aggregate.as_deref(), args.after, args.limit)
         }
+        Command::Bench(BenchCommand::Write(a)) => {
+            cli::bench::run(ctx, out, cli::bench::Scenario::Write, a.seconds, a.writers)
+        }
+        Command::Bench(BenchCommand::Contention(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Contention,
+            a.seconds,
+            a.writers,
+        ),
     }
 }

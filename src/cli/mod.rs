@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use oplog::{Keyring, Oplog, TypeCatalog};
 use serde::Serialize;
 
+pub mod bench;
 pub mod keys;
 pub mod log;
 pub mod migrate;

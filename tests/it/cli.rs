@@ -642,3 +642,46 @@ fn usage_errors_exit_2_with_one_line() {
     let version = success(&run(&["--version"]));
     assert_eq!(version, format!("oplog {}\n", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn bench_write_reports_rates_against_its_baseline() {
+    let url = crate::support::admin_url();
+    let out = run(&[
+        "--database-url",
+        &url,
+        "--json",
+        "bench",
+        "write",
+        "--seconds",
+        "0.3",
+    ]);
+    let report: Value = serde_json::from_str(success(&out).trim()).unwrap();
+    assert_eq!(report["scenario"], "write");
+    let rate = report["rate_per_s"].as_f64().unwrap();
+    let baseline = report["baseline_per_s"].as_f64().unwrap();
+    assert!(rate > 0.0 && baseline > 0.0, "{report}");
+    let ratio = report["ratio"].as_f64().unwrap();
+    assert!((ratio - rate / baseline).abs() < 1e-9, "{report}");
+    // The scratch database is gone afterwards.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'oplog_bench_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+
+    let out = run(&[
+        "--database-url",
+        &url,
+        "bench",
+        "contention",
+        "--seconds",
+        "0",
+        "--writers",
+        "2",
+    ]);
+    failure(&out, &["seconds must be a positive number"]);
+}
