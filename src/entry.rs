@@ -503,10 +503,22 @@ mod tests {
         assert_eq!(ops[0].decode::<User>().unwrap().id, "u1");
     }
 
+    /// Opens the sealed entry `s` as if its row said `h`.
+    fn open_as(ring: &Keyring, h: &Header<'_>, s: &Sealed) -> Result<Vec<Operation>> {
+        open(
+            ring,
+            &TypeCatalog::demo(),
+            &Limits::default(),
+            h,
+            Some(1),
+            &s.data,
+            &s.digest,
+        )
+    }
+
     #[test]
     fn associated_data_binds_every_header_field() {
         let (ring, meta, uuid, _, s) = sealed_entry();
-        let catalog = TypeCatalog::demo();
         let key_id = ring.key_id().to_string();
         let mut edited = meta.clone();
         edited.insert("actor", "mallory");
@@ -530,16 +542,7 @@ mod tests {
             header(&edited, &key_id, uuid),
         ];
         for h in variants {
-            let err = open(
-                &ring,
-                &catalog,
-                &Limits::default(),
-                &h,
-                Some(1),
-                &s.data,
-                &s.digest,
-            )
-            .unwrap_err();
+            let err = open_as(&ring, &h, &s).unwrap_err();
             assert!(matches!(err, Error::Decryption { .. }), "{h:?}: {err}");
         }
     }
@@ -551,16 +554,7 @@ mod tests {
             format: 2,
             ..header(&meta, ring.key_id(), uuid)
         };
-        let err = open(
-            &ring,
-            &TypeCatalog::demo(),
-            &Limits::default(),
-            &h,
-            Some(1),
-            &s.data,
-            &s.digest,
-        )
-        .unwrap_err();
+        let err = open_as(&ring, &h, &s).unwrap_err();
         assert!(err.to_string().contains("format version 2"), "{err}");
     }
 
