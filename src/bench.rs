@@ -41,11 +41,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::catalog::TypeCatalog;
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, Wrapper};
 use crate::demo::{self, User};
 use crate::entry::{self, Header, NewEntry, FORMAT_VERSION, GENESIS_CHAIN};
 use crate::error::{Error, Result};
 use crate::oplog::Oplog;
+use crate::queue::{Limits, Operation};
 use crate::retry::RetryPolicy;
 
 /// Server URL used when `DATABASE_URL` is not set.
@@ -390,6 +391,79 @@ pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
         write: write_on(&db, &shared, duration)?,
         contention: contention_on(&db, &shared, duration)?,
     })
+}
+
+/// An entry sealed exactly as [`Oplog::write`] seals it, without the
+/// database: what the codec benchmarks and the baseline measure.
+#[derive(Debug, Clone)]
+pub struct SealedEntry {
+    /// The seq it was sealed for.
+    pub seq: i64,
+    /// The key it was encrypted with.
+    pub key_id: String,
+    /// The stored ciphertext.
+    pub data: Vec<u8>,
+    /// SHA-256 of the plaintext.
+    pub digest: [u8; crate::entry::HASH_LEN],
+    /// Chain value after the entry.
+    pub chain: [u8; crate::entry::HASH_LEN],
+}
+
+/// Seals `entry` as the successor (`seq`) of an entry whose chain value is
+/// `prev_chain`, with the wrapper's active key: the write path's
+/// encode-and-encrypt step on its own.
+pub fn seal_entry(
+    wrapper: &dyn Wrapper,
+    entry: &NewEntry,
+    seq: i64,
+    prev_chain: &[u8],
+) -> Result<SealedEntry> {
+    let key_id = wrapper.key_id();
+    let sealed = entry::seal(
+        wrapper,
+        &header(entry, seq, key_id),
+        &entry.queue,
+        prev_chain,
+    )?;
+    Ok(SealedEntry {
+        seq,
+        key_id: key_id.to_string(),
+        data: sealed.data,
+        digest: sealed.digest,
+        chain: sealed.chain,
+    })
+}
+
+/// Decrypts, checks and decodes what [`seal_entry`] produced for `entry`:
+/// the read path's decrypt-and-decode step on its own.
+pub fn open_entry(
+    wrapper: &dyn Wrapper,
+    catalog: &TypeCatalog,
+    limits: &Limits,
+    entry: &NewEntry,
+    sealed: &SealedEntry,
+) -> Result<Vec<Operation>> {
+    let header = header(entry, sealed.seq, &sealed.key_id);
+    entry::open(
+        wrapper,
+        catalog,
+        limits,
+        &header,
+        None,
+        &sealed.data,
+        &sealed.digest,
+    )
+}
+
+fn header<'a>(entry: &'a NewEntry, seq: i64, key_id: &'a str) -> Header<'a> {
+    Header {
+        aggregate: &entry.aggregate,
+        seq,
+        format: FORMAT_VERSION,
+        key_id,
+        uuid: entry.uuid,
+        metadata: &entry.metadata,
+    }
 }
 
 fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteReport> {
@@ -809,17 +883,7 @@ fn boundary_transaction(
 
     let entry = new_entry(aggregate, &user)?;
     let seq = version + 1;
-    let wrapper = oplog.wrapper();
-    let key_id = wrapper.key_id();
-    let header = Header {
-        aggregate,
-        seq,
-        format: FORMAT_VERSION,
-        key_id,
-        uuid: entry.uuid,
-        metadata: &entry.metadata,
-    };
-    let sealed = entry::seal(wrapper, &header, &entry.queue, &GENESIS_CHAIN)?;
+    let sealed = seal_entry(oplog.wrapper(), &entry, seq, &GENESIS_CHAIN)?;
     let inserted = tx.query_one(
         &s.insert_entry,
         &[
@@ -827,7 +891,7 @@ fn boundary_transaction(
             &aggregate,
             &seq,
             &FORMAT_VERSION,
-            &key_id,
+            &sealed.key_id,
             &sealed.data,
             &&sealed.digest[..],
             &&sealed.chain[..],

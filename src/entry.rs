@@ -167,7 +167,9 @@ impl NewEntry {
     /// that orders it. Use [`crate::GLOBAL_TICKET`] for one total order.
     pub fn new(aggregate: impl Into<String>) -> Self {
         NewEntry {
-            uuid: Uuid::new_v4(),
+            // A version-4 UUID from the thread-local CSPRNG: the same
+            // randomness as `Uuid::new_v4` without a system call per entry.
+            uuid: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
             aggregate: aggregate.into(),
             metadata: Metadata::new(),
             queue: Queue::new(),
@@ -189,6 +191,11 @@ impl NewEntry {
     pub fn metadata(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.metadata.insert(key, value);
         self
+    }
+
+    /// The encoded operations.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
     }
 
     /// Number of operations.
