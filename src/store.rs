@@ -107,9 +107,12 @@ const SELECT_ENTRIES: &str = "\
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
        e.data, e.digest, e.chain,
        (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
-       coalesce((SELECT array_agg(m.key ORDER BY m.ordinal) FROM oplog_metadata m WHERE m.entry_id = e.id), '{}') AS meta_keys,
-       coalesce((SELECT array_agg(m.value ORDER BY m.ordinal) FROM oplog_metadata m WHERE m.entry_id = e.id), '{}') AS meta_values
-FROM oplog_entry e";
+       coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values
+FROM oplog_entry e
+LEFT JOIN LATERAL (
+    SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
+    FROM oplog_metadata WHERE entry_id = e.id
+) m ON true";
 
 fn list_sql(q: &ListQuery<'_>) -> String {
     match q.aggregate {
