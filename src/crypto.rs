@@ -63,10 +63,6 @@ pub trait Wrapper: Send + Sync {
     fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>>;
     /// Decrypts a blob produced by `encrypt`, checking `aad`.
     fn decrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
-    /// Id of the key a blob was written with, if the blob is well formed.
-    fn blob_key_id<'a>(&self, blob: &'a [u8]) -> Result<&'a str, CryptoError> {
-        parse_blob(blob).map(|b| b.key_id)
-    }
 }
 
 struct Blob<'a> {

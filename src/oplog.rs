@@ -227,23 +227,6 @@ impl Oplog {
         }
     }
 
-    /// Writes `entry` in the given mode: [`Oplog::write`] for pessimistic,
-    /// [`Oplog::ticket`] then [`Oplog::write_with_ticket`] for optimistic.
-    pub fn write_mode(
-        &self,
-        conn: &mut impl Connection,
-        mode: LockMode,
-        entry: &NewEntry,
-    ) -> Result<Written> {
-        match mode {
-            LockMode::Pessimistic => self.write(conn, entry),
-            LockMode::Optimistic => {
-                let ticket = self.ticket(conn, &entry.aggregate)?;
-                self.write_with_ticket(conn, &ticket, entry)
-            }
-        }
-    }
-
     fn check_writable(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<()> {
         if !conn.in_transaction() {
             return Err(Error::NotInTransaction);
