@@ -7,6 +7,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/oplog/v1/oplog.proto",
     "proto/oplog/v1/options.proto",
+    "proto/oplog/v1/catalog.proto",
     "proto/demo/v1/demo.proto",
 ];
 

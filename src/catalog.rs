@@ -11,11 +11,25 @@
 //! Architecture invariant: the catalog knows nothing about the database; it
 //! only validates the names it will later hand to SQL generators.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, FileDescriptor, MessageDescriptor};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::proto::{StoredCatalog, StoredType};
+
+/// Largest stored catalog accepted from the database, in bytes.
+pub const MAX_CATALOG_BYTES: usize = 16 << 20;
+
+/// A catalog encoded for storage, with the SHA-256 of the encoding that
+/// names it in every entry written with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EncodedCatalog {
+    pub digest: [u8; 32],
+    pub bytes: Vec<u8>,
+}
 
 /// The descriptor set of the protobuf types compiled into this crate:
 /// `oplog.v1` (operations and options), `demo.v1` and the well-known types
@@ -202,6 +216,89 @@ impl TypeCatalog {
         })
     }
 
+    /// Encodes the registered types and the descriptor files they need
+    /// (dependencies first, custom options kept) for storage in the
+    /// database. The encoding is deterministic: the same registrations of
+    /// the same descriptors always give the same digest.
+    pub(crate) fn encode(&self) -> EncodedCatalog {
+        let mut files = Vec::new();
+        let mut seen = HashSet::new();
+        for info in self.types.values() {
+            push_file(info.descriptor.parent_file(), &mut seen, &mut files);
+        }
+        let mut set = Vec::new();
+        for file in &files {
+            // FileDescriptorSet { repeated FileDescriptorProto file = 1; }
+            prost::encoding::bytes::encode(1, &file.encode_to_vec(), &mut set);
+        }
+        let stored = StoredCatalog {
+            descriptor_set: set,
+            types: self
+                .types
+                .iter()
+                .map(|(name, info)| StoredType {
+                    type_name: name.clone(),
+                    table: info
+                        .table
+                        .as_ref()
+                        .map(|t| t.table.clone())
+                        .unwrap_or_default(),
+                    primary_key: info
+                        .table
+                        .as_ref()
+                        .map(|t| t.primary_key.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let bytes = stored.encode_to_vec();
+        EncodedCatalog {
+            digest: Sha256::digest(&bytes).into(),
+            bytes,
+        }
+    }
+
+    /// Decodes a catalog stored by another process, checking it against the
+    /// digest that names it. Every registration is validated as if it were
+    /// made here, so hostile table or column names are refused.
+    pub(crate) fn decode_stored(digest: &[u8], bytes: &[u8]) -> Result<TypeCatalog> {
+        let hex = crate::entry::hex(digest);
+        let bad = |reason: String| Error::Catalog(format!("stored catalog {hex}: {reason}"));
+        if bytes.len() > MAX_CATALOG_BYTES {
+            return Err(bad(format!(
+                "{} bytes is over the limit of {MAX_CATALOG_BYTES}",
+                bytes.len()
+            )));
+        }
+        if Sha256::digest(bytes).as_slice() != digest {
+            return Err(bad(
+                "content does not match its digest (modified in the database); run `oplog verify`"
+                    .into(),
+            ));
+        }
+        let stored =
+            StoredCatalog::decode(bytes).map_err(|e| bad(format!("not a catalog: {e}")))?;
+        let pool = DescriptorPool::decode(stored.descriptor_set.as_slice())
+            .map_err(|e| bad(format!("invalid descriptors: {e}")))?;
+        let mut catalog = TypeCatalog {
+            pool,
+            types: BTreeMap::new(),
+        };
+        for t in stored.types {
+            let descriptor = catalog
+                .descriptor(&t.type_name)
+                .map_err(|e| bad(e.to_string()))?;
+            let table = (!t.table.is_empty()).then(|| TableInfo {
+                table: t.table,
+                primary_key: t.primary_key,
+            });
+            catalog
+                .insert(&t.type_name, descriptor, table)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(catalog)
+    }
+
     fn descriptor(&self, type_name: &str) -> Result<MessageDescriptor> {
         if type_name.is_empty() {
             return Err(Error::Catalog("empty type name".into()));
@@ -270,6 +367,17 @@ impl TypeCatalog {
             .entry(type_name.to_string())
             .or_insert(TypeInfo { descriptor, table }))
     }
+}
+
+/// Appends `file` after its dependencies, once.
+fn push_file(file: FileDescriptor, seen: &mut HashSet<String>, out: &mut Vec<FileDescriptor>) {
+    if !seen.insert(file.name().to_string()) {
+        return;
+    }
+    for dep in file.dependencies() {
+        push_file(dep, seen, out);
+    }
+    out.push(file);
 }
 
 #[cfg(test)]
@@ -341,6 +449,57 @@ mod tests {
             .register_table("demo.v1.Account", TableInfo::new("app.users", &["id"]))
             .unwrap_err();
         assert!(err.to_string().contains("already the table of"), "{err}");
+    }
+
+    #[test]
+    fn stored_catalog_round_trips_with_tables_and_a_stable_digest() {
+        let catalog = TypeCatalog::demo();
+        let encoded = catalog.encode();
+        assert_eq!(encoded, TypeCatalog::demo().encode(), "deterministic");
+        let decoded = TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes).unwrap();
+        assert_eq!(
+            decoded.type_names().collect::<Vec<_>>(),
+            catalog.type_names().collect::<Vec<_>>()
+        );
+        let user = decoded.get("demo.v1.User").unwrap();
+        assert_eq!(user.table(), Some(&TableInfo::new("demo_user", &["id"])));
+        assert_eq!(user.descriptor().fields().count(), 9);
+        // Only the files the registered types need are stored.
+        assert!(decoded
+            .pool()
+            .get_file_by_name("oplog/v1/oplog.proto")
+            .is_none());
+        assert_eq!(
+            decoded.encode(),
+            encoded,
+            "re-encoding gives the same digest"
+        );
+    }
+
+    #[test]
+    fn stored_catalog_is_checked_against_its_digest_and_validated() {
+        let encoded = TypeCatalog::demo().encode();
+        let mut tampered = encoded.bytes.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let err = TypeCatalog::decode_stored(&encoded.digest, &tampered).unwrap_err();
+        assert!(
+            err.to_string().contains("does not match its digest"),
+            "{err}"
+        );
+
+        // A catalog whose registration names a hostile table is refused even
+        // when its digest is right.
+        let mut stored = StoredCatalog::decode(encoded.bytes.as_slice()).unwrap();
+        stored.types[1].table = "demo_user\"; DROP TABLE x; --".into();
+        let bytes = stored.encode_to_vec();
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let err = TypeCatalog::decode_stored(&digest, &bytes).unwrap_err();
+        assert!(err.to_string().contains("not a valid identifier"), "{err}");
+
+        let garbage = b"\x0a\xff\xff\xff\xff\x0f";
+        let digest: [u8; 32] = Sha256::digest(garbage).into();
+        assert!(TypeCatalog::decode_stored(&digest, garbage).is_err());
     }
 
     #[test]

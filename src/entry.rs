@@ -133,6 +133,28 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     }
 }
 
+/// Lowercase hexadecimal, for digests and chain values in messages and output.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Parses lowercase or uppercase hexadecimal.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(&(len as u64).to_be_bytes());
 }
@@ -292,6 +314,9 @@ pub(crate) struct Header<'a> {
     pub key_id: &'a str,
     pub uuid: Uuid,
     pub metadata: &'a Metadata,
+    /// Digest of the stored type catalog the entry was written with; `None`
+    /// for entries written before catalogs were stored.
+    pub catalog: Option<&'a [u8]>,
 }
 
 impl Header<'_> {
@@ -303,6 +328,12 @@ impl Header<'_> {
         put_bytes(&mut out, self.key_id.as_bytes());
         out.extend_from_slice(self.uuid.as_bytes());
         self.metadata.canonical(&mut out);
+        // Appended only when present, so entries written before catalogs
+        // were stored keep their associated data; the metadata before it is
+        // length-prefixed, so the two forms cannot be confused.
+        if let Some(catalog) = self.catalog {
+            put_bytes(&mut out, catalog);
+        }
         out
     }
 
@@ -316,6 +347,9 @@ impl Header<'_> {
         fields.extend_from_slice(&self.format.to_be_bytes());
         fields.extend_from_slice(self.uuid.as_bytes());
         self.metadata.canonical(&mut fields);
+        if let Some(catalog) = self.catalog {
+            put_bytes(&mut fields, catalog);
+        }
         h.update(&fields);
         h.update(digest);
         h.finalize().into()
@@ -435,6 +469,9 @@ pub struct Entry {
     pub chain: Vec<u8>,
     /// Decoded operations, in FIFO order.
     pub operations: Vec<Operation>,
+    /// The type catalog the entry was written with, which decodes its
+    /// messages ([`TypeCatalog::decode_dynamic`]) and names their tables.
+    pub catalog: std::sync::Arc<TypeCatalog>,
 }
 
 impl Entry {
@@ -465,6 +502,7 @@ mod tests {
             key_id,
             uuid,
             metadata: meta,
+            catalog: None,
         }
     }
 
@@ -547,6 +585,10 @@ mod tests {
                 ..header(&meta, &key_id, uuid)
             },
             header(&edited, &key_id, uuid),
+            Header {
+                catalog: Some(&[7; HASH_LEN]),
+                ..header(&meta, &key_id, uuid)
+            },
         ];
         for h in variants {
             let err = open_as(&ring, &h, &s).unwrap_err();

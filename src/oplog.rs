@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::catalog::TypeCatalog;
+use crate::catalog::{EncodedCatalog, TypeCatalog};
 use crate::crypto::Wrapper;
 use crate::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
 use crate::error::{EntryRef, Error, Result};
@@ -74,10 +74,21 @@ pub struct Written {
 #[derive(Clone)]
 pub struct Oplog {
     catalog: Arc<TypeCatalog>,
+    encoded: Arc<EncodedCatalog>,
     wrapper: Arc<dyn Wrapper>,
     limits: Limits,
     tickets: Arc<TicketCache>,
+    stored: Arc<StoredCatalogs>,
 }
+
+/// Most stored catalogs kept decoded.
+const CATALOG_CACHE_SIZE: usize = 64;
+
+/// Catalogs read from the database, decoded, by digest: the catalogs other
+/// writers (other versions of the application, other applications) wrote
+/// their entries with.
+#[derive(Default)]
+struct StoredCatalogs(Mutex<HashMap<Vec<u8>, Arc<TypeCatalog>>>);
 
 /// Most aggregates whose last ticket position is remembered.
 const TICKET_CACHE_SIZE: usize = 4096;
@@ -124,11 +135,14 @@ impl Oplog {
     /// An oplog that writes the types registered in `catalog`, encrypted by
     /// `wrapper`.
     pub fn new(catalog: TypeCatalog, wrapper: impl Wrapper + 'static) -> Self {
+        let encoded = catalog.encode();
         Oplog {
             catalog: Arc::new(catalog),
+            encoded: Arc::new(encoded),
             wrapper: Arc::new(wrapper),
             limits: Limits::default(),
             tickets: Arc::default(),
+            stored: Arc::default(),
         }
     }
 
@@ -146,6 +160,55 @@ impl Oplog {
     /// The wrapper.
     pub fn wrapper(&self) -> &dyn Wrapper {
         self.wrapper.as_ref()
+    }
+
+    /// The decoding limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// SHA-256 digest of this oplog's catalog as stored in the database;
+    /// every entry written by this oplog names it.
+    pub fn catalog_digest(&self) -> [u8; HASH_LEN] {
+        self.encoded.digest
+    }
+
+    /// The catalog an entry was written with: the one whose digest the entry
+    /// names (read from the database and checked against the digest the
+    /// first time), or this oplog's own for entries that name none.
+    pub(crate) fn catalog_for(
+        &self,
+        conn: &mut impl Connection,
+        digest: Option<&[u8]>,
+        entry: impl FnOnce() -> EntryRef,
+    ) -> Result<Arc<TypeCatalog>> {
+        let Some(digest) = digest.filter(|d| *d != self.encoded.digest.as_slice()) else {
+            return Ok(self.catalog.clone());
+        };
+        if let Some(found) = self
+            .stored
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(digest).cloned())
+        {
+            return Ok(found);
+        }
+        let bytes = conn.load_catalog(digest)?.ok_or_else(|| Error::CorruptEntry {
+            entry: entry(),
+            reason: format!(
+                "its type catalog {} is not stored in oplog_catalog; restore it or run `oplog verify`",
+                crate::entry::hex(digest)
+            ),
+        })?;
+        let catalog = Arc::new(TypeCatalog::decode_stored(digest, &bytes)?);
+        if let Ok(mut map) = self.stored.0.lock() {
+            if map.len() >= CATALOG_CACHE_SIZE {
+                map.clear();
+            }
+            map.insert(digest.to_vec(), catalog.clone());
+        }
+        Ok(catalog)
     }
 
     /// Creates the ticket `name` at version 0 if it does not exist.
@@ -258,6 +321,7 @@ impl Oplog {
             key_id,
             uuid: entry.uuid,
             metadata: &entry.metadata,
+            catalog: Some(&self.encoded.digest),
         };
         let sealed = entry::seal(self.wrapper.as_ref(), &header, &entry.queue, &ticket.chain)?;
         let row = InsertRow {
@@ -272,8 +336,16 @@ impl Oplog {
             chain: &sealed.chain,
             meta_keys: entry.metadata.iter().map(|(k, _)| k).collect(),
             meta_values: entry.metadata.iter().map(|(_, v)| v).collect(),
+            catalog: Some(&self.encoded.digest),
         };
-        Ok(match conn.append(&row, wait)? {
+        let mut appended = conn.append(&row, wait)?;
+        if appended == Appended::MissingCatalog {
+            // The first entry written with this catalog in this database:
+            // store the catalog in the same transaction and append again.
+            conn.store_catalog(&self.encoded.digest, &self.encoded.bytes)?;
+            appended = conn.append(&row, wait)?;
+        }
+        Ok(match appended {
             Appended::Entry(id) => {
                 self.tickets.put(
                     &entry.aggregate,
@@ -291,7 +363,7 @@ impl Oplog {
                 })
             }
             Appended::Moved(current) => Err(Some(current)),
-            Appended::NoTicket => Err(None),
+            Appended::NoTicket | Appended::MissingCatalog => Err(None),
         })
     }
 
@@ -310,7 +382,7 @@ impl Oplog {
             after_seq,
             limit: limit.unwrap_or(i64::MAX),
         })?;
-        rows.into_iter().map(|row| self.open(row)).collect()
+        rows.into_iter().map(|row| self.open(conn, row)).collect()
     }
 
     /// The id of the entry with this UUID if it committed, else `None`. Ask
@@ -319,7 +391,9 @@ impl Oplog {
         conn.entry_id_by_uuid(uuid)
     }
 
-    fn open(&self, row: StoredRow) -> Result<Entry> {
+    /// Decrypts, authenticates and decodes a stored entry with the catalog
+    /// it names.
+    pub(crate) fn open(&self, conn: &mut impl Connection, row: StoredRow) -> Result<Entry> {
         let entry_ref = || EntryRef {
             id: Some(row.id),
             aggregate: row.aggregate_name.clone(),
@@ -341,6 +415,13 @@ impl Oplog {
             .cloned()
             .zip(row.meta_values.iter().cloned())
             .collect();
+        if let Some(c) = row.catalog.as_ref().filter(|c| c.len() != HASH_LEN) {
+            return Err(Error::CorruptEntry {
+                entry: entry_ref(),
+                reason: format!("catalog digest has {} bytes, not {HASH_LEN}", c.len()),
+            });
+        }
+        let catalog = self.catalog_for(conn, row.catalog.as_deref(), entry_ref)?;
         let header = Header {
             aggregate: &row.aggregate_name,
             seq: row.seq,
@@ -348,10 +429,11 @@ impl Oplog {
             key_id: &row.key_id,
             uuid,
             metadata: &metadata,
+            catalog: row.catalog.as_deref(),
         };
         let operations = entry::open(
             self.wrapper.as_ref(),
-            &self.catalog,
+            &catalog,
             &self.limits,
             &header,
             Some(row.id),
@@ -368,6 +450,7 @@ impl Oplog {
             created_at_micros: row.created_us,
             metadata,
             chain: row.chain,
+            catalog,
             operations,
         })
     }

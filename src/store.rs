@@ -35,6 +35,7 @@ pub struct InsertRow<'a> {
     pub chain: &'a [u8],
     pub meta_keys: Vec<&'a str>,
     pub meta_values: Vec<&'a str>,
+    pub catalog: Option<&'a [u8]>,
 }
 
 /// What `oplog_append` did.
@@ -47,10 +48,18 @@ pub enum Appended {
     Moved(TicketRow),
     /// Nothing was written: the ticket does not exist.
     NoTicket,
+    /// Nothing was written: the entry's catalog is not stored yet.
+    MissingCatalog,
 }
 
-fn appended(id: Option<i64>, version: Option<i64>, chain: Option<Vec<u8>>) -> Appended {
+fn appended(
+    id: Option<i64>,
+    version: Option<i64>,
+    chain: Option<Vec<u8>>,
+    missing_catalog: Option<bool>,
+) -> Appended {
     match (id, version, chain) {
+        _ if missing_catalog == Some(true) => Appended::MissingCatalog,
         (Some(id), _, _) => Appended::Entry(id),
         (None, Some(version), Some(chain)) => Appended::Moved(TicketRow { version, chain }),
         _ => Appended::NoTicket,
@@ -84,6 +93,8 @@ pub struct StoredRow {
     pub meta_keys: Vec<String>,
     #[diesel(sql_type = Array<Text>)]
     pub meta_values: Vec<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub catalog: Option<Vec<u8>>,
 }
 
 /// Which entries to list.
@@ -100,14 +111,22 @@ const SEED_TICKET: &str = "INSERT INTO oplog_ticket (name) VALUES ($1) ON CONFLI
 /// Redeems the ticket (compare-and-swap on its version and chain head) and
 /// inserts the entry with its metadata, in one call of the migration's
 /// `oplog_append` function, whose plans PL/pgSQL caches per session.
-const APPEND: &str = "SELECT o_entry_id, o_version, o_chain FROM oplog_append(\
-$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+const APPEND: &str = "SELECT o_entry_id, o_version, o_chain, o_missing_catalog FROM oplog_append(\
+$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
-const SELECT_ENTRIES: &str = "\
+/// Stores a catalog; concurrent writers of the same catalog wait for each
+/// other on the primary key and the loser does nothing.
+const STORE_CATALOG: &str =
+    "INSERT INTO oplog_catalog (digest, catalog) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+const LOAD_CATALOG: &str = "SELECT catalog FROM oplog_catalog WHERE digest = $1";
+
+pub(crate) const SELECT_ENTRIES: &str = "\
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
        e.data, e.digest, e.chain,
        (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
-       coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values
+       coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values,
+       e.catalog
 FROM oplog_entry e
 LEFT JOIN LATERAL (
     SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
@@ -138,6 +157,8 @@ pub(crate) mod private {
         fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
         fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
+        fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
+        fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>>;
     }
 }
 
@@ -168,7 +189,7 @@ fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
 
 fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
     let uuid = r.uuid.to_string();
-    let params: [(&(dyn ToSql + Sync), Type); 12] = [
+    let params: [(&(dyn ToSql + Sync), Type); 13] = [
         (&uuid, Type::TEXT),
         (&r.aggregate, Type::TEXT),
         (&r.seq, Type::INT8),
@@ -181,9 +202,10 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
         (&r.meta_keys, Type::TEXT_ARRAY),
         (&r.meta_values, Type::TEXT_ARRAY),
         (&wait, Type::BOOL),
+        (&r.catalog, Type::BYTEA),
     ];
     let row = c.query_typed_one(APPEND, &params)?;
-    Ok(appended(row.get(0), row.get(1), row.get(2)))
+    Ok(appended(row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
 fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
@@ -195,23 +217,39 @@ fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<
             (&q.limit, Type::INT8),
         ],
     )?;
-    Ok(rows
-        .into_iter()
-        .map(|r| StoredRow {
-            id: r.get(0),
-            entry_uuid: r.get(1),
-            aggregate_name: r.get(2),
-            seq: r.get(3),
-            format: r.get(4),
-            key_id: r.get(5),
-            data: r.get(6),
-            digest: r.get(7),
-            chain: r.get(8),
-            created_us: r.get(9),
-            meta_keys: r.get(10),
-            meta_values: r.get(11),
-        })
-        .collect())
+    Ok(rows.iter().map(stored_row).collect())
+}
+
+/// Reads rows of entries selected with [`SELECT_ENTRIES`]'s columns.
+pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
+    StoredRow {
+        id: r.get(0),
+        entry_uuid: r.get(1),
+        aggregate_name: r.get(2),
+        seq: r.get(3),
+        format: r.get(4),
+        key_id: r.get(5),
+        data: r.get(6),
+        digest: r.get(7),
+        chain: r.get(8),
+        created_us: r.get(9),
+        meta_keys: r.get(10),
+        meta_values: r.get(11),
+        catalog: r.get(12),
+    }
+}
+
+fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> Result<()> {
+    c.execute_typed(
+        STORE_CATALOG,
+        &[(&digest, Type::BYTEA), (&bytes, Type::BYTEA)],
+    )?;
+    Ok(())
+}
+
+fn pg_load_catalog(c: &mut impl GenericClient, digest: &[u8]) -> Result<Option<Vec<u8>>> {
+    let row = c.query_typed_opt(LOAD_CATALOG, &[(&digest, Type::BYTEA)])?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 fn pg_entry_id_by_uuid(c: &mut impl GenericClient, uuid: Uuid) -> Result<Option<i64>> {
@@ -241,6 +279,12 @@ macro_rules! impl_postgres {
             fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
                 pg_entry_id_by_uuid(self, uuid)
             }
+            fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
+                pg_store_catalog(self, digest, bytes)
+            }
+            fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
+                pg_load_catalog(self, digest)
+            }
         }
     };
 }
@@ -264,6 +308,14 @@ struct DieselAppended {
     o_version: Option<i64>,
     #[diesel(sql_type = Nullable<Binary>)]
     o_chain: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Bool>)]
+    o_missing_catalog: Option<bool>,
+}
+
+#[derive(QueryableByName)]
+struct DieselCatalog {
+    #[diesel(sql_type = Binary)]
+    catalog: Vec<u8>,
 }
 
 #[derive(QueryableByName)]
@@ -314,9 +366,10 @@ impl private::Sealed for PgConnection {
             .bind::<Array<Text>, _>(&r.meta_keys)
             .bind::<Array<Text>, _>(&r.meta_values)
             .bind::<diesel::sql_types::Bool, _>(wait)
+            .bind::<Nullable<Binary>, _>(r.catalog)
             .load(self)?;
         Ok(match first(rows) {
-            Some(a) => appended(a.o_entry_id, a.o_version, a.o_chain),
+            Some(a) => appended(a.o_entry_id, a.o_version, a.o_chain, a.o_missing_catalog),
             None => Appended::NoTicket,
         })
     }
@@ -334,5 +387,20 @@ impl private::Sealed for PgConnection {
             .bind::<Text, _>(uuid.to_string())
             .load(self)?;
         Ok(first(rows).map(|r| r.id))
+    }
+
+    fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
+        diesel::sql_query(STORE_CATALOG)
+            .bind::<Binary, _>(digest)
+            .bind::<Binary, _>(bytes)
+            .execute(self)?;
+        Ok(())
+    }
+
+    fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
+        let rows: Vec<DieselCatalog> = diesel::sql_query(LOAD_CATALOG)
+            .bind::<Binary, _>(digest)
+            .load(self)?;
+        Ok(first(rows).map(|r| r.catalog))
     }
 }

@@ -18,7 +18,7 @@ pub fn run(
         .list(&mut client, aggregate, after, limit)
         .map_err(read_failure)?;
     for (i, entry) in entries.iter().enumerate() {
-        let view = EntryView::decode(&oplog, entry)?;
+        let view = EntryView::decode(entry)?;
         if out.json() {
             out.json_line(&view.json())?;
         } else {

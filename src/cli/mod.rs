@@ -201,15 +201,15 @@ impl Context {
     /// for the database.
     pub fn open(&self) -> Result<(postgres::Client, Oplog), Failure> {
         let keyring = self.keyring()?;
-        let mut client = self.connect()?;
-        let catalog = catalog(&mut client)?;
-        Ok((client, Oplog::new(catalog, keyring)))
+        let client = self.connect()?;
+        Ok((client, reader(keyring)))
     }
 }
 
-/// The types the log may hold. The connection is passed so that the
-/// catalog can come from descriptors stored in the database; until they
-/// are, the types compiled into this build (the demo domain) are used.
-fn catalog(_client: &mut postgres::Client) -> oplog::Result<TypeCatalog> {
-    Ok(TypeCatalog::demo())
+/// An oplog for reading any application's log: every entry names the type
+/// catalog stored with it, so no types need to be compiled in. Entries
+/// written before catalogs were stored fall back to the demo types built
+/// into this binary.
+pub fn reader(keyring: Keyring) -> Oplog {
+    Oplog::new(TypeCatalog::demo(), keyring)
 }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use oplog::{Entry, EntryRef, Oplog};
+use oplog::{Entry, EntryRef};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -25,15 +25,16 @@ pub struct EntryView<'a> {
 }
 
 impl<'a> EntryView<'a> {
-    /// Decodes every message of `entry` with `oplog`'s type catalog.
-    pub fn decode(oplog: &Oplog, entry: &'a Entry) -> Result<Self, Failure> {
+    /// Decodes every message of `entry` with the type catalog it was
+    /// written with.
+    pub fn decode(entry: &'a Entry) -> Result<Self, Failure> {
         let messages = entry
             .operations
             .iter()
             .enumerate()
             .map(|(i, op)| {
-                oplog
-                    .catalog()
+                entry
+                    .catalog
                     .decode_dynamic(&op.type_name, &op.value)
                     .map(ProtoJson)
                     .map_err(|e| {

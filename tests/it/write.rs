@@ -484,17 +484,50 @@ fn unknown_key_id_and_unknown_type_are_clear_errors() {
     );
     assert!(err.to_string().contains("seq 1"), "{err}");
 
-    // Read with the right key but a catalog that lacks the User type.
+    // A reader whose own catalog lacks the User type still decodes the
+    // entries: each names the catalog stored with it.
     let ring = Keyring::from_json(&keys).unwrap();
     let mut accounts_only = TypeCatalog::new();
     accounts_only.register("demo.v1.Account").unwrap();
-    let err = read_error(&db, &Oplog::new(accounts_only, ring));
+    let entries = Oplog::new(accounts_only, ring)
+        .list(&mut db.client(), Some("agg"), 0, None)
+        .unwrap();
+    assert_eq!(
+        entries[1].operations[0].decode::<User>().unwrap(),
+        user("u2")
+    );
+    assert!(entries[1].catalog.contains("demo.v1.User"));
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM oplog_catalog"),
+        1,
+        "the catalog is stored once"
+    );
+}
+
+#[test]
+fn a_missing_or_altered_stored_catalog_is_a_clear_error() {
+    let db = TestDb::new();
+    let keys = Keyring::generate().to_json();
+    let log = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    write_two(&db, &log);
+    let stranger = Oplog::new(TypeCatalog::new(), Keyring::from_json(&keys).unwrap());
+    // The trigger keeps catalogs immutable; a superuser can still alter one.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_catalog SET catalog = catalog || '\\x00'::bytea",
+    );
+    let err = read_error(&db, &stranger);
     assert!(
-        err.to_string()
-            .contains("unknown message type \"demo.v1.User\""),
+        err.to_string().contains("does not match its digest"),
         "{err}"
     );
-    assert!(err.to_string().contains("frame 0"), "{err}");
+    superuser_exec(&db, "DELETE FROM oplog_catalog");
+    let err = read_error(&db, &stranger);
+    assert!(
+        err.to_string().contains("is not stored in oplog_catalog"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("seq 1"), "{err}");
 }
 
 #[test]
