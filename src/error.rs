@@ -193,6 +193,78 @@ pub enum Error {
         reason: String,
     },
 
+    /// An aggregate's log has a hole where the next entry should be: it was
+    /// trimmed (coverage lost) or deleted. Replay of the aggregate stops
+    /// there; nothing after it is applied.
+    #[error("aggregate {aggregate:?}: seq {missing} is missing from the log{}; {}", found_context(.found), gap_advice(.trimmed_through, *.missing))]
+    Gap {
+        /// The aggregate.
+        aggregate: String,
+        /// The first seq that should be there and is not.
+        missing: i64,
+        /// The next seq present, if any.
+        found: Option<i64>,
+        /// The aggregate's trim point, when entries were trimmed.
+        trimmed_through: Option<i64>,
+    },
+
+    /// An entry's chain value does not follow from its predecessor: an entry
+    /// was inserted, deleted, reordered or altered.
+    #[error("{entry}: chain value does not follow from the previous entry (inserted, deleted, reordered or altered entries); run `oplog verify`")]
+    ChainMismatch {
+        /// The first entry whose chain does not follow.
+        entry: EntryRef,
+    },
+
+    /// The target of a replay does not hold what the log says it should:
+    /// an UPDATE or DELETE matched no row, or a CREATE found its row present.
+    #[error("replica diverged at {entry}: {op} on table {table} {reason} for key {key}; compare with `oplog verify --against` and rebuild the replica")]
+    Divergence {
+        /// The entry being applied.
+        entry: EntryRef,
+        /// The operation type.
+        op: &'static str,
+        /// The target table.
+        table: String,
+        /// The row's primary key.
+        key: String,
+        /// What was found instead.
+        reason: &'static str,
+    },
+
+    /// A message type does not map onto its table.
+    #[error("type {type_name:?} does not map onto table {table}: {reason}")]
+    Mapping {
+        /// The message type.
+        type_name: String,
+        /// The table.
+        table: String,
+        /// Which field or column, and why.
+        reason: String,
+    },
+
+    /// Applying an entry to the replay target failed.
+    #[error("applying {entry} to table {table} failed: {reason}")]
+    Apply {
+        /// The entry being applied.
+        entry: EntryRef,
+        /// The target table.
+        table: String,
+        /// The database's message.
+        reason: String,
+    },
+
+    /// A replica has applied more of an aggregate than its source holds.
+    #[error("aggregate {aggregate:?}: the replica has applied up to seq {checkpoint} but the source's ticket is at {ticket}; the source was restored from a backup or the replica belongs to another source; rebuild the replica")]
+    ReplicaAhead {
+        /// The aggregate.
+        aggregate: String,
+        /// The replica's checkpoint.
+        checkpoint: i64,
+        /// The source's ticket version.
+        ticket: i64,
+    },
+
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -219,6 +291,22 @@ fn postgres_message(e: &postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
+    }
+}
+
+fn found_context(found: &Option<i64>) -> String {
+    match found {
+        Some(seq) => format!(" (the next entry present is seq {seq})"),
+        None => String::new(),
+    }
+}
+
+fn gap_advice(trimmed_through: &Option<i64>, missing: i64) -> String {
+    match trimmed_through {
+        Some(t) if *t >= missing => format!(
+            "coverage lost: entries up to seq {t} were trimmed; rebuild this replica from a copy of the source, or register it as a consumer before trimming"
+        ),
+        _ => "entries were deleted from the log; run `oplog verify`".to_string(),
     }
 }
 

@@ -77,7 +77,9 @@ mod migrate;
 mod oplog;
 pub mod proto;
 mod queue;
+mod replica;
 mod retry;
+mod sql;
 mod store;
 
 pub use crate::catalog::{
@@ -92,5 +94,6 @@ pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
 pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};
+pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::store::Connection;

@@ -394,33 +394,8 @@ impl Oplog {
     /// Decrypts, authenticates and decodes a stored entry with the catalog
     /// it names.
     pub(crate) fn open(&self, conn: &mut impl Connection, row: StoredRow) -> Result<Entry> {
-        let entry_ref = || EntryRef {
-            id: Some(row.id),
-            aggregate: row.aggregate_name.clone(),
-            seq: row.seq,
-        };
-        let uuid = Uuid::parse_str(&row.entry_uuid).map_err(|e| Error::CorruptEntry {
-            entry: entry_ref(),
-            reason: format!("bad uuid: {e}"),
-        })?;
-        if row.meta_keys.len() != row.meta_values.len() {
-            return Err(Error::CorruptEntry {
-                entry: entry_ref(),
-                reason: "metadata keys and values differ in number".into(),
-            });
-        }
-        let metadata: Metadata = row
-            .meta_keys
-            .iter()
-            .cloned()
-            .zip(row.meta_values.iter().cloned())
-            .collect();
-        if let Some(c) = row.catalog.as_ref().filter(|c| c.len() != HASH_LEN) {
-            return Err(Error::CorruptEntry {
-                entry: entry_ref(),
-                reason: format!("catalog digest has {} bytes, not {HASH_LEN}", c.len()),
-            });
-        }
+        let entry_ref = || row_ref(&row);
+        let (uuid, metadata) = row_parts(&row)?;
         let catalog = self.catalog_for(conn, row.catalog.as_deref(), entry_ref)?;
         let header = Header {
             aggregate: &row.aggregate_name,
@@ -454,4 +429,55 @@ impl Oplog {
             operations,
         })
     }
+}
+
+/// Names a stored row in errors.
+pub(crate) fn row_ref(row: &StoredRow) -> EntryRef {
+    EntryRef {
+        id: Some(row.id),
+        aggregate: row.aggregate_name.clone(),
+        seq: row.seq,
+    }
+}
+
+/// The UUID and metadata of a stored row, checked for shape.
+pub(crate) fn row_parts(row: &StoredRow) -> Result<(Uuid, Metadata)> {
+    let corrupt = |reason: String| Error::CorruptEntry {
+        entry: row_ref(row),
+        reason,
+    };
+    let uuid = Uuid::parse_str(&row.entry_uuid).map_err(|e| corrupt(format!("bad uuid: {e}")))?;
+    if row.meta_keys.len() != row.meta_values.len() {
+        return Err(corrupt("metadata keys and values differ in number".into()));
+    }
+    if let Some(c) = row.catalog.as_ref().filter(|c| c.len() != HASH_LEN) {
+        return Err(corrupt(format!(
+            "catalog digest has {} bytes, not {HASH_LEN}",
+            c.len()
+        )));
+    }
+    let metadata = row
+        .meta_keys
+        .iter()
+        .cloned()
+        .zip(row.meta_values.iter().cloned())
+        .collect();
+    Ok((uuid, metadata))
+}
+
+/// The chain value a stored row should carry when its predecessor's is
+/// `prev`, computed from the row's own header fields and digest: no key is
+/// needed, so the chain can be checked even where decryption fails.
+pub(crate) fn expected_chain(row: &StoredRow, prev: &[u8]) -> Result<[u8; HASH_LEN]> {
+    let (uuid, metadata) = row_parts(row)?;
+    let header = Header {
+        aggregate: &row.aggregate_name,
+        seq: row.seq,
+        format: row.format,
+        key_id: &row.key_id,
+        uuid,
+        metadata: &metadata,
+        catalog: row.catalog.as_deref(),
+    };
+    Ok(header.chain(prev, &row.digest))
 }

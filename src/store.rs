@@ -404,3 +404,131 @@ impl private::Sealed for PgConnection {
         Ok(first(rows).map(|r| r.catalog))
     }
 }
+
+// Statements used by replay and verification, which read through
+// rust-postgres only.
+
+/// A ticket: an aggregate's last redeemed version and chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TicketInfo {
+    pub name: String,
+    pub version: i64,
+    pub chain: Vec<u8>,
+}
+
+/// Tickets with at least one redeemed version, by name; only `aggregate`'s
+/// when given.
+pub(crate) fn tickets(
+    c: &mut impl GenericClient,
+    aggregate: Option<&str>,
+) -> Result<Vec<TicketInfo>> {
+    let rows = c.query_typed(
+        "SELECT name, version, chain FROM oplog_ticket \
+         WHERE version > 0 AND ($1::text IS NULL OR name = $1) ORDER BY name COLLATE \"C\"",
+        &[(&aggregate, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| TicketInfo {
+            name: r.get(0),
+            version: r.get(1),
+            chain: r.get(2),
+        })
+        .collect())
+}
+
+/// Where trimming left each aggregate: the last trimmed seq and the chain
+/// value after it.
+pub(crate) fn trim_points(
+    c: &mut impl GenericClient,
+    aggregate: Option<&str>,
+) -> Result<std::collections::HashMap<String, (i64, Vec<u8>)>> {
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq, chain FROM oplog_trim_point \
+         WHERE $1::text IS NULL OR aggregate_name = $1",
+        &[(&aggregate, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// This database's identity as a replication source.
+pub(crate) fn source_id(c: &mut impl GenericClient) -> Result<String> {
+    let row = c.query_typed_one("SELECT id::text FROM oplog_source", &[])?;
+    Ok(row.get(0))
+}
+
+/// Every stored catalog, as (digest, encoding).
+pub(crate) fn stored_catalogs(c: &mut impl GenericClient) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let rows = c.query_typed(
+        "SELECT digest, catalog FROM oplog_catalog ORDER BY digest",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Entries in (aggregate, seq) order after the position `after` (exclusive),
+/// only `aggregate`'s when given, at most `limit`.
+pub(crate) fn entries_in_order(
+    c: &mut impl GenericClient,
+    aggregate: Option<&str>,
+    after: (&str, i64),
+    limit: i64,
+) -> Result<Vec<StoredRow>> {
+    let sql = format!(
+        "{SELECT_ENTRIES} WHERE ($1::text IS NULL OR e.aggregate_name = $1) \
+         AND (e.aggregate_name COLLATE \"C\", e.seq) > ($2::text COLLATE \"C\", $3::bigint) \
+         ORDER BY e.aggregate_name COLLATE \"C\", e.seq LIMIT $4"
+    );
+    let rows = c.query_typed(
+        &sql,
+        &[
+            (&aggregate, Type::TEXT),
+            (&after.0, Type::TEXT),
+            (&after.1, Type::INT8),
+            (&limit, Type::INT8),
+        ],
+    )?;
+    Ok(rows.iter().map(stored_row).collect())
+}
+
+/// The next entries of several aggregates at once: for each aggregate, those
+/// with `after < seq <= upto`, in seq order; all of them merged in id order
+/// (which within an aggregate is seq order), at most `limit`.
+pub(crate) fn pending_entries(
+    c: &mut impl GenericClient,
+    aggregates: &[&str],
+    after: &[i64],
+    upto: &[i64],
+    limit: i64,
+) -> Result<Vec<StoredRow>> {
+    const SQL: &str = "\
+SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
+       e.data, e.digest, e.chain,
+       (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
+       coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values,
+       e.catalog
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
+CROSS JOIN LATERAL (
+    SELECT * FROM oplog_entry x
+    WHERE x.aggregate_name = p.aggregate_name AND x.seq > p.after_seq AND x.seq <= p.upto_seq
+    ORDER BY x.seq LIMIT $4
+) e
+LEFT JOIN LATERAL (
+    SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
+    FROM oplog_metadata WHERE entry_id = e.id
+) m ON true
+ORDER BY e.id LIMIT $4";
+    let rows = c.query_typed(
+        SQL,
+        &[
+            (&aggregates, Type::TEXT_ARRAY),
+            (&after, Type::INT8_ARRAY),
+            (&upto, Type::INT8_ARRAY),
+            (&limit, Type::INT8),
+        ],
+    )?;
+    Ok(rows.iter().map(stored_row).collect())
+}

@@ -1,0 +1,197 @@
+//! What replay, follow and verification agree on about a replica: where it
+//! is ([`Target`]), how its checkpoint table looks and is keyed, and which
+//! tables it holds.
+//!
+//! A replica's checkpoint table lives in the replica's database, next to the
+//! rows it describes, and is updated in the same transaction as those rows:
+//! whatever happens, the checkpoint says exactly what the replica holds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use postgres::types::Type;
+use postgres::{Client, GenericClient, NoTls};
+
+use crate::catalog::TypeCatalog;
+use crate::error::{Error, Result};
+use crate::oplog::Oplog;
+use crate::sql::{validate_suffix, TableName};
+use crate::store;
+
+/// Where a replay writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Tables named `<table><suffix>` in the source database itself
+    /// (Boundary's replay).
+    Suffix(String),
+    /// A separate replica database. Tables keep their names, with `suffix`
+    /// appended (usually empty).
+    Database {
+        /// Connection URL of the replica database.
+        url: String,
+        /// Appended to every table name; usually empty.
+        suffix: String,
+    },
+}
+
+impl Target {
+    /// A separate replica database, tables named as on the source.
+    pub fn database(url: impl Into<String>) -> Target {
+        Target::Database {
+            url: url.into(),
+            suffix: String::new(),
+        }
+    }
+
+    /// Suffixed tables in the source database.
+    pub fn suffix(suffix: impl Into<String>) -> Target {
+        Target::Suffix(suffix.into())
+    }
+
+    /// What is appended to table names on the target.
+    pub fn table_suffix(&self) -> &str {
+        match self {
+            Target::Suffix(s) => s,
+            Target::Database { suffix, .. } => suffix,
+        }
+    }
+
+    /// Checks the suffix: suffixed tables in the source database need a
+    /// non-empty one, or they would be the source tables themselves.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_suffix(self.table_suffix())?;
+        if matches!(self, Target::Suffix(s) if s.is_empty()) {
+            return Err(Error::Catalog(
+                "a replay into the source database needs a non-empty table suffix".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key of this replica's checkpoints: the source's identity, plus
+    /// the suffix when there is one, so that several replicas of one source
+    /// can share a database.
+    pub(crate) fn checkpoint_key(&self, source_id: &str) -> String {
+        match self.table_suffix() {
+            "" => source_id.to_string(),
+            suffix => format!("{source_id}/{suffix}"),
+        }
+    }
+
+    /// Connects to the target database.
+    pub(crate) fn connect(&self, source_url: &str) -> Result<Client> {
+        let url = match self {
+            Target::Suffix(_) => source_url,
+            Target::Database { url, .. } => url,
+        };
+        Ok(Client::connect(url, NoTls)?)
+    }
+
+    /// True when the target is the source database itself.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Target::Suffix(_))
+    }
+}
+
+/// The replica's checkpoint table; created on the target when missing.
+pub(crate) const CHECKPOINT_DDL: &str = "\
+CREATE TABLE IF NOT EXISTS oplog_checkpoint (
+    source           text NOT NULL,
+    aggregate_name   text NOT NULL,
+    seq              bigint NOT NULL CHECK (seq > 0),
+    chain            bytea NOT NULL CHECK (length(chain) = 32),
+    entry_id         bigint NOT NULL,
+    entry_created_at timestamptz NOT NULL,
+    applied_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, aggregate_name)
+)";
+
+/// How far a replica has applied one aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last seq applied.
+    pub seq: i64,
+    /// The chain value after it.
+    pub chain: Vec<u8>,
+}
+
+/// The checkpoints of the replica keyed `key`, by aggregate; empty when the
+/// target has no checkpoint table yet.
+pub(crate) fn checkpoints(
+    c: &mut impl GenericClient,
+    key: &str,
+) -> Result<HashMap<String, Checkpoint>> {
+    let exists: Option<String> = c
+        .query_typed_one("SELECT to_regclass('oplog_checkpoint')::text", &[])?
+        .get(0);
+    if exists.is_none() {
+        return Ok(HashMap::new());
+    }
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq, chain FROM oplog_checkpoint WHERE source = $1",
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Checkpoint {
+                    seq: r.get(1),
+                    chain: r.get(2),
+                },
+            )
+        })
+        .collect())
+}
+
+/// A table that replay writes: its name on the source, its primary key, and
+/// the columns the log's messages set (the union over every catalog that
+/// maps a type onto it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplicatedTable {
+    pub table: TableName,
+    pub primary_key: Vec<String>,
+    pub columns: Vec<String>,
+    pub type_names: Vec<String>,
+}
+
+/// Every table the log's types map onto: from every catalog stored in the
+/// source database, and `oplog`'s own catalog.
+pub(crate) fn replicated_tables(
+    oplog: &Oplog,
+    source: &mut Client,
+) -> Result<Vec<ReplicatedTable>> {
+    let mut catalogs = vec![oplog.catalog().clone()];
+    for (digest, bytes) in store::stored_catalogs(source)? {
+        catalogs.push(TypeCatalog::decode_stored(&digest, &bytes)?);
+    }
+    let mut tables: BTreeMap<TableName, ReplicatedTable> = BTreeMap::new();
+    for catalog in &catalogs {
+        for name in catalog.type_names() {
+            let Some(info) = catalog.get(name) else {
+                continue;
+            };
+            let Some(table) = info.table() else {
+                continue;
+            };
+            let parsed = TableName::parse(&table.table, "")?;
+            let entry = tables
+                .entry(parsed.clone())
+                .or_insert_with(|| ReplicatedTable {
+                    table: parsed,
+                    primary_key: table.primary_key.clone(),
+                    columns: Vec::new(),
+                    type_names: Vec::new(),
+                });
+            if !entry.type_names.iter().any(|t| t == name) {
+                entry.type_names.push(name.to_string());
+            }
+            for field in info.descriptor().fields() {
+                if !entry.columns.iter().any(|c| c == field.name()) {
+                    entry.columns.push(field.name().to_string());
+                }
+            }
+        }
+    }
+    Ok(tables.into_values().collect())
+}
