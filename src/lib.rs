@@ -73,12 +73,15 @@ mod crypto;
 pub mod demo;
 mod entry;
 mod error;
+mod mapping;
 mod migrate;
 mod oplog;
 pub mod proto;
 mod queue;
+mod replay;
 mod replica;
 mod retry;
+mod schema;
 mod sql;
 mod store;
 
@@ -94,6 +97,9 @@ pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
 pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};
+pub use crate::replay::{
+    AggregateReplay, Progress, ReplayOptions, ReplayReport, Replayer, Stopped,
+};
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::store::Connection;

@@ -61,11 +61,6 @@ impl TableName {
             None => ident(&self.name),
         }
     }
-
-    /// The schema, `public` when the name is unqualified.
-    pub fn schema_or_public(&self) -> &str {
-        self.schema.as_deref().unwrap_or("public")
-    }
 }
 
 impl fmt::Display for TableName {

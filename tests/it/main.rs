@@ -3,5 +3,6 @@
 //! postgres://postgres@127.0.0.1:5432/postgres.
 
 mod cli;
+mod replay;
 mod support;
 mod write;

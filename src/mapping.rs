@@ -1,0 +1,639 @@
+//! How a protobuf message becomes a table row, without per-type code.
+//!
+//! Each field maps to the column of the same name. When a table is first
+//! used, every field is checked against its column's type and given a
+//! conversion ([`Conv`]); a field without a column, or with a column of a
+//! type it cannot be stored in, is an error naming the type, the field and
+//! the column. Rows are written as JSON objects that PostgreSQL turns into
+//! the table's row type with `json_populate_record(set)`, so the server does
+//! the final, type-exact parsing:
+//!
+//! | field | column | JSON |
+//! | --- | --- | --- |
+//! | integers | integer, numeric, floating point, json | number |
+//! | float, double | floating point, numeric, json | number (`"NaN"`, `"Infinity"` as strings) |
+//! | bool | boolean, json | `true` / `false` |
+//! | string | text types, enums, uuid, date/time, network, numeric, json, xml | string |
+//! | bytes | bytea | `"\x…"` (hex) |
+//! | enum | integer, numeric | number |
+//! | enum | text types, enums, json | value name |
+//! | `google.protobuf.Timestamp` | timestamptz, timestamp, date, json | RFC 3339 string |
+//! | `google.protobuf.Duration` | interval, json | `"<seconds> seconds"` |
+//! | wrapper types (`Int64Value`, …) | as their value | as their value, or null |
+//! | other messages, maps | json, jsonb | object |
+//! | repeated | array of a matching type, json, jsonb | array |
+//!
+//! A field with presence (proto3 `optional`, message fields, oneof members)
+//! that is not set is NULL.
+//!
+//! Architecture invariant: this module knows nothing about connections; it
+//! is given column types and produces JSON text.
+
+use std::fmt::Write as _;
+
+use prost_reflect::{
+    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    SerializeOptions, Value,
+};
+
+/// A column of a target table, as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Column {
+    /// Column name.
+    pub name: String,
+    /// The type as SQL (`format_type`), for messages.
+    pub display: String,
+    /// `pg_type.typname` of the column's type, or of its element type for
+    /// an array.
+    pub base: String,
+    /// `pg_type.typcategory` of the same type.
+    pub category: char,
+    /// True for an array column.
+    pub is_array: bool,
+    /// True for a generated column, which cannot be written.
+    pub generated: bool,
+}
+
+/// How a field's value becomes JSON for its column.
+#[derive(Debug, Clone)]
+pub(crate) enum Conv {
+    /// Numbers, strings and booleans as themselves.
+    Scalar,
+    /// Bytes as `"\x…"`, bytea's hex input form.
+    Bytes,
+    /// An enum as its number.
+    EnumNumber,
+    /// An enum as its value name.
+    EnumName(EnumDescriptor),
+    /// `google.protobuf.Timestamp` as RFC 3339.
+    Timestamp,
+    /// `google.protobuf.Duration` as an interval.
+    Duration,
+    /// A wrapper message as its `value` field, NULL when absent.
+    Wrapper(Box<Conv>),
+    /// Any message or map as a JSON document.
+    Document,
+    /// A repeated field, element by element.
+    List(Box<Conv>),
+}
+
+const WRAPPERS: [&str; 9] = [
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.Int64Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.BoolValue",
+    "google.protobuf.StringValue",
+    "google.protobuf.BytesValue",
+];
+
+fn is_json(column: &Column) -> bool {
+    !column.is_array && matches!(column.base.as_str(), "json" | "jsonb")
+}
+
+fn is_integer(base: &str) -> bool {
+    matches!(base, "int2" | "int4" | "int8" | "numeric")
+}
+
+fn is_float(base: &str) -> bool {
+    matches!(base, "float4" | "float8" | "numeric")
+}
+
+fn is_texty(base: &str, category: char) -> bool {
+    // 'S' is PostgreSQL's string category (text, varchar, char, name,
+    // citext); 'E' are enum types.
+    category == 'S' || category == 'E' || base == "json" || base == "jsonb"
+}
+
+fn kind_name(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(m) => m.full_name().to_string(),
+        Kind::Enum(e) => e.full_name().to_string(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The conversion that stores `field` in `column`, or why there is none.
+pub(crate) fn plan(field: &FieldDescriptor, column: &Column) -> Result<Conv, String> {
+    if column.generated {
+        return Err(format!(
+            "field {:?} maps to column {:?}, which is generated and cannot be written",
+            field.name(),
+            column.name
+        ));
+    }
+    let mismatch = || {
+        let what = if field.is_list() {
+            format!("repeated {}", kind_name(&field.kind()))
+        } else if field.is_map() {
+            "map".to_string()
+        } else {
+            kind_name(&field.kind())
+        };
+        format!(
+            "field {:?} ({what}) cannot be stored in column {:?} of type {}",
+            field.name(),
+            column.name,
+            column.display
+        )
+    };
+    if field.is_map() {
+        return if is_json(column) {
+            Ok(Conv::Document)
+        } else {
+            Err(mismatch())
+        };
+    }
+    if field.is_list() {
+        if is_json(column) {
+            return element(&field.kind(), column, true)
+                .map(|c| Conv::List(Box::new(c)))
+                .ok_or_else(mismatch);
+        }
+        if !column.is_array {
+            return Err(mismatch());
+        }
+        return element(&field.kind(), column, false)
+            .map(|c| Conv::List(Box::new(c)))
+            .ok_or_else(mismatch);
+    }
+    if column.is_array {
+        return Err(mismatch());
+    }
+    element(&field.kind(), column, is_json(column)).ok_or_else(mismatch)
+}
+
+/// The conversion of one value of `kind` into the column's (element) type;
+/// `json` when the column is a JSON document.
+fn element(kind: &Kind, column: &Column, json: bool) -> Option<Conv> {
+    let base = column.base.as_str();
+    let cat = column.category;
+    let ok = |fits: bool, conv: Conv| fits.then_some(conv);
+    match kind {
+        Kind::Bool => ok(json || base == "bool", Conv::Scalar),
+        Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Int64
+        | Kind::Sint64
+        | Kind::Sfixed64
+        | Kind::Uint64
+        | Kind::Fixed64 => ok(json || is_integer(base) || is_float(base), Conv::Scalar),
+        Kind::Float | Kind::Double => ok(json || is_float(base), Conv::Scalar),
+        Kind::String => ok(
+            json || is_texty(base, cat)
+                || matches!(cat, 'D' | 'T' | 'I')
+                || matches!(base, "uuid" | "xml" | "numeric"),
+            Conv::Scalar,
+        ),
+        Kind::Bytes => ok(!json && base == "bytea", Conv::Bytes),
+        Kind::Enum(e) => {
+            if !json && is_integer(base) {
+                Some(Conv::EnumNumber)
+            } else if json || is_texty(base, cat) {
+                Some(Conv::EnumName(e.clone()))
+            } else {
+                None
+            }
+        }
+        Kind::Message(m) => message(m, column, json),
+    }
+}
+
+fn message(m: &MessageDescriptor, column: &Column, json: bool) -> Option<Conv> {
+    let base = column.base.as_str();
+    match m.full_name() {
+        "google.protobuf.Timestamp" => (json
+            || matches!(base, "timestamptz" | "timestamp" | "date"))
+        .then_some(Conv::Timestamp),
+        "google.protobuf.Duration" => (json || base == "interval").then_some(Conv::Duration),
+        name if WRAPPERS.contains(&name) => {
+            let inner = m.get_field_by_name("value")?;
+            element(&inner.kind(), column, json).map(|c| Conv::Wrapper(Box::new(c)))
+        }
+        _ => json.then_some(Conv::Document),
+    }
+}
+
+/// A field and how it is written.
+#[derive(Debug, Clone)]
+pub(crate) struct FieldPlan {
+    pub field: FieldDescriptor,
+    /// The field's name as a JSON key, with its quotes and colon.
+    key: String,
+    conv: Conv,
+}
+
+impl FieldPlan {
+    pub fn new(field: FieldDescriptor, conv: Conv) -> Self {
+        let key = format!("{}:", serde_json::Value::from(field.name()));
+        FieldPlan { field, key, conv }
+    }
+
+    pub fn name(&self) -> &str {
+        self.field.name()
+    }
+}
+
+/// Appends `msg` as a JSON object holding the `fields` of `plans`.
+pub(crate) fn write_row(
+    out: &mut String,
+    plans: &[FieldPlan],
+    fields: &[usize],
+    msg: &DynamicMessage,
+) -> Result<(), String> {
+    out.push('{');
+    for (n, &i) in fields.iter().enumerate() {
+        let Some(plan) = plans.get(i) else {
+            return Err(format!("internal: no field #{i}"));
+        };
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&plan.key);
+        if plan.field.supports_presence() && !msg.has_field(&plan.field) {
+            out.push_str("null");
+        } else {
+            write_value(out, &plan.conv, &msg.get_field(&plan.field))
+                .map_err(|e| format!("field {:?}: {e}", plan.name()))?;
+        }
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// The key of a row, for messages: `name=value` pairs of the given fields.
+pub(crate) fn key_text(plans: &[FieldPlan], fields: &[usize], msg: &DynamicMessage) -> String {
+    let mut parts = Vec::new();
+    for &i in fields {
+        if let Some(plan) = plans.get(i) {
+            let mut value = String::new();
+            if write_value(&mut value, &plan.conv, &msg.get_field(&plan.field)).is_err() {
+                value = "?".into();
+            }
+            parts.push(format!("{}={value}", plan.name()));
+        }
+    }
+    format!("({})", parts.join(", "))
+}
+
+fn json_string(out: &mut String, s: &str) {
+    // serde_json's escaping, written into the buffer.
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+fn write_float(out: &mut String, f: f64) {
+    if f.is_finite() {
+        let _ = write!(out, "{f}");
+    } else if f.is_nan() {
+        out.push_str("\"NaN\"");
+    } else if f > 0.0 {
+        out.push_str("\"Infinity\"");
+    } else {
+        out.push_str("\"-Infinity\"");
+    }
+}
+
+fn write_value(out: &mut String, conv: &Conv, value: &Value) -> Result<(), String> {
+    match (conv, value) {
+        (Conv::List(inner), Value::List(items)) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, inner, item)?;
+            }
+            out.push(']');
+            Ok(())
+        }
+        (Conv::Wrapper(inner), Value::Message(m)) => match m.get_field_by_name("value") {
+            Some(v) => write_value(out, inner, &v),
+            None => Err("wrapper message without a value field".into()),
+        },
+        (Conv::Timestamp, Value::Message(m)) => {
+            let (seconds, nanos) = seconds_nanos(m)?;
+            out.push('"');
+            out.push_str(&rfc3339(seconds, nanos)?);
+            out.push('"');
+            Ok(())
+        }
+        (Conv::Duration, Value::Message(m)) => {
+            let (seconds, nanos) = seconds_nanos(m)?;
+            if nanos.unsigned_abs() >= 1_000_000_000
+                || (seconds < 0 && nanos > 0)
+                || (seconds > 0 && nanos < 0)
+            {
+                return Err(format!("invalid Duration ({seconds} s, {nanos} ns)"));
+            }
+            let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+            let _ = write!(
+                out,
+                "\"{sign}{}.{:09} seconds\"",
+                seconds.unsigned_abs(),
+                nanos.unsigned_abs()
+            );
+            Ok(())
+        }
+        (Conv::Document, v) => {
+            let json = document(v)?;
+            out.push_str(&json);
+            Ok(())
+        }
+        (Conv::Bytes, Value::Bytes(b)) => {
+            out.push_str("\"\\\\x");
+            for byte in b.iter() {
+                let _ = write!(out, "{byte:02x}");
+            }
+            out.push('"');
+            Ok(())
+        }
+        (Conv::EnumNumber, Value::EnumNumber(n)) => {
+            let _ = write!(out, "{n}");
+            Ok(())
+        }
+        (Conv::EnumName(e), Value::EnumNumber(n)) => match e.get_value(*n) {
+            Some(v) => {
+                json_string(out, v.name());
+                Ok(())
+            }
+            None => Err(format!("{n} is not a value of enum {}", e.full_name())),
+        },
+        (Conv::Scalar, v) => scalar(out, v),
+        (_, v) => Err(format!("value {v:?} does not match its field's type")),
+    }
+}
+
+fn scalar(out: &mut String, value: &Value) -> Result<(), String> {
+    match value {
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::I32(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::I64(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::U32(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::U64(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::F32(f) => write_float(out, f64::from(*f)),
+        Value::F64(f) => write_float(out, *f),
+        Value::String(s) => json_string(out, s),
+        Value::EnumNumber(n) => {
+            let _ = write!(out, "{n}");
+        }
+        other => return Err(format!("value {other:?} is not a scalar")),
+    }
+    Ok(())
+}
+
+/// Messages in JSON documents use their proto field names, like columns.
+const DOCUMENT_JSON: SerializeOptions = SerializeOptions::new()
+    .use_proto_field_name(true)
+    .skip_default_fields(false);
+
+fn document(value: &Value) -> Result<String, String> {
+    match value {
+        Value::Message(m) => {
+            let mut ser = serde_json::Serializer::new(Vec::new());
+            m.serialize_with_options(&mut ser, &DOCUMENT_JSON)
+                .map_err(|e| e.to_string())?;
+            String::from_utf8(ser.into_inner()).map_err(|e| e.to_string())
+        }
+        Value::Map(map) => {
+            // Keys sorted, so equal maps give equal documents.
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let mut out = String::from("{");
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let key = match k {
+                    prost_reflect::MapKey::Bool(b) => b.to_string(),
+                    prost_reflect::MapKey::I32(n) => n.to_string(),
+                    prost_reflect::MapKey::I64(n) => n.to_string(),
+                    prost_reflect::MapKey::U32(n) => n.to_string(),
+                    prost_reflect::MapKey::U64(n) => n.to_string(),
+                    prost_reflect::MapKey::String(s) => s.clone(),
+                };
+                json_string(&mut out, &key);
+                out.push(':');
+                match v {
+                    Value::Message(_) | Value::Map(_) => out.push_str(&document(v)?),
+                    Value::Bytes(b) => {
+                        json_string(&mut out, &crate::entry::hex(b));
+                    }
+                    other => scalar(&mut out, other)?,
+                }
+            }
+            out.push('}');
+            Ok(out)
+        }
+        other => Err(format!("value {other:?} is not a message or map")),
+    }
+}
+
+fn seconds_nanos(m: &DynamicMessage) -> Result<(i64, i32), String> {
+    let seconds = m
+        .get_field_by_name("seconds")
+        .and_then(|v| v.as_i64())
+        .ok_or_else(|| format!("{} without seconds", m.descriptor().full_name()))?;
+    let nanos = m
+        .get_field_by_name("nanos")
+        .and_then(|v| v.as_i32())
+        .ok_or_else(|| format!("{} without nanos", m.descriptor().full_name()))?;
+    Ok((seconds, nanos))
+}
+
+/// Smallest and largest seconds of a valid `Timestamp` (0001-01-01 to
+/// 9999-12-31, UTC).
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// `seconds` and `nanos` since the Unix epoch as RFC 3339 in UTC.
+pub(crate) fn rfc3339(seconds: i64, nanos: i32) -> Result<String, String> {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
+        return Err(format!(
+            "Timestamp ({seconds} s, {nanos} ns) is outside 0001-01-01 to 9999-12-31"
+        ));
+    }
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    Ok(format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    ))
+}
+
+/// Year, month and day of the `days`-th day after 1970-01-01 (Howard
+/// Hinnant's algorithm, proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TypeCatalog;
+    use crate::demo::{Account, User};
+    use prost::Message;
+
+    fn column(name: &str, base: &str, category: char) -> Column {
+        Column {
+            name: name.into(),
+            display: base.into(),
+            base: base.into(),
+            category,
+            is_array: false,
+            generated: false,
+        }
+    }
+
+    fn field(type_name: &str, name: &str) -> FieldDescriptor {
+        TypeCatalog::demo()
+            .get(type_name)
+            .unwrap()
+            .descriptor()
+            .get_field_by_name(name)
+            .unwrap()
+    }
+
+    #[test]
+    fn compatible_columns_are_accepted_and_others_named() {
+        let age = field("demo.v1.User", "age");
+        assert!(plan(&age, &column("age", "int4", 'N')).is_ok());
+        assert!(plan(&age, &column("age", "numeric", 'N')).is_ok());
+        let err = plan(&age, &column("age", "text", 'S')).unwrap_err();
+        assert!(
+            err.contains("field \"age\" (int32)") && err.contains("column \"age\" of type text"),
+            "{err}"
+        );
+        let avatar = field("demo.v1.User", "avatar");
+        assert!(plan(&avatar, &column("avatar", "bytea", 'U')).is_ok());
+        assert!(plan(&avatar, &column("avatar", "text", 'S')).is_err());
+        let created = field("demo.v1.Account", "created_at");
+        assert!(plan(&created, &column("created_at", "timestamptz", 'D')).is_ok());
+        assert!(plan(&created, &column("created_at", "jsonb", 'U')).is_ok());
+        assert!(plan(&created, &column("created_at", "int8", 'N')).is_err());
+        let mut generated = column("email", "text", 'S');
+        generated.generated = true;
+        assert!(plan(&field("demo.v1.User", "email"), &generated)
+            .unwrap_err()
+            .contains("generated"));
+        let mut array = column("email", "text", 'S');
+        array.is_array = true;
+        assert!(plan(&field("demo.v1.User", "email"), &array).is_err());
+    }
+
+    fn row(type_name: &str, bytes: &[u8], columns: &[(&str, &str, char)]) -> String {
+        let catalog = TypeCatalog::demo();
+        let msg = catalog.decode_dynamic(type_name, bytes).unwrap();
+        let plans: Vec<FieldPlan> = columns
+            .iter()
+            .map(|(name, base, cat)| {
+                let f = field(type_name, name);
+                let conv = plan(&f, &column(name, base, *cat)).unwrap();
+                FieldPlan::new(f, conv)
+            })
+            .collect();
+        let mut out = String::new();
+        write_row(
+            &mut out,
+            &plans,
+            &(0..plans.len()).collect::<Vec<_>>(),
+            &msg,
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn rows_are_json_with_nulls_for_unset_optional_fields() {
+        let user = User {
+            id: "u\"1".into(),
+            age: Some(7),
+            avatar: vec![0, 255],
+            ..Default::default()
+        };
+        let json = row(
+            "demo.v1.User",
+            &user.encode_to_vec(),
+            &[
+                ("id", "text", 'S'),
+                ("phone", "text", 'S'),
+                ("age", "int4", 'N'),
+                ("active", "bool", 'B'),
+                ("avatar", "bytea", 'U'),
+            ],
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"u\"1","phone":null,"age":7,"active":false,"avatar":"\\x00ff"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["avatar"], "\\x00ff");
+    }
+
+    #[test]
+    fn timestamps_become_rfc3339_and_unset_ones_null() {
+        let account = Account {
+            id: "a".into(),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        let cols = [("created_at", "timestamptz", 'D')];
+        assert_eq!(
+            row("demo.v1.Account", &account.encode_to_vec(), &cols),
+            r#"{"created_at":"2023-11-14T22:13:20.000000005Z"}"#
+        );
+        let unset = Account::default();
+        assert_eq!(
+            row("demo.v1.Account", &unset.encode_to_vec(), &cols),
+            r#"{"created_at":null}"#
+        );
+        assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(-1, 0).unwrap(), "1969-12-31T23:59:59.000000000Z");
+        assert_eq!(
+            rfc3339(MIN_SECONDS, 0).unwrap(),
+            "0001-01-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            rfc3339(MAX_SECONDS, 999_999_999).unwrap(),
+            "9999-12-31T23:59:59.999999999Z"
+        );
+        assert!(rfc3339(MAX_SECONDS + 1, 0).is_err());
+        assert!(rfc3339(0, -1).is_err());
+    }
+
+    #[test]
+    fn non_finite_floats_are_strings() {
+        let mut out = String::new();
+        write_float(&mut out, f64::NAN);
+        write_float(&mut out, f64::NEG_INFINITY);
+        write_float(&mut out, 1.5);
+        assert_eq!(out, "\"NaN\"\"-Infinity\"1.5");
+    }
+}

@@ -1,0 +1,1036 @@
+//! Replay: apply the log to a target, exactly once.
+//!
+//! A [`Replayer`] reads entries from the source database, checks each one
+//! (seq is the checkpoint's plus one, the chain follows from the previous
+//! entry, the ciphertext authenticates), and applies their operations to the
+//! target ([`Target`]): suffixed tables in the source database, or a
+//! separate replica database. Tables missing on the target are created from
+//! the source's definitions the first time they are needed.
+//!
+//! Entries are applied in batches. One target transaction holds a batch's
+//! rows *and* the checkpoints of the aggregates it advances, so a crash at
+//! any point leaves the target exactly at a checkpoint: running the replay
+//! again continues from there and applies nothing twice. Within a batch,
+//! consecutive operations of one kind on one table become one statement
+//! (`json_populate_recordset`), so a log of many small entries replays at
+//! close to the speed of bulk inserts.
+//!
+//! An aggregate whose next entry is missing (trimmed or deleted), does not
+//! follow the chain, does not decrypt, or does not apply (an UPDATE or
+//! DELETE that matches no row, a CREATE whose row exists, a value the
+//! column refuses) stops at that entry with an error naming it; everything
+//! before it is applied and the other aggregates carry on.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::types::Type;
+use postgres::{Client, Transaction};
+
+use crate::catalog::TypeCatalog;
+use crate::entry::{Entry, GENESIS_CHAIN};
+use crate::error::{EntryRef, Error, Result};
+use crate::mapping::{self, FieldPlan};
+use crate::oplog::{expected_chain, row_ref, Oplog};
+use crate::proto::OpType;
+use crate::replica::{self, Checkpoint, Target, CHECKPOINT_DDL};
+use crate::schema;
+use crate::sql::{ident, TableName};
+use crate::store::{self, StoredRow};
+
+/// How a replay runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Replay only this aggregate.
+    pub aggregate: Option<String>,
+    /// Most entries applied in one target transaction.
+    pub batch_size: usize,
+}
+
+impl Default for ReplayOptions {
+    /// Every aggregate, 1,000 entries per transaction.
+    fn default() -> Self {
+        ReplayOptions {
+            aggregate: None,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// How far a replay has come, reported after every committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Entries applied so far in this run.
+    pub applied: u64,
+    /// Entries known to be waiting when the run started, still to apply.
+    pub remaining: u64,
+    /// Time since the run started.
+    pub elapsed: Duration,
+}
+
+/// How one aggregate advanced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateReplay {
+    /// The aggregate.
+    pub aggregate: String,
+    /// The checkpoint before the run.
+    pub from_seq: i64,
+    /// The checkpoint after the run.
+    pub to_seq: i64,
+}
+
+/// An aggregate whose replay stopped at an entry, and why.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The aggregate.
+    pub aggregate: String,
+    /// The seq it stopped at: the first one not applied.
+    pub seq: i64,
+    /// What stopped it; it names the entry.
+    pub error: Error,
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Entries applied.
+    pub entries_applied: u64,
+    /// Operations (rows) applied.
+    pub operations_applied: u64,
+    /// Target transactions committed.
+    pub transactions: u64,
+    /// Tables created on the target.
+    pub tables_created: Vec<String>,
+    /// Aggregates that advanced.
+    pub aggregates: Vec<AggregateReplay>,
+    /// Aggregates that stopped at an entry; empty when everything applied.
+    pub stopped: Vec<Stopped>,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl ReplayReport {
+    /// True when no aggregate stopped.
+    pub fn is_complete(&self) -> bool {
+        self.stopped.is_empty()
+    }
+}
+
+/// Applies a source database's oplog to a [`Target`].
+///
+/// ```no_run
+/// use oplog::{Keyring, Oplog, ReplayOptions, Replayer, Target, TypeCatalog};
+///
+/// let oplog = Oplog::new(TypeCatalog::demo(), Keyring::load("keys.json".as_ref())?);
+/// let mut replayer = Replayer::connect(
+///     &oplog,
+///     "postgres://postgres@127.0.0.1/app",
+///     Target::database("postgres://postgres@127.0.0.1/app_replica"),
+///     ReplayOptions::default(),
+/// )?;
+/// let report = replayer.run(&mut |p| eprintln!("{} applied, {} to go", p.applied, p.remaining))?;
+/// assert!(report.is_complete(), "{:?}", report.stopped);
+/// # Ok::<(), oplog::Error>(())
+/// ```
+pub struct Replayer {
+    oplog: Oplog,
+    target: Target,
+    options: ReplayOptions,
+    source: Client,
+    dest: Client,
+    key: String,
+    plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer")
+            .field("target", &self.target.table_suffix())
+            .field("checkpoint_key", &self.key)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Where one aggregate stands during a run.
+#[derive(Debug, Clone)]
+struct AggState {
+    applied: Checkpoint,
+    from: i64,
+    upto: i64,
+}
+
+/// An entry checked and opened, ready to apply.
+struct Item {
+    entry: Entry,
+    catalog: Option<Vec<u8>>,
+}
+
+/// Why a batch did not apply.
+enum ApplyError {
+    /// An entry of the batch cannot be applied; the error names it.
+    Entry(Error),
+    /// Another replayer moved the checkpoints, or the target asked for a
+    /// retry; reload and go on.
+    Moved,
+    /// The target or source failed; the run stops.
+    Fatal(Error),
+}
+
+impl From<postgres::Error> for ApplyError {
+    fn from(e: postgres::Error) -> Self {
+        ApplyError::Fatal(e.into())
+    }
+}
+
+impl Replayer {
+    /// Connects to the source and the target and makes sure the target has
+    /// its checkpoint table.
+    pub fn connect(
+        oplog: &Oplog,
+        source_url: &str,
+        target: Target,
+        options: ReplayOptions,
+    ) -> Result<Replayer> {
+        target.validate()?;
+        if options.batch_size == 0 {
+            return Err(Error::InvalidEntry("batch size must be at least 1".into()));
+        }
+        let mut source = Client::connect(source_url, postgres::NoTls)?;
+        let source_id = store::source_id(&mut source)?;
+        let mut dest = target.connect(source_url)?;
+        dest.batch_execute(CHECKPOINT_DDL)?;
+        let key = target.checkpoint_key(&source_id);
+        Ok(Replayer {
+            oplog: oplog.clone(),
+            target,
+            options,
+            source,
+            dest,
+            key,
+            plans: HashMap::new(),
+        })
+    }
+
+    /// The key of this replica's rows in `oplog_checkpoint`.
+    pub fn checkpoint_key(&self) -> &str {
+        &self.key
+    }
+
+    /// The replica's checkpoints, by aggregate.
+    pub fn checkpoints(&mut self) -> Result<HashMap<String, Checkpoint>> {
+        replica::checkpoints(&mut self.dest, &self.key)
+    }
+
+    /// Applies every entry committed on the source when the run starts that
+    /// the target does not have yet, reporting progress after each batch.
+    pub fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<ReplayReport> {
+        let started = Instant::now();
+        let mut report = ReplayReport::default();
+        let aggregate = self.options.aggregate.clone();
+        let tickets = store::tickets(&mut self.source, aggregate.as_deref())?;
+        let trims = store::trim_points(&mut self.source, aggregate.as_deref())?;
+        let mut states = self.load_states(&tickets, &mut report)?;
+        let total: u64 = states.values().map(|s| gap(s.upto, s.from)).sum();
+        while !states.is_empty() {
+            let names: Vec<&str> = states.keys().map(String::as_str).collect();
+            let after: Vec<i64> = states.values().map(|s| s.applied.seq).collect();
+            let upto: Vec<i64> = states.values().map(|s| s.upto).collect();
+            let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
+            let rows = store::pending_entries(&mut self.source, &names, &after, &upto, limit)?;
+            if rows.is_empty() {
+                // Every remaining aggregate's next entry is gone.
+                for (name, st) in std::mem::take(&mut states) {
+                    let seq = st.applied.seq + 1;
+                    let error = gap_error(&name, seq, None, &trims);
+                    report.stopped.push(Stopped {
+                        aggregate: name,
+                        seq,
+                        error,
+                    });
+                }
+                break;
+            }
+            let already = report.stopped.len();
+            let items = self.check_and_open(rows, &states, &trims, &mut report)?;
+            // Aggregates stopped while checking keep their entries before
+            // the failure in this batch, and leave the run after it.
+            let newly_stopped: Vec<String> = report.stopped[already..]
+                .iter()
+                .map(|s| s.aggregate.clone())
+                .collect();
+            match self.apply(&items, &states) {
+                Ok(()) => self.advance(&items, &mut states, &mut report),
+                Err(ApplyError::Fatal(e)) => return Err(e),
+                Err(ApplyError::Moved) => {
+                    states = self.load_states(&tickets, &mut ReplayReport::default())?;
+                    continue;
+                }
+                Err(ApplyError::Entry(_)) => {
+                    self.apply_one_by_one(&items, &mut states, &mut report)?;
+                }
+            }
+            for name in &newly_stopped {
+                states.remove(name);
+            }
+            states.retain(|_, s| s.applied.seq < s.upto);
+            let applied = report.entries_applied;
+            progress(&Progress {
+                applied,
+                remaining: total.saturating_sub(applied),
+                elapsed: started.elapsed(),
+            });
+        }
+        let after = self.checkpoints()?;
+        for t in &tickets {
+            let before = report.aggregates.iter().position(|a| a.aggregate == t.name);
+            let to = after.get(&t.name).map_or(0, |c| c.seq);
+            if let Some(i) = before {
+                report.aggregates[i].to_seq = to;
+            }
+        }
+        report.aggregates.retain(|a| a.to_seq != a.from_seq);
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Compares the source's tickets with the target's checkpoints: the
+    /// aggregates with entries to apply.
+    fn load_states(
+        &mut self,
+        tickets: &[store::TicketInfo],
+        report: &mut ReplayReport,
+    ) -> Result<BTreeMap<String, AggState>> {
+        let checkpoints = self.checkpoints()?;
+        let mut states = BTreeMap::new();
+        for t in tickets {
+            let applied = checkpoints.get(&t.name).cloned().unwrap_or(Checkpoint {
+                seq: 0,
+                chain: GENESIS_CHAIN.to_vec(),
+            });
+            if t.version < applied.seq {
+                report.stopped.push(Stopped {
+                    aggregate: t.name.clone(),
+                    seq: applied.seq,
+                    error: Error::ReplicaAhead {
+                        aggregate: t.name.clone(),
+                        checkpoint: applied.seq,
+                        ticket: t.version,
+                    },
+                });
+                continue;
+            }
+            if t.version > applied.seq {
+                if !report.aggregates.iter().any(|a| a.aggregate == t.name) {
+                    report.aggregates.push(AggregateReplay {
+                        aggregate: t.name.clone(),
+                        from_seq: applied.seq,
+                        to_seq: applied.seq,
+                    });
+                }
+                states.insert(
+                    t.name.clone(),
+                    AggState {
+                        from: applied.seq,
+                        upto: t.version,
+                        applied,
+                    },
+                );
+            }
+        }
+        Ok(states)
+    }
+
+    /// Checks each row against its aggregate's position (seq and chain) and
+    /// opens it. An aggregate whose row fails stops there; rows before it
+    /// stay in the batch.
+    fn check_and_open(
+        &mut self,
+        rows: Vec<StoredRow>,
+        states: &BTreeMap<String, AggState>,
+        trims: &HashMap<String, (i64, Vec<u8>)>,
+        report: &mut ReplayReport,
+    ) -> Result<Vec<Item>> {
+        let mut position: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        let mut stopped: HashSet<String> = HashSet::new();
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            if stopped.contains(&row.aggregate_name) {
+                continue;
+            }
+            let Some(state) = states.get(&row.aggregate_name) else {
+                continue;
+            };
+            let (prev_seq, prev_chain) = position
+                .get(&row.aggregate_name)
+                .cloned()
+                .unwrap_or_else(|| (state.applied.seq, state.applied.chain.clone()));
+            let failure = if row.seq != prev_seq + 1 {
+                Some(gap_error(
+                    &row.aggregate_name,
+                    prev_seq + 1,
+                    Some(row.seq),
+                    trims,
+                ))
+            } else {
+                match expected_chain(&row, &prev_chain) {
+                    Ok(chain) if chain.as_slice() == row.chain.as_slice() => None,
+                    Ok(_) => Some(Error::ChainMismatch {
+                        entry: row_ref(&row),
+                    }),
+                    Err(e) => Some(e),
+                }
+            };
+            let aggregate = row.aggregate_name.clone();
+            // The first seq not applied: the missing one, or this row's.
+            let seq = prev_seq + 1;
+            let failure = match failure {
+                Some(e) => Some(e),
+                None => {
+                    let catalog = row.catalog.clone();
+                    let (seq, chain) = (row.seq, row.chain.clone());
+                    match self.oplog.open(&mut self.source, row) {
+                        Ok(entry) => {
+                            position.insert(aggregate.clone(), (seq, chain));
+                            items.push(Item { entry, catalog });
+                            None
+                        }
+                        Err(e) if is_fatal(&e) => return Err(e),
+                        Err(e) => Some(e),
+                    }
+                }
+            };
+            if let Some(error) = failure {
+                stopped.insert(aggregate.clone());
+                report.stopped.push(Stopped {
+                    aggregate,
+                    seq,
+                    error,
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// Applies items one per transaction, after a batch failed, so that
+    /// everything before the failing entry is kept and the failing entry is
+    /// named.
+    fn apply_one_by_one(
+        &mut self,
+        items: &[Item],
+        states: &mut BTreeMap<String, AggState>,
+        report: &mut ReplayReport,
+    ) -> Result<()> {
+        for item in items {
+            if !states.contains_key(&item.entry.aggregate) {
+                continue;
+            }
+            let one = std::slice::from_ref(item);
+            match self.apply(one, states) {
+                Ok(()) => self.advance(one, states, report),
+                Err(ApplyError::Fatal(e)) => return Err(e),
+                Err(ApplyError::Moved) => {
+                    return Err(Error::Apply {
+                        entry: entry_ref(&item.entry),
+                        table: "oplog_checkpoint".into(),
+                        reason: "another replayer is applying to this replica at the same time; run one replayer per replica".into(),
+                    })
+                }
+                Err(ApplyError::Entry(error)) => {
+                    let aggregate = item.entry.aggregate.clone();
+                    states.remove(&aggregate);
+                    report.stopped.push(Stopped {
+                        aggregate,
+                        seq: item.entry.seq,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `items` committed.
+    fn advance(
+        &self,
+        items: &[Item],
+        states: &mut BTreeMap<String, AggState>,
+        report: &mut ReplayReport,
+    ) {
+        for item in items {
+            if let Some(state) = states.get_mut(&item.entry.aggregate) {
+                state.applied = Checkpoint {
+                    seq: item.entry.seq,
+                    chain: item.entry.chain.clone(),
+                };
+            }
+            report.entries_applied += 1;
+            report.operations_applied += item.entry.operations.len() as u64;
+        }
+        report.transactions += 1;
+        for name in self.created_tables() {
+            if !report.tables_created.contains(&name) {
+                report.tables_created.push(name);
+            }
+        }
+    }
+
+    fn created_tables(&self) -> Vec<String> {
+        self.plans
+            .values()
+            .filter(|p| p.created)
+            .map(|p| p.table.to_string())
+            .collect()
+    }
+
+    /// Applies `items` and their checkpoints in one target transaction.
+    fn apply(
+        &mut self,
+        items: &[Item],
+        states: &BTreeMap<String, AggState>,
+    ) -> Result<(), ApplyError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        // Plans first, outside the transaction: they may create tables.
+        for item in items {
+            for op in &item.entry.operations {
+                self.plan(item.catalog.as_deref(), &item.entry.catalog, &op.type_name)
+                    .map_err(classify)?;
+            }
+        }
+        let groups = self.build_runs(items)?;
+        let key = self.key.clone();
+        let mut tx = self.dest.transaction()?;
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[(&key, Type::TEXT)],
+        )?;
+        check_checkpoints(&mut tx, &key, items, states)?;
+        for group in &groups {
+            for run in &group.runs {
+                run.execute(&mut tx, items)?;
+            }
+        }
+        write_checkpoints(&mut tx, &key, items)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The plan for `type_name` from the catalog named `digest`.
+    fn plan(
+        &mut self,
+        digest: Option<&[u8]>,
+        catalog: &TypeCatalog,
+        type_name: &str,
+    ) -> Result<Arc<TablePlan>> {
+        let key = (digest.map(<[u8]>::to_vec), type_name.to_string());
+        if let Some(plan) = self.plans.get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(TablePlan::build(
+            catalog,
+            type_name,
+            &self.target,
+            &mut self.source,
+            &mut self.dest,
+        )?);
+        self.plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Groups the operations of `items` per table, merging consecutive
+    /// operations of one kind into runs (one statement each).
+    fn build_runs(&mut self, items: &[Item]) -> Result<Vec<Group>, ApplyError> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<TableName, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            for (o, op) in item.entry.operations.iter().enumerate() {
+                let plan = self
+                    .plan(item.catalog.as_deref(), &item.entry.catalog, &op.type_name)
+                    .map_err(|e| classify(e))?;
+                let msg = item
+                    .entry
+                    .catalog
+                    .decode_dynamic(&op.type_name, &op.value)
+                    .map_err(|e| ApplyError::Entry(at_entry(&item.entry, o, e)))?;
+                let kind = plan
+                    .kind(op.op, &op.field_mask, &op.null_mask)
+                    .map_err(|e| ApplyError::Entry(at_entry(&item.entry, o, e)))?;
+                let g = *index.entry(plan.table.clone()).or_insert_with(|| {
+                    groups.push(Group { runs: Vec::new() });
+                    groups.len() - 1
+                });
+                let runs = &mut groups[g].runs;
+                let key = match kind {
+                    RunKind::Insert => None,
+                    _ => Some(mapping::key_text(&plan.fields, &plan.pk, &msg)),
+                };
+                let joinable = runs.last().is_some_and(|r| {
+                    Arc::ptr_eq(&r.plan, &plan)
+                        && r.kind == kind
+                        && !(matches!(kind, RunKind::Update { .. })
+                            && key.as_ref().is_some_and(|k| r.keys.contains(k)))
+                });
+                if !joinable {
+                    runs.push(Run::new(plan.clone(), kind.clone()));
+                }
+                let Some(run) = runs.last_mut() else {
+                    continue;
+                };
+                run.push(i, o, key, &msg).map_err(|reason| {
+                    ApplyError::Entry(Error::Mapping {
+                        type_name: op.type_name.clone(),
+                        table: plan.table.to_string(),
+                        reason: format!("{}, operation #{o}: {reason}", entry_ref(&item.entry)),
+                    })
+                })?;
+            }
+        }
+        Ok(groups)
+    }
+}
+
+fn gap(upto: i64, from: i64) -> u64 {
+    u64::try_from(upto.saturating_sub(from)).unwrap_or(0)
+}
+
+fn gap_error(
+    aggregate: &str,
+    missing: i64,
+    found: Option<i64>,
+    trims: &HashMap<String, (i64, Vec<u8>)>,
+) -> Error {
+    Error::Gap {
+        aggregate: aggregate.to_string(),
+        missing,
+        found,
+        trimmed_through: trims.get(aggregate).map(|t| t.0),
+    }
+}
+
+fn entry_ref(e: &Entry) -> EntryRef {
+    EntryRef {
+        id: Some(e.id),
+        aggregate: e.aggregate.clone(),
+        seq: e.seq,
+    }
+}
+
+fn at_entry(e: &Entry, op: usize, error: Error) -> Error {
+    Error::CorruptEntry {
+        entry: entry_ref(e),
+        reason: format!("operation #{op}: {error}"),
+    }
+}
+
+/// Connection and server failures stop the whole run; anything else
+/// concerns one entry.
+fn is_fatal(e: &Error) -> bool {
+    match e {
+        Error::Postgres(pg) => pg.as_db_error().is_none() || pg.is_closed(),
+        Error::Io { .. } => true,
+        _ => false,
+    }
+}
+
+fn classify(e: Error) -> ApplyError {
+    if is_fatal(&e) {
+        ApplyError::Fatal(e)
+    } else {
+        ApplyError::Entry(e)
+    }
+}
+
+/// Checks, under the replica's lock, that its checkpoints are where this
+/// run left them: no other replayer has moved them.
+fn check_checkpoints(
+    tx: &mut Transaction<'_>,
+    key: &str,
+    items: &[Item],
+    states: &BTreeMap<String, AggState>,
+) -> Result<(), ApplyError> {
+    let mut names: Vec<&str> = items.iter().map(|i| i.entry.aggregate.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let rows = tx.query_typed(
+        "SELECT aggregate_name, seq FROM oplog_checkpoint WHERE source = $1 AND aggregate_name = ANY($2)",
+        &[(&key, Type::TEXT), (&names, Type::TEXT_ARRAY)],
+    )?;
+    let found: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for name in names {
+        let expected = states.get(name).map_or(0, |s| s.applied.seq);
+        if found.get(name).copied().unwrap_or(0) != expected {
+            return Err(ApplyError::Moved);
+        }
+    }
+    Ok(())
+}
+
+/// Moves the checkpoint of every aggregate in `items` to its last item.
+fn write_checkpoints(
+    tx: &mut Transaction<'_>,
+    key: &str,
+    items: &[Item],
+) -> Result<(), ApplyError> {
+    let mut last: BTreeMap<&str, &Entry> = BTreeMap::new();
+    for item in items {
+        last.insert(&item.entry.aggregate, &item.entry);
+    }
+    let names: Vec<&str> = last.keys().copied().collect();
+    let seqs: Vec<i64> = last.values().map(|e| e.seq).collect();
+    let chains: Vec<&[u8]> = last.values().map(|e| e.chain.as_slice()).collect();
+    let ids: Vec<i64> = last.values().map(|e| e.id).collect();
+    let created: Vec<i64> = last.values().map(|e| e.created_at_micros).collect();
+    tx.execute_typed(
+        "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
+         SELECT $1, u.a, u.s, u.c, u.i, 'epoch'::timestamptz + u.t * interval '1 microsecond' \
+         FROM unnest($2::text[], $3::bigint[], $4::bytea[], $5::bigint[], $6::bigint[]) AS u(a, s, c, i, t) \
+         ON CONFLICT (source, aggregate_name) DO UPDATE SET seq = excluded.seq, chain = excluded.chain, \
+         entry_id = excluded.entry_id, entry_created_at = excluded.entry_created_at, applied_at = now()",
+        &[
+            (&key, Type::TEXT),
+            (&names, Type::TEXT_ARRAY),
+            (&seqs, Type::INT8_ARRAY),
+            (&chains, Type::BYTEA_ARRAY),
+            (&ids, Type::INT8_ARRAY),
+            (&created, Type::INT8_ARRAY),
+        ],
+    )?;
+    Ok(())
+}
+
+/// How one message type is written to its target table.
+#[derive(Debug)]
+struct TablePlan {
+    type_name: String,
+    table: TableName,
+    sql_table: String,
+    fields: Vec<FieldPlan>,
+    pk: Vec<usize>,
+    all: Vec<usize>,
+    insert_sql: String,
+    delete_sql: String,
+    created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunKind {
+    Insert,
+    Update { set: Vec<usize>, null: Vec<usize> },
+    Delete,
+}
+
+impl TablePlan {
+    fn build(
+        catalog: &TypeCatalog,
+        type_name: &str,
+        target: &Target,
+        source: &mut Client,
+        dest: &mut Client,
+    ) -> Result<TablePlan> {
+        let info = catalog.get(type_name).ok_or_else(|| Error::UnknownType {
+            type_name: type_name.to_string(),
+        })?;
+        let table = info.table().ok_or_else(|| Error::Mapping {
+            type_name: type_name.to_string(),
+            table: "(none)".into(),
+            reason: "the type has no table; set the (oplog.v1.table) option or use TypeCatalog::register_table".into(),
+        })?;
+        let source_table = TableName::parse(&table.table, "")?;
+        let target_table = TableName::parse(&table.table, target.table_suffix())?;
+        let mut created = false;
+        if !schema::exists(dest, &target_table)? {
+            match target {
+                Target::Suffix(_) => {
+                    if !schema::exists(source, &source_table)? {
+                        return Err(Error::Catalog(format!(
+                            "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
+                        )));
+                    }
+                    schema::create_like(dest, &source_table, &target_table)?;
+                }
+                Target::Database { .. } => {
+                    schema::create_in_replica(source, dest, &source_table, &target_table)?
+                }
+            }
+            created = true;
+        }
+        let columns = schema::columns(dest, &target_table)?;
+        let mapping_error = |reason: String| Error::Mapping {
+            type_name: type_name.to_string(),
+            table: target_table.to_string(),
+            reason,
+        };
+        let mut fields = Vec::new();
+        for field in info.descriptor().fields() {
+            let column = columns
+                .iter()
+                .find(|c| c.name == field.name())
+                .ok_or_else(|| {
+                    mapping_error(format!(
+                        "field {:?} has no column {:?}; add the column or remove the field",
+                        field.name(),
+                        field.name()
+                    ))
+                })?;
+            let conv = mapping::plan(&field, column).map_err(mapping_error)?;
+            fields.push(FieldPlan::new(field, conv));
+        }
+        let mut pk = Vec::new();
+        for column in &table.primary_key {
+            let i = fields
+                .iter()
+                .position(|f| f.name() == column)
+                .ok_or_else(|| mapping_error(format!("primary key {column:?} is not a field")))?;
+            pk.push(i);
+        }
+        let sql_table = target_table.sql();
+        let all: Vec<usize> = (0..fields.len()).collect();
+        let cols = fields
+            .iter()
+            .map(|f| ident(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let insert_sql = format!(
+            "INSERT INTO {sql_table} ({cols}) OVERRIDING SYSTEM VALUE \
+             SELECT {cols} FROM json_populate_recordset(NULL::{sql_table}, $1::json)"
+        );
+        let mut plan = TablePlan {
+            type_name: type_name.to_string(),
+            table: target_table,
+            sql_table,
+            fields,
+            pk,
+            all,
+            insert_sql,
+            delete_sql: String::new(),
+            created,
+        };
+        plan.delete_sql = format!(
+            "DELETE FROM {} AS t USING {} WHERE {} RETURNING s.\"?ord\"",
+            plan.sql_table,
+            plan.rows_sql(),
+            plan.key_match()
+        );
+        Ok(plan)
+    }
+
+    /// The batch parameter as rows of the table type, numbered from 1.
+    fn rows_sql(&self) -> String {
+        format!(
+            "(SELECT j.o AS \"?ord\", r.* FROM json_array_elements($1::json) WITH ORDINALITY AS j(v, o) \
+             CROSS JOIN LATERAL json_populate_record(NULL::{}, j.v) AS r) AS s",
+            self.sql_table
+        )
+    }
+
+    fn key_match(&self) -> String {
+        self.pk
+            .iter()
+            .map(|&i| {
+                let c = ident(self.fields[i].name());
+                format!("t.{c} = s.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    fn update_sql(&self, set: &[usize], null: &[usize]) -> String {
+        let assignments = set
+            .iter()
+            .map(|&i| {
+                let c = ident(self.fields[i].name());
+                format!("{c} = s.{c}")
+            })
+            .chain(
+                null.iter()
+                    .map(|&i| format!("{} = NULL", ident(self.fields[i].name()))),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE {} AS t SET {assignments} FROM {} WHERE {} RETURNING s.\"?ord\"",
+            self.sql_table,
+            self.rows_sql(),
+            self.key_match()
+        )
+    }
+
+    fn field_index(&self, path: &str) -> Result<usize> {
+        if path.contains('.') {
+            return Err(Error::Mapping {
+                type_name: self.type_name.clone(),
+                table: self.table.to_string(),
+                reason: format!("mask path {path:?} is nested; replay maps top-level fields only"),
+            });
+        }
+        self.fields
+            .iter()
+            .position(|f| f.name() == path)
+            .ok_or_else(|| Error::Mapping {
+                type_name: self.type_name.clone(),
+                table: self.table.to_string(),
+                reason: format!("mask path {path:?} is not a field of the message"),
+            })
+    }
+
+    fn kind(&self, op: OpType, field_mask: &[String], null_mask: &[String]) -> Result<RunKind> {
+        Ok(match op {
+            OpType::Create | OpType::CreateItems => RunKind::Insert,
+            OpType::Delete | OpType::DeleteItems => RunKind::Delete,
+            OpType::Update => RunKind::Update {
+                set: field_mask
+                    .iter()
+                    .map(|p| self.field_index(p))
+                    .collect::<Result<_>>()?,
+                null: null_mask
+                    .iter()
+                    .map(|p| self.field_index(p))
+                    .collect::<Result<_>>()?,
+            },
+            OpType::Unspecified => {
+                return Err(Error::Mapping {
+                    type_name: self.type_name.clone(),
+                    table: self.table.to_string(),
+                    reason: "operation type is unspecified".into(),
+                })
+            }
+        })
+    }
+}
+
+/// The runs of one table, in log order.
+struct Group {
+    runs: Vec<Run>,
+}
+
+/// Consecutive operations of one kind on one table: one statement.
+struct Run {
+    plan: Arc<TablePlan>,
+    kind: RunKind,
+    json: String,
+    /// (item, operation) of each row, in order.
+    origins: Vec<(usize, usize)>,
+    /// Row keys, for UPDATE and DELETE.
+    keys: Vec<String>,
+}
+
+impl Run {
+    fn new(plan: Arc<TablePlan>, kind: RunKind) -> Run {
+        Run {
+            plan,
+            kind,
+            json: String::from("["),
+            origins: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        item: usize,
+        op: usize,
+        key: Option<String>,
+        msg: &prost_reflect::DynamicMessage,
+    ) -> Result<(), String> {
+        if !self.origins.is_empty() {
+            self.json.push(',');
+        }
+        let fields: Vec<usize> = match &self.kind {
+            RunKind::Insert => self.plan.all.clone(),
+            RunKind::Delete => self.plan.pk.clone(),
+            RunKind::Update { set, .. } => {
+                let mut f = self.plan.pk.clone();
+                f.extend(set.iter().filter(|i| !self.plan.pk.contains(i)));
+                f
+            }
+        };
+        mapping::write_row(&mut self.json, &self.plan.fields, &fields, msg)?;
+        self.origins.push((item, op));
+        if let Some(key) = key {
+            self.keys.push(key);
+        }
+        Ok(())
+    }
+
+    fn execute(&self, tx: &mut Transaction<'_>, items: &[Item]) -> Result<(), ApplyError> {
+        let json = format!("{}]", self.json);
+        let table = self.plan.table.to_string();
+        let first = self.origins.first().map_or(0, |o| o.0);
+        let db_error = |e: postgres::Error| {
+            if e.as_db_error().is_none() || e.is_closed() {
+                return ApplyError::Fatal(e.into());
+            }
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
+            {
+                return ApplyError::Moved;
+            }
+            let entry = entry_ref(&items[first].entry);
+            let detail = e
+                .as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or("")
+                .to_string();
+            if e.code().is_some_and(|c| c.code() == "23505") && self.kind == RunKind::Insert {
+                return ApplyError::Entry(Error::Divergence {
+                    entry,
+                    op: "CREATE",
+                    table: table.clone(),
+                    key: detail,
+                    reason: "found its row already present",
+                });
+            }
+            ApplyError::Entry(Error::Apply {
+                entry,
+                table: table.clone(),
+                reason: Error::from(e).to_string(),
+            })
+        };
+        match &self.kind {
+            RunKind::Insert => {
+                tx.execute_typed(&self.plan.insert_sql, &[(&json, Type::TEXT)])
+                    .map_err(db_error)?;
+                Ok(())
+            }
+            RunKind::Update { set, null } => {
+                let sql = self.plan.update_sql(set, null);
+                let rows = tx
+                    .query_typed(&sql, &[(&json, Type::TEXT)])
+                    .map_err(db_error)?;
+                self.check_matched(&rows, items, "UPDATE")
+            }
+            RunKind::Delete => {
+                let rows = tx
+                    .query_typed(&self.plan.delete_sql, &[(&json, Type::TEXT)])
+                    .map_err(db_error)?;
+                self.check_matched(&rows, items, "DELETE")
+            }
+        }
+    }
+
+    /// Every row of an UPDATE or DELETE must have matched one row.
+    fn check_matched(
+        &self,
+        rows: &[postgres::Row],
+        items: &[Item],
+        op: &'static str,
+    ) -> Result<(), ApplyError> {
+        let matched: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        for (n, &(item, _)) in self.origins.iter().enumerate() {
+            let ordinal = i64::try_from(n + 1).unwrap_or(i64::MAX);
+            if !matched.contains(&ordinal) {
+                return Err(ApplyError::Entry(Error::Divergence {
+                    entry: entry_ref(&items[item].entry),
+                    op,
+                    table: self.plan.table.to_string(),
+                    key: self.keys.get(n).cloned().unwrap_or_default(),
+                    reason: "matched no row",
+                }));
+            }
+        }
+        Ok(())
+    }
+}

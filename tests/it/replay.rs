@@ -1,0 +1,397 @@
+//! Replay against a real PostgreSQL: Boundary's scenarios into suffixed
+//! tables and into a separate replica database, exactly-once re-runs, and
+//! the errors that stop an aggregate at the right entry.
+
+use oplog::demo::{Account, User};
+use oplog::{
+    Error, Keyring, NewEntry, Oplog, ReplayOptions, ReplayReport, Replayer, Target, TypeCatalog,
+};
+
+use crate::support::{superuser_exec, user, TestDb};
+
+fn oplog() -> Oplog {
+    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+}
+
+/// Writes a user row as a whole (insert or overwrite) on the source.
+fn upsert_user(tx: &mut postgres::Transaction<'_>, u: &User) {
+    tx.execute(
+        "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, account_id = excluded.account_id, \
+         email = excluded.email, display_name = excluded.display_name, phone = excluded.phone, \
+         age = excluded.age, active = excluded.active, avatar = excluded.avatar",
+        &[
+            &u.id,
+            &u.tenant_id,
+            &u.account_id,
+            &u.email,
+            &u.display_name,
+            &u.phone,
+            &u.age,
+            &u.active,
+            &u.avatar,
+        ],
+    )
+    .unwrap();
+}
+
+fn delete_user(tx: &mut postgres::Transaction<'_>, id: &str) {
+    tx.execute("DELETE FROM demo_user WHERE id = $1", &[&id])
+        .unwrap();
+}
+
+/// Runs `domain` and writes `entry` in one source transaction.
+fn commit(
+    db: &TestDb,
+    log: &Oplog,
+    entry: &NewEntry,
+    domain: impl FnOnce(&mut postgres::Transaction<'_>),
+) {
+    let mut client = db.client();
+    let mut tx = client.transaction().unwrap();
+    domain(&mut tx);
+    log.write(&mut tx, entry).unwrap();
+    tx.commit().unwrap();
+}
+
+/// Boundary's replay scenarios, each in its own entry: create, update by
+/// field mask, by null paths, by both, create-items, delete, delete-items.
+/// The update messages carry only the key and the masked fields, so a
+/// replay that wrote whole messages would get the rows wrong.
+fn boundary_scenarios(db: &TestDb, log: &Oplog, aggregate: &str) {
+    let id = |n: u32| format!("{aggregate}-u{n}");
+    let mut u1 = user(&id(1));
+    let mut e = NewEntry::new(aggregate);
+    e.metadata("actor", "alice").create(&u1).unwrap();
+    commit(db, log, &e, |tx| upsert_user(tx, &u1));
+
+    u1.email = format!("new-{}", u1.email);
+    let mut e = NewEntry::new(aggregate);
+    let msg = User {
+        id: id(1),
+        email: u1.email.clone(),
+        ..Default::default()
+    };
+    e.update(&msg, &["email"], &[]).unwrap();
+    commit(db, log, &e, |tx| upsert_user(tx, &u1));
+
+    u1.phone = None;
+    let mut e = NewEntry::new(aggregate);
+    e.update(
+        &User {
+            id: id(1),
+            ..Default::default()
+        },
+        &[],
+        &["phone"],
+    )
+    .unwrap();
+    commit(db, log, &e, |tx| upsert_user(tx, &u1));
+
+    u1.display_name = "Both".into();
+    u1.age = None;
+    let mut e = NewEntry::new(aggregate);
+    let msg = User {
+        id: id(1),
+        display_name: "Both".into(),
+        ..Default::default()
+    };
+    e.update(&msg, &["display_name"], &["age"]).unwrap();
+    commit(db, log, &e, |tx| upsert_user(tx, &u1));
+
+    let items = [user(&id(2)), user(&id(3)), user(&id(4))];
+    let mut e = NewEntry::new(aggregate);
+    e.create_items(&items).unwrap();
+    commit(db, log, &e, |tx| {
+        items.iter().for_each(|u| upsert_user(tx, u))
+    });
+
+    let mut e = NewEntry::new(aggregate);
+    e.delete(&User {
+        id: id(2),
+        ..Default::default()
+    })
+    .unwrap();
+    commit(db, log, &e, |tx| delete_user(tx, &id(2)));
+
+    let gone = [
+        User {
+            id: id(3),
+            ..Default::default()
+        },
+        User {
+            id: id(4),
+            ..Default::default()
+        },
+    ];
+    let mut e = NewEntry::new(aggregate);
+    e.delete_items(&gone).unwrap();
+    commit(db, log, &e, |tx| {
+        delete_user(tx, &id(3));
+        delete_user(tx, &id(4));
+    });
+
+    // Leave a row that went through every kind of change, and another.
+    let u5 = user(&id(5));
+    let mut e = NewEntry::new(aggregate);
+    e.create(&u5).unwrap();
+    commit(db, log, &e, |tx| upsert_user(tx, &u5));
+}
+
+/// Every row of `table`, column by column, as JSON text in key order.
+fn rows(client: &mut postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            &format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn replay(log: &Oplog, db: &TestDb, target: Target) -> ReplayReport {
+    replay_with(log, db, target, ReplayOptions::default())
+}
+
+fn replay_with(log: &Oplog, db: &TestDb, target: Target, options: ReplayOptions) -> ReplayReport {
+    let mut replayer = Replayer::connect(log, &db.url, target, options).unwrap();
+    replayer.run(&mut |_| {}).unwrap()
+}
+
+#[test]
+fn boundary_scenarios_replay_into_suffixed_tables_column_by_column() {
+    let db = TestDb::new();
+    let log = oplog();
+    boundary_scenarios(&db, &log, "tenant-1");
+    let report = replay(&log, &db, Target::suffix("_replay"));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    assert_eq!(report.entries_applied, 8);
+    assert_eq!(report.tables_created, ["demo_user_replay"]);
+    let mut c = db.client();
+    let source = rows(&mut c, "demo_user");
+    assert_eq!(source.len(), 2, "u1 and u5 remain");
+    assert_eq!(rows(&mut c, "demo_user_replay"), source);
+    // The suffixed table was created like the source: primary key, the
+    // unique email and the defaults.
+    let constraints: i64 = db.scalar(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'demo_user_replay'::regclass AND contype IN ('p', 'u')",
+    );
+    assert_eq!(constraints, 2);
+}
+
+#[test]
+fn boundary_scenarios_replay_into_a_separate_database() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    boundary_scenarios(&db, &log, "tenant-1");
+    let report = replay(&log, &db, Target::database(&replica.url));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    assert_eq!(report.entries_applied, 8);
+    assert_eq!(
+        rows(&mut replica.client(), "demo_user"),
+        rows(&mut db.client(), "demo_user")
+    );
+    // The table was re-created from the source's definition: same columns
+    // and types, NOT NULL, defaults, primary key and unique constraint.
+    let definition = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull || ' ' || coalesce(pg_get_expr(adbin, adrelid), ''), ', ' ORDER BY attnum) \
+        FROM pg_attribute LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum \
+        WHERE attrelid = 'demo_user'::regclass AND attnum > 0 AND NOT attisdropped";
+    assert_eq!(
+        replica.scalar::<String>(definition),
+        db.scalar::<String>(definition)
+    );
+    let constraints = "SELECT string_agg(pg_get_constraintdef(oid), ', ' ORDER BY contype, conname) FROM pg_constraint WHERE conrelid = 'demo_user'::regclass";
+    assert_eq!(
+        replica.scalar::<String>(constraints),
+        db.scalar::<String>(constraints)
+    );
+    let checkpoint: i64 =
+        replica.scalar("SELECT seq FROM oplog_checkpoint WHERE aggregate_name = 'tenant-1'");
+    assert_eq!(checkpoint, 8);
+}
+
+#[test]
+fn replaying_again_applies_nothing_twice_and_picks_up_new_entries() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    boundary_scenarios(&db, &log, "tenant-1");
+    boundary_scenarios(&db, &log, "tenant-2");
+    let first = replay_with(
+        &log,
+        &db,
+        Target::database(&replica.url),
+        ReplayOptions {
+            batch_size: 3,
+            ..ReplayOptions::default()
+        },
+    );
+    assert!(first.is_complete(), "{:?}", first.stopped);
+    assert_eq!(first.entries_applied, 16);
+    assert!(
+        first.transactions >= 6,
+        "batches of 3: {}",
+        first.transactions
+    );
+    let second = replay(&log, &db, Target::database(&replica.url));
+    assert_eq!(second.entries_applied, 0);
+    assert!(second.aggregates.is_empty());
+    assert_eq!(
+        rows(&mut replica.client(), "demo_user"),
+        rows(&mut db.client(), "demo_user")
+    );
+
+    // New entries on the source are applied from the checkpoint on.
+    let account = Account {
+        id: "a1".into(),
+        tenant_id: "t1".into(),
+        name: "Acme".into(),
+        plan: "pro".into(),
+        balance_cents: 1200,
+        created_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_000,
+        }),
+        closed_reason: None,
+    };
+    let mut e = NewEntry::new("tenant-1");
+    e.create(&account).unwrap();
+    commit(&db, &log, &e, |tx| {
+        tx.execute(
+            "INSERT INTO demo_account (id, tenant_id, name, plan, balance_cents, created_at) VALUES ('a1', 't1', 'Acme', 'pro', 1200, to_timestamp(1700000000.123456))",
+            &[],
+        )
+        .unwrap();
+    });
+    let third = replay(&log, &db, Target::database(&replica.url));
+    assert_eq!(third.entries_applied, 1);
+    assert_eq!(third.aggregates.len(), 1);
+    assert_eq!(
+        (third.aggregates[0].from_seq, third.aggregates[0].to_seq),
+        (8, 9)
+    );
+    assert_eq!(
+        rows(&mut replica.client(), "demo_account"),
+        rows(&mut db.client(), "demo_account")
+    );
+}
+
+#[test]
+fn a_missing_entry_stops_its_aggregate_at_that_seq_and_others_go_on() {
+    let db = TestDb::new();
+    let log = oplog();
+    boundary_scenarios(&db, &log, "broken");
+    boundary_scenarios(&db, &log, "fine");
+    superuser_exec(
+        &db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'broken' AND seq = 3",
+    );
+    let report = replay(&log, &db, Target::suffix("_r"));
+    assert_eq!(report.stopped.len(), 1, "{:?}", report.stopped);
+    let stopped = &report.stopped[0];
+    assert_eq!((stopped.aggregate.as_str(), stopped.seq), ("broken", 3));
+    match &stopped.error {
+        Error::Gap { missing, found, .. } => assert_eq!((*missing, *found), (3, Some(4))),
+        other => panic!("expected a gap, got {other}"),
+    }
+    assert!(
+        stopped.error.to_string().contains("seq 3 is missing"),
+        "{}",
+        stopped.error
+    );
+    let cp = |agg: &str| -> i64 {
+        db.scalar(&format!(
+            "SELECT seq FROM oplog_checkpoint WHERE aggregate_name = '{agg}'"
+        ))
+    };
+    assert_eq!(cp("broken"), 2, "entries before the hole are applied");
+    assert_eq!(cp("fine"), 8);
+}
+
+#[test]
+fn an_update_that_matches_no_row_is_a_divergence_naming_entry_table_and_key() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let u1 = user("u1");
+    let mut e = NewEntry::new("agg");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    assert!(replay(&log, &db, Target::database(&replica.url)).is_complete());
+
+    // The replica loses the row; the source goes on updating it.
+    replica
+        .client()
+        .execute("DELETE FROM demo_user", &[])
+        .unwrap();
+    for name in ["first", "second"] {
+        let mut changed = u1.clone();
+        changed.display_name = name.into();
+        let mut e = NewEntry::new("agg");
+        e.update(&changed, &["display_name"], &[]).unwrap();
+        commit(&db, &log, &e, |tx| upsert_user(tx, &changed));
+    }
+    let report = replay(&log, &db, Target::database(&replica.url));
+    assert_eq!(report.entries_applied, 0);
+    let stopped = &report.stopped[0];
+    assert_eq!(stopped.seq, 2);
+    let text = stopped.error.to_string();
+    match &stopped.error {
+        Error::Divergence {
+            entry,
+            op,
+            table,
+            key,
+            ..
+        } => {
+            assert_eq!((entry.aggregate.as_str(), entry.seq), ("agg", 2));
+            assert_eq!((*op, table.as_str()), ("UPDATE", "demo_user"));
+            assert!(key.contains("id=\"u1\""), "{key}");
+        }
+        other => panic!("expected a divergence, got {other}"),
+    }
+    assert!(text.contains("matched no row"), "{text}");
+    let checkpoint: i64 = replica.scalar("SELECT seq FROM oplog_checkpoint");
+    assert_eq!(checkpoint, 1, "nothing after the divergence is applied");
+}
+
+#[test]
+fn a_field_without_a_column_is_an_error_naming_type_field_and_column() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    replica
+        .client()
+        .batch_execute("CREATE TABLE demo_user (id text PRIMARY KEY, email text)")
+        .unwrap();
+    let log = oplog();
+    let u1 = user("u1");
+    let mut e = NewEntry::new("agg");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    let report = replay(&log, &db, Target::database(&replica.url));
+    let text = report.stopped[0].error.to_string();
+    assert!(text.contains("\"demo.v1.User\""), "{text}");
+    assert!(
+        text.contains("field \"tenant_id\" has no column \"tenant_id\""),
+        "{text}"
+    );
+
+    // A column of a type the field cannot be stored in is named as well.
+    replica
+        .client()
+        .batch_execute(
+            "DROP TABLE demo_user; CREATE TABLE demo_user (id text PRIMARY KEY, tenant_id text, account_id text, \
+             email text, display_name text, phone text, age boolean, active boolean, avatar bytea)",
+        )
+        .unwrap();
+    let report = replay(&log, &db, Target::database(&replica.url));
+    let text = report.stopped[0].error.to_string();
+    assert!(
+        text.contains("field \"age\" (int32) cannot be stored in column \"age\" of type boolean"),
+        "{text}"
+    );
+}
