@@ -56,6 +56,10 @@ enum Command {
     /// List entries, decrypted and decoded.
     Log(LogArgs),
 
+    /// Apply the log to suffixed tables in this database or to a replica
+    /// database, exactly once: re-running continues from the checkpoint.
+    Replay(ReplayArgs),
+
     /// Measure write rates against a baseline in the same run, on a scratch
     /// database created beside --database-url and dropped afterwards.
     #[command(subcommand, arg_required_else_help = false)]
@@ -80,6 +84,39 @@ struct BenchArgs {
     /// Concurrent writers (contention only).
     #[arg(long, value_name = "N", default_value_t = 16)]
     writers: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["into", "suffix"])))]
+struct ReplayArgs {
+    /// Replica database to apply the log to; missing tables are created
+    /// there from the source's definitions.
+    #[arg(long, value_name = "URL")]
+    into: Option<String>,
+
+    /// Apply to tables named <table><SUFFIX> in this database instead.
+    #[arg(long, value_name = "SUFFIX")]
+    suffix: Option<String>,
+
+    /// Only this aggregate.
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+
+    /// Most entries applied in one replica transaction.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+}
+
+impl ReplayArgs {
+    fn target(&self) -> oplog::Target {
+        match (&self.into, &self.suffix) {
+            (Some(url), suffix) => oplog::Target::Database {
+                url: url.clone(),
+                suffix: suffix.clone().unwrap_or_default(),
+            },
+            (None, suffix) => oplog::Target::Suffix(suffix.clone().unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +183,13 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
         Command::Log(args) => {
             cli::log::run(ctx, out, args.aggregate.as_deref(), args.after, args.limit)
         }
+        Command::Replay(args) => cli::replay::run(
+            ctx,
+            out,
+            args.target(),
+            args.aggregate.clone(),
+            usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+        ),
         Command::Bench(BenchCommand::Write(a)) => {
             cli::bench::run(ctx, out, cli::bench::Scenario::Write, a.seconds, a.writers)
         }

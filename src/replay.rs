@@ -291,6 +291,7 @@ impl Replayer {
             }
         }
         report.aggregates.retain(|a| a.to_seq != a.from_seq);
+        report.tables_created.sort();
         report.elapsed = started.elapsed();
         Ok(report)
     }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod log;
 pub mod migrate;
 mod render;
+pub mod replay;
 
 /// Exit status of a usage or runtime error.
 const EXIT_ERROR: u8 = 2;

@@ -685,3 +685,149 @@ fn bench_write_reports_rates_against_its_baseline() {
     ]);
     failure(&out, &["seconds must be a positive number"]);
 }
+
+#[test]
+fn replay_reports_what_it_applied_and_exits_2_naming_a_stopped_aggregate() {
+    let f = Fixture::new();
+    let out = f.run(&["replay", "--suffix", "_r", "--json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("oplog: error: replay of aggregate \"tenant-b\" stopped at seq 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("DELETE on table demo_user_r matched no row"),
+        "{stderr}"
+    );
+    // The report comes first, on stdout: tenant-a applied, tenant-b stopped.
+    let report: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(report["entries_applied"], 2);
+    assert_eq!(
+        report["aggregates"],
+        json!([{"aggregate": "tenant-a", "from_seq": 0, "to_seq": 2}])
+    );
+    assert_eq!(report["stopped"][0]["aggregate"], "tenant-b");
+    assert_eq!(
+        report["tables_created"],
+        json!(["demo_account_r", "demo_user_r"])
+    );
+    let email: String = f.db.scalar("SELECT email FROM demo_user_r WHERE id = 'u1'");
+    assert_eq!(email, "new@example.com");
+
+    // A replay needs a target.
+    failure(&f.run(&["replay"]), &["--into", "--suffix"]);
+    failure(
+        &f.run(&["replay", "--suffix", "_r\"; --"]),
+        &["suffix", "letters, digits and underscores"],
+    );
+}
+
+/// Writes `n` entries of one user each, round-robin over `aggregates`, with
+/// their rows.
+fn write_users(db: &TestDb, ring: &Keyring, aggregates: &[&str], n: usize) {
+    let oplog = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    let mut client = db.client();
+    for i in 0..n {
+        let u = user(&format!("u{i}"));
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO demo_user (id, tenant_id, account_id, email, avatar) VALUES ($1, $2, $3, $4, '')",
+            &[&u.id, &u.tenant_id, &u.account_id, &u.email],
+        )
+        .unwrap();
+        let mut entry = NewEntry::new(aggregates[i % aggregates.len()]);
+        entry
+            .create(&User {
+                display_name: String::new(),
+                phone: None,
+                age: None,
+                avatar: Vec::new(),
+                ..u
+            })
+            .unwrap();
+        oplog.write(&mut tx, &entry).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+#[test]
+fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
+    const ENTRIES: usize = 600;
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let dir = TempDir::new();
+    let ring = Keyring::generate();
+    let keys = save_keyring(&ring, &dir.join("keys.json"));
+    write_users(&db, &ring, &["tenant-a", "tenant-b", "tenant-c"], ENTRIES);
+    let replay = || {
+        oplog_cmd()
+            .args(["replay", "--into", &replica.url, "--batch-size", "1"])
+            .args(["--database-url", &db.url, "--key-file", &keys])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let applied = || -> i64 {
+        let mut c = replica.client();
+        c.query_one(
+            "SELECT coalesce(sum(seq), 0)::bigint FROM oplog_checkpoint WHERE to_regclass('oplog_checkpoint') IS NOT NULL",
+            &[],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(0)
+    };
+    let mut kills = 0;
+    for round in 1..=3_i64 {
+        let mut child = replay();
+        // Kill it once it has committed some entries of this round.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while applied() < round * 60 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // Whatever the moment of the kill, the replica holds exactly the
+        // rows its checkpoints cover.
+        let rows: i64 = replica.scalar("SELECT count(*) FROM demo_user");
+        assert_eq!(rows, applied(), "round {round}");
+    }
+    assert!(
+        kills >= 1,
+        "the replay should have been killed at least once"
+    );
+    assert!(applied() < ENTRIES as i64, "killed before the end");
+    let out = oplog_cmd()
+        .args([
+            "replay",
+            "--into",
+            &replica.url,
+            "--database-url",
+            &db.url,
+            "--key-file",
+            &keys,
+        ])
+        .output()
+        .unwrap();
+    success(&out);
+    let rows = |c: &mut postgres::Client| -> Vec<String> {
+        c.query(
+            "SELECT row_to_json(t)::text FROM demo_user t ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(rows(&mut replica.client()), rows(&mut db.client()));
+    assert_eq!(applied(), ENTRIES as i64);
+}
