@@ -4,7 +4,8 @@
 
 use oplog::demo::{Account, User};
 use oplog::{
-    Error, Keyring, NewEntry, Oplog, ReplayOptions, ReplayReport, Replayer, Target, TypeCatalog,
+    Error, Keyring, NewEntry, OpType, Operation, Oplog, ReplayOptions, ReplayReport, Replayer,
+    TableInfo, Target, TypeCatalog,
 };
 
 use crate::support::{superuser_exec, user, TestDb};
@@ -394,4 +395,193 @@ fn a_field_without_a_column_is_an_error_naming_type_field_and_column() {
         text.contains("field \"age\" (int32) cannot be stored in column \"age\" of type boolean"),
         "{text}"
     );
+}
+
+/// A catalog with `kitchen.v1.Sink`, compiled from tests/proto at run time.
+fn kitchen_catalog() -> TypeCatalog {
+    let mut compiler =
+        protox::Compiler::new([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proto")]).unwrap();
+    compiler
+        .include_imports(true)
+        .open_files(["kitchen.proto"])
+        .unwrap();
+    let mut catalog = TypeCatalog::new();
+    catalog
+        .add_file_descriptor_set(&compiler.encode_file_descriptor_set())
+        .unwrap();
+    catalog
+        .register_table("kitchen.v1.Sink", TableInfo::new("kitchen_sink", &["id"]))
+        .unwrap();
+    catalog
+}
+
+const KITCHEN_SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('MOOD_UNSPECIFIED', 'MOOD_HAPPY', 'MOOD_GRUMPY');
+CREATE TABLE kitchen_sink (
+    id text PRIMARY KEY, d float8, f float4, i32 int4, i64 int8, u32 int8, u64 numeric,
+    s64 int8, fx32 int8, flag bool NOT NULL DEFAULT false, raw bytea, mood_number int2,
+    mood_name text, mood_enum mood, maybe text, at timestamptz, took interval, count int8,
+    note text, tags text[], scores int8[], nested jsonb, attrs jsonb, uid uuid UNIQUE,
+    amount numeric(12, 2)
+);";
+
+/// A `kitchen.v1.Sink` message with the given fields set.
+fn sink(catalog: &TypeCatalog, fields: Vec<(&str, prost_reflect::Value)>) -> Vec<u8> {
+    use prost::Message as _;
+    let desc = catalog.get("kitchen.v1.Sink").unwrap().descriptor().clone();
+    let mut msg = prost_reflect::DynamicMessage::new(desc);
+    for (name, value) in fields {
+        msg.set_field_by_name(name, value);
+    }
+    msg.encode_to_vec()
+}
+
+fn sub(
+    catalog: &TypeCatalog,
+    type_name: &str,
+    fields: Vec<(&str, prost_reflect::Value)>,
+) -> prost_reflect::Value {
+    let desc = catalog.pool().get_message_by_name(type_name).unwrap();
+    let mut msg = prost_reflect::DynamicMessage::new(desc);
+    for (name, value) in fields {
+        msg.set_field_by_name(name, value);
+    }
+    prost_reflect::Value::Message(msg)
+}
+
+#[test]
+fn every_field_kind_replays_into_its_column_type() {
+    use prost_reflect::{MapKey, Value as V};
+    let db = TestDb::new();
+    db.client().batch_execute(KITCHEN_SCHEMA).unwrap();
+    let catalog = kitchen_catalog();
+    let full = sink(
+        &catalog,
+        vec![
+            ("id", V::String("s1".into())),
+            ("d", V::F64(f64::NAN)),
+            ("f", V::F32(1.5)),
+            ("i32", V::I32(-7)),
+            ("i64", V::I64(9_007_199_254_740_993)),
+            ("u32", V::U32(u32::MAX)),
+            ("u64", V::U64(u64::MAX)),
+            ("s64", V::I64(-42)),
+            ("fx32", V::U32(7)),
+            ("flag", V::Bool(true)),
+            ("raw", V::Bytes(vec![0, 255].into())),
+            ("mood_number", V::EnumNumber(2)),
+            ("mood_name", V::EnumNumber(2)),
+            ("mood_enum", V::EnumNumber(1)),
+            ("maybe", V::String("it's \"quoted\"".into())),
+            (
+                "at",
+                sub(
+                    &catalog,
+                    "google.protobuf.Timestamp",
+                    vec![
+                        ("seconds", V::I64(1_709_210_096)),
+                        ("nanos", V::I32(789_012_000)),
+                    ],
+                ),
+            ),
+            (
+                "took",
+                sub(
+                    &catalog,
+                    "google.protobuf.Duration",
+                    vec![("seconds", V::I64(90)), ("nanos", V::I32(500_000_000))],
+                ),
+            ),
+            (
+                "count",
+                sub(
+                    &catalog,
+                    "google.protobuf.Int64Value",
+                    vec![("value", V::I64(12))],
+                ),
+            ),
+            (
+                "note",
+                sub(
+                    &catalog,
+                    "google.protobuf.StringValue",
+                    vec![("value", V::String("note".into()))],
+                ),
+            ),
+            (
+                "tags",
+                V::List(vec![V::String("a".into()), V::String("b,c".into())]),
+            ),
+            ("scores", V::List(vec![V::I64(1), V::I64(2), V::I64(3)])),
+            (
+                "nested",
+                sub(
+                    &catalog,
+                    "kitchen.v1.Nested",
+                    vec![("label", V::String("x".into())), ("weight", V::I32(3))],
+                ),
+            ),
+            (
+                "attrs",
+                V::Map(
+                    [(MapKey::String("k".into()), V::I32(1))]
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
+            (
+                "uid",
+                V::String("f47ac10b-58cc-4372-a567-0e02b2c3d479".into()),
+            ),
+            ("amount", V::F64(12.25)),
+        ],
+    );
+    // Nothing set but the key and the uuid: unset optional, wrapper and
+    // message fields are NULL, the others their proto3 defaults.
+    let empty = sink(
+        &catalog,
+        vec![
+            ("id", V::String("s2".into())),
+            (
+                "uid",
+                V::String("00000000-0000-0000-0000-000000000002".into()),
+            ),
+        ],
+    );
+    db.client()
+        .batch_execute(
+            "INSERT INTO kitchen_sink VALUES ('s1', 'NaN', 1.5, -7, 9007199254740993, 4294967295, 18446744073709551615, \
+             -42, 7, true, '\\x00ff', 2, 'MOOD_GRUMPY', 'MOOD_HAPPY', 'it''s \"quoted\"', '2024-02-29T12:34:56.789012Z', \
+             interval '90.5 seconds', 12, 'note', ARRAY['a', 'b,c'], ARRAY[1, 2, 3], '{\"label\": \"x\", \"weight\": 3}', \
+             '{\"k\": 1}', 'f47ac10b-58cc-4372-a567-0e02b2c3d479', 12.25);
+             INSERT INTO kitchen_sink VALUES ('s2', 0, 0, 0, 0, 0, 0, 0, 0, false, '', 0, 'MOOD_UNSPECIFIED', \
+             'MOOD_UNSPECIFIED', NULL, NULL, NULL, NULL, NULL, '{}', '{}', NULL, '{}', \
+             '00000000-0000-0000-0000-000000000002', 0);",
+        )
+        .unwrap();
+    let log = Oplog::new(catalog, Keyring::generate());
+    let mut e = NewEntry::new("kitchen");
+    for value in [full, empty] {
+        e.push(Operation {
+            type_name: "kitchen.v1.Sink".into(),
+            value,
+            op: OpType::CreateItems,
+            field_mask: vec![],
+            null_mask: vec![],
+        })
+        .unwrap();
+    }
+    commit(&db, &log, &e, |_| {});
+
+    // Into a separate database: the enum type is created there too.
+    let replica = TestDb::empty();
+    let report = replay(&log, &db, Target::database(&replica.url));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    let source = rows(&mut db.client(), "kitchen_sink");
+    assert!(source[0].contains("\"d\":\"NaN\""), "{}", source[0]);
+    assert_eq!(rows(&mut replica.client(), "kitchen_sink"), source);
+    // And into suffixed tables of the source.
+    let report = replay(&log, &db, Target::suffix("_copy"));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    assert_eq!(rows(&mut db.client(), "kitchen_sink_copy"), source);
 }
