@@ -585,3 +585,91 @@ fn every_field_kind_replays_into_its_column_type() {
     assert!(report.is_complete(), "{:?}", report.stopped);
     assert_eq!(rows(&mut db.client(), "kitchen_sink_copy"), source);
 }
+
+/// A descriptor set with one message whose field name is hostile, built by
+/// hand as an attacker could (protoc would refuse the name).
+fn hostile_descriptor(field: &str) -> Vec<u8> {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type as T};
+    let f = |name: &str, number: i32| prost_types::FieldDescriptorProto {
+        name: Some(name.into()),
+        number: Some(number),
+        label: Some(Label::Optional as i32),
+        r#type: Some(T::String as i32),
+        json_name: Some(format!("f{number}")),
+        ..Default::default()
+    };
+    prost_types::FileDescriptorSet {
+        file: vec![prost_types::FileDescriptorProto {
+            name: Some("evil.proto".into()),
+            package: Some("evil.v1".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![prost_types::DescriptorProto {
+                name: Some("Row".into()),
+                field: vec![f("id", 1), f(field, 2)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn hostile_table_and_column_names_cannot_inject_sql() {
+    const EVIL: &str = "x\"; DROP TABLE victim; --";
+    // Hostile table names never enter a catalog.
+    let mut catalog = TypeCatalog::new();
+    for table in [EVIL, "demo user", "demo_user;", "a.b.c"] {
+        let err = catalog
+            .register_table("demo.v1.Account", TableInfo::new(table, &["id"]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not a valid identifier")
+                || err.to_string().contains("schema qualifier"),
+            "{table}: {err}"
+        );
+    }
+    // A hostile field (column) name is only ever a quoted identifier: the
+    // replay either finds that exact column or names it in an error.
+    let db = TestDb::new();
+    let mut catalog = TypeCatalog::new();
+    // prost-reflect accepts the name; only quoting stands between it and SQL.
+    catalog
+        .add_file_descriptor_set(&hostile_descriptor(EVIL))
+        .unwrap();
+    catalog
+        .register_table("evil.v1.Row", TableInfo::new("evil_row", &["id"]))
+        .unwrap();
+    db.client()
+        .batch_execute(&format!(
+            "CREATE TABLE victim (id int); CREATE TABLE evil_row (id text PRIMARY KEY, {} text);",
+            oplog_quote(EVIL)
+        ))
+        .unwrap();
+    let desc = catalog.get("evil.v1.Row").unwrap().descriptor().clone();
+    let mut msg = prost_reflect::DynamicMessage::new(desc);
+    msg.set_field_by_name("id", prost_reflect::Value::String("r1".into()));
+    msg.set_field_by_name(EVIL, prost_reflect::Value::String("payload".into()));
+    let log = Oplog::new(catalog, Keyring::generate());
+    let mut e = NewEntry::new("evil");
+    e.push(Operation {
+        type_name: "evil.v1.Row".into(),
+        value: prost::Message::encode_to_vec(&msg),
+        op: OpType::Create,
+        field_mask: vec![],
+        null_mask: vec![],
+    })
+    .unwrap();
+    commit(&db, &log, &e, |_| {});
+    let report = replay(&log, &db, Target::suffix("_r"));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    let value: String = db.scalar(&format!("SELECT {} FROM evil_row_r", oplog_quote(EVIL)));
+    assert_eq!(value, "payload");
+    let victim: i64 = db.scalar("SELECT count(*) FROM victim");
+    assert_eq!(victim, 0, "the victim table still exists");
+}
+
+fn oplog_quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
