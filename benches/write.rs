@@ -1,37 +1,44 @@
-//! Database write-rate benchmark: what an oplog entry costs a transaction,
-//! and how the locking modes fare with many writers on one aggregate against
-//! Boundary's statement sequence. The measuring is done by
-//! [`oplog::bench::all`]; this binary parses its arguments and prints the
+//! Database benchmarks: what an oplog entry costs a transaction, how the
+//! locking modes fare with many writers on one aggregate against Boundary's
+//! statement sequence, and how fast a log replays against multi-row INSERTs
+//! of the same rows. The measuring is done by [`oplog::bench::all`] and
+//! [`oplog::bench::replay`]; this binary parses its arguments and prints the
 //! tables.
 //!
 //! ```text
-//! cargo bench --bench write [-- --seconds S] [--writers N] [--payload BYTES] [--json]
+//! cargo bench --bench write [-- --seconds S] [--writers N] [--payload BYTES] [--entries N] [--json]
 //! ```
 //!
 //! The server comes from `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); the benchmark works in a
 //! scratch database of its own and drops it afterwards. In test mode
 //! (`--test`, or no `--bench` as under `cargo test --benches`) each scenario
-//! runs for 0.2 s, only to show that it works. Criterion-style filter
-//! arguments are accepted and ignored, so `cargo bench -- <filter>` still
-//! runs the other benches.
+//! runs for 0.2 s and 2,000 entries are replayed, only to show that it
+//! works. Criterion-style filter arguments are accepted and ignored, so
+//! `cargo bench -- <filter>` still runs the other benches.
 
 use std::process::ExitCode;
 
-use oplog::bench::{self, WriteBenchConfig};
+use oplog::bench::{self, ReplayBenchConfig, WriteBenchConfig};
 
 /// Scenario length in test mode, in seconds.
 const TEST_SECONDS: f64 = 0.2;
 
-const USAGE: &str = "usage: write [--seconds S] [--writers N] [--payload BYTES] [--json] [--test]";
+/// Entries replayed in test mode.
+const TEST_ENTRIES: usize = 2000;
+
+const USAGE: &str =
+    "usage: write [--seconds S] [--writers N] [--payload BYTES] [--entries N] [--json] [--test]";
 
 struct Args {
     cfg: WriteBenchConfig,
+    replay: ReplayBenchConfig,
     json: bool,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut cfg = WriteBenchConfig::from_env();
+    let mut replay = ReplayBenchConfig::from_env();
     let (mut json, mut bench_flag, mut test_flag) = (false, false, false);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -64,6 +71,11 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--payload: {e}"))?;
             }
+            "--entries" => {
+                replay.entries = value("a number of entries")?
+                    .parse()
+                    .map_err(|e| format!("--entries: {e}"))?;
+            }
             "--json" => json = true,
             "--bench" => bench_flag = true,
             "--test" => test_flag = true,
@@ -79,8 +91,9 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     // anything else is a test run.
     if test_flag || !bench_flag {
         cfg.seconds = TEST_SECONDS;
+        replay.entries = TEST_ENTRIES;
     }
-    Ok(Args { cfg, json })
+    Ok(Args { cfg, replay, json })
 }
 
 fn main() -> ExitCode {
@@ -91,13 +104,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match bench::all(&args.cfg) {
-        Ok(reports) => {
-            println!("{}\n{}", reports.write, reports.contention);
+    let reports = bench::all(&args.cfg).and_then(|r| Ok((r, bench::replay(&args.replay)?)));
+    match reports {
+        Ok((reports, replay)) => {
+            println!("{}\n{}\n{replay}", reports.write, reports.contention);
             if args.json {
+                let all = serde_json::json!({
+                    "write": reports.write,
+                    "contention": reports.contention,
+                    "replay": replay,
+                });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&reports).expect("reports serialise")
+                    serde_json::to_string_pretty(&all).expect("reports serialise")
                 );
             }
             ExitCode::SUCCESS

@@ -22,7 +22,9 @@
 //! before it is applied and the other aggregates carry on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use postgres::types::Type;
@@ -37,7 +39,7 @@ use crate::proto::OpType;
 use crate::replica::{self, Checkpoint, Target, CHECKPOINT_DDL};
 use crate::schema;
 use crate::sql::{ident, TableName};
-use crate::store::{self, StoredRow};
+use crate::store;
 
 /// How a replay runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +139,11 @@ pub struct Replayer {
     oplog: Oplog,
     target: Target,
     options: ReplayOptions,
-    source: Client,
+    /// The source connection that reads entries; lent to the reading thread
+    /// during a run.
+    source: Option<Client>,
+    /// A second source connection, for tickets and table definitions.
+    meta: Client,
     dest: Client,
     key: String,
     plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
@@ -197,8 +203,9 @@ impl Replayer {
         if options.batch_size == 0 {
             return Err(Error::InvalidEntry("batch size must be at least 1".into()));
         }
-        let mut source = Client::connect(source_url, postgres::NoTls)?;
-        let source_id = store::source_id(&mut source)?;
+        let source = Client::connect(source_url, postgres::NoTls)?;
+        let mut meta = Client::connect(source_url, postgres::NoTls)?;
+        let source_id = store::source_id(&mut meta)?;
         let mut dest = target.connect(source_url)?;
         dest.batch_execute(CHECKPOINT_DDL)?;
         let key = target.checkpoint_key(&source_id);
@@ -206,7 +213,8 @@ impl Replayer {
             oplog: oplog.clone(),
             target,
             options,
-            source,
+            source: Some(source),
+            meta,
             dest,
             key,
             plans: HashMap::new(),
@@ -225,75 +233,144 @@ impl Replayer {
 
     /// Applies every entry committed on the source when the run starts that
     /// the target does not have yet, reporting progress after each batch.
+    ///
+    /// A reading thread fetches, checks and decrypts the next batch while
+    /// the current one is applied.
     pub fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<ReplayReport> {
         let started = Instant::now();
         let mut report = ReplayReport::default();
         let aggregate = self.options.aggregate.clone();
-        let tickets = store::tickets(&mut self.source, aggregate.as_deref())?;
-        let trims = store::trim_points(&mut self.source, aggregate.as_deref())?;
+        let tickets = store::tickets(&mut self.meta, aggregate.as_deref())?;
+        let trims = store::trim_points(&mut self.meta, aggregate.as_deref())?;
         let mut states = self.load_states(&tickets, &mut report)?;
         let total: u64 = states.values().map(|s| gap(s.upto, s.from)).sum();
-        while !states.is_empty() {
-            let names: Vec<&str> = states.keys().map(String::as_str).collect();
-            let after: Vec<i64> = states.values().map(|s| s.applied.seq).collect();
-            let upto: Vec<i64> = states.values().map(|s| s.upto).collect();
-            let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-            let rows = store::pending_entries(&mut self.source, &names, &after, &upto, limit)?;
-            if rows.is_empty() {
-                // Every remaining aggregate's next entry is gone.
-                for (name, st) in std::mem::take(&mut states) {
-                    let seq = st.applied.seq + 1;
-                    let error = gap_error(&name, seq, None, &trims);
-                    report.stopped.push(Stopped {
-                        aggregate: name,
-                        seq,
-                        error,
-                    });
-                }
-                break;
-            }
-            let already = report.stopped.len();
-            let items = self.check_and_open(rows, &states, &trims, &mut report)?;
-            // Aggregates stopped while checking keep their entries before
-            // the failure in this batch, and leave the run after it.
-            let newly_stopped: Vec<String> = report.stopped[already..]
-                .iter()
-                .map(|s| s.aggregate.clone())
-                .collect();
-            match self.apply(&items, &states) {
-                Ok(()) => self.advance(&items, &mut states, &mut report),
-                Err(ApplyError::Fatal(e)) => return Err(e),
-                Err(ApplyError::Moved) => {
+        let mut restarts = 0;
+        loop {
+            match self.pipeline(&mut states, &trims, &mut report, started, total, progress)? {
+                Flow::Done => break,
+                Flow::Moved if restarts < MAX_RESTARTS => {
+                    // Another replayer moved this replica's checkpoints:
+                    // start again from where they are now.
+                    restarts += 1;
                     states = self.load_states(&tickets, &mut ReplayReport::default())?;
-                    continue;
                 }
-                Err(ApplyError::Entry(_)) => {
-                    self.apply_one_by_one(&items, &mut states, &mut report)?;
+                Flow::Moved => {
+                    return Err(Error::Apply {
+                        entry: EntryRef {
+                            id: None,
+                            aggregate: states.keys().next().cloned().unwrap_or_default(),
+                            seq: 0,
+                        },
+                        table: "oplog_checkpoint".into(),
+                        reason: "other replayers keep moving this replica's checkpoints; run one replayer per replica".into(),
+                    })
                 }
             }
-            for name in &newly_stopped {
-                states.remove(name);
-            }
-            states.retain(|_, s| s.applied.seq < s.upto);
-            let applied = report.entries_applied;
-            progress(&Progress {
-                applied,
-                remaining: total.saturating_sub(applied),
-                elapsed: started.elapsed(),
-            });
         }
         let after = self.checkpoints()?;
-        for t in &tickets {
-            let before = report.aggregates.iter().position(|a| a.aggregate == t.name);
-            let to = after.get(&t.name).map_or(0, |c| c.seq);
-            if let Some(i) = before {
-                report.aggregates[i].to_seq = to;
-            }
+        for a in &mut report.aggregates {
+            a.to_seq = after.get(&a.aggregate).map_or(a.from_seq, |c| c.seq);
         }
         report.aggregates.retain(|a| a.to_seq != a.from_seq);
         report.tables_created.sort();
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// Applies batches as the reading thread delivers them, until every
+    /// aggregate is done or stopped.
+    fn pipeline(
+        &mut self,
+        states: &mut BTreeMap<String, AggState>,
+        trims: &HashMap<String, (i64, Vec<u8>)>,
+        report: &mut ReplayReport,
+        started: Instant,
+        total: u64,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Flow> {
+        if states.is_empty() {
+            return Ok(Flow::Done);
+        }
+        let source = self.source.take().ok_or_else(|| Error::Io {
+            context: "replay: the source connection was lost by an earlier run".into(),
+            source: std::io::ErrorKind::NotConnected.into(),
+        })?;
+        let dropped = Arc::new(Mutex::new(HashSet::new()));
+        let reader = Reader {
+            oplog: self.oplog.clone(),
+            source,
+            positions: states
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        (s.applied.seq, s.applied.chain.clone(), s.upto),
+                    )
+                })
+                .collect(),
+            trims: trims.clone(),
+            limit: i64::try_from(self.options.batch_size).unwrap_or(i64::MAX),
+            dropped: dropped.clone(),
+        };
+        let (sender, batches) = mpsc::sync_channel(PREFETCH);
+        let handle = thread::spawn(move || reader.produce(sender));
+        let mut flow = Ok(Flow::Done);
+        for batch in batches.iter() {
+            let (items, stopped) = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    flow = Err(e);
+                    break;
+                }
+            };
+            let items: Vec<Item> = items
+                .into_iter()
+                .filter(|i| states.contains_key(&i.entry.aggregate))
+                .collect();
+            let before = report.stopped.len();
+            let applied = match self.apply(&items, states) {
+                Ok(()) => {
+                    self.advance(&items, states, report);
+                    Ok(())
+                }
+                Err(ApplyError::Fatal(e)) => Err(e),
+                Err(ApplyError::Moved) => {
+                    flow = Ok(Flow::Moved);
+                    break;
+                }
+                Err(ApplyError::Entry(_)) => self.apply_one_by_one(&items, states, report),
+            };
+            if let Err(e) = applied {
+                flow = Err(e);
+                break;
+            }
+            // The reader's stops come after this batch's entries.
+            for s in stopped {
+                states.remove(&s.aggregate);
+                report.stopped.push(s);
+            }
+            if let Ok(mut set) = dropped.lock() {
+                set.extend(report.stopped[before..].iter().map(|s| s.aggregate.clone()));
+            }
+            states.retain(|_, s| s.applied.seq < s.upto);
+            progress(&Progress {
+                applied: report.entries_applied,
+                remaining: total.saturating_sub(report.entries_applied),
+                elapsed: started.elapsed(),
+            });
+        }
+        // Dropping the receiver stops the reader at its next batch.
+        drop(batches);
+        match handle.join() {
+            Ok(source) => self.source = Some(source),
+            Err(_) => {
+                return Err(Error::Io {
+                    context: "replay: the reading thread panicked".into(),
+                    source: std::io::ErrorKind::Other.into(),
+                })
+            }
+        }
+        flow
     }
 
     /// Compares the source's tickets with the target's checkpoints: the
@@ -341,77 +418,6 @@ impl Replayer {
             }
         }
         Ok(states)
-    }
-
-    /// Checks each row against its aggregate's position (seq and chain) and
-    /// opens it. An aggregate whose row fails stops there; rows before it
-    /// stay in the batch.
-    fn check_and_open(
-        &mut self,
-        rows: Vec<StoredRow>,
-        states: &BTreeMap<String, AggState>,
-        trims: &HashMap<String, (i64, Vec<u8>)>,
-        report: &mut ReplayReport,
-    ) -> Result<Vec<Item>> {
-        let mut position: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
-        let mut stopped: HashSet<String> = HashSet::new();
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            if stopped.contains(&row.aggregate_name) {
-                continue;
-            }
-            let Some(state) = states.get(&row.aggregate_name) else {
-                continue;
-            };
-            let (prev_seq, prev_chain) = position
-                .get(&row.aggregate_name)
-                .cloned()
-                .unwrap_or_else(|| (state.applied.seq, state.applied.chain.clone()));
-            let failure = if row.seq != prev_seq + 1 {
-                Some(gap_error(
-                    &row.aggregate_name,
-                    prev_seq + 1,
-                    Some(row.seq),
-                    trims,
-                ))
-            } else {
-                match expected_chain(&row, &prev_chain) {
-                    Ok(chain) if chain.as_slice() == row.chain.as_slice() => None,
-                    Ok(_) => Some(Error::ChainMismatch {
-                        entry: row_ref(&row),
-                    }),
-                    Err(e) => Some(e),
-                }
-            };
-            let aggregate = row.aggregate_name.clone();
-            // The first seq not applied: the missing one, or this row's.
-            let seq = prev_seq + 1;
-            let failure = match failure {
-                Some(e) => Some(e),
-                None => {
-                    let catalog = row.catalog.clone();
-                    let (seq, chain) = (row.seq, row.chain.clone());
-                    match self.oplog.open(&mut self.source, row) {
-                        Ok(entry) => {
-                            position.insert(aggregate.clone(), (seq, chain));
-                            items.push(Item { entry, catalog });
-                            None
-                        }
-                        Err(e) if is_fatal(&e) => return Err(e),
-                        Err(e) => Some(e),
-                    }
-                }
-            };
-            if let Some(error) = failure {
-                stopped.insert(aggregate.clone());
-                report.stopped.push(Stopped {
-                    aggregate,
-                    seq,
-                    error,
-                });
-            }
-        }
-        Ok(items)
     }
 
     /// Applies items one per transaction, after a batch failed, so that
@@ -534,7 +540,7 @@ impl Replayer {
             catalog,
             type_name,
             &self.target,
-            &mut self.source,
+            &mut self.meta,
             &mut self.dest,
         )?);
         self.plans.insert(key, plan.clone());
@@ -590,6 +596,147 @@ impl Replayer {
             }
         }
         Ok(groups)
+    }
+}
+
+/// Batches the reading thread keeps ready ahead of the one being applied.
+const PREFETCH: usize = 2;
+
+/// How often a run starts again after other replayers moved the checkpoints.
+const MAX_RESTARTS: u32 = 10;
+
+/// How a pipeline ended.
+enum Flow {
+    /// Every aggregate is applied or stopped.
+    Done,
+    /// Another replayer moved the checkpoints; reload and go on.
+    Moved,
+}
+
+/// Checked, decrypted entries and the aggregates that stopped after them.
+type Batch = (Vec<Item>, Vec<Stopped>);
+
+/// The reading side of a run: fetches each aggregate's next entries in seq
+/// order, checks seq and chain, decrypts and decodes.
+struct Reader {
+    oplog: Oplog,
+    source: Client,
+    /// Per aggregate: last seq read, its chain value, and the seq to read up to.
+    positions: BTreeMap<String, (i64, Vec<u8>, i64)>,
+    trims: HashMap<String, (i64, Vec<u8>)>,
+    limit: i64,
+    /// Aggregates the applying side stopped; no need to read them further.
+    dropped: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Reader {
+    /// Sends batches until done, the receiver hangs up, or reading fails;
+    /// gives the connection back.
+    fn produce(mut self, sender: SyncSender<Result<Batch>>) -> Client {
+        loop {
+            match self.next_batch() {
+                Ok(None) => break,
+                Ok(Some(batch)) => {
+                    if sender.send(Ok(batch)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = sender.send(Err(e));
+                    break;
+                }
+            }
+        }
+        self.source
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Ok(dropped) = self.dropped.lock() {
+            self.positions.retain(|name, _| !dropped.contains(name));
+        }
+        self.positions.retain(|_, (seq, _, upto)| seq < upto);
+        if self.positions.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = self.positions.keys().map(String::as_str).collect();
+        let after: Vec<i64> = self.positions.values().map(|p| p.0).collect();
+        let upto: Vec<i64> = self.positions.values().map(|p| p.2).collect();
+        // Each aggregate's share of the batch, so that no more rows are read
+        // than are applied.
+        let share = (self.limit / i64::try_from(names.len()).unwrap_or(1)).max(1);
+        let rows =
+            store::pending_entries(&mut self.source, &names, &after, &upto, share, self.limit)?;
+        let present: HashSet<&str> = rows.iter().map(|r| r.aggregate_name.as_str()).collect();
+        let mut stopped = Vec::new();
+        // An aggregate with entries to read and none among the next seqs
+        // has lost its next entry.
+        let absent: Vec<(String, i64)> = self
+            .positions
+            .iter()
+            .filter(|(name, _)| !present.contains(name.as_str()))
+            .map(|(name, p)| (name.clone(), p.0 + 1))
+            .collect();
+        for (name, missing) in absent {
+            let found = store::next_seq(&mut self.source, &name, missing)?;
+            stopped.push(Stopped {
+                error: gap_error(&name, missing, found, &self.trims),
+                aggregate: name.clone(),
+                seq: missing,
+            });
+            self.positions.remove(&name);
+        }
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            let Some((prev_seq, prev_chain, _)) = self.positions.get(&row.aggregate_name) else {
+                continue;
+            };
+            let seq = prev_seq + 1;
+            let failure = if row.seq != seq {
+                Some(gap_error(
+                    &row.aggregate_name,
+                    seq,
+                    Some(row.seq),
+                    &self.trims,
+                ))
+            } else {
+                match expected_chain(&row, prev_chain) {
+                    Ok(chain) if chain.as_slice() == row.chain.as_slice() => None,
+                    Ok(_) => Some(Error::ChainMismatch {
+                        entry: row_ref(&row),
+                    }),
+                    Err(e) => Some(e),
+                }
+            };
+            let aggregate = row.aggregate_name.clone();
+            let failure = match failure {
+                Some(e) => Some(e),
+                None => {
+                    let catalog = row.catalog.clone();
+                    let chain = row.chain.clone();
+                    match self.oplog.open(&mut self.source, row) {
+                        Ok(entry) => {
+                            if let Some(p) = self.positions.get_mut(&aggregate) {
+                                p.0 = seq;
+                                p.1 = chain;
+                            }
+                            items.push(Item { entry, catalog });
+                            None
+                        }
+                        Err(e) if is_fatal(&e) => return Err(e),
+                        Err(e) => Some(e),
+                    }
+                }
+            };
+            if let Some(error) = failure {
+                self.positions.remove(&aggregate);
+                stopped.push(Stopped {
+                    aggregate,
+                    seq,
+                    error,
+                });
+            }
+        }
+        Ok(Some((items, stopped)))
     }
 }
 

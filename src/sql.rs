@@ -106,10 +106,7 @@ mod tests {
         let t = TableName::parse("app.users", "_r").unwrap();
         assert_eq!(t.sql(), "\"app\".\"users_r\"");
         assert_eq!(t.to_string(), "app.users_r");
-        assert_eq!(
-            TableName::parse("users", "").unwrap().schema_or_public(),
-            "public"
-        );
+        assert_eq!(TableName::parse("users", "").unwrap().sql(), "\"users\"");
         for bad in ["a.b.c", "user s", "x\"y", "", "1a"] {
             assert!(TableName::parse(bad, "").is_err(), "{bad:?}");
         }

@@ -495,32 +495,42 @@ pub(crate) fn entries_in_order(
 }
 
 /// The next entries of several aggregates at once: for each aggregate, those
-/// with `after < seq <= upto`, in seq order; all of them merged in id order
-/// (which within an aggregate is seq order), at most `limit`.
+/// with `after < seq <= upto`, in seq order, at most `per_aggregate` of them
+/// (looked for among the next `per_aggregate` seqs: a log without holes has
+/// them all there); all of them merged in id order (which within an
+/// aggregate is seq order), at most `limit`.
 pub(crate) fn pending_entries(
     c: &mut impl GenericClient,
     aggregates: &[&str],
     after: &[i64],
     upto: &[i64],
+    per_aggregate: i64,
     limit: i64,
 ) -> Result<Vec<StoredRow>> {
+    // The ids are chosen first, from narrow index rows, so that only the
+    // entries returned are read in full and get their metadata.
     const SQL: &str = "\
+WITH picked AS (
+    SELECT x.id FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
+    CROSS JOIN LATERAL (
+        SELECT i.id FROM oplog_entry i
+        WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
+          AND i.seq <= least(p.upto_seq, p.after_seq + $5)
+        ORDER BY i.seq LIMIT $5
+    ) x
+    ORDER BY x.id LIMIT $4
+)
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
        e.data, e.digest, e.chain,
        (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
        coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values,
        e.catalog
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
-CROSS JOIN LATERAL (
-    SELECT * FROM oplog_entry x
-    WHERE x.aggregate_name = p.aggregate_name AND x.seq > p.after_seq AND x.seq <= p.upto_seq
-    ORDER BY x.seq LIMIT $4
-) e
+FROM picked JOIN oplog_entry e ON e.id = picked.id
 LEFT JOIN LATERAL (
     SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
     FROM oplog_metadata WHERE entry_id = e.id
 ) m ON true
-ORDER BY e.id LIMIT $4";
+ORDER BY e.id";
     let rows = c.query_typed(
         SQL,
         &[
@@ -528,7 +538,21 @@ ORDER BY e.id LIMIT $4";
             (&after, Type::INT8_ARRAY),
             (&upto, Type::INT8_ARRAY),
             (&limit, Type::INT8),
+            (&per_aggregate, Type::INT8),
         ],
     )?;
     Ok(rows.iter().map(stored_row).collect())
+}
+
+/// The smallest seq of `aggregate` at or above `from`, if any.
+pub(crate) fn next_seq(
+    c: &mut impl GenericClient,
+    aggregate: &str,
+    from: i64,
+) -> Result<Option<i64>> {
+    let row = c.query_typed_one(
+        "SELECT min(seq) FROM oplog_entry WHERE aggregate_name = $1 AND seq >= $2",
+        &[(&aggregate, Type::TEXT), (&from, Type::INT8)],
+    )?;
+    Ok(row.get(0))
 }

@@ -49,6 +49,10 @@ use crate::oplog::Oplog;
 use crate::queue::{Limits, Operation};
 use crate::retry::RetryPolicy;
 
+mod replay;
+
+pub use replay::{replay, ReplayBenchConfig, ReplayBenchReport, REPLAY_TARGET_RATIO};
+
 /// Server URL used when `DATABASE_URL` is not set.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -926,6 +930,14 @@ struct Scratch {
 
 impl Scratch {
     fn create(admin_url: &str) -> Result<Self> {
+        let scratch = Scratch::empty(admin_url)?;
+        crate::migrate_url(&scratch.url)?;
+        scratch.connect()?.batch_execute(demo::SCHEMA)?;
+        Ok(scratch)
+    }
+
+    /// A new database with nothing in it.
+    fn empty(admin_url: &str) -> Result<Self> {
         let mut admin = Client::connect(admin_url, NoTls)?;
         let name = format!("oplog_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
         admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
@@ -936,8 +948,6 @@ impl Scratch {
             url: with_database(admin_url, &name),
             name,
         };
-        crate::migrate_url(&scratch.url)?;
-        scratch.connect()?.batch_execute(demo::SCHEMA)?;
         Ok(scratch)
     }
 
