@@ -81,6 +81,7 @@ mod replica;
 mod retry;
 mod sql;
 mod store;
+mod verify;
 
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
@@ -97,3 +98,7 @@ pub use crate::queue::{Limits, Operation, Queue};
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::store::Connection;
+pub use crate::verify::{
+    heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
+    VerifyOptions, VerifyReport,
+};
