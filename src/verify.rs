@@ -372,14 +372,23 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
         .filter(|h| aggregate.is_none_or(|a| a == h.aggregate))
         .collect();
 
+    let first_seq = |name: &str| trims.get(name).map_or(0, |t| t.0).saturating_add(1);
+    let mut wanted: Vec<(String, Vec<i64>)> = Vec::new();
+    if checkpoints.is_some() {
+        // Every aggregate's facts, and its first entry, which a replica
+        // without a checkpoint for it has yet to apply.
+        for t in &tickets {
+            wanted.push((t.name.clone(), vec![first_seq(&t.name)]));
+        }
+    }
     let mut check = LogCheck::new(&tickets, trims);
+    for (name, seqs) in wanted {
+        check.want(&name, &seqs);
+    }
     for head in &anchors {
         check.want(&head.aggregate, &[head.seq]);
     }
     if let Some(checkpoints) = &checkpoints {
-        for t in &tickets {
-            check.want(&t.name, &[]);
-        }
         for (name, cp) in checkpoints {
             check.want(name, &[cp.seq, cp.seq.saturating_add(1)]);
         }

@@ -71,6 +71,13 @@ impl Drop for TestDb {
     }
 }
 
+/// Runs statements with triggers disabled, as a superuser could.
+pub fn superuser_exec(db: &TestDb, sql: &str) {
+    let mut c = db.client();
+    c.batch_execute(&format!("SET session_replication_role = replica; {sql}"))
+        .unwrap();
+}
+
 /// A demo user with every field set.
 pub fn user(id: &str) -> oplog::demo::User {
     oplog::demo::User {

@@ -11,7 +11,7 @@ use diesel::{Connection as _, RunQueryDsl as _};
 use oplog::demo::{Account, User};
 use oplog::{Error, Keyring, LockMode, NewEntry, OpType, Oplog, RetryPolicy, TypeCatalog};
 
-use crate::support::{user, TestDb};
+use crate::support::{superuser_exec, user, TestDb};
 
 fn oplog() -> Oplog {
     Oplog::new(TypeCatalog::demo(), Keyring::generate())
@@ -32,13 +32,6 @@ fn create_entry(aggregate: &str, u: &User) -> NewEntry {
         .metadata("request-id", "r-1");
     entry.create(u).unwrap();
     entry
-}
-
-/// Runs a statement with triggers disabled, as a superuser could.
-fn superuser_exec(db: &TestDb, sql: &str) {
-    let mut c = db.client();
-    c.batch_execute(&format!("SET session_replication_role = replica; {sql}"))
-        .unwrap();
 }
 
 #[test]
