@@ -708,7 +708,7 @@ impl LogCheck {
                         format!(
                             "the chain value does not follow from seq {}'s: the entry was \
                              altered, inserted or reordered",
-                            row.seq - 1
+                            row.seq.saturating_sub(1)
                         ),
                     ));
                 }
@@ -1300,5 +1300,405 @@ fn key_text(key: &[Option<Vec<u8>>]) -> String {
     match parts.as_slice() {
         [Some(one)] => one.clone(),
         _ => serde_json::to_string(&parts).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Named = (FindingKind, String, Option<i64>, Option<i64>);
+
+    /// A test case: its name, the tickets, the rows and the findings.
+    type Case = (&'static str, Vec<TicketInfo>, Vec<StoredRow>, Vec<Named>);
+
+    /// `n` rows of `aggregate` following `start` (seq, chain), each chained
+    /// to its predecessor as a writer would, with ids from `first_id`.
+    fn rows(
+        aggregate: &str,
+        start: (i64, [u8; HASH_LEN]),
+        n: i64,
+        first_id: i64,
+    ) -> Vec<StoredRow> {
+        let mut prev = start.1.to_vec();
+        (1..=n)
+            .map(|i| {
+                let seq = start.0 + i;
+                let mut row = StoredRow {
+                    id: first_id + i,
+                    entry_uuid: uuid::Uuid::new_v4().to_string(),
+                    aggregate_name: aggregate.to_string(),
+                    seq,
+                    format: 1,
+                    key_id: "k1".into(),
+                    data: Vec::new(),
+                    digest: vec![u8::try_from(seq).unwrap(); HASH_LEN],
+                    chain: Vec::new(),
+                    created_us: 0,
+                    meta_keys: vec!["actor".into()],
+                    meta_values: vec!["alice".into()],
+                    catalog: None,
+                };
+                row.chain = expected_chain(&row, &prev).unwrap().to_vec();
+                prev = row.chain.clone();
+                row
+            })
+            .collect()
+    }
+
+    /// The ticket a writer would have left after `rows`.
+    fn ticket_after(rows: &[StoredRow]) -> TicketInfo {
+        let last = rows.last().unwrap();
+        TicketInfo {
+            name: last.aggregate_name.clone(),
+            version: last.seq,
+            chain: last.chain.clone(),
+        }
+    }
+
+    fn check(
+        tickets: &[TicketInfo],
+        trims: &[(&str, i64, &[u8])],
+        rows: &[StoredRow],
+    ) -> Vec<Named> {
+        let trims = trims
+            .iter()
+            .map(|(name, seq, chain)| (name.to_string(), (*seq, chain.to_vec())))
+            .collect();
+        let mut check = LogCheck::new(tickets, trims);
+        for row in rows {
+            check.entry(row);
+        }
+        let (report, _) = check.finish();
+        report
+            .findings
+            .into_iter()
+            .map(|f| (f.kind, f.aggregate, f.seq, f.entry_id))
+            .collect()
+    }
+
+    fn at(kind: FindingKind, seq: i64, id: Option<i64>) -> Named {
+        (kind, "agg".to_string(), Some(seq), id)
+    }
+
+    #[test]
+    fn each_kind_of_damage_is_one_finding_at_its_place() {
+        let good = rows("agg", (0, GENESIS_CHAIN), 5, 100);
+        let ticket = ticket_after(&good);
+        let without = |seq: i64| -> Vec<StoredRow> {
+            good.iter().filter(|r| r.seq != seq).cloned().collect()
+        };
+        let edited = |seq: i64, edit: &dyn Fn(&mut StoredRow)| -> Vec<StoredRow> {
+            let mut rows = good.clone();
+            if let Some(row) = rows.iter_mut().find(|r| r.seq == seq) {
+                edit(row);
+            }
+            rows
+        };
+        let lowered = TicketInfo {
+            version: 4,
+            chain: good[3].chain.clone(),
+            ..ticket.clone()
+        };
+        let moved = TicketInfo {
+            chain: vec![9; HASH_LEN],
+            ..ticket.clone()
+        };
+        let mut swapped = good.clone();
+        swapped[1].seq = 3;
+        swapped[2].seq = 2;
+        swapped.swap(1, 2);
+
+        let cases: Vec<Case> = vec![
+            ("intact", vec![ticket.clone()], good.clone(), vec![]),
+            (
+                "metadata edited",
+                vec![ticket.clone()],
+                edited(3, &|r| r.meta_values[0] = "mallory".into()),
+                vec![at(FindingKind::ChainMismatch, 3, Some(103))],
+            ),
+            (
+                "digest edited",
+                vec![ticket.clone()],
+                edited(2, &|r| r.digest[0] ^= 1),
+                vec![at(FindingKind::ChainMismatch, 2, Some(102))],
+            ),
+            (
+                "middle deleted",
+                vec![ticket.clone()],
+                without(3),
+                vec![at(FindingKind::Gap, 3, None)],
+            ),
+            (
+                "first deleted",
+                vec![ticket.clone()],
+                without(1),
+                vec![at(FindingKind::Gap, 1, None)],
+            ),
+            (
+                // The moved rows carry their chain values with them, so the
+                // link into the entry after them is broken as well.
+                "reordered",
+                vec![ticket.clone()],
+                swapped,
+                vec![
+                    at(FindingKind::ChainMismatch, 2, Some(103)),
+                    at(FindingKind::ChainMismatch, 3, Some(102)),
+                    at(FindingKind::ChainMismatch, 4, Some(104)),
+                ],
+            ),
+            (
+                "tail deleted",
+                vec![ticket.clone()],
+                without(5),
+                vec![at(FindingKind::Gap, 5, None)],
+            ),
+            (
+                "ticket lowered",
+                vec![lowered],
+                good.clone(),
+                vec![at(FindingKind::BeyondTicket, 5, Some(105))],
+            ),
+            (
+                "ticket head moved",
+                vec![moved],
+                good.clone(),
+                vec![at(FindingKind::TicketMismatch, 5, Some(105))],
+            ),
+            (
+                "every entry deleted",
+                vec![ticket.clone()],
+                vec![],
+                vec![at(FindingKind::Gap, 1, None)],
+            ),
+            (
+                "no ticket",
+                vec![],
+                good[..2].to_vec(),
+                vec![
+                    at(FindingKind::Orphan, 1, Some(101)),
+                    at(FindingKind::Orphan, 2, Some(102)),
+                ],
+            ),
+        ];
+        for (name, tickets, rows, expected) in cases {
+            assert_eq!(check(&tickets, &[], &rows), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_trim_point_is_where_the_chain_and_the_seqs_start() {
+        let all = rows("agg", (0, GENESIS_CHAIN), 5, 100);
+        let trim_chain = all[1].chain.clone();
+        let kept = &all[2..];
+        let ticket = [ticket_after(&all)];
+        assert_eq!(check(&ticket, &[("agg", 2, &trim_chain)], kept), []);
+        assert_eq!(
+            check(&ticket, &[("agg", 2, &[0; HASH_LEN])], kept),
+            [at(FindingKind::ChainMismatch, 3, Some(103))]
+        );
+        // Leftover entries at or below the trim point are not gaps; the one
+        // at the trim point must carry its chain.
+        assert_eq!(check(&ticket, &[("agg", 2, &trim_chain)], &all), []);
+        assert_eq!(
+            check(&ticket, &[("agg", 2, &[0; HASH_LEN])], &all[1..]),
+            [
+                at(FindingKind::ChainMismatch, 2, Some(102)),
+                at(FindingKind::ChainMismatch, 3, Some(103))
+            ]
+        );
+        // Everything trimmed: the ticket must be the trim point.
+        let last = all[4].chain.clone();
+        assert_eq!(check(&ticket, &[("agg", 5, &last)], &[]), []);
+        assert_eq!(
+            check(&ticket, &[("agg", 7, &last)], &[]),
+            [at(FindingKind::TicketMismatch, 5, None)]
+        );
+    }
+
+    fn facts(rows: &[StoredRow], ticket: bool) -> Facts {
+        Facts {
+            ticket: ticket.then(|| {
+                let t = ticket_after(rows);
+                (t.version, t.chain)
+            }),
+            trim: None,
+            last: rows.last().map(|r| r.seq),
+            entries: rows
+                .iter()
+                .map(|r| (r.seq, (r.id, r.chain.clone())))
+                .collect(),
+        }
+    }
+
+    fn head(seq: i64, chain: &[u8]) -> Head {
+        Head {
+            aggregate: "agg".into(),
+            seq,
+            chain: hex(chain),
+        }
+    }
+
+    #[test]
+    fn anchors_hold_while_the_log_keeps_their_entry_and_chain() {
+        let all = rows("agg", (0, GENESIS_CHAIN), 3, 100);
+        let f = facts(&all, true);
+        let kind_at =
+            |h: &Head, f: Option<&Facts>| check_anchor(h, f).map(|x| (x.kind, x.seq, x.entry_id));
+        assert_eq!(kind_at(&head(2, &all[1].chain), Some(&f)), None);
+        assert_eq!(kind_at(&head(0, &GENESIS_CHAIN), Some(&f)), None);
+        let mismatch = |seq, id| Some((FindingKind::AnchorMismatch, Some(seq), id));
+        assert_eq!(
+            kind_at(&head(2, &all[0].chain), Some(&f)),
+            mismatch(2, Some(102))
+        );
+        assert_eq!(
+            kind_at(&head(4, &all[0].chain), Some(&f)),
+            mismatch(4, None)
+        );
+        assert_eq!(kind_at(&head(2, &all[1].chain), None), mismatch(2, None));
+        let bad = Head {
+            chain: "xyz".into(),
+            ..head(1, &all[0].chain)
+        };
+        assert_eq!(bad.chain_bytes(), None);
+        assert_eq!(kind_at(&bad, Some(&f)), mismatch(1, None));
+        // Below the trim point a head is covered by it; at it, it must match.
+        let trimmed = Facts {
+            trim: Some((2, all[1].chain.clone())),
+            ..facts(&all[2..], true)
+        };
+        assert_eq!(kind_at(&head(1, &[5; HASH_LEN]), Some(&trimmed)), None);
+        assert_eq!(kind_at(&head(2, &all[1].chain), Some(&trimmed)), None);
+        assert_eq!(
+            kind_at(&head(2, &all[0].chain), Some(&trimmed)),
+            mismatch(2, None)
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_below_the_trim_point_has_lost_coverage() {
+        let all = rows("agg", (0, GENESIS_CHAIN), 4, 100);
+        let kept = Facts {
+            trim: Some((2, all[1].chain.clone())),
+            ..facts(&all[2..], true)
+        };
+        let cps = |seq: i64, chain: &[u8]| {
+            HashMap::from([(
+                "agg".to_string(),
+                Checkpoint {
+                    seq,
+                    chain: chain.to_vec(),
+                },
+            )])
+        };
+        let facts = HashMap::from([("agg".to_string(), kept)]);
+        let found = check_checkpoints(&cps(1, &all[0].chain), &facts);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].kind, found[0].seq),
+            (FindingKind::ReplicaBehind, Some(2))
+        );
+        assert!(found[0].detail.contains("coverage is lost"), "{}", found[0]);
+        // At the trim point, the trim point's chain is the source's.
+        let found = check_checkpoints(&cps(2, &all[1].chain), &facts);
+        assert_eq!(
+            found.iter().map(|f| (f.kind, f.seq)).collect::<Vec<_>>(),
+            [(FindingKind::ReplicaBehind, Some(3))]
+        );
+        assert!(check_checkpoints(&cps(4, &all[3].chain), &facts).is_empty());
+    }
+
+    fn keyed(key: &str, digest: u8) -> KeyedRow {
+        KeyedRow {
+            key: vec![Some(key.as_bytes().to_vec())],
+            digest: Some(vec![digest]),
+        }
+    }
+
+    #[test]
+    fn rows_merge_in_key_order_into_counts_and_bounded_keys() {
+        let source = vec![keyed("a", 1), keyed("b", 1), keyed("c", 1), keyed("c", 2)];
+        let replica = vec![keyed("b", 1), keyed("c", 1), keyed("c", 3), keyed("d", 1)];
+        let diff = |max_keys| {
+            let (mut s, mut r) = (source.clone().into_iter(), replica.clone().into_iter());
+            let mut report = TableReport::default();
+            diff_rows(&mut report, max_keys, |side| {
+                Ok(match side {
+                    Side::Source => s.next(),
+                    Side::Replica => r.next(),
+                })
+            })
+            .unwrap();
+            report
+        };
+        let report = diff(10);
+        assert_eq!(
+            (
+                report.source_rows,
+                report.replica_rows,
+                report.missing_in_replica,
+                report.extra_in_replica,
+                report.changed,
+                report.differences
+            ),
+            (4, 4, 1, 1, 1, 3)
+        );
+        let keys: Vec<(&str, DifferenceKind)> = report
+            .keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.kind))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("a", DifferenceKind::MissingInReplica),
+                ("c", DifferenceKind::Changed),
+                ("d", DifferenceKind::ExtraInReplica)
+            ]
+        );
+        let bounded = diff(1);
+        assert_eq!((bounded.keys.len(), bounded.differences), (1, 3));
+        assert!(!bounded.is_clean());
+    }
+
+    #[test]
+    fn keys_read_as_text_and_composite_keys_as_json() {
+        assert_eq!(key_text(&[Some(b"u1".to_vec())]), "u1");
+        assert_eq!(
+            key_text(&[Some(b"t\"1".to_vec()), None]),
+            r#"["t\"1",null]"#
+        );
+    }
+
+    #[test]
+    fn kind_names_are_their_serialised_names() {
+        use FindingKind::*;
+        for kind in [
+            Decryption,
+            UnknownKey,
+            MalformedCiphertext,
+            UnsupportedFormat,
+            Corrupt,
+            Catalog,
+            Gap,
+            ChainMismatch,
+            TicketMismatch,
+            BeyondTicket,
+            Orphan,
+            AnchorMismatch,
+            ReplicaBehind,
+            ReplicaAhead,
+            CheckpointMismatch,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for kind in [
+            DifferenceKind::MissingInReplica,
+            DifferenceKind::ExtraInReplica,
+            DifferenceKind::Changed,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }
