@@ -41,6 +41,7 @@ use postgres::types::Type;
 use postgres::{Client, IsolationLevel, NoTls, Portal, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::TypeCatalog;
 use crate::entry::{hex, parse_hex, GENESIS_CHAIN, HASH_LEN};
 use crate::error::{Error, Result};
 use crate::oplog::{expected_chain, Oplog};
@@ -146,10 +147,10 @@ pub enum FindingKind {
     MalformedCiphertext,
     /// The entry has a format version this build does not read.
     UnsupportedFormat,
-    /// The entry decrypted but is corrupt: digest mismatch, bad UUID, a
-    /// queue that does not decode, a missing catalog.
+    /// The entry is corrupt: its digest does not match its payload, its
+    /// UUID or metadata is malformed, or its queue does not decode.
     Corrupt,
-    /// The entry's stored type catalog is invalid or was altered.
+    /// The entry's stored type catalog is missing, invalid or was altered.
     Catalog,
     /// Seqs are missing: deleted entries, in the middle or at the end.
     Gap,
@@ -394,24 +395,8 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
         }
     }
 
-    let mut after = (String::new(), 0i64);
-    loop {
-        let page = store::entries_in_order(&mut tx, aggregate, (&after.0, after.1), ENTRY_PAGE)?;
-        let full = i64::try_from(page.len()).is_ok_and(|n| n >= ENTRY_PAGE);
-        if let Some(last) = page.last() {
-            after = (last.aggregate_name.clone(), last.seq);
-        }
-        for row in page {
-            check.entry(&row);
-            let (aggregate, seq, id) = (row.aggregate_name.clone(), row.seq, row.id);
-            if let Err(e) = oplog.open(&mut tx, row) {
-                check.push(opening_finding(e, aggregate, seq, id)?);
-            }
-        }
-        if !full {
-            break;
-        }
-    }
+    let catalogs = stored_catalogs(&mut tx)?;
+    read_log(oplog, &mut tx, aggregate, &catalogs, &mut check)?;
     let (mut report, facts) = check.finish();
 
     for head in anchors {
@@ -438,12 +423,83 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
             )?);
         }
     }
-    // Sorted so that a finding's place does not depend on which check made
-    // it; the sort is stable, so the findings of one entry keep their order.
+    // By aggregate, seq and kind, so that a finding's place does not depend
+    // on which check made it.
     report
         .findings
         .sort_by(|a, b| (&a.aggregate, a.seq, a.kind).cmp(&(&b.aggregate, b.seq, b.kind)));
     Ok(report)
+}
+
+/// Every stored catalog by digest, with what is wrong with it: `None` when
+/// it decodes and matches its digest.
+type CatalogStates = HashMap<Vec<u8>, Option<String>>;
+
+/// Reads and checks every stored catalog, here rather than through the
+/// oplog's cache of decoded catalogs, which would not see a catalog altered
+/// after it was first read, nor one the oplog has compiled in.
+fn stored_catalogs(tx: &mut Transaction<'_>) -> Result<CatalogStates> {
+    Ok(store::stored_catalogs(tx)?
+        .into_iter()
+        .map(|(digest, bytes)| {
+            let problem = TypeCatalog::decode_stored(&digest, &bytes)
+                .err()
+                .map(|e| without_verify_advice(e.to_string()));
+            (digest, problem)
+        })
+        .collect())
+}
+
+/// What is wrong with the catalog an entry names, if anything.
+fn catalog_problem(catalogs: &CatalogStates, digest: Option<&[u8]>) -> Option<String> {
+    let digest = digest?;
+    match catalogs.get(digest) {
+        Some(problem) => problem.clone(),
+        None => Some(format!(
+            "its type catalog {} is not stored in oplog_catalog; restore it from a backup",
+            hex(digest)
+        )),
+    }
+}
+
+/// Feeds every entry (or `aggregate`'s) to `check` in (aggregate, seq)
+/// order, a bounded page at a time, and opens each: decrypts,
+/// authenticates and decodes it with the catalog it names. An entry whose
+/// catalog is missing or altered is reported as such and not opened: its
+/// messages cannot be decoded until the catalog is restored.
+fn read_log(
+    oplog: &Oplog,
+    tx: &mut Transaction<'_>,
+    aggregate: Option<&str>,
+    catalogs: &CatalogStates,
+    check: &mut LogCheck,
+) -> Result<()> {
+    let mut after = (String::new(), 0i64);
+    loop {
+        let page = store::entries_in_order(tx, aggregate, (&after.0, after.1), ENTRY_PAGE)?;
+        let full = i64::try_from(page.len()).is_ok_and(|n| n >= ENTRY_PAGE);
+        if let Some(last) = page.last() {
+            after = (last.aggregate_name.clone(), last.seq);
+        }
+        for row in page {
+            check.entry(&row);
+            let (aggregate, seq, id) = (row.aggregate_name.clone(), row.seq, row.id);
+            if let Some(detail) = catalog_problem(catalogs, row.catalog.as_deref()) {
+                check.push(Finding {
+                    kind: FindingKind::Catalog,
+                    aggregate,
+                    seq: Some(seq),
+                    entry_id: Some(id),
+                    detail,
+                });
+            } else if let Err(e) = oplog.open(tx, row) {
+                check.push(opening_finding(e, aggregate, seq, id)?);
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
 }
 
 /// Sets `client`'s session so that values print as text the same way on
@@ -479,7 +535,7 @@ fn opening_finding(e: Error, aggregate: String, seq: i64, id: i64) -> Result<Fin
     let (kind, detail) = match e {
         Error::Decryption { .. } => (
             FindingKind::Decryption,
-            "ciphertext failed authentication: its data, digest, metadata or header was \
+            "ciphertext failed authentication: its data, metadata or a header field was \
              altered, it was moved from another entry, or the key is wrong"
                 .to_string(),
         ),
@@ -506,17 +562,23 @@ fn opening_finding(e: Error, aggregate: String, seq: i64, id: i64) -> Result<Fin
         }
         other => (FindingKind::Corrupt, other.to_string()),
     };
-    let detail = detail
-        .strip_suffix("; run `oplog verify`")
-        .map(str::to_string)
-        .unwrap_or(detail);
     Ok(Finding {
         kind,
         aggregate,
         seq: Some(seq),
         entry_id: Some(id),
-        detail,
+        detail: without_verify_advice(detail),
     })
+}
+
+/// `detail` without the advice to run `oplog verify` that the library's
+/// error messages end with: a finding is where that advice leads.
+fn without_verify_advice(detail: String) -> String {
+    ["; run `oplog verify`", " or run `oplog verify`"]
+        .iter()
+        .find_map(|advice| detail.strip_suffix(advice))
+        .map(str::to_string)
+        .unwrap_or(detail)
 }
 
 /// An aggregate as the log holds it, for checking anchors and checkpoints.

@@ -326,6 +326,58 @@ fn a_wrong_keyring_is_an_unknown_key_finding_per_entry() {
 }
 
 #[test]
+fn a_missing_or_altered_stored_catalog_is_a_finding_per_entry() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2"]);
+    // Neither a reader with the writer's catalog compiled in, nor one that
+    // already decoded the stored catalog, takes the stored one on trust.
+    let reader = Oplog::new(TypeCatalog::new(), Keyring::from_json(&keys()).unwrap());
+    assert!(verify(&reader, &db.url, &VerifyOptions::default())
+        .unwrap()
+        .is_clean());
+    let found = |db: &TestDb| {
+        let report = verify(&reader, &db.url, &VerifyOptions::default()).unwrap();
+        assert_eq!(report, check(db), "the same with the compiled-in catalog");
+        report
+    };
+    superuser_exec(
+        &db,
+        "UPDATE oplog_catalog SET catalog = catalog || '\\x00'::bytea",
+    );
+    let report = found(&db);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::Catalog, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Catalog, "agg", 2, Some(w[1].id)),
+        ]
+    );
+    assert!(
+        report.findings[0]
+            .detail
+            .ends_with("(modified in the database)"),
+        "{}",
+        report.findings[0]
+    );
+    superuser_exec(&db, "DELETE FROM oplog_catalog");
+    let report = found(&db);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::Catalog, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Catalog, "agg", 2, Some(w[1].id)),
+        ]
+    );
+    assert!(
+        report.findings[0]
+            .detail
+            .ends_with("is not stored in oplog_catalog; restore it from a backup"),
+        "{}",
+        report.findings[0]
+    );
+}
+
+#[test]
 fn a_trimmed_log_verifies_from_its_trim_point() {
     let db = TestDb::new();
     let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3", "u4"]);
