@@ -922,17 +922,17 @@ fn check_anchor(head: &Head, facts: Option<&Facts>) -> Option<Finding> {
             return None;
         }
         if head.seq == *trim_seq {
-            return (trim_chain.as_slice() != anchored).then(|| Finding {
-                kind: FindingKind::AnchorMismatch,
-                aggregate: head.aggregate.clone(),
-                seq: Some(head.seq),
-                entry_id: None,
-                detail: format!(
+            if trim_chain.as_slice() == anchored {
+                return None;
+            }
+            return finding(
+                None,
+                format!(
                     "the trim point's chain {} differs from the anchored {}",
                     hex(trim_chain),
                     head.chain
                 ),
-            });
+            );
         }
     }
     match facts.entries.get(&head.seq) {
