@@ -84,6 +84,7 @@ mod retry;
 mod schema;
 mod sql;
 mod store;
+mod verify;
 
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
@@ -103,3 +104,7 @@ pub use crate::replay::{
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::store::Connection;
+pub use crate::verify::{
+    heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
+    VerifyOptions, VerifyReport,
+};

@@ -1,5 +1,5 @@
 //! The `oplog` command-line tool: create and rotate keys, migrate the
-//! schema, read the log and measure write rates.
+//! schema, read, verify and anchor the log, and measure write rates.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
 //! or runtime error, which is reported as one line on standard error.
@@ -59,6 +59,14 @@ enum Command {
     /// Apply the log to suffixed tables in this database or to a replica
     /// database, exactly once: re-running continues from the checkpoint.
     Replay(ReplayArgs),
+
+    /// Check that the log is intact (and its anchors, and a replica): exit
+    /// status 0 when clean, 1 when anything was found.
+    Verify(VerifyArgs),
+
+    /// Print each aggregate's last seq and chain head; `--json` writes the
+    /// anchor file that `verify --anchor` reads.
+    Head(HeadArgs),
 
     /// Measure write rates against a baseline in the same run, on a scratch
     /// database created beside --database-url and dropped afterwards.
@@ -153,6 +161,36 @@ struct LogArgs {
     limit: Option<i64>,
 }
 
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Also compare a replica database with the source: its tables, row by
+    /// row, and its checkpoints.
+    #[arg(long, value_name = "URL")]
+    against: Option<String>,
+
+    /// Also compare the replica tables named <table><SUFFIX>: in the source
+    /// database, or with --against in the replica database.
+    #[arg(long, value_name = "SUFFIX")]
+    suffix: Option<String>,
+
+    /// Only this aggregate's entries, ticket, anchors and checkpoints
+    /// (replica tables are still compared whole).
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+
+    /// Heads written earlier by `oplog head --json`, one per line; each must
+    /// still be in the log with the same chain value.
+    #[arg(long, value_name = "FILE")]
+    anchor: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct HeadArgs {
+    /// Only this aggregate.
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -190,6 +228,17 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             args.aggregate.clone(),
             usize::try_from(args.batch_size).unwrap_or(usize::MAX),
         ),
+        Command::Verify(args) => cli::verify::run(
+            ctx,
+            out,
+            cli::verify::Request {
+                against: args.against,
+                suffix: args.suffix,
+                aggregate: args.aggregate,
+                anchor: args.anchor,
+            },
+        ),
+        Command::Head(args) => cli::head::run(ctx, out, args.aggregate.as_deref()),
         Command::Bench(BenchCommand::Write(a)) => {
             cli::bench::run(ctx, out, cli::bench::Scenario::Write, a.seconds, a.writers)
         }

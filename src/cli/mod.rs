@@ -11,11 +11,16 @@ use oplog::{Keyring, Oplog, TypeCatalog};
 use serde::Serialize;
 
 pub mod bench;
+pub mod head;
 pub mod keys;
 pub mod log;
 pub mod migrate;
 mod render;
 pub mod replay;
+pub mod verify;
+
+/// Exit status of a check that found problems.
+const EXIT_FOUND: u8 = 1;
 
 /// Exit status of a usage or runtime error.
 const EXIT_ERROR: u8 = 2;
@@ -28,6 +33,9 @@ pub enum Failure {
     BrokenPipe,
     /// An error reported as `oplog: error: <message>`, exit status 2.
     Error(String),
+    /// A check ran and found problems, which it has printed: exit status 1,
+    /// nothing on standard error.
+    Found,
 }
 
 impl Failure {
@@ -79,6 +87,7 @@ pub fn read_failure(e: oplog::Error) -> Failure {
 pub fn report(failure: &Failure) -> ExitCode {
     match failure {
         Failure::BrokenPipe => ExitCode::SUCCESS,
+        Failure::Found => ExitCode::from(EXIT_FOUND),
         Failure::Error(message) => {
             // Errors from PostgreSQL and libpq can span several lines
             // (DETAIL, HINT); one line keeps the output easy to log and grep.

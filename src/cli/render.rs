@@ -116,7 +116,7 @@ impl<'a> EntryView<'a> {
 /// `text` as is when it reads as one word, else as a JSON string, so that
 /// spaces, `=` or control characters in names and values cannot blur where
 /// one field ends and the next begins.
-fn word(text: &str) -> Cow<'_, str> {
+pub fn word(text: &str) -> Cow<'_, str> {
     let plain = !text.is_empty()
         && !text
             .chars()

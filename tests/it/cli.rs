@@ -14,17 +14,17 @@ use crate::support::{user, TestDb};
 
 /// A directory of its own under the system's temporary directory, removed
 /// when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         let path =
             std::env::temp_dir().join(format!("oplog-cli-{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir(&path).unwrap();
         TempDir(path)
     }
 
-    fn join(&self, name: &str) -> PathBuf {
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -37,7 +37,7 @@ impl Drop for TempDir {
 
 /// The binary, with the connection settings of the test environment
 /// removed so that every test says what it uses.
-fn oplog_cmd() -> Command {
+pub(crate) fn oplog_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_oplog"));
     cmd.env_remove("DATABASE_URL").env_remove("OPLOG_KEY_FILE");
     cmd
@@ -47,12 +47,12 @@ fn run(args: &[&str]) -> Output {
     oplog_cmd().args(args).output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 /// Asserts a clean success and returns standard output.
-fn success(out: &Output) -> String {
+pub(crate) fn success(out: &Output) -> String {
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -66,7 +66,7 @@ fn success(out: &Output) -> String {
 
 /// Asserts exit status 2 with exactly one line on standard error, in the
 /// `oplog: error: ` form, mentioning each of `needles`; returns the line.
-fn failure(out: &Output, needles: &[&str]) -> String {
+pub(crate) fn failure(out: &Output, needles: &[&str]) -> String {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -80,7 +80,7 @@ fn failure(out: &Output, needles: &[&str]) -> String {
     stderr.trim_end().to_string()
 }
 
-fn save_keyring(ring: &Keyring, path: &Path) -> String {
+pub(crate) fn save_keyring(ring: &Keyring, path: &Path) -> String {
     ring.save(path).unwrap();
     path.to_str().unwrap().to_string()
 }

@@ -5,4 +5,5 @@
 mod cli;
 mod replay;
 mod support;
+mod verify;
 mod write;

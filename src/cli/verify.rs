@@ -1,0 +1,172 @@
+//! `oplog verify`: checks the log, its anchors and a replica, and prints
+//! what it found.
+
+use std::path::{Path, PathBuf};
+
+use oplog::{Head, Target, VerifyOptions, VerifyReport};
+
+use super::render::word;
+use super::{read_failure, reader, Context, Failure, Output};
+
+/// What to verify, from the command line.
+pub struct Request {
+    /// Replica database URL.
+    pub against: Option<String>,
+    /// Replica table suffix: in the source database, or in `against`'s.
+    pub suffix: Option<String>,
+    /// Only this aggregate.
+    pub aggregate: Option<String>,
+    /// File of heads written by `oplog head --json`.
+    pub anchor: Option<PathBuf>,
+}
+
+/// Verifies, prints the report (text, or one JSON document with `--json`)
+/// and fails with [`Failure::Found`] when anything was found.
+pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Failure> {
+    let anchor = match &request.anchor {
+        Some(path) => read_anchors(path)?,
+        None => Vec::new(),
+    };
+    let against = match (request.against, request.suffix) {
+        (Some(url), suffix) => Some(Target::Database {
+            url,
+            suffix: suffix.unwrap_or_default(),
+        }),
+        (None, Some(suffix)) => Some(Target::Suffix(suffix)),
+        (None, None) => None,
+    };
+    let options = VerifyOptions {
+        aggregate: request.aggregate,
+        anchor,
+        against,
+        ..VerifyOptions::default()
+    };
+    let oplog = reader(ctx.keyring()?);
+    let report = oplog::verify(&oplog, ctx.database_url()?, &options).map_err(read_failure)?;
+    if out.json() {
+        out.json_line(&report)?;
+    } else {
+        write_text(out, &report)?;
+    }
+    if report.is_clean() {
+        return Ok(());
+    }
+    // The exit status says what was found even when the reader of the
+    // report went away.
+    match out.flush() {
+        Ok(()) | Err(Failure::BrokenPipe) => Err(Failure::Found),
+        Err(other) => Err(other),
+    }
+}
+
+/// Reads heads, one JSON object per line as `oplog head --json` prints
+/// them; blank lines are skipped.
+fn read_anchors(path: &Path) -> Result<Vec<Head>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::msg(format!(
+            "cannot read anchor file {}: {e}; write one with `oplog head --json > FILE`",
+            path.display()
+        ))
+    })?;
+    let mut heads = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| {
+            Failure::msg(format!(
+                "anchor file {} line {}: {reason}; write anchors with `oplog head --json > FILE`",
+                path.display(),
+                i + 1
+            ))
+        };
+        let head: Head = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if head.chain_bytes().is_none() {
+            return Err(bad(format!(
+                "chain {:?} is not 64 hexadecimal digits",
+                head.chain
+            )));
+        }
+        heads.push(head);
+    }
+    Ok(heads)
+}
+
+fn write_text(out: &mut Output, report: &VerifyReport) -> Result<(), Failure> {
+    out.line(format_args!(
+        "checked {} {} in {} {}",
+        report.entries_checked,
+        plural(report.entries_checked, "entry", "entries"),
+        report.aggregates_checked,
+        plural(report.aggregates_checked, "aggregate", "aggregates"),
+    ))?;
+    for f in &report.findings {
+        let mut at = format!("{}: aggregate {}", f.kind, word(&f.aggregate));
+        if let Some(seq) = f.seq {
+            at.push_str(&format!(" seq {seq}"));
+        }
+        if let Some(id) = f.entry_id {
+            at.push_str(&format!(" entry {id}"));
+        }
+        out.line(format_args!("{at}: {}", f.detail))?;
+    }
+    for t in &report.tables {
+        let mut line = format!(
+            "table {} -> {}: {} source {}, {} replica {}, {} {}",
+            t.table,
+            t.replica_table,
+            t.source_rows,
+            plural(t.source_rows, "row", "rows"),
+            t.replica_rows,
+            plural(t.replica_rows, "row", "rows"),
+            t.differences,
+            plural(t.differences, "difference", "differences"),
+        );
+        if t.differences > 0 {
+            line.push_str(&format!(
+                " ({} missing in replica, {} extra in replica, {} changed)",
+                t.missing_in_replica, t.extra_in_replica, t.changed
+            ));
+        }
+        if !t.source_exists {
+            line.push_str("; no source table");
+        }
+        if !t.replica_exists {
+            line.push_str("; no replica table");
+        }
+        if !t.missing_columns.is_empty() {
+            line.push_str(&format!(
+                "; replica lacks columns {}",
+                t.missing_columns.join(", ")
+            ));
+        }
+        out.line(format_args!("{line}"))?;
+        for k in &t.keys {
+            out.line(format_args!("  {} {}", k.kind, word(&k.key)))?;
+        }
+        let unlisted = t.differences.saturating_sub(t.keys.len() as u64);
+        if unlisted > 0 {
+            out.line(format_args!("  ... and {unlisted} more"))?;
+        }
+    }
+    let differing = report.tables.iter().filter(|t| !t.is_clean()).count();
+    if report.is_clean() {
+        out.line(format_args!("clean"))
+    } else {
+        out.line(format_args!(
+            "not clean: {} {}, {} {} with differences",
+            report.findings.len(),
+            plural(report.findings.len() as u64, "finding", "findings"),
+            differing,
+            plural(differing as u64, "table", "tables"),
+        ))
+    }
+}
+
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}

@@ -1,0 +1,974 @@
+//! Verification against a real PostgreSQL: a clean log and replica give no
+//! finding, and every kind of tampering a superuser can do is found at the
+//! entry (or key) it concerns; then the `verify` and `head` commands.
+
+use std::io::{Read, Write};
+use std::process::Output;
+
+use oplog::{
+    heads, verify, DifferenceKind, FindingKind, Head, Keyring, NewEntry, Oplog, Target,
+    TypeCatalog, VerifyOptions, VerifyReport, Written,
+};
+use serde_json::Value;
+
+use crate::cli::{failure, oplog_cmd, save_keyring, success, text, TempDir};
+use crate::support::{superuser_exec, user, TestDb};
+
+/// One keyring for every test, so a key file can be written for the CLI.
+fn keys() -> String {
+    static KEYS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| Keyring::generate().to_json().to_string())
+        .clone()
+}
+
+fn oplog() -> Oplog {
+    Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys()).unwrap())
+}
+
+/// Creates each user in `demo_user` and records it in `aggregate`'s log,
+/// one transaction per user.
+fn write_users(db: &TestDb, log: &Oplog, aggregate: &str, ids: &[&str]) -> Vec<Written> {
+    let mut client = db.client();
+    ids.iter()
+        .map(|id| {
+            let u = user(id);
+            let mut tx = client.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[&u.id, &u.tenant_id, &u.account_id, &u.email, &u.display_name, &u.phone, &u.age, &u.active, &u.avatar],
+            )
+            .unwrap();
+            let mut entry = NewEntry::new(aggregate);
+            entry.metadata("actor", "alice").create(&u).unwrap();
+            let written = log.write(&mut tx, &entry).unwrap();
+            tx.commit().unwrap();
+            written
+        })
+        .collect()
+}
+
+fn run(db: &TestDb, options: &VerifyOptions) -> VerifyReport {
+    verify(&oplog(), &db.url, options).unwrap()
+}
+
+fn check(db: &TestDb) -> VerifyReport {
+    run(db, &VerifyOptions::default())
+}
+
+type Named = (FindingKind, String, Option<i64>, Option<i64>);
+
+/// Each finding as (kind, aggregate, seq, entry id).
+fn named(report: &VerifyReport) -> Vec<Named> {
+    report
+        .findings
+        .iter()
+        .map(|f| (f.kind, f.aggregate.clone(), f.seq, f.entry_id))
+        .collect()
+}
+
+fn at(kind: FindingKind, aggregate: &str, seq: i64, id: Option<i64>) -> Named {
+    (kind, aggregate.to_string(), Some(seq), id)
+}
+
+#[test]
+fn a_clean_log_has_no_finding() {
+    let db = TestDb::new();
+    let log = oplog();
+    write_users(&db, &log, "a", &["u1", "u2", "u3"]);
+    write_users(&db, &log, "b", &["u4", "u5"]);
+    let report = check(&db);
+    assert_eq!(report.findings, []);
+    assert!(report.is_clean());
+    assert_eq!((report.entries_checked, report.aggregates_checked), (5, 2));
+    assert!(report.tables.is_empty(), "no replica, no table compared");
+
+    // Paging: more entries than one page, over several aggregates.
+    let many: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    write_users(&db, &log, "c", &many);
+    let report = check(&db);
+    assert_eq!(report.findings, []);
+    assert_eq!(
+        (report.entries_checked, report.aggregates_checked),
+        (305, 3)
+    );
+}
+
+#[test]
+fn a_flipped_ciphertext_bit_is_a_decryption_finding_at_that_entry() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry SET data = set_byte(data, length(data) - 5, get_byte(data, length(data) - 5) # 1) WHERE seq = 2",
+    );
+    let report = check(&db);
+    assert_eq!(
+        named(&report),
+        [at(FindingKind::Decryption, "agg", 2, Some(w[1].id))]
+    );
+    assert!(!report.is_clean());
+    assert!(
+        report.findings[0].detail.contains("failed authentication"),
+        "{}",
+        report.findings[0]
+    );
+}
+
+#[test]
+fn a_deleted_middle_entry_is_one_gap() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "agg", &["u1", "u2", "u3", "u4"]);
+    superuser_exec(&db, "DELETE FROM oplog_entry WHERE seq = 2");
+    let report = check(&db);
+    assert_eq!(named(&report), [at(FindingKind::Gap, "agg", 2, None)]);
+    assert!(
+        report.findings[0]
+            .detail
+            .contains("next entry present is seq 3"),
+        "{}",
+        report.findings[0]
+    );
+}
+
+#[test]
+fn a_deleted_last_entry_is_a_gap_and_with_a_lowered_ticket_an_anchor_mismatch() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    write_users(&db, &oplog(), "other", &["u4"]);
+    let anchor = heads(&mut db.client(), None).unwrap();
+    assert_eq!(
+        anchor
+            .iter()
+            .map(|h| (h.aggregate.as_str(), h.seq))
+            .collect::<Vec<_>>(),
+        [("agg", 3), ("other", 1)]
+    );
+    let anchored = VerifyOptions {
+        anchor: anchor.clone(),
+        ..VerifyOptions::default()
+    };
+    assert_eq!(run(&db, &anchored).findings, [], "the anchor holds");
+
+    superuser_exec(&db, "DELETE FROM oplog_entry WHERE seq = 3");
+    assert_eq!(named(&check(&db)), [at(FindingKind::Gap, "agg", 3, None)]);
+
+    // Lowering the ticket to the new last entry makes the log consistent
+    // in itself: only the anchor taken before can tell.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_ticket SET version = 2, chain = (SELECT chain FROM oplog_entry WHERE aggregate_name = 'agg' AND seq = 2) WHERE name = 'agg'",
+    );
+    assert!(check(&db).is_clean());
+    let report = run(&db, &anchored);
+    assert_eq!(
+        named(&report),
+        [at(FindingKind::AnchorMismatch, "agg", 3, None)]
+    );
+    assert!(
+        report.findings[0].detail.contains("now ends at seq 2"),
+        "{}",
+        report.findings[0]
+    );
+}
+
+#[test]
+fn swapped_ciphertexts_are_found_at_both_entries() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry e SET data = o.data FROM oplog_entry o \
+         WHERE e.aggregate_name = 'agg' AND o.aggregate_name = 'agg' \
+         AND ((e.seq = 1 AND o.seq = 2) OR (e.seq = 2 AND o.seq = 1))",
+    );
+    assert_eq!(
+        named(&check(&db)),
+        [
+            at(FindingKind::Decryption, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Decryption, "agg", 2, Some(w[1].id)),
+        ]
+    );
+
+    // Swapping the digests with them breaks the chain at both entries as
+    // well, and at nothing after them.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry e SET digest = o.digest FROM oplog_entry o \
+         WHERE e.aggregate_name = 'agg' AND o.aggregate_name = 'agg' \
+         AND ((e.seq = 1 AND o.seq = 2) OR (e.seq = 2 AND o.seq = 1))",
+    );
+    assert_eq!(
+        named(&check(&db)),
+        [
+            at(FindingKind::Decryption, "agg", 1, Some(w[0].id)),
+            at(FindingKind::ChainMismatch, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Decryption, "agg", 2, Some(w[1].id)),
+            at(FindingKind::ChainMismatch, "agg", 2, Some(w[1].id)),
+        ]
+    );
+}
+
+#[test]
+fn an_edited_metadata_value_is_found_at_that_entry_only() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    superuser_exec(
+        &db,
+        &format!(
+            "UPDATE oplog_metadata SET value = 'mallory' WHERE key = 'actor' AND entry_id = {}",
+            w[1].id
+        ),
+    );
+    assert_eq!(
+        named(&check(&db)),
+        [
+            at(FindingKind::Decryption, "agg", 2, Some(w[1].id)),
+            at(FindingKind::ChainMismatch, "agg", 2, Some(w[1].id)),
+        ]
+    );
+}
+
+#[test]
+fn forged_rows_are_found_where_they_were_inserted() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    let forge = |aggregate: &str, seq: i64| -> i64 {
+        db.client()
+            .query_one(
+                "INSERT INTO oplog_entry (entry_uuid, aggregate_name, seq, format, key_id, data, digest, chain, catalog) \
+                 SELECT gen_random_uuid(), $1, $2, format, key_id, data, digest, chain, catalog \
+                 FROM oplog_entry WHERE aggregate_name = 'agg' AND seq = 3 RETURNING id",
+                &[&aggregate, &seq],
+            )
+            .unwrap()
+            .get(0)
+    };
+    // Past the ticket, copying a real entry's ciphertext and chain.
+    let forged = forge("agg", 4);
+    let report = check(&db);
+    let found = named(&report);
+    assert!(
+        found
+            .iter()
+            .all(|f| (&f.1[..], f.2, f.3) == ("agg", Some(4), Some(forged))),
+        "{found:?}"
+    );
+    let kinds: Vec<FindingKind> = found.iter().map(|f| f.0).collect();
+    assert_eq!(
+        kinds,
+        [
+            FindingKind::Decryption,
+            FindingKind::ChainMismatch,
+            FindingKind::BeyondTicket
+        ]
+    );
+
+    // Moving the ticket along with a chain head of the forger's choice does
+    // not help: the ciphertext does not authenticate as the new entry.
+    superuser_exec(
+        &db,
+        &format!("UPDATE oplog_ticket SET version = 4, chain = (SELECT chain FROM oplog_entry WHERE id = {forged}) WHERE name = 'agg'"),
+    );
+    let kinds: Vec<Named> = named(&check(&db));
+    assert_eq!(
+        kinds,
+        [
+            at(FindingKind::Decryption, "agg", 4, Some(forged)),
+            at(FindingKind::ChainMismatch, "agg", 4, Some(forged)),
+        ]
+    );
+
+    // In an aggregate that has no ticket.
+    let orphan = forge("ghost", 1);
+    let found: Vec<Named> = named(&check(&db))
+        .into_iter()
+        .filter(|f| f.1 == "ghost")
+        .collect();
+    assert_eq!(
+        found,
+        [
+            at(FindingKind::Decryption, "ghost", 1, Some(orphan)),
+            at(FindingKind::ChainMismatch, "ghost", 1, Some(orphan)),
+            at(FindingKind::Orphan, "ghost", 1, Some(orphan)),
+        ]
+    );
+}
+
+#[test]
+fn a_ticket_whose_chain_head_was_changed_is_a_ticket_mismatch() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2"]);
+    superuser_exec(
+        &db,
+        "UPDATE oplog_ticket SET chain = decode(repeat('ab', 32), 'hex') WHERE name = 'agg'",
+    );
+    assert_eq!(
+        named(&check(&db)),
+        [at(FindingKind::TicketMismatch, "agg", 2, Some(w[1].id))]
+    );
+}
+
+#[test]
+fn a_wrong_keyring_is_an_unknown_key_finding_per_entry() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2"]);
+    let stranger = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let report = verify(&stranger, &db.url, &VerifyOptions::default()).unwrap();
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::UnknownKey, "agg", 1, Some(w[0].id)),
+            at(FindingKind::UnknownKey, "agg", 2, Some(w[1].id)),
+        ]
+    );
+}
+
+#[test]
+fn a_missing_or_altered_stored_catalog_is_a_finding_per_entry() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2"]);
+    // Neither a reader with the writer's catalog compiled in, nor one that
+    // already decoded the stored catalog, takes the stored one on trust.
+    let reader = Oplog::new(TypeCatalog::new(), Keyring::from_json(&keys()).unwrap());
+    assert!(verify(&reader, &db.url, &VerifyOptions::default())
+        .unwrap()
+        .is_clean());
+    let found = |db: &TestDb| {
+        let report = verify(&reader, &db.url, &VerifyOptions::default()).unwrap();
+        assert_eq!(report, check(db), "the same with the compiled-in catalog");
+        report
+    };
+    superuser_exec(
+        &db,
+        "UPDATE oplog_catalog SET catalog = catalog || '\\x00'::bytea",
+    );
+    let report = found(&db);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::Catalog, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Catalog, "agg", 2, Some(w[1].id)),
+        ]
+    );
+    assert!(
+        report.findings[0]
+            .detail
+            .ends_with("(modified in the database)"),
+        "{}",
+        report.findings[0]
+    );
+    superuser_exec(&db, "DELETE FROM oplog_catalog");
+    let report = found(&db);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::Catalog, "agg", 1, Some(w[0].id)),
+            at(FindingKind::Catalog, "agg", 2, Some(w[1].id)),
+        ]
+    );
+    assert!(
+        report.findings[0]
+            .detail
+            .ends_with("is not stored in oplog_catalog; restore it from a backup"),
+        "{}",
+        report.findings[0]
+    );
+}
+
+#[test]
+fn a_trimmed_log_verifies_from_its_trim_point() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3", "u4"]);
+    let anchor = heads(&mut db.client(), None).unwrap();
+    let old = Head {
+        aggregate: "agg".into(),
+        seq: 1,
+        chain: oplog_hex(&w[0].chain),
+    };
+    superuser_exec(
+        &db,
+        "INSERT INTO oplog_trim_point (aggregate_name, seq, chain) \
+         SELECT aggregate_name, seq, chain FROM oplog_entry WHERE aggregate_name = 'agg' AND seq = 2; \
+         DELETE FROM oplog_entry WHERE aggregate_name = 'agg' AND seq <= 2",
+    );
+    let options = VerifyOptions {
+        anchor: [anchor, vec![old]].concat(),
+        ..VerifyOptions::default()
+    };
+    let report = run(&db, &options);
+    assert_eq!(report.findings, []);
+    assert_eq!(report.entries_checked, 2);
+
+    // A trim point that does not lead to the next entry.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_trim_point SET chain = decode(repeat('00', 32), 'hex')",
+    );
+    assert_eq!(
+        named(&check(&db)),
+        [at(FindingKind::ChainMismatch, "agg", 3, Some(w[2].id))]
+    );
+}
+
+fn oplog_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn the_aggregate_option_checks_one_aggregate() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "a", &["u1", "u2"]);
+    write_users(&db, &oplog(), "b", &["u3"]);
+    superuser_exec(
+        &db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'a' AND seq = 1",
+    );
+    let only = |name: &str| VerifyOptions {
+        aggregate: Some(name.into()),
+        ..VerifyOptions::default()
+    };
+    let report = run(&db, &only("b"));
+    assert_eq!(report.findings, []);
+    assert_eq!((report.entries_checked, report.aggregates_checked), (1, 1));
+    assert_eq!(
+        named(&run(&db, &only("a"))),
+        [at(FindingKind::Gap, "a", 1, None)]
+    );
+}
+
+/// The table report for `demo_user` in `report`.
+fn users_table(report: &VerifyReport) -> &oplog::TableReport {
+    report
+        .tables
+        .iter()
+        .find(|t| t.table == "demo_user")
+        .unwrap()
+}
+
+fn keys_of(report: &VerifyReport) -> Vec<(String, DifferenceKind)> {
+    users_table(report)
+        .keys
+        .iter()
+        .map(|k| (k.key.clone(), k.kind))
+        .collect()
+}
+
+#[test]
+fn a_suffixed_replica_is_compared_row_by_row() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "agg", &["u1", "u2", "u3", "u4"]);
+    db.client()
+        .batch_execute(
+            "CREATE TABLE demo_user_r AS SELECT * FROM demo_user; \
+             CREATE TABLE demo_account_r AS SELECT * FROM demo_account",
+        )
+        .unwrap();
+    let options = VerifyOptions {
+        against: Some(Target::suffix("_r")),
+        ..VerifyOptions::default()
+    };
+    let report = run(&db, &options);
+    assert!(report.is_clean(), "{report:?}");
+    let tables: Vec<(&str, &str, u64, u64)> = report
+        .tables
+        .iter()
+        .map(|t| {
+            (
+                t.table.as_str(),
+                t.replica_table.as_str(),
+                t.source_rows,
+                t.replica_rows,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("demo_account", "demo_account_r", 0, 0),
+            ("demo_user", "demo_user_r", 4, 4)
+        ]
+    );
+    assert_eq!(
+        users_table(&report).columns,
+        [
+            "id",
+            "tenant_id",
+            "account_id",
+            "email",
+            "display_name",
+            "phone",
+            "age",
+            "active",
+            "avatar"
+        ]
+    );
+
+    // A changed column (even one set to NULL), a deleted row, an extra row.
+    db.client()
+        .batch_execute(
+            "UPDATE demo_user_r SET phone = NULL WHERE id = 'u2'; \
+             DELETE FROM demo_user_r WHERE id = 'u3'; \
+             INSERT INTO demo_user_r (id, tenant_id, account_id, email) VALUES ('u9', 't', 'a', 'x@example.com')",
+        )
+        .unwrap();
+    let report = run(&db, &options);
+    assert!(!report.is_clean());
+    assert_eq!(report.findings, [], "the log itself is intact");
+    let t = users_table(&report);
+    assert_eq!(
+        (
+            t.source_rows,
+            t.replica_rows,
+            t.differences,
+            t.missing_in_replica,
+            t.extra_in_replica,
+            t.changed
+        ),
+        (4, 4, 3, 1, 1, 1)
+    );
+    assert_eq!(
+        keys_of(&report),
+        [
+            ("u2".to_string(), DifferenceKind::Changed),
+            ("u3".to_string(), DifferenceKind::MissingInReplica),
+            ("u9".to_string(), DifferenceKind::ExtraInReplica),
+        ]
+    );
+
+    // The listed keys are bounded; the counts are not.
+    let bounded = VerifyOptions {
+        max_listed_keys: 1,
+        ..options.clone()
+    };
+    let report = run(&db, &bounded);
+    assert_eq!(
+        keys_of(&report),
+        [("u2".to_string(), DifferenceKind::Changed)]
+    );
+    assert_eq!(users_table(&report).differences, 3);
+
+    // A missing replica table: every source row is missing.
+    db.client().batch_execute("DROP TABLE demo_user_r").unwrap();
+    let report = run(&db, &options);
+    let t = users_table(&report);
+    assert!(!t.replica_exists && t.source_exists);
+    assert_eq!((t.missing_in_replica, t.replica_rows), (4, 0));
+    assert!(!report.is_clean());
+}
+
+/// Copies `table`'s rows from one database to the other.
+fn copy_rows(from: &TestDb, to: &TestDb, table: &str) {
+    let mut data = Vec::new();
+    from.client()
+        .copy_out(&format!("COPY {table} TO STDOUT"))
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    let mut client = to.client();
+    let mut writer = client.copy_in(&format!("COPY {table} FROM STDIN")).unwrap();
+    writer.write_all(&data).unwrap();
+    writer.finish().unwrap();
+}
+
+#[test]
+fn a_replica_database_is_compared_row_by_row() {
+    let db = TestDb::new();
+    write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    db.client()
+        .batch_execute(
+            "INSERT INTO demo_account (id, tenant_id, name, created_at, balance_cents) \
+             VALUES ('a1', 't1', 'Acme', '2024-01-01 12:00:00.123456+00', 1500)",
+        )
+        .unwrap();
+    let replica = TestDb::new();
+    copy_rows(&db, &replica, "demo_user");
+    copy_rows(&db, &replica, "demo_account");
+    // Sessions on the replica's server default to a time zone far from the
+    // source's: equal timestamps must still compare equal.
+    replica
+        .client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET TimeZone = 'Pacific/Kiritimati'",
+            replica.name
+        ))
+        .unwrap();
+    let options = VerifyOptions {
+        against: Some(Target::database(&replica.url)),
+        ..VerifyOptions::default()
+    };
+    let report = run(&db, &options);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(users_table(&report).replica_rows, 3);
+
+    replica
+        .client()
+        .batch_execute(
+            "UPDATE demo_user SET email = 'changed@example.com' WHERE id = 'u1'; \
+             DELETE FROM demo_user WHERE id = 'u2'",
+        )
+        .unwrap();
+    let report = run(&db, &options);
+    assert_eq!(
+        keys_of(&report),
+        [
+            ("u1".to_string(), DifferenceKind::Changed),
+            ("u2".to_string(), DifferenceKind::MissingInReplica),
+        ]
+    );
+    assert!(!report.is_clean());
+}
+
+/// The replica's checkpoint table, as replay creates it.
+const CHECKPOINTS: &str = "\
+CREATE TABLE oplog_checkpoint (
+    source           text NOT NULL,
+    aggregate_name   text NOT NULL,
+    seq              bigint NOT NULL CHECK (seq > 0),
+    chain            bytea NOT NULL CHECK (length(chain) = 32),
+    entry_id         bigint NOT NULL,
+    entry_created_at timestamptz NOT NULL,
+    applied_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, aggregate_name)
+)";
+
+#[test]
+fn checkpoints_behind_ahead_or_on_another_chain_are_findings() {
+    let db = TestDb::new();
+    let log = oplog();
+    let a = write_users(&db, &log, "a", &["u1", "u2", "u3"]);
+    let b = write_users(&db, &log, "b", &["u4", "u5"]);
+    let c = write_users(&db, &log, "c", &["u6"]);
+    let d = write_users(&db, &log, "d", &["u7"]);
+    let replica = TestDb::new();
+    copy_rows(&db, &replica, "demo_user");
+    let options = VerifyOptions {
+        against: Some(Target::database(&replica.url)),
+        ..VerifyOptions::default()
+    };
+    // Without a checkpoint table, checkpoints are not compared.
+    assert!(run(&db, &options).is_clean());
+
+    let source: String = db.scalar("SELECT id::text FROM oplog_source");
+    let mut client = replica.client();
+    client.batch_execute(CHECKPOINTS).unwrap();
+    let put = |client: &mut postgres::Client, aggregate: &str, seq: i64, chain: &[u8]| {
+        client
+            .execute(
+                "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
+                 VALUES ($1, $2, $3, $4, 0, now())",
+                &[&source, &aggregate, &seq, &chain],
+            )
+            .unwrap();
+    };
+    put(&mut client, "a", 2, &a[1].chain);
+    put(&mut client, "b", 2, &[7; 32]);
+    put(&mut client, "c", 5, &c[0].chain);
+    put(&mut client, "e", 1, &[7; 32]);
+    assert_eq!(
+        named(&run(&db, &options)),
+        [
+            at(FindingKind::ReplicaBehind, "a", 3, Some(a[2].id)),
+            at(FindingKind::CheckpointMismatch, "b", 2, Some(b[1].id)),
+            at(FindingKind::ReplicaAhead, "c", 5, None),
+            at(FindingKind::ReplicaBehind, "d", 1, Some(d[0].id)),
+            at(FindingKind::ReplicaAhead, "e", 1, None),
+        ]
+    );
+    // Another replica's checkpoints (another key) are not this one's.
+    let suffixed = VerifyOptions {
+        against: Some(Target::Database {
+            url: replica.url.clone(),
+            suffix: "_x".into(),
+        }),
+        ..VerifyOptions::default()
+    };
+    let found = named(&run(&db, &suffixed));
+    assert!(
+        found.iter().all(|f| f.0 == FindingKind::ReplicaBehind),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn an_unmigrated_database_is_an_error_not_a_finding() {
+    let db = TestDb::empty();
+    let err = verify(&oplog(), &db.url, &VerifyOptions::default()).unwrap_err();
+    assert_eq!(err.sqlstate(), Some("42P01"), "{err}");
+}
+
+// The binary.
+
+/// A database with two aggregates' entries, the key file that wrote them,
+/// and a directory for anchor files.
+struct Cli {
+    db: TestDb,
+    dir: TempDir,
+    keys: String,
+    written: Vec<Written>,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let db = TestDb::new();
+        let dir = TempDir::new();
+        let keys = save_keyring(
+            &Keyring::from_json(&keys()).unwrap(),
+            &dir.join("keys.json"),
+        );
+        let mut written = write_users(&db, &oplog(), "tenant-a", &["u1", "u2", "u3"]);
+        written.extend(write_users(&db, &oplog(), "tenant b", &["u4"]));
+        Cli {
+            db,
+            dir,
+            keys,
+            written,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        oplog_cmd()
+            .args(args)
+            .args(["--database-url", &self.db.url, "--key-file", &self.keys])
+            .output()
+            .unwrap()
+    }
+
+    /// `oplog verify --json <args>`: the exit status and the document.
+    fn verify_json(&self, args: &[&str]) -> (Option<i32>, Value) {
+        let out = self.run(&[&["verify", "--json"][..], args].concat());
+        assert_eq!(text(&out.stderr), "");
+        let stdout = text(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one document: {stdout}");
+        (out.status.code(), serde_json::from_str(&stdout).unwrap())
+    }
+}
+
+fn keys_of_object(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn verify_exits_0_when_clean_and_1_with_findings_in_text_and_json() {
+    let cli = Cli::new();
+    let out = success(&cli.run(&["verify"]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["checked 4 entries in 2 aggregates", "clean"]
+    );
+    let (code, doc) = cli.verify_json(&[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        keys_of_object(&doc),
+        [
+            "aggregates_checked",
+            "entries_checked",
+            "findings",
+            "tables"
+        ]
+    );
+    assert_eq!(doc["entries_checked"], 4);
+    assert_eq!(doc["findings"], Value::Array(vec![]));
+
+    let tampered = cli.written[1].id;
+    superuser_exec(
+        &cli.db,
+        &format!("UPDATE oplog_entry SET data = set_byte(data, length(data) - 5, get_byte(data, length(data) - 5) # 1) WHERE id = {tampered}"),
+    );
+    let (code, doc) = cli.verify_json(&[]);
+    assert_eq!(code, Some(1));
+    let findings = doc["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{doc}");
+    assert_eq!(
+        keys_of_object(&findings[0]),
+        ["aggregate", "detail", "entry_id", "kind", "seq"]
+    );
+    assert_eq!(findings[0]["kind"], "decryption");
+    assert_eq!(findings[0]["aggregate"], "tenant-a");
+    assert_eq!(findings[0]["seq"], 2);
+    assert_eq!(findings[0]["entry_id"], tampered);
+
+    let out = cli.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!(
+            "decryption: aggregate tenant-a seq 2 entry {tampered}: "
+        )),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "not clean: 1 finding, 0 tables with differences");
+
+    // --aggregate leaves the tampered aggregate out.
+    let (code, doc) = cli.verify_json(&["--aggregate", "tenant b"]);
+    assert_eq!((code, &doc["entries_checked"]), (Some(0), &Value::from(1)));
+}
+
+#[test]
+fn head_json_is_the_anchor_file_verify_reads() {
+    let cli = Cli::new();
+    // Heads need no key.
+    let out = oplog_cmd()
+        .args(["head", "--json", "--database-url", &cli.db.url])
+        .output()
+        .unwrap();
+    let heads = success(&out);
+    let lines: Vec<Value> = heads
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{heads}");
+    assert_eq!(keys_of_object(&lines[0]), ["aggregate", "chain", "seq"]);
+    assert_eq!(
+        (&lines[0]["aggregate"], &lines[0]["seq"]),
+        (&Value::from("tenant b"), &Value::from(1))
+    );
+    assert_eq!(lines[1]["seq"], 3);
+    assert_eq!(lines[1]["chain"], oplog_hex(&cli.written[2].chain));
+
+    let text_heads = success(
+        &oplog_cmd()
+            .args([
+                "head",
+                "--aggregate",
+                "tenant-a",
+                "--database-url",
+                &cli.db.url,
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        text_heads,
+        format!(
+            "tenant-a seq 3 chain {}\n",
+            oplog_hex(&cli.written[2].chain)
+        )
+    );
+
+    let anchor = cli.dir.join("anchor.jsonl");
+    std::fs::write(&anchor, &heads).unwrap();
+    let anchor = anchor.to_str().unwrap();
+    let (code, _) = cli.verify_json(&["--anchor", anchor]);
+    assert_eq!(code, Some(0));
+
+    superuser_exec(
+        &cli.db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'tenant-a' AND seq = 3; \
+         UPDATE oplog_ticket SET version = 2, chain = (SELECT chain FROM oplog_entry WHERE aggregate_name = 'tenant-a' AND seq = 2) WHERE name = 'tenant-a'",
+    );
+    let (code, _) = cli.verify_json(&[]);
+    assert_eq!(code, Some(0), "consistent in itself");
+    let (code, doc) = cli.verify_json(&["--anchor", anchor]);
+    assert_eq!(code, Some(1));
+    let f = &doc["findings"][0];
+    assert_eq!(
+        (&f["kind"], &f["aggregate"], &f["seq"], &f["entry_id"]),
+        (
+            &Value::from("anchor_mismatch"),
+            &Value::from("tenant-a"),
+            &Value::from(3),
+            &Value::Null
+        )
+    );
+}
+
+#[test]
+fn verify_against_a_suffixed_replica_reports_its_tables() {
+    let cli = Cli::new();
+    cli.db
+        .client()
+        .batch_execute("CREATE TABLE demo_user_r AS SELECT * FROM demo_user")
+        .unwrap();
+    let (code, doc) = cli.verify_json(&["--suffix", "_r"]);
+    assert_eq!(code, Some(0), "{doc}");
+    cli.db
+        .client()
+        .batch_execute("DELETE FROM demo_user_r WHERE id = 'u2'")
+        .unwrap();
+    let (code, doc) = cli.verify_json(&["--suffix", "_r"]);
+    assert_eq!(code, Some(1));
+    let users = doc["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "demo_user")
+        .unwrap();
+    assert_eq!(users["replica_table"], "demo_user_r");
+    assert_eq!(
+        (
+            &users["source_rows"],
+            &users["replica_rows"],
+            &users["differences"]
+        ),
+        (&Value::from(4), &Value::from(3), &Value::from(1))
+    );
+    assert_eq!(
+        users["keys"],
+        serde_json::json!([{"key": "u2", "kind": "missing_in_replica"}])
+    );
+
+    let out = cli.run(&["verify", "--suffix", "_r"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "table demo_user -> demo_user_r: 4 source rows, 3 replica rows, 1 difference (1 missing in replica, 0 extra in replica, 0 changed)\n  missing_in_replica u2\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn verify_errors_exit_2_with_one_line() {
+    let cli = Cli::new();
+    let out = oplog_cmd()
+        .args(["verify", "--database-url", &cli.db.url])
+        .output()
+        .unwrap();
+    failure(&out, &["no key file"]);
+
+    let bad = cli.dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"aggregate\":\"a\",\"seq\":1,\"chain\":\"zz\"}\n").unwrap();
+    failure(
+        &cli.run(&["verify", "--anchor", bad.to_str().unwrap()]),
+        &["line 1", "64 hexadecimal digits"],
+    );
+    failure(
+        &cli.run(&["verify", "--anchor", cli.dir.join("none").to_str().unwrap()]),
+        &["cannot read anchor file"],
+    );
+    failure(
+        &cli.run(&["verify", "--suffix", "_r; DROP TABLE x"]),
+        &["suffix"],
+    );
+
+    let empty = TestDb::empty();
+    let out = oplog_cmd()
+        .args([
+            "verify",
+            "--database-url",
+            &empty.url,
+            "--key-file",
+            &cli.keys,
+        ])
+        .output()
+        .unwrap();
+    failure(&out, &["oplog migrate"]);
+    let out = oplog_cmd()
+        .args(["head", "--database-url", &empty.url])
+        .output()
+        .unwrap();
+    failure(&out, &["oplog migrate"]);
+}
