@@ -288,7 +288,7 @@ impl TypeCatalog {
             let descriptor = catalog
                 .descriptor(&t.type_name)
                 .map_err(|e| bad(e.to_string()))?;
-            let table = (!t.table.is_empty()).then(|| TableInfo {
+            let table = (!t.table.is_empty()).then_some(TableInfo {
                 table: t.table,
                 primary_key: t.primary_key,
             });

@@ -38,6 +38,28 @@ impl fmt::Display for EntryRef {
     }
 }
 
+/// How a replay target diverged from its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DivergenceKind {
+    /// A CREATE found a row with its key already present.
+    CreateFoundRow,
+    /// An UPDATE matched no row.
+    UpdateMatchedNoRow,
+    /// A DELETE matched no row.
+    DeleteMatchedNoRow,
+}
+
+impl fmt::Display for DivergenceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DivergenceKind::CreateFoundRow => "CREATE found its row already present",
+            DivergenceKind::UpdateMatchedNoRow => "UPDATE matched no row",
+            DivergenceKind::DeleteMatchedNoRow => "DELETE matched no row",
+        })
+    }
+}
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -218,18 +240,16 @@ pub enum Error {
 
     /// The target of a replay does not hold what the log says it should:
     /// an UPDATE or DELETE matched no row, or a CREATE found its row present.
-    #[error("replica diverged at {entry}: {op} on table {table} {reason} for key {key}; compare with `oplog verify --against` and rebuild the replica")]
+    #[error("replica diverged at {entry}: {kind} on table {table} for key {key}; compare with `oplog verify --against` and rebuild the replica")]
     Divergence {
         /// The entry being applied.
         entry: EntryRef,
-        /// The operation type.
-        op: &'static str,
+        /// What did not hold.
+        kind: DivergenceKind,
         /// The target table.
         table: String,
         /// The row's primary key.
         key: String,
-        /// What was found instead.
-        reason: &'static str,
     },
 
     /// A message type does not map onto its table.

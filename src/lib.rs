@@ -93,7 +93,7 @@ pub use crate::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
 };
-pub use crate::error::{EntryRef, Error, Result};
+pub use crate::error::{DivergenceKind, EntryRef, Error, Result};
 pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
 pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;

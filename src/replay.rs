@@ -32,7 +32,7 @@ use postgres::{Client, Transaction};
 
 use crate::catalog::TypeCatalog;
 use crate::entry::{Entry, GENESIS_CHAIN};
-use crate::error::{EntryRef, Error, Result};
+use crate::error::{DivergenceKind, EntryRef, Error, Result};
 use crate::mapping::{self, FieldPlan};
 use crate::oplog::{expected_chain, row_ref, Oplog};
 use crate::proto::OpType;
@@ -556,7 +556,7 @@ impl Replayer {
             for (o, op) in item.entry.operations.iter().enumerate() {
                 let plan = self
                     .plan(item.catalog.as_deref(), &item.entry.catalog, &op.type_name)
-                    .map_err(|e| classify(e))?;
+                    .map_err(classify)?;
                 let msg = item
                     .entry
                     .catalog
@@ -1125,10 +1125,9 @@ impl Run {
             if e.code().is_some_and(|c| c.code() == "23505") && self.kind == RunKind::Insert {
                 return ApplyError::Entry(Error::Divergence {
                     entry,
-                    op: "CREATE",
+                    kind: DivergenceKind::CreateFoundRow,
                     table: table.clone(),
                     key: detail,
-                    reason: "found its row already present",
                 });
             }
             ApplyError::Entry(Error::Apply {
@@ -1148,13 +1147,13 @@ impl Run {
                 let rows = tx
                     .query_typed(&sql, &[(&json, Type::TEXT)])
                     .map_err(db_error)?;
-                self.check_matched(&rows, items, "UPDATE")
+                self.check_matched(&rows, items, DivergenceKind::UpdateMatchedNoRow)
             }
             RunKind::Delete => {
                 let rows = tx
                     .query_typed(&self.plan.delete_sql, &[(&json, Type::TEXT)])
                     .map_err(db_error)?;
-                self.check_matched(&rows, items, "DELETE")
+                self.check_matched(&rows, items, DivergenceKind::DeleteMatchedNoRow)
             }
         }
     }
@@ -1164,7 +1163,7 @@ impl Run {
         &self,
         rows: &[postgres::Row],
         items: &[Item],
-        op: &'static str,
+        kind: DivergenceKind,
     ) -> Result<(), ApplyError> {
         let matched: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         for (n, &(item, _)) in self.origins.iter().enumerate() {
@@ -1172,10 +1171,9 @@ impl Run {
             if !matched.contains(&ordinal) {
                 return Err(ApplyError::Entry(Error::Divergence {
                     entry: entry_ref(&items[item].entry),
-                    op,
+                    kind,
                     table: self.plan.table.to_string(),
                     key: self.keys.get(n).cloned().unwrap_or_default(),
-                    reason: "matched no row",
                 }));
             }
         }

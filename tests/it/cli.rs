@@ -757,13 +757,18 @@ fn write_users(db: &TestDb, ring: &Keyring, aggregates: &[&str], n: usize) {
 
 #[test]
 fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
-    const ENTRIES: usize = 600;
+    const ENTRIES: i64 = 600;
     let db = TestDb::new();
     let replica = TestDb::empty();
     let dir = TempDir::new();
     let ring = Keyring::generate();
     let keys = save_keyring(&ring, &dir.join("keys.json"));
-    write_users(&db, &ring, &["tenant-a", "tenant-b", "tenant-c"], ENTRIES);
+    write_users(
+        &db,
+        &ring,
+        &["tenant-a", "tenant-b", "tenant-c"],
+        ENTRIES.unsigned_abs() as usize,
+    );
     let replay = || {
         oplog_cmd()
             .args(["replay", "--into", &replica.url, "--batch-size", "1"])
@@ -804,7 +809,7 @@ fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
         kills >= 1,
         "the replay should have been killed at least once"
     );
-    assert!(applied() < ENTRIES as i64, "killed before the end");
+    assert!(applied() < ENTRIES, "killed before the end");
     let out = oplog_cmd()
         .args([
             "replay",
@@ -829,5 +834,5 @@ fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
         .collect()
     };
     assert_eq!(rows(&mut replica.client()), rows(&mut db.client()));
-    assert_eq!(applied(), ENTRIES as i64);
+    assert_eq!(applied(), ENTRIES);
 }

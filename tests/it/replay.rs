@@ -4,8 +4,8 @@
 
 use oplog::demo::{Account, User};
 use oplog::{
-    Error, Keyring, NewEntry, OpType, Operation, Oplog, ReplayOptions, ReplayReport, Replayer,
-    TableInfo, Target, TypeCatalog,
+    DivergenceKind, Error, Keyring, NewEntry, OpType, Operation, Oplog, ReplayOptions,
+    ReplayReport, Replayer, TableInfo, Target, TypeCatalog,
 };
 
 use crate::support::{superuser_exec, user, TestDb};
@@ -344,13 +344,13 @@ fn an_update_that_matches_no_row_is_a_divergence_naming_entry_table_and_key() {
     match &stopped.error {
         Error::Divergence {
             entry,
-            op,
+            kind,
             table,
             key,
-            ..
         } => {
             assert_eq!((entry.aggregate.as_str(), entry.seq), ("agg", 2));
-            assert_eq!((*op, table.as_str()), ("UPDATE", "demo_user"));
+            assert_eq!(*kind, DivergenceKind::UpdateMatchedNoRow);
+            assert_eq!(table, "demo_user");
             assert!(key.contains("id=\"u1\""), "{key}");
         }
         other => panic!("expected a divergence, got {other}"),
