@@ -698,7 +698,7 @@ fn replay_reports_what_it_applied_and_exits_2_naming_a_stopped_aggregate() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("DELETE on table demo_user_r matched no row"),
+        stderr.contains("DELETE matched no row on table demo_user_r"),
         "{stderr}"
     );
     // The report comes first, on stdout: tenant-a applied, tenant-b stopped.
@@ -767,7 +767,7 @@ fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
         &db,
         &ring,
         &["tenant-a", "tenant-b", "tenant-c"],
-        ENTRIES.unsigned_abs() as usize,
+        usize::try_from(ENTRIES).unwrap(),
     );
     let replay = || {
         oplog_cmd()
