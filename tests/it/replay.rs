@@ -673,3 +673,62 @@ fn hostile_table_and_column_names_cannot_inject_sql() {
 fn oplog_quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+#[test]
+fn a_replayed_replica_verifies_clean_until_it_falls_behind_or_is_altered() {
+    use oplog::{verify, FindingKind, VerifyOptions};
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    boundary_scenarios(&db, &log, "tenant-1");
+    boundary_scenarios(&db, &log, "tenant-2");
+    assert!(replay(&log, &db, Target::database(&replica.url)).is_complete());
+    let options = VerifyOptions {
+        against: Some(Target::database(&replica.url)),
+        ..VerifyOptions::default()
+    };
+    let report = verify(&log, &db.url, &options).unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!(report.entries_checked, 16);
+    let users = report
+        .tables
+        .iter()
+        .find(|t| t.table == "demo_user")
+        .unwrap();
+    assert_eq!(
+        (users.source_rows, users.replica_rows, users.differences),
+        (4, 4, 0)
+    );
+
+    // A new entry on the source: the replica is behind until replayed.
+    let u9 = user("u9");
+    let mut e = NewEntry::new("tenant-1");
+    e.create(&u9).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u9));
+    let report = verify(&log, &db.url, &options).unwrap();
+    let kinds: Vec<FindingKind> = report.findings.iter().map(|f| f.kind).collect();
+    assert!(
+        kinds.contains(&FindingKind::ReplicaBehind),
+        "{:?}",
+        report.findings
+    );
+    assert!(replay(&log, &db, Target::database(&replica.url)).is_complete());
+    assert!(verify(&log, &db.url, &options).unwrap().is_clean());
+
+    // Someone edits the replica: the row is named.
+    replica
+        .client()
+        .execute(
+            "UPDATE demo_user SET display_name = 'edited' WHERE id = 'u9'",
+            &[],
+        )
+        .unwrap();
+    let report = verify(&log, &db.url, &options).unwrap();
+    let users = report
+        .tables
+        .iter()
+        .find(|t| t.table == "demo_user")
+        .unwrap();
+    assert_eq!(users.changed, 1);
+    assert!(users.keys[0].key.contains("u9"), "{:?}", users.keys);
+}
