@@ -107,11 +107,15 @@ fn main() -> ExitCode {
     let reports = bench::all(&args.cfg).and_then(|r| Ok((r, bench::replay(&args.replay)?)));
     match reports {
         Ok((reports, replay)) => {
-            println!("{}\n{}\n{replay}", reports.write, reports.contention);
+            println!(
+                "{}\n{}\n{}\n{replay}",
+                reports.write, reports.contention, reports.notify
+            );
             if args.json {
                 let all = serde_json::json!({
                     "write": reports.write,
                     "contention": reports.contention,
+                    "notify": reports.notify,
                     "replay": replay,
                 });
                 println!(

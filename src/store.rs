@@ -36,6 +36,7 @@ pub struct InsertRow<'a> {
     pub meta_keys: Vec<&'a str>,
     pub meta_values: Vec<&'a str>,
     pub catalog: Option<&'a [u8]>,
+    pub notify: bool,
 }
 
 /// What `oplog_append` did.
@@ -112,7 +113,7 @@ const SEED_TICKET: &str = "INSERT INTO oplog_ticket (name) VALUES ($1) ON CONFLI
 /// inserts the entry with its metadata, in one call of the migration's
 /// `oplog_append` function, whose plans PL/pgSQL caches per session.
 const APPEND: &str = "SELECT o_entry_id, o_version, o_chain, o_missing_catalog FROM oplog_append(\
-$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// Stores a catalog; concurrent writers of the same catalog wait for each
 /// other on the primary key and the loser does nothing.
@@ -189,7 +190,7 @@ fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
 
 fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
     let uuid = r.uuid.to_string();
-    let params: [(&(dyn ToSql + Sync), Type); 13] = [
+    let params: [(&(dyn ToSql + Sync), Type); 14] = [
         (&uuid, Type::TEXT),
         (&r.aggregate, Type::TEXT),
         (&r.seq, Type::INT8),
@@ -203,6 +204,7 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
         (&r.meta_values, Type::TEXT_ARRAY),
         (&wait, Type::BOOL),
         (&r.catalog, Type::BYTEA),
+        (&r.notify, Type::BOOL),
     ];
     let row = c.query_typed_one(APPEND, &params)?;
     Ok(appended(row.get(0), row.get(1), row.get(2), row.get(3)))
@@ -367,6 +369,7 @@ impl private::Sealed for PgConnection {
             .bind::<Array<Text>, _>(&r.meta_values)
             .bind::<diesel::sql_types::Bool, _>(wait)
             .bind::<Nullable<Binary>, _>(r.catalog)
+            .bind::<diesel::sql_types::Bool, _>(r.notify)
             .load(self)?;
         Ok(match first(rows) {
             Some(a) => appended(a.o_entry_id, a.o_version, a.o_chain, a.o_missing_catalog),

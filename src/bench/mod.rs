@@ -292,6 +292,8 @@ pub struct Reports {
     pub write: WriteReport,
     /// The many-writer comparison.
     pub contention: ContentionReport,
+    /// What notifying followers costs.
+    pub notify: NotifyReport,
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -386,7 +388,18 @@ pub fn contention(cfg: &WriteBenchConfig) -> Result<ContentionReport> {
     contention_on(&db, &Shared::new(cfg), duration)
 }
 
-/// Runs [`write()`] and then [`contention`] against one scratch database.
+/// Measures what notifying followers costs the write path:
+/// `cfg.writers` writers, each on an aggregate of its own (so that their
+/// commits could otherwise run side by side), pessimistic mode without and
+/// with [`Oplog::with_notify`].
+pub fn notify(cfg: &WriteBenchConfig) -> Result<NotifyReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    notify_on(&db, &Shared::new(cfg), duration)
+}
+
+/// Runs [`write()`], [`contention`] and [`notify`] against one scratch
+/// database.
 pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
     let duration = cfg.check()?;
     let db = Scratch::create(&cfg.url)?;
@@ -394,6 +407,75 @@ pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
     Ok(Reports {
         write: write_on(&db, &shared, duration)?,
         contention: contention_on(&db, &shared, duration)?,
+        notify: notify_on(&db, &shared, duration)?,
+    })
+}
+
+/// What [`notify`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotifyReport {
+    /// Always `"notify"`.
+    pub scenario: &'static str,
+    /// Concurrent writers, each on its own aggregate.
+    pub writers: usize,
+    /// Commits per second with notifications.
+    pub rate_per_s: f64,
+    /// Commits per second without.
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// Without notifications.
+    pub plain: Figures,
+    /// With notifications.
+    pub notifying: Figures,
+}
+
+impl fmt::Display for NotifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "notify: {} writers, each on its own aggregate, {:.1} s per scenario",
+            self.writers, self.plain.seconds
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "(d) pessimistic (Oplog::write)", &self.plain)?;
+        row(f, "(e) (d) + NOTIFY at commit", &self.notifying)?;
+        writeln!(f, "  ratio (e)/(d): {:.2}", self.ratio)
+    }
+}
+
+fn notify_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<NotifyReport> {
+    let run = |scenario: Scenario, prefix: &str| -> Result<Figures> {
+        let mut admin = db.connect()?;
+        let name = |i: usize| format!("{prefix}-{i}");
+        for i in 0..shared.writers {
+            shared.oplog.ensure_ticket(&mut admin, &name(i))?;
+        }
+        let tally = concurrently_on(db, shared, scenario, &name, duration)?;
+        let entries: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM oplog_entry WHERE aggregate_name LIKE $1 || '-%'",
+                &[&prefix],
+            )?
+            .get(0);
+        if entries != i64::try_from(tally.commits + tally.uncounted).unwrap_or(i64::MAX) {
+            return Err(check_failed(format!(
+                "{prefix}: counted {} commits but found {entries} entries",
+                tally.commits + tally.uncounted
+            )));
+        }
+        Ok(Figures::new(scenario.name(), tally))
+    };
+    let plain = run(Scenario::Pessimistic, "bench-spread")?;
+    let notifying = run(Scenario::PessimisticNotify, "bench-notify")?;
+    Ok(NotifyReport {
+        scenario: "notify",
+        writers: shared.writers,
+        rate_per_s: notifying.rate_per_s,
+        baseline_per_s: plain.rate_per_s,
+        ratio: per(notifying.rate_per_s, plain.rate_per_s),
+        plain,
+        notifying,
     })
 }
 
@@ -562,14 +644,27 @@ fn concurrently(
     aggregate: &str,
     duration: Duration,
 ) -> Result<Tally> {
-    let barrier = Barrier::new(shared.writers + 1);
+    concurrently_on(db, shared, scenario, &|_| aggregate.to_string(), duration)
+}
+
+/// As [`concurrently`], writer `i` writing to aggregate `aggregate(i)`.
+fn concurrently_on(
+    db: &Scratch,
+    shared: &Shared,
+    scenario: Scenario,
+    aggregate_of: &(dyn Fn(usize) -> String + Sync),
+    duration: Duration,
+) -> Result<Tally> {
+    let barrier = &Barrier::new(shared.writers + 1);
     // A failing writer stops the others at their next transaction, so that
     // an error ends the run instead of waiting out the duration.
-    let stop = AtomicBool::new(false);
+    let stop = &AtomicBool::new(false);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..shared.writers)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|i| {
+                let aggregate = aggregate_of(i);
+                s.spawn(move || {
+                    let aggregate = aggregate.as_str();
                     // One transaction before the start, so that each new
                     // server process has its caches filled and plans made
                     // before the clock runs.
@@ -581,7 +676,7 @@ fn concurrently(
                     // not connect, so that no other thread waits forever.
                     barrier.wait();
                     let result = writer.and_then(|mut w| {
-                        let mut tally = w.run_for(scenario, aggregate, duration, &stop)?;
+                        let mut tally = w.run_for(scenario, aggregate, duration, stop)?;
                         tally.uncounted += 1;
                         Ok(tally)
                     });
@@ -617,6 +712,8 @@ fn concurrently(
 /// What every writer shares.
 struct Shared {
     oplog: Oplog,
+    /// The same oplog, notifying followers at every commit.
+    notifying: Oplog,
     avatar: Vec<u8>,
     retry: RetryPolicy,
     writers: usize,
@@ -624,8 +721,10 @@ struct Shared {
 
 impl Shared {
     fn new(cfg: &WriteBenchConfig) -> Self {
+        let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
         Shared {
-            oplog: Oplog::new(TypeCatalog::demo(), Keyring::generate()),
+            notifying: oplog.clone().with_notify(true),
+            oplog,
             // A repeating pattern rather than zeros, so that nothing along
             // the way gets to store the payload as a run of one byte.
             avatar: (0..=250u8).cycle().take(cfg.payload_bytes).collect(),
@@ -674,6 +773,8 @@ enum Scenario {
     Optimistic,
     /// Boundary's statements, by hand.
     Boundary,
+    /// As `Pessimistic`, with an oplog that notifies followers at commit.
+    PessimisticNotify,
 }
 
 impl Scenario {
@@ -683,6 +784,7 @@ impl Scenario {
             Scenario::Pessimistic => "pessimistic",
             Scenario::Optimistic => "optimistic",
             Scenario::Boundary => "baseline",
+            Scenario::PessimisticNotify => "pessimistic+notify",
         }
     }
 }
@@ -798,6 +900,11 @@ impl<'a> Writer<'a> {
                     let user = user(&shared.avatar);
                     insert(tx, insert_user, &user)?;
                     oplog.write(tx, &new_entry(aggregate, &user)?)?;
+                }
+                Scenario::PessimisticNotify => {
+                    let user = user(&shared.avatar);
+                    insert(tx, insert_user, &user)?;
+                    shared.notifying.write(tx, &new_entry(aggregate, &user)?)?;
                 }
                 Scenario::Optimistic => {
                     let ticket = oplog.ticket(tx, aggregate)?;
