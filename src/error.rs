@@ -359,6 +359,36 @@ impl Error {
         }
     }
 
+    /// True when the error is a lost or refused connection, or a server
+    /// shutting down or starting up: connecting again later may succeed.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Postgres(e) => {
+                e.is_closed()
+                    || match e.code() {
+                        // Connection exceptions, and operator intervention
+                        // (shutdown, crash, cannot connect now).
+                        Some(code) => {
+                            let code = code.code();
+                            code.starts_with("08") || code.starts_with("57P")
+                        }
+                        // A client-side failure counts only when it comes
+                        // from the socket.
+                        None => e.as_db_error().is_none() && has_io_source(e),
+                    }
+            }
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE of a database error, when the driver exposes it.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -366,6 +396,18 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// True when an I/O error is among the causes of `e`.
+fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// diesel does not expose the SQLSTATE of a deadlock; PostgreSQL's message for

@@ -69,10 +69,12 @@
 
 pub mod bench;
 mod catalog;
+mod consumer;
 mod crypto;
 pub mod demo;
 mod entry;
 mod error;
+mod follow;
 mod mapping;
 mod migrate;
 mod oplog;
@@ -84,26 +86,30 @@ mod retry;
 mod schema;
 mod sql;
 mod store;
+mod trim;
 mod verify;
 
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
 };
+pub use crate::consumer::{consumers, lag, remove_consumer, AggregateLag, ConsumerInfo};
 pub use crate::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
 };
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result};
+pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
 pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
 pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};
 pub use crate::replay::{
-    AggregateReplay, Progress, ReplayOptions, ReplayReport, Replayer, Stopped,
+    AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Stopped,
 };
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::store::Connection;
+pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
 pub use crate::verify::{
     heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
     VerifyOptions, VerifyReport,

@@ -60,6 +60,18 @@ enum Command {
     /// database, exactly once: re-running continues from the checkpoint.
     Replay(ReplayArgs),
 
+    /// Keep a replica up to date until Ctrl-C or SIGTERM (the checkpoint
+    /// is kept), or until caught up; registers it as a consumer.
+    Follow(FollowArgs),
+
+    /// List the replicas registered as consumers, with their lag.
+    #[command(args_conflicts_with_subcommands = true)]
+    Consumers(ConsumersArgs),
+
+    /// Delete entries older than a retention age that every registered
+    /// consumer has applied.
+    Trim(TrimArgs),
+
     /// Check that the log is intact (and its anchors, and a replica): exit
     /// status 0 when clean, 1 when anything was found.
     Verify(VerifyArgs),
@@ -125,6 +137,85 @@ impl ReplayArgs {
             (None, suffix) => oplog::Target::Suffix(suffix.clone().unwrap_or_default()),
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct FollowArgs {
+    /// Replica database to keep up to date.
+    #[arg(long, value_name = "URL")]
+    into: String,
+
+    /// Append SUFFIX to table names on the replica.
+    #[arg(long, value_name = "SUFFIX", default_value = "")]
+    suffix: String,
+
+    /// Consumer name on the source (default: the replica's database, host
+    /// and port).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// Exit 0 once a pass finds nothing to apply.
+    #[arg(long)]
+    until_caught_up: bool,
+
+    /// Longest wait between passes without a notification.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = humantime::parse_duration)]
+    poll: std::time::Duration,
+
+    /// Exit with an error instead of waiting when another follower holds
+    /// the replica.
+    #[arg(long)]
+    no_wait: bool,
+
+    /// Warn when an aggregate's oldest unapplied entry waits this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    lag_warning: std::time::Duration,
+
+    /// Most entries applied in one replica transaction.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+}
+
+#[derive(Debug, Args)]
+struct ConsumersArgs {
+    /// Report consumers behind and without progress for this long as stalled.
+    #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = humantime::parse_duration)]
+    stalled_after: std::time::Duration,
+
+    #[command(subcommand)]
+    command: Option<ConsumersCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumersCommand {
+    /// Unregister a consumer, so that it no longer holds trimming back.
+    Remove {
+        /// The consumer's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TrimArgs {
+    /// Keep entries younger than this (for example 30days, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    older_than: std::time::Duration,
+
+    /// Report what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Only this aggregate.
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+
+    /// Most entries deleted in one transaction.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
+    batch: i64,
+
+    /// Report consumers behind and without progress for this long as stalled.
+    #[arg(long, value_name = "DURATION", default_value = "1day", value_parser = humantime::parse_duration)]
+    stalled_after: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +318,39 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             args.target(),
             args.aggregate.clone(),
             usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+        ),
+        Command::Follow(args) => cli::follow::run(
+            ctx,
+            out,
+            oplog::Target::Database {
+                url: args.into,
+                suffix: args.suffix,
+            },
+            oplog::FollowOptions {
+                name: args.name,
+                poll_interval: args.poll,
+                until_caught_up: args.until_caught_up,
+                wait_for_lock: !args.no_wait,
+                batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+                lag_warning: args.lag_warning,
+                ..oplog::FollowOptions::default()
+            },
+        ),
+        Command::Consumers(ConsumersArgs {
+            command: Some(ConsumersCommand::Remove { name }),
+            ..
+        }) => cli::consumers::remove(ctx, out, &name),
+        Command::Consumers(args) => cli::consumers::list(ctx, out, args.stalled_after),
+        Command::Trim(args) => cli::trim::run(
+            ctx,
+            out,
+            oplog::TrimOptions {
+                older_than: args.older_than,
+                dry_run: args.dry_run,
+                aggregate: args.aggregate,
+                batch: args.batch,
+                stalled_after: args.stalled_after,
+            },
         ),
         Command::Verify(args) => cli::verify::run(
             ctx,

@@ -22,6 +22,7 @@
 //! before it is applied and the other aggregates carry on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -61,7 +62,7 @@ impl Default for ReplayOptions {
 }
 
 /// How far a replay has come, reported after every committed batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// Entries applied so far in this run.
     pub applied: u64,
@@ -69,6 +70,22 @@ pub struct Progress {
     pub remaining: u64,
     /// Time since the run started.
     pub elapsed: Duration,
+    /// The entries the batch just committed.
+    pub batch: Vec<AppliedEntry>,
+}
+
+/// An entry a batch applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// Database id on the source.
+    pub id: i64,
+    /// Aggregate.
+    pub aggregate: String,
+    /// Seq.
+    pub seq: i64,
+    /// When the entry was written on the source, in microseconds since the
+    /// Unix epoch (the source's clock).
+    pub created_at_micros: i64,
 }
 
 /// How one aggregate advanced.
@@ -147,6 +164,7 @@ pub struct Replayer {
     dest: Client,
     key: String,
     plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -218,12 +236,55 @@ impl Replayer {
             dest,
             key,
             plans: HashMap::new(),
+            stop: None,
         })
     }
 
     /// The key of this replica's rows in `oplog_checkpoint`.
     pub fn checkpoint_key(&self) -> &str {
         &self.key
+    }
+
+    /// A flag that, once set, ends a run after the batch being applied
+    /// (everything applied stays checkpointed).
+    pub fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    /// Takes the follower's lock on the replica: a session-level advisory
+    /// lock on the connection that applies, so it lasts exactly as long as
+    /// the session that writes. Returns false when another session holds it.
+    pub(crate) fn try_lock_follower(&mut self) -> Result<bool> {
+        let key = format!("oplog-follow/{}", self.key);
+        let row = self.dest.query_typed_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+            &[(&key, Type::TEXT)],
+        )?;
+        Ok(row.get(0))
+    }
+
+    /// The replica backend (pid) holding the follower's lock, if any.
+    pub(crate) fn follower_lock_holder(&mut self) -> Result<Option<i32>> {
+        let key = format!("oplog-follow/{}", self.key);
+        let row = self.dest.query_typed_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1              AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0) LIMIT 1",
+            &[(&key, Type::TEXT)],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// A name for this replica when none is given: its database, host and
+    /// port as the replica sees them, and the table suffix if any.
+    pub(crate) fn replica_name(&mut self) -> Result<String> {
+        let row = self.dest.query_typed_one(
+            "SELECT current_database()::text, coalesce(host(inet_server_addr()), 'local'),              coalesce(inet_server_port(), 0)",
+            &[],
+        )?;
+        let (db, host, port): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+        Ok(match self.target.table_suffix() {
+            "" => format!("{db}@{host}:{port}"),
+            suffix => format!("{db}@{host}:{port}/{suffix}"),
+        })
     }
 
     /// The replica's checkpoints, by aggregate.
@@ -328,9 +389,10 @@ impl Replayer {
                 .filter(|i| states.contains_key(&i.entry.aggregate))
                 .collect();
             let before = report.stopped.len();
+            let mut batch = Vec::with_capacity(items.len());
             let applied = match self.apply(&items, states) {
                 Ok(()) => {
-                    self.advance(&items, states, report);
+                    self.advance(&items, states, report, &mut batch);
                     Ok(())
                 }
                 Err(ApplyError::Fatal(e)) => Err(e),
@@ -338,7 +400,9 @@ impl Replayer {
                     flow = Ok(Flow::Moved);
                     break;
                 }
-                Err(ApplyError::Entry(_)) => self.apply_one_by_one(&items, states, report),
+                Err(ApplyError::Entry(_)) => {
+                    self.apply_one_by_one(&items, states, report, &mut batch)
+                }
             };
             if let Err(e) = applied {
                 flow = Err(e);
@@ -357,7 +421,17 @@ impl Replayer {
                 applied: report.entries_applied,
                 remaining: total.saturating_sub(report.entries_applied),
                 elapsed: started.elapsed(),
+                batch,
             });
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+            {
+                // Asked to stop: what is applied is checkpointed; the rest
+                // waits for the next run.
+                break;
+            }
         }
         // Dropping the receiver stops the reader at its next batch.
         drop(batches);
@@ -428,6 +502,7 @@ impl Replayer {
         items: &[Item],
         states: &mut BTreeMap<String, AggState>,
         report: &mut ReplayReport,
+        applied: &mut Vec<AppliedEntry>,
     ) -> Result<()> {
         for item in items {
             if !states.contains_key(&item.entry.aggregate) {
@@ -435,7 +510,7 @@ impl Replayer {
             }
             let one = std::slice::from_ref(item);
             match self.apply(one, states) {
-                Ok(()) => self.advance(one, states, report),
+                Ok(()) => self.advance(one, states, report, applied),
                 Err(ApplyError::Fatal(e)) => return Err(e),
                 Err(ApplyError::Moved) => {
                     return Err(Error::Apply {
@@ -464,8 +539,15 @@ impl Replayer {
         items: &[Item],
         states: &mut BTreeMap<String, AggState>,
         report: &mut ReplayReport,
+        applied: &mut Vec<AppliedEntry>,
     ) {
         for item in items {
+            applied.push(AppliedEntry {
+                id: item.entry.id,
+                aggregate: item.entry.aggregate.clone(),
+                seq: item.entry.seq,
+                created_at_micros: item.entry.created_at_micros,
+            });
             if let Some(state) = states.get_mut(&item.entry.aggregate) {
                 state.applied = Checkpoint {
                     seq: item.entry.seq,

@@ -11,12 +11,15 @@ use oplog::{Keyring, Oplog, TypeCatalog};
 use serde::Serialize;
 
 pub mod bench;
+pub mod consumers;
+pub mod follow;
 pub mod head;
 pub mod keys;
 pub mod log;
 pub mod migrate;
 mod render;
 pub mod replay;
+pub mod trim;
 pub mod verify;
 
 /// Exit status of a check that found problems.
@@ -89,18 +92,21 @@ pub fn report(failure: &Failure) -> ExitCode {
         Failure::BrokenPipe => ExitCode::SUCCESS,
         Failure::Found => ExitCode::from(EXIT_FOUND),
         Failure::Error(message) => {
-            // Errors from PostgreSQL and libpq can span several lines
-            // (DETAIL, HINT); one line keeps the output easy to log and grep.
-            let line = message
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
-            let _ = writeln!(io::stderr().lock(), "oplog: error: {line}");
+            let _ = writeln!(io::stderr().lock(), "oplog: error: {}", one_line(message));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Errors from PostgreSQL and libpq can span several lines (DETAIL, HINT);
+/// one line keeps the output easy to log and grep.
+pub fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Standard output, in text or JSON mode.

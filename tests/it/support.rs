@@ -92,3 +92,55 @@ pub fn user(id: &str) -> oplog::demo::User {
         avatar: vec![1, 2, 3],
     }
 }
+
+/// Writes, for each id, a user row and the entry that creates it, each in
+/// its own transaction, on aggregate `aggregate`.
+pub fn create_users(
+    url: &str,
+    log: &oplog::Oplog,
+    aggregate: &str,
+    ids: impl IntoIterator<Item = String>,
+) {
+    let mut client = Client::connect(url, NoTls).unwrap();
+    for id in ids {
+        let u = user(&id);
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&u.id, &u.tenant_id, &u.account_id, &u.email, &u.display_name, &u.phone, &u.age, &u.active, &u.avatar],
+        )
+        .unwrap();
+        let mut entry = oplog::NewEntry::new(aggregate);
+        entry.metadata("actor", "test").create(&u).unwrap();
+        log.write(&mut tx, &entry).unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+/// Every row of `table` as JSON text, in primary key order.
+pub fn table_rows(url: &str, table: &str) -> Vec<String> {
+    Client::connect(url, NoTls)
+        .unwrap()
+        .query(
+            &format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY id"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it holds or `secs` pass; says whether it
+/// held.
+pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    check()
+}

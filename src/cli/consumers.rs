@@ -1,0 +1,43 @@
+//! `oplog consumers`: the replicas registered on the source, and removing
+//! one.
+
+use std::time::Duration;
+
+use super::{read_failure, Context, Failure, Output};
+
+/// Lists every registered consumer with its lag: a line each, or JSON Lines.
+pub fn list(ctx: &Context, out: &mut Output, stalled_after: Duration) -> Result<(), Failure> {
+    let mut client = ctx.connect()?;
+    let consumers = oplog::consumers(&mut client, stalled_after).map_err(read_failure)?;
+    for c in &consumers {
+        if out.json() {
+            out.json_line(c)?;
+        } else {
+            out.line(format_args!(
+                "{}: {} entries behind in {} aggregates, lag {:.1} s, seen {:.0} s ago, advanced {:.0} s ago{}",
+                c.name,
+                c.entries_behind,
+                c.aggregates_behind,
+                c.lag_s,
+                c.seen_s_ago,
+                c.progressed_s_ago,
+                if c.stalled { " (stalled)" } else { "" }
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unregisters `name`, so that it no longer holds trimming back.
+pub fn remove(ctx: &Context, out: &mut Output, name: &str) -> Result<(), Failure> {
+    let mut client = ctx.connect()?;
+    if !oplog::remove_consumer(&mut client, name).map_err(read_failure)? {
+        return Err(Failure::msg(format!(
+            "no consumer named {name:?}; `oplog consumers` lists them"
+        )));
+    }
+    if out.json() {
+        return out.json_line(&serde_json::json!({ "removed": name }));
+    }
+    out.line(format_args!("removed consumer {name}"))
+}

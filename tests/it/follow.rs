@@ -1,0 +1,318 @@
+//! Follow and trim against a real PostgreSQL: a follower beside running
+//! writers, terminated backends, the follower lock, consumers and trimming.
+
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::Duration;
+
+use oplog::{
+    consumers, trim, verify, Error, FollowEvent, FollowOptions, Follower, Keyring, Oplog, Target,
+    TrimOptions, TypeCatalog, VerifyOptions,
+};
+
+use crate::support::{create_users, eventually, table_rows, TestDb};
+
+fn oplog() -> Oplog {
+    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+}
+
+fn ids(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
+    (0..n).map(move |i| format!("{prefix}-{i}"))
+}
+
+/// Sum of the replica's checkpoint seqs (0 without a checkpoint table).
+fn applied(replica: &TestDb) -> i64 {
+    let mut c = replica.client();
+    let exists: bool = c
+        .query_one("SELECT to_regclass('oplog_checkpoint') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    if !exists {
+        return 0;
+    }
+    c.query_one("SELECT coalesce(sum(seq), 0)::bigint FROM oplog_checkpoint", &[])
+        .unwrap()
+        .get(0)
+}
+
+fn assert_replica_matches(log: &Oplog, source: &TestDb, replica: &TestDb) {
+    assert_eq!(
+        table_rows(&replica.url, "demo_user"),
+        table_rows(&source.url, "demo_user")
+    );
+    let report = verify(
+        log,
+        &source.url,
+        &VerifyOptions {
+            against: Some(Target::database(&replica.url)),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+}
+
+/// Runs a follower on a thread until `stop` is set; returns its report
+/// and how many reconnections it announced.
+fn spawn_follower(
+    log: &Oplog,
+    source_url: &str,
+    replica_url: &str,
+    options: FollowOptions,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread::JoinHandle<(oplog::Result<oplog::FollowReport>, u32)>,
+) {
+    let mut follower = Follower::new(log, source_url, Target::database(replica_url), options);
+    let stop = follower.stop_flag();
+    let handle = thread::spawn(move || {
+        let mut reconnects = 0;
+        let result = follower.run(&mut |e| {
+            if matches!(e, FollowEvent::Reconnecting { .. }) {
+                reconnects += 1;
+            }
+        });
+        (result, reconnects)
+    });
+    (stop, handle)
+}
+
+#[test]
+fn a_follower_keeps_up_with_running_writers_and_registers_as_a_consumer() {
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let options = FollowOptions {
+        name: Some("replica-1".into()),
+        ..FollowOptions::default()
+    };
+    let (stop, follower) = spawn_follower(&log, &source.url, &replica.url, options);
+    thread::scope(|s| {
+        for w in 0..4 {
+            let (url, log) = (&source.url, &log);
+            s.spawn(move || {
+                create_users(
+                    url,
+                    log,
+                    &format!("tenant-{}", w % 2),
+                    ids(&format!("w{w}"), 50),
+                )
+            });
+        }
+    });
+    assert!(
+        eventually(30, || applied(&replica) == 200),
+        "applied {}",
+        applied(&replica)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (report, _) = follower.join().unwrap();
+    let report = report.unwrap();
+    assert_eq!(report.entries_applied, 200);
+    assert_eq!(report.consumer, "replica-1");
+    assert_replica_matches(&log, &source, &replica);
+    let registered = consumers(&mut source.client(), Duration::from_secs(60)).unwrap();
+    assert_eq!(registered.len(), 1);
+    assert_eq!(
+        (registered[0].name.as_str(), registered[0].entries_behind),
+        ("replica-1", 0)
+    );
+}
+
+#[test]
+fn a_follower_reconnects_after_its_backends_are_terminated() {
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    // The follower's own connections carry a name, so that only they are
+    // terminated, not the writers'.
+    let tag = |url: &str| format!("{url}?application_name=oplog_follower_under_test");
+    let (stop, follower) = spawn_follower(
+        &log,
+        &tag(&source.url),
+        &tag(&replica.url),
+        FollowOptions::default(),
+    );
+    thread::scope(|s| {
+        let (url, log) = (&source.url, &log);
+        s.spawn(move || create_users(url, log, "tenant", ids("u", 300)));
+        for round in 0..3 {
+            assert!(eventually(30, || applied(&replica) > round * 60));
+            let mut admin = source.client();
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'oplog_follower_under_test' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap();
+        }
+    });
+    assert!(
+        eventually(30, || applied(&replica) == 300),
+        "applied {}",
+        applied(&replica)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (report, reconnects) = follower.join().unwrap();
+    report.unwrap();
+    assert!(reconnects >= 1, "the follower reconnected");
+    assert_replica_matches(&log, &source, &replica);
+}
+
+#[test]
+fn trimming_keeps_what_a_lagging_consumer_needs_and_verify_stays_clean() {
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    create_users(&source.url, &log, "agg", ids("a", 20));
+    let catch_up = |name: &str, replica: &TestDb| {
+        Follower::new(
+            &log,
+            &source.url,
+            Target::database(&replica.url),
+            FollowOptions {
+                name: Some(name.into()),
+                until_caught_up: true,
+                ..FollowOptions::default()
+            },
+        )
+        .run(&mut |_| {})
+    };
+    catch_up("r1", &replica).unwrap();
+    create_users(&source.url, &log, "agg", ids("b", 10));
+    let everything = TrimOptions {
+        older_than: Duration::ZERO,
+        ..TrimOptions::default()
+    };
+
+    // Young entries are kept whatever the consumers say.
+    let young = trim(
+        &mut source.client(),
+        &TrimOptions {
+            older_than: Duration::from_secs(3600),
+            ..TrimOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(young.deleted, 0);
+
+    // The consumer has applied 20 of 30: only those go.
+    let dry = trim(
+        &mut source.client(),
+        &TrimOptions {
+            dry_run: true,
+            ..everything.clone()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!((dry.deleted, dry.aggregates[0].to_seq), (20, 20));
+    assert_eq!(
+        source.scalar::<i64>("SELECT count(*) FROM oplog_entry"),
+        30,
+        "a dry run deletes nothing"
+    );
+    let first = trim(&mut source.client(), &everything, &mut |_, _| {}).unwrap();
+    assert_eq!(first.deleted, 20);
+    assert_eq!(first.aggregates[0].held_back_at, Some(20));
+    assert_eq!(source.scalar::<i64>("SELECT min(seq) FROM oplog_entry"), 21);
+    let clean = verify(&log, &source.url, &VerifyOptions::default()).unwrap();
+    assert!(clean.is_clean(), "{:?}", clean.findings);
+
+    // Once it catches up, the rest can go too.
+    catch_up("r1", &replica).unwrap();
+    let second = trim(&mut source.client(), &everything, &mut |_, _| {}).unwrap();
+    assert_eq!((second.deleted, second.aggregates[0].to_seq), (10, 30));
+    let clean = verify(&log, &source.url, &VerifyOptions::default()).unwrap();
+    assert!(clean.is_clean(), "{:?}", clean.findings);
+    assert_replica_matches(&log, &source, &replica);
+
+    // A new replica starting below the trim point learns that coverage is
+    // lost, instead of skipping what it never saw.
+    let late = TestDb::empty();
+    let err = catch_up("r2", &late).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Gap {
+                missing: 1,
+                trimmed_through: Some(30),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("coverage lost"), "{err}");
+}
+
+#[test]
+fn entries_are_deleted_only_by_trimming_and_never_past_a_consumer() {
+    let source = TestDb::new();
+    let log = oplog();
+    create_users(&source.url, &log, "agg", ids("a", 5));
+    let mut c = source.client();
+    let err = Error::from(
+        c.execute("DELETE FROM oplog_entry WHERE seq = 1", &[])
+            .unwrap_err(),
+    );
+    assert!(
+        err.to_string().contains("can only be deleted by trimming"),
+        "{err}"
+    );
+    let err = Error::from(c.execute("DELETE FROM oplog_metadata", &[]).unwrap_err());
+    assert!(
+        err.to_string().contains("can only be deleted by trimming"),
+        "{err}"
+    );
+    // A registered consumer at seq 2 caps even a direct call of the
+    // database function.
+    c.batch_execute(
+        "INSERT INTO oplog_consumer (name) VALUES ('slow'); \
+         INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq) VALUES ('slow', 'agg', 2)",
+    )
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT o_deleted, o_trim_seq FROM oplog_trim('agg', 5, 100)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 2));
+    // Stalled consumers are reported, not dropped; removing one lets
+    // trimming go on.
+    let report = trim(
+        &mut c,
+        &TrimOptions {
+            older_than: Duration::ZERO,
+            stalled_after: Duration::ZERO,
+            ..TrimOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(report.deleted, 0);
+    assert_eq!(report.stalled.len(), 1);
+    assert_eq!(
+        (
+            report.stalled[0].name.as_str(),
+            report.stalled[0].entries_behind
+        ),
+        ("slow", 3)
+    );
+    assert!(oplog::remove_consumer(&mut c, "slow").unwrap());
+    let report = trim(
+        &mut c,
+        &TrimOptions {
+            older_than: Duration::ZERO,
+            ..TrimOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(report.deleted, 3);
+    assert!(verify(&log, &source.url, &VerifyOptions::default())
+        .unwrap()
+        .is_clean());
+}
