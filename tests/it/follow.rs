@@ -30,9 +30,12 @@ fn applied(replica: &TestDb) -> i64 {
     if !exists {
         return 0;
     }
-    c.query_one("SELECT coalesce(sum(seq), 0)::bigint FROM oplog_checkpoint", &[])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT coalesce(sum(seq), 0)::bigint FROM oplog_checkpoint",
+        &[],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn assert_replica_matches(log: &Oplog, source: &TestDb, replica: &TestDb) {
@@ -315,4 +318,252 @@ fn entries_are_deleted_only_by_trimming_and_never_past_a_consumer() {
     assert!(verify(&log, &source.url, &VerifyOptions::default())
         .unwrap()
         .is_clean());
+}
+
+/// A running `oplog follow` whose standard error is collected line by line.
+struct FollowProcess {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FollowProcess {
+    fn start(source: &TestDb, replica: &TestDb, keys: &str, extra: &[&str]) -> FollowProcess {
+        use std::io::BufRead;
+        let mut child = crate::cli::oplog_cmd()
+            .args([
+                "follow",
+                "--into",
+                &replica.url,
+                "--database-url",
+                &source.url,
+                "--key-file",
+                keys,
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        FollowProcess { child, lines }
+    }
+
+    fn said(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn keys_in(dir: &crate::cli::TempDir, log_keys: &Keyring) -> String {
+    crate::cli::save_keyring(log_keys, &dir.join("keys.json"))
+}
+
+#[test]
+fn a_follower_killed_at_random_points_while_writers_run_converges_without_duplicates() {
+    use rand::Rng;
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let ring = Keyring::generate();
+    let dir = crate::cli::TempDir::new();
+    let keys = keys_in(&dir, &ring);
+    let log = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    thread::scope(|s| {
+        let (url, log) = (&source.url, &log);
+        let writers = s.spawn(move || {
+            for round in 0..6 {
+                create_users(
+                    url,
+                    log,
+                    &format!("tenant-{}", round % 3),
+                    ids(&format!("r{round}"), 60),
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut kills = 0;
+        while !writers.is_finished() {
+            let follower = FollowProcess::start(&source, &replica, &keys, &[]);
+            thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(50..400)));
+            follower.kill();
+            kills += 1;
+            // Killed at any moment, the replica holds exactly the rows its
+            // checkpoints cover: nothing half-applied, nothing twice.
+            let created: bool = replica
+                .client()
+                .query_one("SELECT to_regclass('demo_user') IS NOT NULL", &[])
+                .unwrap()
+                .get(0);
+            if created {
+                let count: i64 = replica.scalar("SELECT count(*) FROM demo_user");
+                assert_eq!(count, applied(&replica), "after kill {kills}");
+            }
+        }
+        assert!(kills >= 2, "killed {kills} times");
+    });
+    let out = crate::cli::oplog_cmd()
+        .args([
+            "follow",
+            "--into",
+            &replica.url,
+            "--until-caught-up",
+            "--json",
+        ])
+        .args(["--database-url", &source.url, "--key-file", &keys])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::cli::text(&out.stderr)
+    );
+    assert_eq!(applied(&replica), 360);
+    assert_replica_matches(&log, &source, &replica);
+}
+
+#[test]
+fn a_second_follower_waits_for_the_first_and_takes_over_when_it_dies() {
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let ring = Keyring::generate();
+    let dir = crate::cli::TempDir::new();
+    let keys = keys_in(&dir, &ring);
+    let log = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    let first = FollowProcess::start(&source, &replica, &keys, &["--name", "shared"]);
+    assert!(
+        eventually(20, || first.said("following as consumer")),
+        "{:?}",
+        first.lines
+    );
+    let second = FollowProcess::start(&source, &replica, &keys, &["--name", "shared"]);
+    assert!(
+        eventually(20, || second.said("waiting for the follower lock")),
+        "{:?}",
+        second.lines
+    );
+    // With --no-wait a third gives up at once, naming the holder.
+    let out = crate::cli::oplog_cmd()
+        .args(["follow", "--into", &replica.url, "--no-wait"])
+        .args(["--database-url", &source.url, "--key-file", &keys])
+        .output()
+        .unwrap();
+    let stderr = crate::cli::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr
+            .contains("another follower is already applying to this replica (replica backend pid"),
+        "{stderr}"
+    );
+
+    create_users(&source.url, &log, "agg", ids("a", 10));
+    assert!(eventually(20, || applied(&replica) == 10));
+    assert!(
+        !second.said("following as consumer"),
+        "only one follower applies"
+    );
+    first.kill();
+    assert!(
+        eventually(20, || second.said("following as consumer")),
+        "{:?}",
+        second.lines
+    );
+    create_users(&source.url, &log, "agg", ids("b", 10));
+    assert!(eventually(20, || applied(&replica) == 20));
+    second.kill();
+    assert_replica_matches(&log, &source, &replica);
+}
+
+#[test]
+fn consumers_and_trim_on_the_command_line() {
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let ring = Keyring::generate();
+    let dir = crate::cli::TempDir::new();
+    let keys = keys_in(&dir, &ring);
+    let log = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    create_users(&source.url, &log, "agg", ids("a", 6));
+    let run = |args: &[&str]| {
+        crate::cli::oplog_cmd()
+            .args(args)
+            .args(["--database-url", &source.url, "--key-file", &keys])
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "follow",
+        "--into",
+        &replica.url,
+        "--name",
+        "r1",
+        "--until-caught-up",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        crate::cli::text(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["consumer"].as_str(),
+            report["entries_applied"].as_u64()
+        ),
+        (Some("r1"), Some(6))
+    );
+    create_users(&source.url, &log, "agg", ids("b", 4));
+
+    let listed = crate::cli::success(&run(&["consumers", "--json"]));
+    let r1: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(
+        (r1["name"].as_str(), r1["entries_behind"].as_i64()),
+        (Some("r1"), Some(4))
+    );
+    assert!(crate::cli::success(&run(&["consumers"]))
+        .starts_with("r1: 4 entries behind in 1 aggregates"));
+
+    let dry = crate::cli::success(&run(&["trim", "--older-than", "0s", "--dry-run"]));
+    assert!(dry.contains("agg: would delete 6 entries (trim point 0 -> 6); a consumer has only applied up to seq 6"), "{dry}");
+    let done: serde_json::Value = serde_json::from_str(
+        crate::cli::success(&run(&["trim", "--older-than", "0s", "--json"])).trim(),
+    )
+    .unwrap();
+    assert_eq!(done["deleted"], 6);
+    assert_eq!(
+        crate::cli::success(&run(&["consumers", "remove", "r1"])),
+        "removed consumer r1\n"
+    );
+    crate::cli::failure(
+        &run(&["consumers", "remove", "r1"]),
+        &["no consumer named \"r1\""],
+    );
+    crate::cli::failure(&run(&["trim"]), &["--older-than"]);
 }
