@@ -19,7 +19,7 @@
 
 use std::process::ExitCode;
 
-use oplog::bench::{self, ReplayBenchConfig, WriteBenchConfig};
+use oplog::bench::{self, FollowBenchConfig, ReplayBenchConfig, WriteBenchConfig};
 
 /// Scenario length in test mode, in seconds.
 const TEST_SECONDS: f64 = 0.2;
@@ -33,12 +33,14 @@ const USAGE: &str =
 struct Args {
     cfg: WriteBenchConfig,
     replay: ReplayBenchConfig,
+    follow: FollowBenchConfig,
     json: bool,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut cfg = WriteBenchConfig::from_env();
     let mut replay = ReplayBenchConfig::from_env();
+    let mut follow = FollowBenchConfig::from_env();
     let (mut json, mut bench_flag, mut test_flag) = (false, false, false);
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -76,6 +78,11 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--entries: {e}"))?;
             }
+            "--follow-seconds" => {
+                follow.seconds = value("a number of seconds")?
+                    .parse()
+                    .map_err(|e| format!("--follow-seconds: {e}"))?;
+            }
             "--json" => json = true,
             "--bench" => bench_flag = true,
             "--test" => test_flag = true,
@@ -92,8 +99,15 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     if test_flag || !bench_flag {
         cfg.seconds = TEST_SECONDS;
         replay.entries = TEST_ENTRIES;
+        follow.seconds = TEST_SECONDS;
+        follow.steady_rate = 200.0;
     }
-    Ok(Args { cfg, replay, json })
+    Ok(Args {
+        cfg,
+        replay,
+        follow,
+        json,
+    })
 }
 
 fn main() -> ExitCode {
@@ -104,11 +118,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reports = bench::all(&args.cfg).and_then(|r| Ok((r, bench::replay(&args.replay)?)));
+    let reports = bench::all(&args.cfg).and_then(|r| {
+        Ok((
+            r,
+            bench::replay(&args.replay)?,
+            bench::follow(&args.follow)?,
+        ))
+    });
     match reports {
-        Ok((reports, replay)) => {
+        Ok((reports, replay, follow)) => {
             println!(
-                "{}\n{}\n{}\n{replay}",
+                "{}\n{}\n{}\n{replay}\n{follow}",
                 reports.write, reports.contention, reports.notify
             );
             if args.json {
@@ -117,6 +137,7 @@ fn main() -> ExitCode {
                     "contention": reports.contention,
                     "notify": reports.notify,
                     "replay": replay,
+                    "follow": follow,
                 });
                 println!(
                     "{}",

@@ -49,8 +49,13 @@ use crate::oplog::Oplog;
 use crate::queue::{Limits, Operation};
 use crate::retry::RetryPolicy;
 
+mod follow;
 mod replay;
 
+pub use follow::{
+    follow, FollowBenchConfig, FollowBenchReport, Replication, FOLLOW_TARGET_CATCH_UP_RATIO,
+    FOLLOW_TARGET_P99_MS,
+};
 pub use replay::{replay, ReplayBenchConfig, ReplayBenchReport, REPLAY_TARGET_RATIO};
 
 /// Server URL used when `DATABASE_URL` is not set.
