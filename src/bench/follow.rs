@@ -192,7 +192,8 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| invalid(format!("seconds must be positive, not {}", cfg.seconds)))?;
-    if cfg.writers == 0 || cfg.aggregates == 0 || !(cfg.steady_rate > 0.0) {
+    if cfg.writers == 0 || cfg.aggregates == 0 || cfg.steady_rate.is_nan() || cfg.steady_rate <= 0.0
+    {
         return Err(invalid(
             "writers, aggregates and the steady rate must be positive".into(),
         ));
@@ -248,8 +249,8 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         let lags = lags(db, &commits)?;
         Ok(Replication {
             method,
-            lag_p50_ms: quantile(&lags, 0.50),
-            lag_p99_ms: quantile(&lags, 0.99),
+            lag_p50_ms: quantile(&lags, 50),
+            lag_p99_ms: quantile(&lags, 99),
             lag_max_ms: lags.last().copied().unwrap_or(0.0),
             catch_up_s: caught.as_secs_f64(),
             apply_rate_per_s: burst as f64 / (burst_window + caught).as_secs_f64(),
@@ -398,12 +399,10 @@ fn lags(db: &Scratch, commits: &HashMap<String, f64>) -> Result<Vec<f64>> {
     Ok(lags)
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((sorted.len() as f64) * q).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// The `percent`th percentile (nearest rank) of `sorted`, 0 when empty.
+fn quantile(sorted: &[f64], percent: usize) -> f64 {
+    let rank = (sorted.len() * percent).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
 }
 
 /// Built-in logical replication of `demo_user` from the source into a
