@@ -567,3 +567,40 @@ fn consumers_and_trim_on_the_command_line() {
     );
     crate::cli::failure(&run(&["trim"]), &["--older-than"]);
 }
+
+#[test]
+fn lag_is_counted_in_entries_and_in_the_age_of_the_oldest_waiting_entry() {
+    let source = TestDb::new();
+    let log = oplog();
+    create_users(&source.url, &log, "a", ids("a", 5));
+    create_users(&source.url, &log, "b", ids("b", 2));
+    let mut c = source.client();
+    c.batch_execute(
+        "INSERT INTO oplog_consumer (name) VALUES ('r'); \
+         INSERT INTO oplog_consumer_position VALUES ('r', 'a', 3, now()), ('r', 'b', 2, now())",
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let lag = oplog::lag(&mut c, "r").unwrap();
+    assert_eq!(lag.len(), 1, "b is caught up: {lag:?}");
+    assert_eq!(
+        (
+            lag[0].aggregate.as_str(),
+            lag[0].source_seq,
+            lag[0].applied_seq,
+            lag[0].entries
+        ),
+        ("a", 5, 3, 2)
+    );
+    assert!(lag[0].seconds >= 0.3, "{lag:?}");
+    let listed = consumers(&mut c, Duration::from_secs(3600)).unwrap();
+    assert_eq!(
+        (
+            listed[0].entries_behind,
+            listed[0].aggregates_behind,
+            listed[0].stalled
+        ),
+        (2, 1, false)
+    );
+    assert!(listed[0].lag_s >= 0.3);
+}
