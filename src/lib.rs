@@ -83,6 +83,7 @@ mod queue;
 mod replay;
 mod replica;
 mod retry;
+mod roles;
 mod schema;
 mod sql;
 mod store;
@@ -108,6 +109,7 @@ pub use crate::replay::{
 };
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
+pub use crate::roles::{grant, grants, Role};
 pub use crate::store::Connection;
 pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
 pub use crate::verify::{

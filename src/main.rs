@@ -72,6 +72,10 @@ enum Command {
     /// consumer has applied.
     Trim(TrimArgs),
 
+    /// Grant a database role what a writer, reader or trimmer needs, and
+    /// no more (run as the role that migrated).
+    Grant(GrantArgs),
+
     /// Check that the log is intact (and its anchors, and a replica): exit
     /// status 0 when clean, 1 when anything was found.
     Verify(VerifyArgs),
@@ -193,6 +197,21 @@ enum ConsumersCommand {
         /// The consumer's name.
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// What the role is for: writer, reader or trimmer.
+    #[arg(value_name = "KIND")]
+    kind: String,
+
+    /// The database role to grant to.
+    #[arg(value_name = "ROLE")]
+    role: String,
+
+    /// Print the statements instead of running them.
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +371,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 stalled_after: args.stalled_after,
             },
         ),
+        Command::Grant(args) => cli::grant::run(ctx, out, &args.kind, &args.role, args.print),
         Command::Verify(args) => cli::verify::run(
             ctx,
             out,

@@ -13,6 +13,7 @@ use serde::Serialize;
 pub mod bench;
 pub mod consumers;
 pub mod follow;
+pub mod grant;
 pub mod head;
 pub mod keys;
 pub mod log;

@@ -5,6 +5,7 @@
 mod cli;
 mod follow;
 mod replay;
+mod roles;
 mod support;
 mod verify;
 mod write;

@@ -1,0 +1,129 @@
+//! Least privilege: the grants each kind of user of the log needs, and no
+//! more.
+//!
+//! - **Writer** (the application): appends entries through `oplog_append`.
+//!   It may read and advance tickets, insert entries, metadata and catalogs,
+//!   and read entries back (the keys, not the database, protect payloads).
+//!   It may not update or delete entries, truncate, trim, or change the
+//!   schema: it cannot rewrite history, only add to it.
+//! - **Reader** (`log`, `verify`, `replay` and `follow` on the source):
+//!   reads everything, and maintains the consumer registry so trimming knows
+//!   what its replica needs.
+//! - **Trimmer** (`trim`): reads what trimming decides on, and may run
+//!   `oplog_trim`, which deletes under its own rules (never past a consumer)
+//!   with the rights of the role that migrated. It has no DELETE privilege
+//!   of its own.
+//!
+//! The migrating role owns the tables and stays the only one that can alter
+//! them. Grants are per database and per role; [`grants`] gives the SQL,
+//! [`grant`] runs it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use postgres::GenericClient;
+
+use crate::error::{Error, Result};
+use crate::sql::ident;
+
+/// A kind of user of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The application that writes entries.
+    Writer,
+    /// Readers, verifiers and followers.
+    Reader,
+    /// The job that trims.
+    Trimmer,
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "writer" => Ok(Role::Writer),
+            "reader" => Ok(Role::Reader),
+            "trimmer" => Ok(Role::Trimmer),
+            other => Err(Error::InvalidEntry(format!(
+                "unknown role kind {other:?}; use writer, reader or trimmer"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::Trimmer => "trimmer",
+        })
+    }
+}
+
+/// The statements that give database role `name` what `role` needs in the
+/// current database; `name` is quoted.
+pub fn grants(role: Role, name: &str) -> String {
+    let to = ident(name);
+    let lines: Vec<String> = match role {
+        Role::Writer => vec![
+            format!("GRANT SELECT, INSERT ON oplog_ticket TO {to}"),
+            format!("GRANT UPDATE (version, chain) ON oplog_ticket TO {to}"),
+            format!("GRANT SELECT, INSERT ON oplog_entry TO {to}"),
+            format!("GRANT SELECT, INSERT ON oplog_metadata TO {to}"),
+            format!("GRANT SELECT, INSERT ON oplog_catalog TO {to}"),
+            format!(
+                "GRANT EXECUTE ON FUNCTION oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean) TO {to}"
+            ),
+        ],
+        Role::Reader => vec![
+            format!(
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point TO {to}"
+            ),
+            format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
+            format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),
+        ],
+        Role::Trimmer => vec![
+            format!(
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_trim_point, oplog_consumer, oplog_consumer_position TO {to}"
+            ),
+            format!("GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {to}"),
+            format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint) TO {to}"),
+        ],
+    };
+    let mut sql = lines.join(";\n");
+    sql.push_str(";\n");
+    sql
+}
+
+/// Runs [`grants`] for `role` and `name` in one transaction. The role must
+/// exist; the connection must be the tables' owner (the migrating role).
+pub fn grant(conn: &mut impl GenericClient, role: Role, name: &str) -> Result<()> {
+    let mut tx = conn.transaction()?;
+    tx.batch_execute(&grants(role, name))?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_gets_no_update_or_delete_of_entries_and_names_are_quoted() {
+        let sql = grants(Role::Writer, "app\"; DROP TABLE x; --");
+        assert!(sql.contains("TO \"app\"\"; DROP TABLE x; --\""), "{sql}");
+        for line in sql.lines() {
+            if line.contains("oplog_entry") || line.contains("oplog_metadata") {
+                assert!(
+                    !line.contains("UPDATE") && !line.contains("DELETE"),
+                    "{line}"
+                );
+            }
+        }
+        assert!(!grants(Role::Trimmer, "t").contains("DELETE"));
+        assert_eq!("reader".parse::<Role>().unwrap(), Role::Reader);
+        assert!("admin".parse::<Role>().is_err());
+    }
+}
