@@ -411,15 +411,7 @@ impl Oplog {
         let entry_ref = || row_ref(&row);
         let (uuid, metadata) = row_parts(&row)?;
         let catalog = self.catalog_for(conn, row.catalog.as_deref(), entry_ref)?;
-        let header = Header {
-            aggregate: &row.aggregate_name,
-            seq: row.seq,
-            format: row.format,
-            key_id: &row.key_id,
-            uuid,
-            metadata: &metadata,
-            catalog: row.catalog.as_deref(),
-        };
+        let header = row_header(&row, uuid, &metadata);
         let operations = entry::open(
             self.wrapper.as_ref(),
             &catalog,
@@ -484,14 +476,18 @@ pub(crate) fn row_parts(row: &StoredRow) -> Result<(Uuid, Metadata)> {
 /// needed, so the chain can be checked even where decryption fails.
 pub(crate) fn expected_chain(row: &StoredRow, prev: &[u8]) -> Result<[u8; HASH_LEN]> {
     let (uuid, metadata) = row_parts(row)?;
-    let header = Header {
+    Ok(row_header(row, uuid, &metadata).chain(prev, &row.digest))
+}
+
+/// The header a stored row claims.
+fn row_header<'a>(row: &'a StoredRow, uuid: Uuid, metadata: &'a Metadata) -> Header<'a> {
+    Header {
         aggregate: &row.aggregate_name,
         seq: row.seq,
         format: row.format,
         key_id: &row.key_id,
         uuid,
-        metadata: &metadata,
+        metadata,
         catalog: row.catalog.as_deref(),
-    };
-    Ok(header.chain(prev, &row.digest))
+    }
 }

@@ -372,22 +372,20 @@ impl FollowProcess {
     }
 }
 
-fn keys_in(dir: &crate::cli::TempDir, log_keys: &Keyring) -> String {
-    crate::cli::save_keyring(log_keys, &dir.join("keys.json"))
+/// A source, an empty replica, a key file (in a directory that lives as long
+/// as the returned value) and an oplog with the same keys.
+fn cli_fixture() -> (TestDb, TestDb, crate::cli::TempDir, String, Oplog) {
+    let ring = Keyring::generate();
+    let dir = crate::cli::TempDir::new();
+    let keys = crate::cli::save_keyring(&ring, &dir.join("keys.json"));
+    let log = Oplog::new(TypeCatalog::demo(), ring);
+    (TestDb::new(), TestDb::empty(), dir, keys, log)
 }
 
 #[test]
 fn a_follower_killed_at_random_points_while_writers_run_converges_without_duplicates() {
     use rand::Rng;
-    let source = TestDb::new();
-    let replica = TestDb::empty();
-    let ring = Keyring::generate();
-    let dir = crate::cli::TempDir::new();
-    let keys = keys_in(&dir, &ring);
-    let log = Oplog::new(
-        TypeCatalog::demo(),
-        Keyring::from_json(&ring.to_json()).unwrap(),
-    );
+    let (source, replica, _dir, keys, log) = cli_fixture();
     thread::scope(|s| {
         let (url, log) = (&source.url, &log);
         let writers = s.spawn(move || {
@@ -444,15 +442,7 @@ fn a_follower_killed_at_random_points_while_writers_run_converges_without_duplic
 
 #[test]
 fn a_second_follower_waits_for_the_first_and_takes_over_when_it_dies() {
-    let source = TestDb::new();
-    let replica = TestDb::empty();
-    let ring = Keyring::generate();
-    let dir = crate::cli::TempDir::new();
-    let keys = keys_in(&dir, &ring);
-    let log = Oplog::new(
-        TypeCatalog::demo(),
-        Keyring::from_json(&ring.to_json()).unwrap(),
-    );
+    let (source, replica, _dir, keys, log) = cli_fixture();
     let first = FollowProcess::start(&source, &replica, &keys, &["--name", "shared"]);
     assert!(
         eventually(20, || first.said("following as consumer")),
@@ -499,15 +489,7 @@ fn a_second_follower_waits_for_the_first_and_takes_over_when_it_dies() {
 
 #[test]
 fn consumers_and_trim_on_the_command_line() {
-    let source = TestDb::new();
-    let replica = TestDb::empty();
-    let ring = Keyring::generate();
-    let dir = crate::cli::TempDir::new();
-    let keys = keys_in(&dir, &ring);
-    let log = Oplog::new(
-        TypeCatalog::demo(),
-        Keyring::from_json(&ring.to_json()).unwrap(),
-    );
+    let (source, replica, _dir, keys, log) = cli_fixture();
     create_users(&source.url, &log, "agg", ids("a", 6));
     let run = |args: &[&str]| {
         crate::cli::oplog_cmd()

@@ -8,7 +8,7 @@ use oplog::{
     ReplayReport, Replayer, TableInfo, Target, TypeCatalog,
 };
 
-use crate::support::{superuser_exec, user, TestDb};
+use crate::support::{superuser_exec, table_rows, user, TestDb};
 
 fn oplog() -> Oplog {
     Oplog::new(TypeCatalog::demo(), Keyring::generate())
@@ -140,19 +140,6 @@ fn boundary_scenarios(db: &TestDb, log: &Oplog, aggregate: &str) {
     commit(db, log, &e, |tx| upsert_user(tx, &u5));
 }
 
-/// Every row of `table`, column by column, as JSON text in key order.
-fn rows(client: &mut postgres::Client, table: &str) -> Vec<String> {
-    client
-        .query(
-            &format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY id"),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 fn replay(log: &Oplog, db: &TestDb, target: Target) -> ReplayReport {
     replay_with(log, db, target, ReplayOptions::default())
 }
@@ -171,10 +158,9 @@ fn boundary_scenarios_replay_into_suffixed_tables_column_by_column() {
     assert!(report.is_complete(), "{:?}", report.stopped);
     assert_eq!(report.entries_applied, 8);
     assert_eq!(report.tables_created, ["demo_user_replay"]);
-    let mut c = db.client();
-    let source = rows(&mut c, "demo_user");
+    let source = table_rows(&db.url, "demo_user");
     assert_eq!(source.len(), 2, "u1 and u5 remain");
-    assert_eq!(rows(&mut c, "demo_user_replay"), source);
+    assert_eq!(table_rows(&db.url, "demo_user_replay"), source);
     // The suffixed table was created like the source: primary key, the
     // unique email and the defaults.
     let constraints: i64 = db.scalar(
@@ -193,8 +179,8 @@ fn boundary_scenarios_replay_into_a_separate_database() {
     assert!(report.is_complete(), "{:?}", report.stopped);
     assert_eq!(report.entries_applied, 8);
     assert_eq!(
-        rows(&mut replica.client(), "demo_user"),
-        rows(&mut db.client(), "demo_user")
+        table_rows(&replica.url, "demo_user"),
+        table_rows(&db.url, "demo_user")
     );
     // The table was re-created from the source's definition: same columns
     // and types, NOT NULL, defaults, primary key and unique constraint.
@@ -242,8 +228,8 @@ fn replaying_again_applies_nothing_twice_and_picks_up_new_entries() {
     assert_eq!(second.entries_applied, 0);
     assert!(second.aggregates.is_empty());
     assert_eq!(
-        rows(&mut replica.client(), "demo_user"),
-        rows(&mut db.client(), "demo_user")
+        table_rows(&replica.url, "demo_user"),
+        table_rows(&db.url, "demo_user")
     );
 
     // New entries on the source are applied from the checkpoint on.
@@ -276,8 +262,8 @@ fn replaying_again_applies_nothing_twice_and_picks_up_new_entries() {
         (8, 9)
     );
     assert_eq!(
-        rows(&mut replica.client(), "demo_account"),
-        rows(&mut db.client(), "demo_account")
+        table_rows(&replica.url, "demo_account"),
+        table_rows(&db.url, "demo_account")
     );
 }
 
@@ -577,13 +563,13 @@ fn every_field_kind_replays_into_its_column_type() {
     let replica = TestDb::empty();
     let report = replay(&log, &db, Target::database(&replica.url));
     assert!(report.is_complete(), "{:?}", report.stopped);
-    let source = rows(&mut db.client(), "kitchen_sink");
+    let source = table_rows(&db.url, "kitchen_sink");
     assert!(source[0].contains("\"d\":\"NaN\""), "{}", source[0]);
-    assert_eq!(rows(&mut replica.client(), "kitchen_sink"), source);
+    assert_eq!(table_rows(&replica.url, "kitchen_sink"), source);
     // And into suffixed tables of the source.
     let report = replay(&log, &db, Target::suffix("_copy"));
     assert!(report.is_complete(), "{:?}", report.stopped);
-    assert_eq!(rows(&mut db.client(), "kitchen_sink_copy"), source);
+    assert_eq!(table_rows(&db.url, "kitchen_sink_copy"), source);
 }
 
 /// A descriptor set with one message whose field name is hostile, built by

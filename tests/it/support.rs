@@ -100,8 +100,9 @@ pub fn create_users(
     log: &oplog::Oplog,
     aggregate: &str,
     ids: impl IntoIterator<Item = String>,
-) {
+) -> Vec<oplog::Written> {
     let mut client = Client::connect(url, NoTls).unwrap();
+    let mut written = Vec::new();
     for id in ids {
         let u = user(&id);
         let mut tx = client.transaction().unwrap();
@@ -112,10 +113,11 @@ pub fn create_users(
         )
         .unwrap();
         let mut entry = oplog::NewEntry::new(aggregate);
-        entry.metadata("actor", "test").create(&u).unwrap();
-        log.write(&mut tx, &entry).unwrap();
+        entry.metadata("actor", "alice").create(&u).unwrap();
+        written.push(log.write(&mut tx, &entry).unwrap());
         tx.commit().unwrap();
     }
+    written
 }
 
 /// Every row of `table` as JSON text, in primary key order.

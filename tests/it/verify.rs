@@ -6,13 +6,13 @@ use std::io::{Read, Write};
 use std::process::Output;
 
 use oplog::{
-    heads, verify, DifferenceKind, FindingKind, Head, Keyring, NewEntry, Oplog, Target,
-    TypeCatalog, VerifyOptions, VerifyReport, Written,
+    heads, verify, DifferenceKind, FindingKind, Head, Keyring, Oplog, Target, TypeCatalog,
+    VerifyOptions, VerifyReport, Written,
 };
 use serde_json::Value;
 
 use crate::cli::{failure, oplog_cmd, save_keyring, success, text, TempDir};
-use crate::support::{superuser_exec, user, TestDb};
+use crate::support::{superuser_exec, TestDb};
 
 /// One keyring for every test, so a key file can be written for the CLI.
 fn keys() -> String {
@@ -28,24 +28,7 @@ fn oplog() -> Oplog {
 /// Creates each user in `demo_user` and records it in `aggregate`'s log,
 /// one transaction per user.
 fn write_users(db: &TestDb, log: &Oplog, aggregate: &str, ids: &[&str]) -> Vec<Written> {
-    let mut client = db.client();
-    ids.iter()
-        .map(|id| {
-            let u = user(id);
-            let mut tx = client.transaction().unwrap();
-            tx.execute(
-                "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[&u.id, &u.tenant_id, &u.account_id, &u.email, &u.display_name, &u.phone, &u.age, &u.active, &u.avatar],
-            )
-            .unwrap();
-            let mut entry = NewEntry::new(aggregate);
-            entry.metadata("actor", "alice").create(&u).unwrap();
-            let written = log.write(&mut tx, &entry).unwrap();
-            tx.commit().unwrap();
-            written
-        })
-        .collect()
+    crate::support::create_users(&db.url, log, aggregate, ids.iter().map(|id| id.to_string()))
 }
 
 fn run(db: &TestDb, options: &VerifyOptions) -> VerifyReport {
