@@ -155,8 +155,12 @@ fn summary(out: &mut Output, r: &DemoReport) -> Result<(), Failure> {
         format!("PostgreSQL {}", r.server.version)
     };
     out.line(format_args!(
-        "demo: {} writers x {} transactions on {} tenants ({} locking), database {} on {server}",
-        r.writers, r.entries_per_writer, r.aggregates, r.lock_mode, r.source_database
+        "demo: {} x {} on {} ({} locking), database {} on {server}",
+        plural(r.writers, "writer", "writers"),
+        plural(r.entries_per_writer, "transaction", "transactions"),
+        plural(r.aggregates, "tenant", "tenants"),
+        r.lock_mode,
+        r.source_database
     ))?;
     out.line(format_args!(
         "wrote     {} entries ({} operations) in {:.2} s: {:.0} entries/s, {} retries",
@@ -227,4 +231,12 @@ fn summary(out: &mut Output, r: &DemoReport) -> Result<(), Failure> {
         }
     }
     out.line(format_args!("done in {:.2} s", r.elapsed_s))
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }

@@ -340,7 +340,10 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
             "SELECT current_database()::text, current_setting('server_version')",
             &[],
         )?;
-        (row.get(0), row.get(1))
+        let version: String = row.get(1);
+        // `15.8 (Debian 15.8-1)`: the number is enough.
+        let short = version.split_whitespace().next().unwrap_or("").to_string();
+        (row.get(0), short)
     };
     let earlier: i64 = client
         .query_one("SELECT count(*) FROM oplog_entry", &[])?
