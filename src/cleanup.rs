@@ -107,6 +107,7 @@ impl ClusterProcess {
                 }
             }
             if started.elapsed() > STOP_TIMEOUT {
+                // Not reaped yet, so the group id is still this one's.
                 if let Some(group) = group {
                     let _ = killpg(group, Signal::SIGKILL);
                 }
@@ -116,11 +117,9 @@ impl ClusterProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Backends share the postmaster's process group; none may be left
-        // writing into a directory about to be removed.
-        if let Some(group) = group {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
+        // The postmaster reaps its backends before it exits, so nothing of
+        // the group is left. (The group is not signalled after the child
+        // is reaped: its id could belong to another process by then.)
     }
 
     /// Stops the process at once and removes the directory.
@@ -228,7 +227,7 @@ impl Drop for Registered {
     }
 }
 
-/// Installs a handler for SIGINT and SIGTERM (once per process; later calls
+/// Installs a handler for SIGINT, SIGTERM and SIGHUP (once per process; later calls
 /// do nothing) that stops and removes every embedded cluster started by
 /// [`Cluster::start`](crate::cluster::Cluster::start) and drops every
 /// database the demo created, then exits with status 130.

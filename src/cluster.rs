@@ -295,8 +295,14 @@ impl RunAs {
             .env_remove("PGDATA")
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| io("cannot share the log file", e))?)
-            .stderr(log.try_clone().map_err(|e| io("cannot share the log file", e))?)
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| io("cannot share the log file", e))?,
+            )
+            .stderr(
+                log.try_clone()
+                    .map_err(|e| io("cannot share the log file", e))?,
+            )
             .process_group(0);
         Ok(cmd)
     }
@@ -491,7 +497,11 @@ impl Cluster {
             .copied()
             .filter(|l| l.contains("FATAL") || l.contains("ERROR") || l.contains("error"))
             .collect();
-        let pick = if important.is_empty() { &lines } else { &important };
+        let pick = if important.is_empty() {
+            &lines
+        } else {
+            &important
+        };
         pick[pick.len().saturating_sub(2)..].join(" / ")
     }
 
@@ -540,9 +550,14 @@ impl Cluster {
         let mut cmd = self
             .run_as
             .command(&self.binaries.dir.join("initdb"), &self.dir, &log)?;
-        cmd.arg("-D")
-            .arg(&self.data)
-            .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]);
+        cmd.arg("-D").arg(&self.data).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         self.spawn(cmd, false, "initdb")?;
         let status = self.wait_child(None).ok_or_else(Self::interrupted)?;
         match status {
@@ -603,9 +618,9 @@ impl Cluster {
             self.configure(port)?;
             self.port = port;
             let log = self.log("server.log")?;
-            let mut cmd = self
-                .run_as
-                .command(&self.binaries.dir.join("postgres"), &self.dir, &log)?;
+            let mut cmd =
+                self.run_as
+                    .command(&self.binaries.dir.join("postgres"), &self.dir, &log)?;
             cmd.arg("-D").arg(&self.data);
             self.spawn(cmd, true, "postgres")?;
             match self.wait_ready()? {
@@ -639,11 +654,13 @@ impl Cluster {
                 .ok_or_else(Self::interrupted)?;
             if exited.is_some() {
                 let log = fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                return Ok(if log.contains("could not bind") || log.contains("in use") {
-                    Ready::PortTaken
-                } else {
-                    Ready::Exited
-                });
+                return Ok(
+                    if log.contains("could not bind") || log.contains("in use") {
+                        Ready::PortTaken
+                    } else {
+                        Ready::Exited
+                    },
+                );
             }
             if let Ok(mut client) = Client::connect(&self.url(), NoTls) {
                 // Another server may have taken the port first: it is ours
@@ -718,10 +735,8 @@ mod tests {
 
     #[test]
     fn a_directory_without_the_server_is_refused_with_an_install_hint() {
-        let empty = std::env::temp_dir().join(format!(
-            "oplog-empty-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let empty =
+            std::env::temp_dir().join(format!("oplog-empty-{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir(&empty).unwrap();
         let err = find_server_binaries(Some(&empty)).unwrap_err().to_string();
         fs::remove_dir(&empty).unwrap();
@@ -732,10 +747,8 @@ mod tests {
 
     #[test]
     fn newer_versions_come_first() {
-        let parent = std::env::temp_dir().join(format!(
-            "oplog-versions-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let parent =
+            std::env::temp_dir().join(format!("oplog-versions-{}", uuid::Uuid::new_v4().simple()));
         for v in ["9.6", "15", "16", "10"] {
             fs::create_dir_all(parent.join(v)).unwrap();
         }
@@ -757,7 +770,10 @@ mod tests {
 
     #[test]
     fn shell_words_are_quoted_only_when_needed() {
-        assert_eq!(shell_quote("/usr/lib/postgresql/15/bin/pg_ctl"), "/usr/lib/postgresql/15/bin/pg_ctl");
+        assert_eq!(
+            shell_quote("/usr/lib/postgresql/15/bin/pg_ctl"),
+            "/usr/lib/postgresql/15/bin/pg_ctl"
+        );
         assert_eq!(shell_quote("--reuid=101"), "--reuid=101");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");

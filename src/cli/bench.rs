@@ -78,9 +78,11 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
         Scenario::Write { seconds, writers } => {
             print(out, &server, &bench::write(&write_cfg(seconds, writers))?)
         }
-        Scenario::Contention { seconds, writers } => {
-            print(out, &server, &bench::contention(&write_cfg(seconds, writers))?)
-        }
+        Scenario::Contention { seconds, writers } => print(
+            out,
+            &server,
+            &bench::contention(&write_cfg(seconds, writers))?,
+        ),
         Scenario::Replay {
             entries,
             aggregates,

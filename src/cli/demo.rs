@@ -131,11 +131,12 @@ impl Meter {
 }
 
 fn bar(done: u64, total: u64) -> String {
-    let filled = if total == 0 {
-        0
-    } else {
-        usize::try_from(done.min(total).saturating_mul(BAR as u64) / total).unwrap_or(BAR)
-    };
+    let filled = done
+        .min(total)
+        .saturating_mul(BAR as u64)
+        .checked_div(total)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
     format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR - filled))
 }
 

@@ -653,7 +653,9 @@ fn replay_and_verify(
     let replica_findings = verified.findings.iter().any(|f| {
         matches!(
             f.kind,
-            FindingKind::ReplicaBehind | FindingKind::ReplicaAhead | FindingKind::CheckpointMismatch
+            FindingKind::ReplicaBehind
+                | FindingKind::ReplicaAhead
+                | FindingKind::CheckpointMismatch
         )
     });
     report.verify_findings = Some(verified.findings.len() as u64);
@@ -675,9 +677,7 @@ fn replay_and_verify(
         })
         .collect();
     report.replica_matches = Some(
-        replayed.is_complete()
-            && !replica_findings
-            && verified.tables.iter().all(|t| t.is_clean()),
+        replayed.is_complete() && !replica_findings && verified.tables.iter().all(|t| t.is_clean()),
     );
     Ok(())
 }

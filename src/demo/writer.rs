@@ -489,8 +489,8 @@ fn perform(
             )?;
         }
         Action::CloseAccount => {
-            let reason = ["customer request", "non-payment", "merged", "fraud review"]
-                [rng.gen_range(0..4)];
+            let reason =
+                ["customer request", "non-payment", "merged", "fraud review"][rng.gen_range(0..4)];
             tx.execute(&st.close_account, &[&account, &reason])?;
             entry.update(
                 &Account {
@@ -635,7 +635,14 @@ fn display_name(rng: &mut impl Rng) -> String {
 }
 
 fn company(rng: &mut impl Rng) -> String {
-    let kinds = ["Labs", "Systems", "Works", "Analytics", "Foods", "Logistics"];
+    let kinds = [
+        "Labs",
+        "Systems",
+        "Works",
+        "Analytics",
+        "Foods",
+        "Logistics",
+    ];
     format!(
         "{} {}",
         LAST[rng.gen_range(0..LAST.len())],

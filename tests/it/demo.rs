@@ -39,7 +39,10 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = fs::read_to_string(dir.join("stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if cmdline.contains(&needle) && !zombie {
             found.push(cmdline);
@@ -51,7 +54,10 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
 fn database_exists(name: &str) -> bool {
     let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
     admin
-        .query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name])
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
         .unwrap()
         .get::<_, i64>(0)
         == 1
@@ -66,7 +72,15 @@ fn demo_json_writes_replays_and_verifies_into_a_replica_it_drops() {
     let keys = save_keyring(&ring, &dir.join("keys.json"));
     let out = oplog_cmd()
         .args(["--database-url", &db.url, "--key-file", &keys, "--json"])
-        .args(["demo", "--writers", "2", "--entries", "20", "--aggregates", "2"])
+        .args([
+            "demo",
+            "--writers",
+            "2",
+            "--entries",
+            "20",
+            "--aggregates",
+            "2",
+        ])
         .output()
         .unwrap();
     let report = json(&success(&out));
@@ -93,7 +107,10 @@ fn demo_json_writes_replays_and_verifies_into_a_replica_it_drops() {
     // Each writer's opening round does every action once.
     let actions = report["actions"].as_object().unwrap();
     assert_eq!(actions.len(), 10, "{report}");
-    assert_eq!(actions.values().map(|n| n.as_u64().unwrap()).sum::<u64>(), 40);
+    assert_eq!(
+        actions.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        40
+    );
     // The replica was made for the run and is gone.
     let replica = report["replica_database"].as_str().unwrap();
     assert!(replica.starts_with("oplog_demo_replica_"), "{replica}");
@@ -117,7 +134,10 @@ fn demo_json_writes_replays_and_verifies_into_a_replica_it_drops() {
             .get(0);
         assert_eq!(with_key, 40, "{key}");
     }
-    let reader = Oplog::new(TypeCatalog::demo(), Keyring::load(Path::new(&keys)).unwrap());
+    let reader = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::load(Path::new(&keys)).unwrap(),
+    );
     let entries = reader.list(&mut db.client(), None, 0, None).unwrap();
     let ops: Vec<_> = entries.iter().flat_map(|e| &e.operations).collect();
     for kind in [
@@ -140,7 +160,15 @@ fn demo_no_replay_only_writes_and_retries_lost_races() {
     let db = TestDb::new();
     let out = oplog_cmd()
         .args(["--database-url", &db.url, "--json", "demo", "--no-replay"])
-        .args(["--optimistic", "--writers", "3", "--entries", "15", "--aggregates", "1"])
+        .args([
+            "--optimistic",
+            "--writers",
+            "3",
+            "--entries",
+            "15",
+            "--aggregates",
+            "1",
+        ])
         .output()
         .unwrap();
     let report = json(&success(&out));
@@ -165,7 +193,10 @@ fn demo_no_replay_only_writes_and_retries_lost_races() {
         .output()
         .unwrap();
     let stdout = success(&out);
-    assert!(stdout.starts_with("demo: 1 writer x 3 transactions on 4 tenants (pessimistic locking)"), "{stdout}");
+    assert!(
+        stdout.starts_with("demo: 1 writer x 3 transactions on 4 tenants (pessimistic locking)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("wrote     3 entries"), "{stdout}");
     assert!(stdout.contains("no replay (--no-replay)"), "{stdout}");
 }
@@ -193,7 +224,15 @@ fn demo_without_a_database_url_runs_on_a_private_cluster_and_removes_it() {
 fn demo_keep_leaves_a_stopped_cluster_that_starts_again() {
     let tmp = TempDir::new();
     let out = in_tmp(&tmp)
-        .args(["demo", "--json", "--keep", "--writers", "1", "--entries", "12"])
+        .args([
+            "demo",
+            "--json",
+            "--keep",
+            "--writers",
+            "1",
+            "--entries",
+            "12",
+        ])
         .output()
         .unwrap();
     let report = json(&success(&out));
@@ -225,7 +264,11 @@ fn demo_keep_leaves_a_stopped_cluster_that_starts_again() {
     // Stop it (fast shutdown); the temporary directory goes with `tmp`.
     let pid = fs::read_to_string(data.join("postmaster.pid")).unwrap();
     let pid = pid.lines().next().unwrap();
-    assert!(Command::new("kill").args(["-INT", pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while data.join("postmaster.pid").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -261,7 +304,11 @@ fn an_interrupted_demo_removes_its_private_cluster() {
     assert!(!processes_mentioning(&dir).is_empty(), "the server runs");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -280,7 +327,11 @@ fn an_interrupted_demo_removes_its_private_cluster() {
 fn demo_errors_are_one_line_saying_what_to_do() {
     failure(
         &oplog_cmd()
-            .args(["demo", "--database-url", "postgres://postgres@127.0.0.1:1/nope"])
+            .args([
+                "demo",
+                "--database-url",
+                "postgres://postgres@127.0.0.1:1/nope",
+            ])
             .output()
             .unwrap(),
         &["connect"],
@@ -294,12 +345,23 @@ fn demo_errors_are_one_line_saying_what_to_do() {
             .args(["demo", "--writers", "1", "--entries", "1"])
             .output()
             .unwrap(),
-        &["no PostgreSQL server binaries", "apt-get install postgresql", "--database-url"],
+        &[
+            "no PostgreSQL server binaries",
+            "apt-get install postgresql",
+            "--database-url",
+        ],
     );
-    assert_eq!(fs::read_dir(tmp.join("")).unwrap().count(), 0, "nothing created");
+    assert_eq!(
+        fs::read_dir(tmp.join("")).unwrap().count(),
+        0,
+        "nothing created"
+    );
 
     failure(
-        &oplog_cmd().args(["demo", "--writers", "0"]).output().unwrap(),
+        &oplog_cmd()
+            .args(["demo", "--writers", "0"])
+            .output()
+            .unwrap(),
         &["--writers"],
     );
 
@@ -315,7 +377,15 @@ fn demo_errors_are_one_line_saying_what_to_do() {
     tx.commit().unwrap();
     failure(
         &oplog_cmd()
-            .args(["--database-url", &db.url, "demo", "--writers", "1", "--entries", "1"])
+            .args([
+                "--database-url",
+                &db.url,
+                "demo",
+                "--writers",
+                "1",
+                "--entries",
+                "1",
+            ])
             .output()
             .unwrap(),
         &["already holds 1 oplog entries", "--key-file", "--no-replay"],
@@ -350,5 +420,9 @@ fn bench_replay_json_reports_its_rate_against_its_baseline() {
         .output()
         .unwrap();
     check(&json(&success(&out)));
-    assert_eq!(fs::read_dir(tmp.join("")).unwrap().count(), 0, "cluster removed");
+    assert_eq!(
+        fs::read_dir(tmp.join("")).unwrap().count(),
+        0,
+        "cluster removed"
+    );
 }
