@@ -363,8 +363,7 @@ fn perform(
         None => None,
     };
     let Some(account) = account else {
-        signup(tx, st, tenant, entry)?;
-        return Ok(Action::Signup);
+        return fallback(tx, st, tenant, entry);
     };
     let mut rng = rand::thread_rng();
     let (time, stamp) = now();
@@ -384,7 +383,10 @@ fn perform(
             entry.create(&user)?;
         }
         Action::UpdateProfile => {
-            let id: String = tx.query_one(&st.pick_user, &[&account])?.get(0);
+            let Some(row) = tx.query_opt(&st.pick_user, &[&account])? else {
+                return fallback(tx, st, tenant, entry);
+            };
+            let id: String = row.get(0);
             let mut user = User {
                 id: id.clone(),
                 tenant_id: tenant.id.clone(),
@@ -420,7 +422,10 @@ fn perform(
             }
         }
         Action::DeleteUser => {
-            let id: String = tx.query_one(&st.pick_user, &[&account])?.get(0);
+            let Some(row) = tx.query_opt(&st.pick_user, &[&account])? else {
+                return fallback(tx, st, tenant, entry);
+            };
+            let id: String = row.get(0);
             tx.execute(&st.delete_user, &[&id])?;
             entry.delete(&User {
                 id,
@@ -455,7 +460,9 @@ fn perform(
                 .update(&account_msg(balance), &["balance_cents"], &[])?;
         }
         Action::PayInvoice | Action::VoidInvoice => {
-            let row = tx.query_one(&st.pick_open_invoice, &[&account])?;
+            let Some(row) = tx.query_opt(&st.pick_open_invoice, &[&account])? else {
+                return fallback(tx, st, tenant, entry);
+            };
             let (id, amount): (String, i64) = (row.get(0), row.get(1));
             let mut invoice = Invoice {
                 id: id.clone(),
@@ -530,6 +537,24 @@ fn perform(
         }
     }
     Ok(planned)
+}
+
+/// A signup instead of an action that found nothing to work on.
+///
+/// Besides there being no such account, this happens when the account's
+/// last user or open invoice went just before it was locked: the locking
+/// statement's `EXISTS` test saw an older snapshot, and a transaction that
+/// only locked the account (and changed its users or invoices) does not
+/// make PostgreSQL test the account again. Later statements see the
+/// current state, so nothing is recorded that did not happen.
+fn fallback(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    tenant: &Tenant,
+    entry: &mut NewEntry,
+) -> Result<Action> {
+    signup(tx, st, tenant, entry)?;
+    Ok(Action::Signup)
 }
 
 /// Locks an account of `tenant` that `need` allows, found by probing its
