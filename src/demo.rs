@@ -1,8 +1,31 @@
-//! The `demo.v1` domain: tenants' accounts and users. Used by `oplog demo`,
-//! the examples, the tests and the benchmarks; register it with
-//! [`TypeCatalog::demo`](crate::TypeCatalog::demo).
+//! The `demo.v1` domain: tenants' accounts, users and invoices, and the
+//! runner behind `oplog demo`.
+//!
+//! [`Account`] and [`User`] are what the examples, the tests and the
+//! benchmarks write; [`TypeCatalog::demo`](crate::TypeCatalog::demo)
+//! registers those two. [`catalog`] adds [`Invoice`] (an enum stored as a
+//! PostgreSQL enum, a timestamp that is NULL until set) for [`run`]: many
+//! concurrent writers doing realistic domain transactions, each with its
+//! entry, then a replay into a replica and a verification of both.
 
 include!(concat!(env!("OUT_DIR"), "/demo.v1.rs"));
+
+mod run;
+mod writer;
+
+pub use run::{
+    run, DemoConfig, DemoPhase, DemoProgress, DemoReport, DemoServer, DemoTable,
+    DEFAULT_AGGREGATES, DEFAULT_ENTRIES, DEFAULT_WRITERS,
+};
+
+/// The demo catalog of `oplog demo`: [`Account`], [`User`] and [`Invoice`].
+pub fn catalog() -> crate::TypeCatalog {
+    let mut catalog = crate::TypeCatalog::demo();
+    catalog
+        .register("demo.v1.Invoice")
+        .expect("the demo's Invoice type is valid");
+    catalog
+}
 
 /// SQL that creates the demo tables when they are missing.
 pub const SCHEMA: &str = "\
@@ -25,4 +48,21 @@ CREATE TABLE IF NOT EXISTS demo_user (
     age          integer,
     active       boolean NOT NULL DEFAULT true,
     avatar       bytea
-);";
+);
+DO $$
+BEGIN
+    CREATE TYPE demo_invoice_status AS ENUM (
+        'INVOICE_STATUS_UNSPECIFIED', 'INVOICE_STATUS_OPEN', 'INVOICE_STATUS_PAID', 'INVOICE_STATUS_VOID'
+    );
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+CREATE TABLE IF NOT EXISTS demo_invoice (
+    id           text PRIMARY KEY,
+    tenant_id    text NOT NULL,
+    account_id   text NOT NULL,
+    amount_cents bigint NOT NULL,
+    status       demo_invoice_status NOT NULL DEFAULT 'INVOICE_STATUS_OPEN',
+    issued_at    timestamptz NOT NULL,
+    paid_at      timestamptz
+);
+CREATE INDEX IF NOT EXISTS demo_invoice_account ON demo_invoice (account_id);";

@@ -285,6 +285,16 @@ pub enum Error {
         ticket: i64,
     },
 
+    /// The embedded PostgreSQL cluster could not be found, created or
+    /// started; the message says why and what to do.
+    #[error("{0}")]
+    Cluster(String),
+
+    /// A configuration (of the demo, for example) makes no sense; the
+    /// message says which setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

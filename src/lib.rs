@@ -69,6 +69,8 @@
 
 pub mod bench;
 mod catalog;
+mod cleanup;
+pub mod cluster;
 mod consumer;
 mod crypto;
 pub mod demo;

@@ -1,5 +1,6 @@
 //! The `oplog` command-line tool: create and rotate keys, migrate the
-//! schema, read, verify and anchor the log, and measure write rates.
+//! schema, read, replay, verify and anchor the log, measure write and replay
+//! rates, and run the demo.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
 //! or runtime error, which is reported as one line on standard error.
@@ -84,10 +85,56 @@ enum Command {
     /// anchor file that `verify --anchor` reads.
     Head(HeadArgs),
 
-    /// Measure write rates against a baseline in the same run, on a scratch
-    /// database created beside --database-url and dropped afterwards.
+    /// Measure write and replay rates against a baseline in the same run, on
+    /// scratch databases created beside --database-url (or in a private
+    /// throwaway cluster without one) and dropped afterwards.
     #[command(subcommand, arg_required_else_help = false)]
     Bench(BenchCommand),
+
+    /// Run a multi-tenant load (concurrent writers, each transaction with
+    /// its entry), replay it into a replica and verify both. Without
+    /// --database-url, on a private throwaway PostgreSQL cluster started from
+    /// the server binaries on this machine (OPLOG_PG_BIN names their
+    /// directory). Exit status 1 when the replica does not match.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Concurrent writers, each with its own connection.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    writers: u64,
+
+    /// Transactions (entries) per writer.
+    #[arg(long, value_name = "M", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Aggregates: one per tenant.
+    #[arg(long, value_name = "K", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    aggregates: u64,
+
+    /// Replica database (must exist); default: a new database beside the
+    /// source, dropped afterwards unless --keep.
+    #[arg(long, value_name = "URL")]
+    into: Option<String>,
+
+    /// Stop after writing: no replay, no verification.
+    #[arg(long, conflicts_with = "into")]
+    no_replay: bool,
+
+    /// Keep the databases the demo creates (and the private cluster,
+    /// stopped) instead of removing them.
+    #[arg(long)]
+    keep: bool,
+
+    /// Optimistic locking (Boundary's): read the ticket first and retry the
+    /// transaction when another writer redeems it meanwhile.
+    #[arg(long)]
+    optimistic: bool,
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +144,46 @@ enum BenchCommand {
     /// Many writers on one aggregate: pessimistic, optimistic, and
     /// Boundary's statement sequence as the baseline.
     Contention(BenchArgs),
+    /// What notifying followers at commit costs many writers, each on its
+    /// own aggregate.
+    Notify(BenchArgs),
+    /// Replay a log into an empty replica, against multi-row INSERTs of the
+    /// same rows.
+    Replay(BenchReplayArgs),
+    /// A follower beside running writers (lag at a steady rate, catch-up
+    /// after a burst), against built-in logical replication of the same
+    /// table in the same run.
+    Follow(BenchFollowArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchFollowArgs {
+    /// Seconds of each phase.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    seconds: f64,
+
+    /// Concurrent writers, each on its own aggregate.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    writers: u64,
+
+    /// Entries per second in the steady phase.
+    #[arg(long, value_name = "R", default_value_t = 1000.0)]
+    rate: f64,
+}
+
+#[derive(Debug, Args)]
+struct BenchReplayArgs {
+    /// Entries in the log, one CREATE each.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Aggregates the entries are spread over.
+    #[arg(long, value_name = "K", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
+
+    /// Entries per replica transaction, and rows per baseline INSERT.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -383,15 +470,60 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             },
         ),
         Command::Head(args) => cli::head::run(ctx, out, args.aggregate.as_deref()),
-        Command::Bench(BenchCommand::Write(a)) => {
-            cli::bench::run(ctx, out, cli::bench::Scenario::Write, a.seconds, a.writers)
-        }
+        Command::Bench(BenchCommand::Write(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Write {
+                seconds: a.seconds,
+                writers: a.writers,
+            },
+        ),
         Command::Bench(BenchCommand::Contention(a)) => cli::bench::run(
             ctx,
             out,
-            cli::bench::Scenario::Contention,
-            a.seconds,
-            a.writers,
+            cli::bench::Scenario::Contention {
+                seconds: a.seconds,
+                writers: a.writers,
+            },
+        ),
+        Command::Bench(BenchCommand::Notify(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Notify {
+                seconds: a.seconds,
+                writers: a.writers,
+            },
+        ),
+        Command::Bench(BenchCommand::Follow(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Follow {
+                seconds: a.seconds,
+                writers: count(a.writers),
+                rate: a.rate,
+            },
+        ),
+        Command::Bench(BenchCommand::Replay(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Replay {
+                entries: count(a.entries),
+                aggregates: count(a.aggregates),
+                batch_size: count(a.batch_size),
+            },
+        ),
+        Command::Demo(a) => cli::demo::run(
+            ctx,
+            out,
+            cli::demo::Request {
+                writers: count(a.writers),
+                entries: count(a.entries),
+                aggregates: count(a.aggregates),
+                into: a.into,
+                replay: !a.no_replay,
+                keep: a.keep,
+                optimistic: a.optimistic,
+            },
         ),
     }
 }

@@ -1,49 +1,154 @@
-//! `oplog bench write | contention`: the database write benchmarks, each
-//! with its baseline measured in the same run against the same server.
+//! `oplog bench write | contention | notify | replay | follow`: the database benchmarks, each
+//! with its baseline measured in the same run against the same server: the
+//! one of `--database-url`, or a private throwaway cluster without one.
 
-use oplog::bench::{self, WriteBenchConfig};
+use std::fmt::Display;
+
+use oplog::bench::{self, FollowBenchConfig, ReplayBenchConfig, WriteBenchConfig};
+use oplog::cluster::{Cluster, ClusterOptions};
+use serde::Serialize;
 
 use super::{Context, Failure, Output};
 
-/// Which benchmark to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which benchmark to run, with its settings. Every scenario's report has
+/// `scenario`, `rate_per_s`, `baseline_per_s` and `ratio`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scenario {
     /// One writer: the domain transaction with and without an entry.
-    Write,
+    Write {
+        /// Seconds per scenario.
+        seconds: f64,
+        /// Unused by this scenario (it has one writer).
+        writers: usize,
+    },
     /// Many writers on one aggregate: both locking modes and Boundary's
     /// statement sequence.
-    Contention,
+    Contention {
+        /// Seconds per mode.
+        seconds: f64,
+        /// Concurrent writers.
+        writers: usize,
+    },
+    /// Many writers on their own aggregates, with and without notifying
+    /// followers at commit.
+    Notify {
+        /// Seconds per variant.
+        seconds: f64,
+        /// Concurrent writers.
+        writers: usize,
+    },
+    /// A follower beside running writers, against built-in logical
+    /// replication of the same table.
+    Follow {
+        /// Seconds per phase (steady, then burst).
+        seconds: f64,
+        /// Concurrent writers.
+        writers: usize,
+        /// Entries per second in the steady phase.
+        rate: f64,
+    },
+    /// Replay into an empty replica against multi-row INSERTs.
+    Replay {
+        /// Entries in the log.
+        entries: usize,
+        /// Aggregates they are spread over.
+        aggregates: usize,
+        /// Entries per replica transaction.
+        batch_size: usize,
+    },
 }
 
-/// Runs one scenario on a scratch database beside the configured server and
-/// prints its report (one JSON document with `--json`).
-pub fn run(
-    ctx: &Context,
-    out: &mut Output,
-    scenario: Scenario,
-    seconds: f64,
-    writers: usize,
-) -> Result<(), Failure> {
-    let cfg = WriteBenchConfig {
-        url: ctx.database_url()?.to_string(),
+/// The server a benchmark runs against: the configured one, or a private
+/// cluster started for the run and removed when this is dropped.
+struct Server {
+    url: String,
+    cluster: Option<Cluster>,
+}
+
+impl Server {
+    fn for_context(ctx: &Context) -> Result<Server, Failure> {
+        if let Some(url) = ctx.optional_database_url() {
+            return Ok(Server {
+                url: url.to_string(),
+                cluster: None,
+            });
+        }
+        oplog::cluster::cleanup_on_signals()?;
+        let cluster = Cluster::start(&ClusterOptions::from_env())?;
+        Ok(Server {
+            url: cluster.url(),
+            cluster: Some(cluster),
+        })
+    }
+}
+
+/// Runs one scenario on scratch databases and prints its report (one JSON
+/// document with `--json`).
+pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Failure> {
+    let server = Server::for_context(ctx)?;
+    let write_cfg = |seconds, writers| WriteBenchConfig {
+        url: server.url.clone(),
         seconds,
         writers,
         ..WriteBenchConfig::default()
     };
     match scenario {
-        Scenario::Write => {
-            let report = bench::write(&cfg)?;
-            if out.json() {
-                return out.json_line(&report);
-            }
-            out.line(format_args!("{report}"))
+        Scenario::Write { seconds, writers } => {
+            print(out, &server, &bench::write(&write_cfg(seconds, writers))?)
         }
-        Scenario::Contention => {
-            let report = bench::contention(&cfg)?;
-            if out.json() {
-                return out.json_line(&report);
-            }
-            out.line(format_args!("{report}"))
+        Scenario::Contention { seconds, writers } => print(
+            out,
+            &server,
+            &bench::contention(&write_cfg(seconds, writers))?,
+        ),
+        Scenario::Notify { seconds, writers } => {
+            print(out, &server, &bench::notify(&write_cfg(seconds, writers))?)
+        }
+        Scenario::Follow {
+            seconds,
+            writers,
+            rate,
+        } => {
+            let cfg = FollowBenchConfig {
+                url: server.url.clone(),
+                seconds,
+                writers,
+                aggregates: writers,
+                steady_rate: rate,
+                ..FollowBenchConfig::default()
+            };
+            print(out, &server, &bench::follow(&cfg)?)
+        }
+        Scenario::Replay {
+            entries,
+            aggregates,
+            batch_size,
+        } => {
+            let cfg = ReplayBenchConfig {
+                url: server.url.clone(),
+                entries,
+                aggregates,
+                batch_size,
+                ..ReplayBenchConfig::default()
+            };
+            print(out, &server, &bench::replay(&cfg)?)
         }
     }
+}
+
+fn print(
+    out: &mut Output,
+    server: &Server,
+    report: &(impl Serialize + Display),
+) -> Result<(), Failure> {
+    if out.json() {
+        return out.json_line(report);
+    }
+    if let Some(cluster) = &server.cluster {
+        out.line(format_args!(
+            "on a private PostgreSQL {} cluster, removed afterwards (pass --database-url to measure your server)",
+            cluster.binaries().version
+        ))?;
+    }
+    out.line(format_args!("{report}"))
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub mod bench;
 pub mod consumers;
+pub mod demo;
 pub mod follow;
 pub mod grant;
 pub mod head;
@@ -184,6 +185,20 @@ impl Context {
         self.database_url
             .as_deref()
             .ok_or_else(|| Failure::msg("no database URL: pass --database-url or set DATABASE_URL"))
+    }
+
+    /// The database URL when one was given: commands that can run on a
+    /// private cluster of their own take `None` as asking for one.
+    pub fn optional_database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// The keyring from the key file when one was given.
+    pub fn optional_keyring(&self) -> Result<Option<Keyring>, Failure> {
+        match self.key_file {
+            Some(_) => self.keyring().map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The key file path, which is required.

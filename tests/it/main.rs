@@ -3,6 +3,7 @@
 //! postgres://postgres@127.0.0.1:5432/postgres.
 
 mod cli;
+mod demo;
 mod follow;
 mod replay;
 mod roles;
