@@ -426,3 +426,36 @@ fn bench_replay_json_reports_its_rate_against_its_baseline() {
         "cluster removed"
     );
 }
+
+#[test]
+fn bench_follow_json_reports_lag_and_catch_up_next_to_logical_replication() {
+    let out = oplog_cmd()
+        .args(["--database-url", &admin_url(), "--json", "bench", "follow"])
+        .args(["--seconds", "0.5", "--rate", "100", "--writers", "2"])
+        .output()
+        .unwrap();
+    let report = json(&success(&out));
+    assert_eq!(report["scenario"], "follow", "{report}");
+    assert!(report["rate_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    let follower = &report["follower"];
+    assert_eq!(follower["method"], "oplog follow");
+    assert!(follower["lag_p99_ms"].as_f64().unwrap() >= follower["lag_p50_ms"].as_f64().unwrap());
+    match report["logical"].as_object() {
+        // Built-in logical replication ran beside the follower.
+        Some(logical) => {
+            assert_eq!(logical["method"], "logical replication");
+            let ratio = report["ratio"].as_f64().unwrap();
+            let rate = report["rate_per_s"].as_f64().unwrap();
+            let baseline = report["baseline_per_s"].as_f64().unwrap();
+            assert!((ratio - rate / baseline).abs() < 1e-9, "{report}");
+        }
+        // The server cannot: the report says why.
+        None => assert!(
+            report["logical_unavailable"]
+                .as_str()
+                .unwrap()
+                .contains("wal_level"),
+            "{report}"
+        ),
+    }
+}
