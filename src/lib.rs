@@ -41,6 +41,38 @@
 //! With diesel, pass the `PgConnection` from inside `conn.transaction(..)`:
 //! the same [`Oplog::write`] serves both drivers.
 //!
+//! # Replay, follow, verify, trim
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use oplog::{FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target, TrimOptions, TypeCatalog, VerifyOptions};
+//!
+//! # fn main() -> oplog::Result<()> {
+//! let source = "postgres://postgres@127.0.0.1/app";
+//! let replica = Target::database("postgres://postgres@127.0.0.1/app_replica");
+//! // Any catalog and the keys: each entry names the catalog stored with it.
+//! let oplog = Oplog::new(TypeCatalog::new(), Keyring::load("keys.json".as_ref())?);
+//!
+//! // Apply what the replica lacks, exactly once; re-running continues.
+//! let report = Replayer::connect(&oplog, source, replica.clone(), ReplayOptions::default())?
+//!     .run(&mut |_| {})?;
+//! assert!(report.is_complete(), "{:?}", report.stopped);
+//!
+//! // Prove the log intact and the replica faithful.
+//! let checked = oplog::verify(&oplog, source, &VerifyOptions { against: Some(replica.clone()), ..VerifyOptions::default() })?;
+//! assert!(checked.is_clean(), "{:?}", checked.findings);
+//!
+//! // Keep it up to date (here: until caught up) as a registered consumer,
+//! let options = FollowOptions { until_caught_up: true, ..FollowOptions::default() };
+//! Follower::new(&oplog, source, replica, options).run(&mut |_| {})?;
+//!
+//! // so that trimming keeps what it has not applied yet.
+//! let mut client = postgres::Client::connect(source, postgres::NoTls)?;
+//! let options = TrimOptions { older_than: Duration::from_secs(7 * 86_400), ..TrimOptions::default() };
+//! oplog::trim(&mut client, &options, &mut |_, _| {})?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Guarantees
 //!
 //! - **Atomic with the caller's transaction.** The entry, its metadata and
@@ -55,7 +87,16 @@
 //!   another row or editing metadata fails decryption ([`Error::Decryption`]).
 //! - **Chained.** Each entry stores `chain_n = H(chain_{n-1}, header,
 //!   digest)`; the ticket holds the head. Verification builds on it.
-//! - **Immutable.** A trigger rejects UPDATE of entries and metadata.
+//! - **Immutable.** Triggers reject UPDATE of entries and metadata, and
+//!   DELETE other than by [`trim`], which never deletes what a registered
+//!   consumer has not applied.
+//! - **Exactly-once replay.** A replica's checkpoint and the rows it covers
+//!   change in one transaction; entries apply in seq order, each checked
+//!   against the chain, and an entry that cannot apply stops its aggregate
+//!   there ([`Replayer`], [`Follower`]).
+//! - **Verifiable.** [`verify()`] finds any entry modified, deleted,
+//!   reordered or inserted, a truncated tail against an exported head
+//!   ([`heads`]), and any difference between a replica and its source.
 //!
 //! # Locking modes
 //!
