@@ -27,6 +27,31 @@ pub fn catalog() -> crate::TypeCatalog {
     catalog
 }
 
+/// The columns of `demo_user` that [`User::params`] fills, in its order.
+pub const USER_COLUMNS: &str =
+    "id, tenant_id, account_id, email, display_name, phone, age, active, avatar";
+
+/// Inserts one user: [`USER_COLUMNS`] with [`User::params`].
+pub const INSERT_USER: &str = "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+impl User {
+    /// Every field as a statement parameter, in the order of
+    /// [`USER_COLUMNS`].
+    pub fn params(&self) -> [&(dyn postgres::types::ToSql + Sync); 9] {
+        [
+            &self.id,
+            &self.tenant_id,
+            &self.account_id,
+            &self.email,
+            &self.display_name,
+            &self.phone,
+            &self.age,
+            &self.active,
+            &self.avatar,
+        ]
+    }
+}
+
 /// SQL that creates the demo tables when they are missing.
 pub const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS demo_account (

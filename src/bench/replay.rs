@@ -320,7 +320,8 @@ fn baseline(url: &str, users: &[User], batch: usize) -> Result<Duration> {
             })
             .collect();
         format!(
-            "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) VALUES {}",
+            "INSERT INTO demo_user ({}) VALUES {}",
+            demo::USER_COLUMNS,
             rows.join(", ")
         )
     };
@@ -329,17 +330,7 @@ fn baseline(url: &str, users: &[User], batch: usize) -> Result<Duration> {
     for chunk in users.chunks(batch) {
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(chunk.len() * 9);
         for u in chunk {
-            params.extend_from_slice(&[
-                &u.id,
-                &u.tenant_id,
-                &u.account_id,
-                &u.email,
-                &u.display_name,
-                &u.phone,
-                &u.age,
-                &u.active,
-                &u.avatar,
-            ]);
+            params.extend_from_slice(&u.params());
         }
         let mut tx = client.transaction()?;
         if chunk.len() == batch {

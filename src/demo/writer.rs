@@ -212,10 +212,7 @@ impl Statements {
                 .prepare("DELETE FROM demo_user WHERE account_id = $1 RETURNING id")?,
             delete_account_invoices: c
                 .prepare("DELETE FROM demo_invoice WHERE account_id = $1 RETURNING id")?,
-            insert_user: c.prepare(
-                "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )?,
+            insert_user: c.prepare(super::INSERT_USER)?,
             pick_user: c.prepare(
                 "SELECT id FROM demo_user WHERE account_id = $1 ORDER BY random() LIMIT 1",
             )?,
@@ -619,20 +616,7 @@ fn signup(
 }
 
 fn insert_user(tx: &mut Transaction<'_>, st: &Statements, u: &User) -> Result<()> {
-    tx.execute(
-        &st.insert_user,
-        &[
-            &u.id,
-            &u.tenant_id,
-            &u.account_id,
-            &u.email,
-            &u.display_name,
-            &u.phone,
-            &u.age,
-            &u.active,
-            &u.avatar,
-        ],
-    )?;
+    tx.execute(&st.insert_user, &u.params())?;
     Ok(())
 }
 

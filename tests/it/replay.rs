@@ -22,17 +22,7 @@ fn upsert_user(tx: &mut postgres::Transaction<'_>, u: &User) {
          ON CONFLICT (id) DO UPDATE SET tenant_id = excluded.tenant_id, account_id = excluded.account_id, \
          email = excluded.email, display_name = excluded.display_name, phone = excluded.phone, \
          age = excluded.age, active = excluded.active, avatar = excluded.avatar",
-        &[
-            &u.id,
-            &u.tenant_id,
-            &u.account_id,
-            &u.email,
-            &u.display_name,
-            &u.phone,
-            &u.age,
-            &u.active,
-            &u.avatar,
-        ],
+        &u.params(),
     )
     .unwrap();
 }

@@ -106,12 +106,7 @@ pub fn create_users(
     for id in ids {
         let u = user(&id);
         let mut tx = client.transaction().unwrap();
-        tx.execute(
-            "INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, phone, age, active, avatar) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[&u.id, &u.tenant_id, &u.account_id, &u.email, &u.display_name, &u.phone, &u.age, &u.active, &u.avatar],
-        )
-        .unwrap();
+        tx.execute(oplog::demo::INSERT_USER, &u.params()).unwrap();
         let mut entry = oplog::NewEntry::new(aggregate);
         entry.metadata("actor", "alice").create(&u).unwrap();
         written.push(log.write(&mut tx, &entry).unwrap());
