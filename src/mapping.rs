@@ -281,9 +281,24 @@ pub(crate) fn key_text(plans: &[FieldPlan], fields: &[usize], msg: &DynamicMessa
     format!("({})", parts.join(", "))
 }
 
+/// Appends `s` as a JSON string (RFC 8259 escaping).
 fn json_string(out: &mut String, s: &str) {
-    // serde_json's escaping, written into the buffer.
-    out.push_str(&serde_json::Value::from(s).to_string());
+    out.reserve(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn write_float(out: &mut String, f: f64) {
@@ -626,6 +641,32 @@ mod tests {
         );
         assert!(rfc3339(MAX_SECONDS + 1, 0).is_err());
         assert!(rfc3339(0, -1).is_err());
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json() {
+        for text in [
+            "plain",
+            "quote \" backslash \\ slash /",
+            "line\nbreak\ttab\r",
+            "\u{0}\u{1f}\u{7f}",
+            "ünïcödé ✓",
+        ] {
+            let mut out = String::new();
+            json_string(&mut out, text);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, text, "{out}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_round_trips_through_json(text in ".*") {
+            let mut out = String::new();
+            json_string(&mut out, &text);
+            let back: String = serde_json::from_str(&out).unwrap();
+            proptest::prop_assert_eq!(back, text);
+        }
     }
 
     #[test]

@@ -164,6 +164,7 @@ pub struct Replayer {
     dest: Client,
     key: String,
     plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
+    last_plan: Option<(Option<Vec<u8>>, String, Arc<TablePlan>)>,
     stop: Option<Arc<AtomicBool>>,
 }
 
@@ -236,6 +237,7 @@ impl Replayer {
             dest,
             key,
             plans: HashMap::new(),
+            last_plan: None,
             stop: None,
         })
     }
@@ -614,8 +616,16 @@ impl Replayer {
         catalog: &TypeCatalog,
         type_name: &str,
     ) -> Result<Arc<TablePlan>> {
+        // Most batches are many operations of a few types: check the plan
+        // used last before building a key.
+        if let Some((d, t, plan)) = &self.last_plan {
+            if d.as_deref() == digest && t == type_name {
+                return Ok(plan.clone());
+            }
+        }
         let key = (digest.map(<[u8]>::to_vec), type_name.to_string());
         if let Some(plan) = self.plans.get(&key) {
+            self.last_plan = Some((key.0, key.1, plan.clone()));
             return Ok(plan.clone());
         }
         let plan = Arc::new(TablePlan::build(
