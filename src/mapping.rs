@@ -89,7 +89,8 @@ const WRAPPERS: [&str; 9] = [
     "google.protobuf.BytesValue",
 ];
 
-fn is_json(column: &Column) -> bool {
+/// True for a json or jsonb column (not an array of them).
+pub(crate) fn is_json(column: &Column) -> bool {
     !column.is_array && matches!(column.base.as_str(), "json" | "jsonb")
 }
 
@@ -226,12 +227,19 @@ pub(crate) struct FieldPlan {
     /// The field's name as a JSON key, with its quotes and colon.
     key: String,
     conv: Conv,
+    /// The column is json or jsonb: its text form is the value's JSON.
+    json_column: bool,
 }
 
 impl FieldPlan {
-    pub fn new(field: FieldDescriptor, conv: Conv) -> Self {
+    pub fn new(field: FieldDescriptor, conv: Conv, json_column: bool) -> Self {
         let key = format!("{}:", serde_json::Value::from(field.name()));
-        FieldPlan { field, key, conv }
+        FieldPlan {
+            field,
+            key,
+            conv,
+            json_column,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -264,6 +272,134 @@ pub(crate) fn write_row(
     }
     out.push('}');
     Ok(())
+}
+
+/// Appends `msg` as one row of `COPY ... FROM STDIN` text format holding
+/// every field of `plans`, in order: tab-separated, `\N` for NULL,
+/// backslash, tab, newline and carriage return escaped.
+pub(crate) fn write_copy_row(
+    out: &mut String,
+    plans: &[FieldPlan],
+    msg: &DynamicMessage,
+) -> Result<(), String> {
+    let mut text = String::new();
+    for (n, plan) in plans.iter().enumerate() {
+        if n > 0 {
+            out.push('\t');
+        }
+        if plan.field.supports_presence() && !msg.has_field(&plan.field) {
+            out.push_str("\\N");
+            continue;
+        }
+        text.clear();
+        let value = msg.get_field(&plan.field);
+        let written = if plan.json_column {
+            write_value(&mut text, &plan.conv, &value)
+        } else {
+            text_value(&mut text, &plan.conv, &value)
+        };
+        written.map_err(|e| format!("field {:?}: {e}", plan.name()))?;
+        copy_escape(out, &text);
+    }
+    out.push('\n');
+    Ok(())
+}
+
+fn copy_escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends the PostgreSQL text input form of `value`: what a column of the
+/// planned type parses (arrays as array literals with every element
+/// quoted).
+fn text_value(out: &mut String, conv: &Conv, value: &Value) -> Result<(), String> {
+    match (conv, value) {
+        (Conv::List(inner), Value::List(items)) => {
+            out.push('{');
+            let mut element = String::new();
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                element.clear();
+                text_value(&mut element, inner, item)?;
+                out.push('"');
+                for c in element.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            out.push('}');
+            Ok(())
+        }
+        (Conv::Wrapper(inner), Value::Message(m)) => match m.get_field_by_name("value") {
+            Some(v) => text_value(out, inner, &v),
+            None => Err("wrapper message without a value field".into()),
+        },
+        (Conv::Bytes, Value::Bytes(b)) => {
+            out.push_str("\\x");
+            for byte in b.iter() {
+                let _ = write!(out, "{byte:02x}");
+            }
+            Ok(())
+        }
+        (Conv::Scalar, Value::String(s)) => {
+            out.push_str(s);
+            Ok(())
+        }
+        (Conv::Scalar, Value::F32(f)) => {
+            float_text(out, f64::from(*f));
+            Ok(())
+        }
+        (Conv::Scalar, Value::F64(f)) => {
+            float_text(out, *f);
+            Ok(())
+        }
+        (Conv::EnumName(e), Value::EnumNumber(n)) => match e.get_value(*n) {
+            Some(v) => {
+                out.push_str(v.name());
+                Ok(())
+            }
+            None => Err(format!("{n} is not a value of enum {}", e.full_name())),
+        },
+        // Numbers, booleans, timestamps, durations and documents read the
+        // same in JSON and in text, once a JSON string's quotes are off.
+        (conv, value) => {
+            let mut json = String::new();
+            write_value(&mut json, conv, value)?;
+            match json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+                // Timestamps and durations: no escapes inside.
+                Some(inner) if matches!(conv, Conv::Timestamp | Conv::Duration) => {
+                    out.push_str(inner)
+                }
+                _ => out.push_str(&json),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn float_text(out: &mut String, f: f64) {
+    if f.is_finite() {
+        let _ = write!(out, "{f}");
+    } else if f.is_nan() {
+        out.push_str("NaN");
+    } else if f > 0.0 {
+        out.push_str("Infinity");
+    } else {
+        out.push_str("-Infinity");
+    }
 }
 
 /// The key of a row, for messages: `name=value` pairs of the given fields.
@@ -567,8 +703,9 @@ mod tests {
             .iter()
             .map(|(name, base, cat)| {
                 let f = field(type_name, name);
-                let conv = plan(&f, &column(name, base, *cat)).unwrap();
-                FieldPlan::new(f, conv)
+                let col = column(name, base, *cat);
+                let conv = plan(&f, &col).unwrap();
+                FieldPlan::new(f, conv, is_json(&col))
             })
             .collect();
         let mut out = String::new();

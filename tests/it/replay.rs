@@ -448,7 +448,10 @@ fn every_field_kind_replays_into_its_column_type() {
             ("mood_number", V::EnumNumber(2)),
             ("mood_name", V::EnumNumber(2)),
             ("mood_enum", V::EnumNumber(1)),
-            ("maybe", V::String("it's \"quoted\"".into())),
+            (
+                "maybe",
+                V::String("it's \"quoted\"\ttab\nline\\slash \\N ✓".into()),
+            ),
             (
                 "at",
                 sub(
@@ -486,7 +489,21 @@ fn every_field_kind_replays_into_its_column_type() {
             ),
             (
                 "tags",
-                V::List(vec![V::String("a".into()), V::String("b,c".into())]),
+                V::List(
+                    [
+                        "a",
+                        "b,c",
+                        "NULL",
+                        "{x}",
+                        "q\"uote",
+                        "back\\slash",
+                        "tab\tnew\nline",
+                        "",
+                    ]
+                    .into_iter()
+                    .map(|t| V::String(t.into()))
+                    .collect(),
+                ),
             ),
             ("scores", V::List(vec![V::I64(1), V::I64(2), V::I64(3)])),
             (
@@ -527,8 +544,8 @@ fn every_field_kind_replays_into_its_column_type() {
     db.client()
         .batch_execute(
             "INSERT INTO kitchen_sink VALUES ('s1', 'NaN', 1.5, -7, 9007199254740993, 4294967295, 18446744073709551615, \
-             -42, 7, true, '\\x00ff', 2, 'MOOD_GRUMPY', 'MOOD_HAPPY', 'it''s \"quoted\"', '2024-02-29T12:34:56.789012Z', \
-             interval '90.5 seconds', 12, 'note', ARRAY['a', 'b,c'], ARRAY[1, 2, 3], '{\"label\": \"x\", \"weight\": 3}', \
+             -42, 7, true, '\\x00ff', 2, 'MOOD_GRUMPY', 'MOOD_HAPPY', E'it\\'s \"quoted\"\\ttab\\nline\\\\slash \\\\N ✓', '2024-02-29T12:34:56.789012Z', \
+             interval '90.5 seconds', 12, 'note', ARRAY['a', 'b,c', 'NULL', '{x}', 'q\"uote', E'back\\\\slash', E'tab\\tnew\\nline', ''], ARRAY[1, 2, 3], '{\"label\": \"x\", \"weight\": 3}', \
              '{\"k\": 1}', 'f47ac10b-58cc-4372-a567-0e02b2c3d479', 12.25);
              INSERT INTO kitchen_sink VALUES ('s2', 0, 0, 0, 0, 0, 0, 0, 0, false, '', 0, 'MOOD_UNSPECIFIED', \
              'MOOD_UNSPECIFIED', NULL, NULL, NULL, NULL, NULL, '{}', '{}', NULL, '{}', \
