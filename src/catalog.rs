@@ -261,14 +261,16 @@ impl TypeCatalog {
     /// Decodes a catalog stored by another process, checking it against the
     /// digest that names it. Every registration is validated as if it were
     /// made here, so hostile table or column names are refused.
-    pub(crate) fn decode_stored(digest: &[u8], bytes: &[u8]) -> Result<TypeCatalog> {
+    /// Catalogs over `max_bytes` are refused before anything is decoded.
+    pub(crate) fn decode_stored(
+        digest: &[u8],
+        bytes: &[u8],
+        max_bytes: usize,
+    ) -> Result<TypeCatalog> {
         let hex = crate::entry::hex(digest);
         let bad = |reason: String| Error::Catalog(format!("stored catalog {hex}: {reason}"));
-        if bytes.len() > MAX_CATALOG_BYTES {
-            return Err(bad(format!(
-                "{} bytes is over the limit of {MAX_CATALOG_BYTES}",
-                bytes.len()
-            )));
+        if bytes.len() > max_bytes {
+            return Err(oversized(digest, bytes.len(), max_bytes));
         }
         if Sha256::digest(bytes).as_slice() != digest {
             return Err(bad(
@@ -297,6 +299,23 @@ impl TypeCatalog {
                 .map_err(|e| bad(e.to_string()))?;
         }
         Ok(catalog)
+    }
+
+    /// [`TypeCatalog::decode_stored`] of a catalog as read from the
+    /// database with a size limit.
+    pub(crate) fn from_stored(
+        digest: &[u8],
+        stored: &crate::store::CatalogBytes,
+        max_bytes: usize,
+    ) -> Result<TypeCatalog> {
+        match stored {
+            crate::store::CatalogBytes::Bytes(bytes) => {
+                TypeCatalog::decode_stored(digest, bytes, max_bytes)
+            }
+            crate::store::CatalogBytes::Oversized(size) => {
+                Err(oversized(digest, *size, max_bytes))
+            }
+        }
     }
 
     fn descriptor(&self, type_name: &str) -> Result<MessageDescriptor> {
@@ -367,6 +386,14 @@ impl TypeCatalog {
             .entry(type_name.to_string())
             .or_insert(TypeInfo { descriptor, table }))
     }
+}
+
+/// The error for a stored catalog of `size` bytes, over the limit.
+pub(crate) fn oversized(digest: &[u8], size: usize, limit: usize) -> Error {
+    Error::Catalog(format!(
+        "stored catalog {}: {size} bytes is over the limit of {limit}; raise max_catalog_bytes in Limits if this catalog is trusted",
+        crate::entry::hex(digest)
+    ))
 }
 
 /// Appends `file` after its dependencies, once.
@@ -456,7 +483,7 @@ mod tests {
         let catalog = TypeCatalog::demo();
         let encoded = catalog.encode();
         assert_eq!(encoded, TypeCatalog::demo().encode(), "deterministic");
-        let decoded = TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes).unwrap();
+        let decoded = TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes, MAX_CATALOG_BYTES).unwrap();
         assert_eq!(
             decoded.type_names().collect::<Vec<_>>(),
             catalog.type_names().collect::<Vec<_>>()
@@ -482,7 +509,7 @@ mod tests {
         let mut tampered = encoded.bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        let err = TypeCatalog::decode_stored(&encoded.digest, &tampered).unwrap_err();
+        let err = TypeCatalog::decode_stored(&encoded.digest, &tampered, MAX_CATALOG_BYTES).unwrap_err();
         assert!(
             err.to_string().contains("does not match its digest"),
             "{err}"
@@ -494,12 +521,12 @@ mod tests {
         stored.types[1].table = "demo_user\"; DROP TABLE x; --".into();
         let bytes = stored.encode_to_vec();
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let err = TypeCatalog::decode_stored(&digest, &bytes).unwrap_err();
+        let err = TypeCatalog::decode_stored(&digest, &bytes, MAX_CATALOG_BYTES).unwrap_err();
         assert!(err.to_string().contains("not a valid identifier"), "{err}");
 
         let garbage = b"\x0a\xff\xff\xff\xff\x0f";
         let digest: [u8; 32] = Sha256::digest(garbage).into();
-        assert!(TypeCatalog::decode_stored(&digest, garbage).is_err());
+        assert!(TypeCatalog::decode_stored(&digest, garbage, MAX_CATALOG_BYTES).is_err());
     }
 
     #[test]

@@ -34,6 +34,10 @@ const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 const MAX_KEY_ID: usize = 64;
 
+/// Largest keyring file read, in bytes: room for thousands of keys, and a
+/// bound on what a wrong path (a log file, a device) can make us allocate.
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
 /// Why a wrapper could not decrypt. This is the failure contract of
 /// [`Wrapper::decrypt`]; the caller attaches the entry it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,9 +305,32 @@ impl Keyring {
                 )));
             }
         }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        if meta.len() > MAX_KEY_FILE_BYTES {
+            return Err(Error::Keyring(format!(
+                "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES}; check the path",
+                path.display(),
+                meta.len()
+            )));
+        }
+        // Read at most one byte past the limit, in case the file grew since
+        // its size was read.
+        // Capacity for the whole file, so that the text holding key
+        // material is never reallocated (which would leave a copy behind
+        // that is not zeroed).
+        let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+        let mut text = Zeroizing::new(String::with_capacity(capacity));
+        fs::File::open(path)
+            .and_then(|f| {
+                use std::io::Read;
+                f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)
+            })
+            .map_err(io)?;
+        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
+            return Err(Error::Keyring(format!(
+                "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes; check the path",
+                path.display()
+            )));
+        }
         Keyring::from_json(&text).map_err(|e| match e {
             Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
             other => other,

@@ -409,11 +409,11 @@ pub(crate) fn open(
             supported: FORMAT_VERSION,
         });
     }
-    if data.len() > limits.max_queue_bytes.saturating_add(1024) {
+    if data.len() > limits.max_entry_bytes() {
         return Err(Error::LimitExceeded {
             what: "entry ciphertext size in bytes",
             actual: data.len(),
-            limit: limits.max_queue_bytes,
+            limit: limits.max_entry_bytes(),
         });
     }
     let plaintext =

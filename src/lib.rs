@@ -73,6 +73,9 @@ mod crypto;
 pub mod demo;
 mod entry;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod mapping;
 mod migrate;
 mod oplog;

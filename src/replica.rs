@@ -162,8 +162,9 @@ pub(crate) fn replicated_tables(
     source: &mut Client,
 ) -> Result<Vec<ReplicatedTable>> {
     let mut catalogs = vec![oplog.catalog().clone()];
-    for (digest, bytes) in store::stored_catalogs(source)? {
-        catalogs.push(TypeCatalog::decode_stored(&digest, &bytes)?);
+    let max = oplog.limits().max_catalog_bytes;
+    for (digest, stored) in store::stored_catalogs(source, max)? {
+        catalogs.push(TypeCatalog::from_stored(&digest, &stored, max)?);
     }
     let mut tables: BTreeMap<TableName, ReplicatedTable> = BTreeMap::new();
     for catalog in &catalogs {

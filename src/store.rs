@@ -119,7 +119,34 @@ $1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 const STORE_CATALOG: &str =
     "INSERT INTO oplog_catalog (digest, catalog) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 
-const LOAD_CATALOG: &str = "SELECT catalog FROM oplog_catalog WHERE digest = $1";
+/// Reads a catalog's size, and its bytes only when they are within the
+/// reader's limit ($2), so that an oversized catalog never leaves the
+/// database.
+const LOAD_CATALOG: &str = "SELECT length(catalog)::bigint AS size, \
+CASE WHEN length(catalog) <= $2 THEN catalog END AS catalog FROM oplog_catalog WHERE digest = $1";
+
+/// A stored catalog as read with a size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogBytes {
+    /// The encoded catalog.
+    Bytes(Vec<u8>),
+    /// The catalog is over the limit; this is its size in bytes.
+    Oversized(usize),
+}
+
+impl CatalogBytes {
+    fn from_row(size: i64, bytes: Option<Vec<u8>>) -> CatalogBytes {
+        match bytes {
+            Some(bytes) => CatalogBytes::Bytes(bytes),
+            None => CatalogBytes::Oversized(usize::try_from(size).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+/// `limit` as a BIGINT parameter.
+fn size_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
 
 pub(crate) const SELECT_ENTRIES: &str = "\
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
@@ -158,7 +185,7 @@ pub(crate) mod private {
         fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
-        fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>>;
+        fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
     }
 }
 
@@ -247,9 +274,16 @@ fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> 
     Ok(())
 }
 
-fn pg_load_catalog(c: &mut impl GenericClient, digest: &[u8]) -> Result<Option<Vec<u8>>> {
-    let row = c.query_typed_opt(LOAD_CATALOG, &[(&digest, Type::BYTEA)])?;
-    Ok(row.map(|r| r.get(0)))
+fn pg_load_catalog(
+    c: &mut impl GenericClient,
+    digest: &[u8],
+    limit: usize,
+) -> Result<Option<CatalogBytes>> {
+    let row = c.query_typed_opt(
+        LOAD_CATALOG,
+        &[(&digest, Type::BYTEA), (&size_param(limit), Type::INT8)],
+    )?;
+    Ok(row.map(|r| CatalogBytes::from_row(r.get(0), r.get(1))))
 }
 
 fn pg_entry_id_by_uuid(c: &mut impl GenericClient, uuid: Uuid) -> Result<Option<i64>> {
@@ -282,8 +316,12 @@ macro_rules! impl_postgres {
             fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
                 pg_store_catalog(self, digest, bytes)
             }
-            fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
-                pg_load_catalog(self, digest)
+            fn load_catalog(
+                &mut self,
+                digest: &[u8],
+                limit: usize,
+            ) -> Result<Option<CatalogBytes>> {
+                pg_load_catalog(self, digest, limit)
             }
         }
     };
@@ -314,8 +352,10 @@ struct DieselAppended {
 
 #[derive(QueryableByName)]
 struct DieselCatalog {
-    #[diesel(sql_type = Binary)]
-    catalog: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    size: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    catalog: Option<Vec<u8>>,
 }
 
 #[derive(QueryableByName)]
@@ -397,11 +437,12 @@ impl private::Sealed for PgConnection {
         Ok(())
     }
 
-    fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {
         let rows: Vec<DieselCatalog> = diesel::sql_query(LOAD_CATALOG)
             .bind::<Binary, _>(digest)
+            .bind::<BigInt, _>(size_param(limit))
             .load(self)?;
-        Ok(first(rows).map(|r| r.catalog))
+        Ok(first(rows).map(|r| CatalogBytes::from_row(r.size, r.catalog)))
     }
 }
 
@@ -460,13 +501,22 @@ pub(crate) fn source_id(c: &mut impl GenericClient) -> Result<String> {
     Ok(row.get(0))
 }
 
-/// Every stored catalog, as (digest, encoding).
-pub(crate) fn stored_catalogs(c: &mut impl GenericClient) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every stored catalog, as (digest, encoding); the encodings over `limit`
+/// bytes stay in the database.
+pub(crate) fn stored_catalogs(
+    c: &mut impl GenericClient,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, CatalogBytes)>> {
     let rows = c.query_typed(
-        "SELECT digest, catalog FROM oplog_catalog ORDER BY digest",
-        &[],
+        "SELECT digest, length(catalog)::bigint, \
+         CASE WHEN length(catalog) <= $1 THEN catalog END \
+         FROM oplog_catalog ORDER BY digest",
+        &[(&size_param(limit), Type::INT8)],
     )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), CatalogBytes::from_row(r.get(1), r.get(2))))
+        .collect())
 }
 
 /// Entries in (aggregate, seq) order after the position `after` (exclusive),
