@@ -217,6 +217,30 @@ impl Keyring {
         &self.keys[self.active].id
     }
 
+    /// Removes the key `id`, whose material is zeroed. The active key cannot
+    /// be removed: rotate first. Entries still encrypted with the removed key
+    /// can no longer be read, so re-encrypt them first
+    /// ([`Oplog::rewrap`](crate::Oplog::rewrap)) and check that none is left
+    /// ([`key_usage`](crate::key_usage)).
+    pub fn remove(&mut self, id: &str) -> Result<()> {
+        let Some(index) = self.keys.iter().position(|k| k.id == id) else {
+            return Err(Error::Keyring(format!(
+                "key {id:?} is not in the keyring; its keys are {}",
+                self.key_ids().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if index == self.active {
+            return Err(Error::Keyring(format!(
+                "key {id:?} is the active key; rotate to a new key (`oplog keys rotate`) and re-encrypt the entries (`oplog keys rewrap`) before removing it"
+            )));
+        }
+        self.keys.remove(index);
+        if index < self.active {
+            self.active -= 1;
+        }
+        Ok(())
+    }
+
     /// Ids of all keys, oldest first.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.id.as_str())
@@ -468,6 +492,29 @@ mod tests {
             ring.decrypt(&[1, 200, 0], b""),
             Err(CryptoError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn remove_keeps_the_active_key_and_refuses_to_remove_it() {
+        let mut ring = Keyring::generate();
+        let first = ring.key_id().to_string();
+        let blob = ring.encrypt(b"old", b"").unwrap();
+        let second = ring.rotate().to_string();
+        let third = ring.rotate().to_string();
+        let err = ring.remove(&third).unwrap_err().to_string();
+        assert!(err.contains("is the active key") && err.contains("rotate"), "{err}");
+        let err = ring.remove("k-missing").unwrap_err().to_string();
+        assert!(err.contains("not in the keyring"), "{err}");
+        ring.remove(&first).unwrap();
+        assert_eq!(ring.key_id(), third, "the active key stays active");
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), [&second, &third]);
+        assert_eq!(
+            ring.decrypt(&blob, b""),
+            Err(CryptoError::UnknownKey(first.clone()))
+        );
+        let again = Keyring::from_json(&ring.to_json()).unwrap();
+        assert_eq!(again.key_id(), third);
+        assert_eq!(again.key_ids().count(), 2);
     }
 
     #[test]

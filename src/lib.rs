@@ -84,6 +84,7 @@ mod queue;
 mod replay;
 mod replica;
 mod retry;
+mod rewrap;
 mod schema;
 mod sql;
 mod store;
@@ -106,6 +107,7 @@ pub use crate::replay::{
 };
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
+pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::store::Connection;
 pub use crate::verify::{
     heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,

@@ -606,3 +606,74 @@ pub(crate) fn next_seq(
     )?;
     Ok(row.get(0))
 }
+
+// Statements of key rotation: which keys the entries use, and re-encrypting
+// entries under the active key.
+
+/// How many entries each key id encrypts, by key id.
+pub(crate) fn key_usage(c: &mut impl GenericClient) -> Result<Vec<(String, i64)>> {
+    let rows = c.query_typed(
+        "SELECT key_id, count(*) FROM oplog_entry GROUP BY key_id ORDER BY key_id COLLATE \"C\"",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How many entries are encrypted under a key other than `key_id`.
+pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> Result<i64> {
+    let row = c.query_typed_one(
+        "SELECT count(*) FROM oplog_entry WHERE key_id <> $1",
+        &[(&key_id, Type::TEXT)],
+    )?;
+    Ok(row.get(0))
+}
+
+/// The next entries above id `after` encrypted under a key other than
+/// `key_id`, in id order, at most `limit`, locked until the end of the
+/// transaction (the lock an UPDATE of them takes anyway, which writers of
+/// new entries never wait for).
+pub(crate) fn lock_entries_not_under_key(
+    c: &mut impl GenericClient,
+    key_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredRow>> {
+    let sql = format!(
+        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 ORDER BY e.id LIMIT $3 \
+         FOR NO KEY UPDATE OF e"
+    );
+    let rows = c.query_typed(
+        &sql,
+        &[
+            (&key_id, Type::TEXT),
+            (&after, Type::INT8),
+            (&limit, Type::INT8),
+        ],
+    )?;
+    Ok(rows.iter().map(stored_row).collect())
+}
+
+/// Replaces the data of the entries `ids` (each under `old_keys[i]`) with
+/// `data[i]` under `new_key`, through the migration's `oplog_rewrap`, the
+/// one way the entry trigger lets an entry change. Returns how many were
+/// replaced: an entry trimmed or rewrapped by someone else meanwhile is
+/// left alone.
+pub(crate) fn rewrap_entries(
+    c: &mut impl GenericClient,
+    ids: &[i64],
+    old_keys: &[&str],
+    new_key: &str,
+    data: &[Vec<u8>],
+) -> Result<i64> {
+    let row = c.query_typed_one(
+        "SELECT count(*) FILTER (WHERE oplog_rewrap(u.id, u.old_key, $4, u.data)) \
+         FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(id, old_key, data)",
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&old_keys, Type::TEXT_ARRAY),
+            (&data, Type::BYTEA_ARRAY),
+            (&new_key, Type::TEXT),
+        ],
+    )?;
+    Ok(row.get(0))
+}

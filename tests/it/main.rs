@@ -3,6 +3,8 @@
 //! postgres://postgres@127.0.0.1:5432/postgres.
 
 mod cli;
+mod faults;
+mod keys;
 mod replay;
 mod support;
 mod verify;
