@@ -581,6 +581,24 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn load_refuses_a_key_file_over_the_size_limit_before_reading_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("oplog-keys-{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(MAX_KEY_FILE_BYTES + 1).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Keyring::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("over the limit") && err.contains("check the path"),
+            "{err}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     proptest! {
         #[test]
         fn round_trip(plain in prop::collection::vec(any::<u8>(), 0..512), aad in prop::collection::vec(any::<u8>(), 0..64)) {

@@ -55,7 +55,10 @@
 //!   another row or editing metadata fails decryption ([`Error::Decryption`]).
 //! - **Chained.** Each entry stores `chain_n = H(chain_{n-1}, header,
 //!   digest)`; the ticket holds the head. Verification builds on it.
-//! - **Immutable.** A trigger rejects UPDATE of entries and metadata.
+//! - **Immutable.** A trigger rejects UPDATE of entries and metadata; the
+//!   one exception is [`Oplog::rewrap`], which re-encrypts an entry under
+//!   the active key through the migration's `oplog_rewrap` function and
+//!   changes only its `key_id` and `data` (the chain covers neither).
 //!
 //! # Locking modes
 //!

@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod keys;
 mod replay;
+mod security;
 mod support;
 mod verify;
 mod write;
