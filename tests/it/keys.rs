@@ -457,4 +457,18 @@ fn keys_remove_with_force_removes_a_key_still_in_use_and_says_so() {
     assert_eq!(mode(&path), 0o600);
     let out = keys_cmd(&keys, Some(&db), &["log"]);
     failure(&out, &[&format!("key {old:?} is not in the keyring"), "seq 1"]);
+
+    // A key file others can read is refused by both commands, and left as
+    // it was.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let file: Value = serde_json::from_slice(&before).unwrap();
+    let new = file["active"].as_str().unwrap().to_string();
+    failure(&keys_cmd(&keys, Some(&db), &["keys", "rewrap"]), &["chmod 600"]);
+    failure(
+        &keys_cmd(&keys, Some(&db), &["keys", "remove", &new, "--force"]),
+        &["chmod 600"],
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
 }
