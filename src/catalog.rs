@@ -312,9 +312,7 @@ impl TypeCatalog {
             crate::store::CatalogBytes::Bytes(bytes) => {
                 TypeCatalog::decode_stored(digest, bytes, max_bytes)
             }
-            crate::store::CatalogBytes::Oversized(size) => {
-                Err(oversized(digest, *size, max_bytes))
-            }
+            crate::store::CatalogBytes::Oversized(size) => Err(oversized(digest, *size, max_bytes)),
         }
     }
 
@@ -483,7 +481,8 @@ mod tests {
         let catalog = TypeCatalog::demo();
         let encoded = catalog.encode();
         assert_eq!(encoded, TypeCatalog::demo().encode(), "deterministic");
-        let decoded = TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes, MAX_CATALOG_BYTES).unwrap();
+        let decoded =
+            TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes, MAX_CATALOG_BYTES).unwrap();
         assert_eq!(
             decoded.type_names().collect::<Vec<_>>(),
             catalog.type_names().collect::<Vec<_>>()
@@ -509,7 +508,8 @@ mod tests {
         let mut tampered = encoded.bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        let err = TypeCatalog::decode_stored(&encoded.digest, &tampered, MAX_CATALOG_BYTES).unwrap_err();
+        let err =
+            TypeCatalog::decode_stored(&encoded.digest, &tampered, MAX_CATALOG_BYTES).unwrap_err();
         assert!(
             err.to_string().contains("does not match its digest"),
             "{err}"

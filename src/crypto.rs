@@ -502,7 +502,10 @@ mod tests {
         let second = ring.rotate().to_string();
         let third = ring.rotate().to_string();
         let err = ring.remove(&third).unwrap_err().to_string();
-        assert!(err.contains("is the active key") && err.contains("rotate"), "{err}");
+        assert!(
+            err.contains("is the active key") && err.contains("rotate"),
+            "{err}"
+        );
         let err = ring.remove("k-missing").unwrap_err().to_string();
         assert!(err.contains("not in the keyring"), "{err}");
         ring.remove(&first).unwrap();

@@ -125,15 +125,7 @@ pub fn open_entry(data: &[u8]) -> Result<Vec<Operation>> {
         digest[0] ^= 1;
     }
     let catalog = TypeCatalog::demo();
-    let ops = entry::open(
-        &ring,
-        &catalog,
-        &limits(),
-        &header,
-        Some(1),
-        &blob,
-        &digest,
-    )?;
+    let ops = entry::open(&ring, &catalog, &limits(), &header, Some(1), &blob, &digest)?;
     if flags & DECODE_MESSAGES != 0 {
         for op in &ops {
             let _ = catalog.decode_dynamic(&op.type_name, &op.value);
@@ -241,7 +233,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         .encrypt(&salted(&one), b"not the header")
         .expect("encryption works");
     let entries = vec![
-        entry(DECODE_MESSAGES, &[("actor", "alice")], &salted(queue.as_bytes())),
+        entry(
+            DECODE_MESSAGES,
+            &[("actor", "alice")],
+            &salted(queue.as_bytes()),
+        ),
         entry(WITH_CATALOG, &[], &salted(&one)),
         entry(WRONG_DIGEST, &[("k", "v"), ("k", "w")], &salted(&one)),
         entry(RAW_BLOB, &[], &blob),

@@ -134,8 +134,7 @@ impl Oplog {
         let mut after = 0i64;
         loop {
             let mut tx = client.transaction()?;
-            let rows =
-                store::lock_entries_not_under_key(&mut tx, &report.key_id, after, limit)?;
+            let rows = store::lock_entries_not_under_key(&mut tx, &report.key_id, after, limit)?;
             let Some(last) = rows.last() else {
                 break;
             };

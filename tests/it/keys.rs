@@ -215,7 +215,12 @@ fn an_entry_under_a_removed_key_is_an_unknown_key_error_naming_it() {
         "{message}"
     );
     // The entry under the kept key still reads.
-    assert_eq!(log.list(&mut db.client(), Some("a"), 2, None).unwrap().len(), 1);
+    assert_eq!(
+        log.list(&mut db.client(), Some("a"), 2, None)
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Verification names both entries; a rewrap cannot help and says why.
     let report = verify(&log, &db.url, &VerifyOptions::default()).unwrap();
@@ -223,7 +228,10 @@ fn an_entry_under_a_removed_key_is_an_unknown_key_error_naming_it() {
         report.findings.iter().map(|f| (f.kind, f.seq)).collect();
     assert_eq!(
         found,
-        [(FindingKind::UnknownKey, Some(1)), (FindingKind::UnknownKey, Some(2))]
+        [
+            (FindingKind::UnknownKey, Some(1)),
+            (FindingKind::UnknownKey, Some(2))
+        ]
     );
     let err = log.rewrap(&mut db.client(), 10, |_| {}).unwrap_err();
     assert!(
@@ -311,10 +319,7 @@ fn the_entry_trigger_allows_only_oplog_rewrap_to_change_only_key_id_and_data() {
 
     // oplog_rewrap changes nothing when the entry is not under the old key.
     let changed: bool = c
-        .query_one(
-            "SELECT oplog_rewrap($1, 'k-other', 'k2', '\\x00')",
-            &[&id],
-        )
+        .query_one("SELECT oplog_rewrap($1, 'k-other', 'k2', '\\x00')", &[&id])
         .unwrap()
         .get(0);
     assert!(!changed);
@@ -366,14 +371,28 @@ fn keys_rewrap_and_remove_commands_keep_the_file_private_and_print_no_key_materi
     let path = dir.join("keys.json");
     let keys = save_keyring(&Keyring::generate(), &path);
     let old = Keyring::load(&path).unwrap().key_id().to_string();
-    write_users(&db, &oplog(Keyring::load(&path).unwrap()), "u", &["a", "b"], 5);
+    write_users(
+        &db,
+        &oplog(Keyring::load(&path).unwrap()),
+        "u",
+        &["a", "b"],
+        5,
+    );
     success(&keys_cmd(&keys, None, &["keys", "rotate"]));
     let new = Keyring::load(&path).unwrap().key_id().to_string();
     let mut outputs = Vec::new();
 
     // The old key still encrypts entries, and the active key is never removed.
     let out = keys_cmd(&keys, Some(&db), &["keys", "remove", &old]);
-    failure(&out, &[&old, "still encrypts 5 entries", "oplog keys rewrap", "--force"]);
+    failure(
+        &out,
+        &[
+            &old,
+            "still encrypts 5 entries",
+            "oplog keys rewrap",
+            "--force",
+        ],
+    );
     outputs.push(out);
     let out = keys_cmd(&keys, Some(&db), &["keys", "remove", &new]);
     failure(&out, &[&new, "is the active key", "oplog keys rotate"]);
@@ -384,7 +403,11 @@ fn keys_rewrap_and_remove_commands_keep_the_file_private_and_print_no_key_materi
     let out = keys_cmd(&keys, Some(&db), &["keys", "remove", "k-nope"]);
     failure(&out, &["\"k-nope\" is not in the keyring", &old, &new]);
     outputs.push(out);
-    assert_eq!(Keyring::load(&path).unwrap().key_ids().count(), 2, "refusals change nothing");
+    assert_eq!(
+        Keyring::load(&path).unwrap().key_ids().count(),
+        2,
+        "refusals change nothing"
+    );
 
     // Rewrap, with a progress line per batch of 2.
     let out = keys_cmd(&keys, Some(&db), &["keys", "rewrap", "--batch", "2"]);
@@ -397,7 +420,12 @@ fn keys_rewrap_and_remove_commands_keep_the_file_private_and_print_no_key_materi
     ]) {
         assert!(line.starts_with(expected), "{stdout}");
     }
-    assert!(lines[3].starts_with(&format!("rewrapped 5 entries to key {new} in 3 batches (0 skipped)")), "{stdout}");
+    assert!(
+        lines[3].starts_with(&format!(
+            "rewrapped 5 entries to key {new} in 3 batches (0 skipped)"
+        )),
+        "{stdout}"
+    );
     assert_eq!(lines[4], format!("  {new}: 5 entries"));
     assert_eq!(
         lines[5],
@@ -448,7 +476,11 @@ fn keys_remove_with_force_removes_a_key_still_in_use_and_says_so() {
     write_users(&db, &oplog(Keyring::load(&path).unwrap()), "u", &["a"], 2);
     success(&keys_cmd(&keys, None, &["keys", "rotate"]));
 
-    let stdout = success(&keys_cmd(&keys, Some(&db), &["keys", "remove", &old, "--force"]));
+    let stdout = success(&keys_cmd(
+        &keys,
+        Some(&db),
+        &["keys", "remove", &old, "--force"],
+    ));
     assert!(
         stdout.contains(&format!("removed key {old}"))
             && stdout.contains("2 entries are under the removed key and can no longer be read"),
@@ -456,7 +488,10 @@ fn keys_remove_with_force_removes_a_key_still_in_use_and_says_so() {
     );
     assert_eq!(mode(&path), 0o600);
     let out = keys_cmd(&keys, Some(&db), &["log"]);
-    failure(&out, &[&format!("key {old:?} is not in the keyring"), "seq 1"]);
+    failure(
+        &out,
+        &[&format!("key {old:?} is not in the keyring"), "seq 1"],
+    );
 
     // A key file others can read is refused by both commands, and left as
     // it was.
@@ -465,7 +500,10 @@ fn keys_remove_with_force_removes_a_key_still_in_use_and_says_so() {
     let before = std::fs::read(&path).unwrap();
     let file: Value = serde_json::from_slice(&before).unwrap();
     let new = file["active"].as_str().unwrap().to_string();
-    failure(&keys_cmd(&keys, Some(&db), &["keys", "rewrap"]), &["chmod 600"]);
+    failure(
+        &keys_cmd(&keys, Some(&db), &["keys", "rewrap"]),
+        &["chmod 600"],
+    );
     failure(
         &keys_cmd(&keys, Some(&db), &["keys", "remove", &new, "--force"]),
         &["chmod 600"],

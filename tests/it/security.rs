@@ -3,8 +3,7 @@
 //! the decoding limits on what the database hands a reader.
 
 use oplog::{
-    heads, verify, Error, FindingKind, Keyring, Limits, NewEntry, Oplog, TypeCatalog,
-    VerifyOptions,
+    heads, verify, Error, FindingKind, Keyring, Limits, NewEntry, Oplog, TypeCatalog, VerifyOptions,
 };
 
 use crate::support::{superuser_exec, user, TestDb};
@@ -70,7 +69,13 @@ fn a_reader_of_the_database_sees_metadata_names_and_sizes_but_not_payloads() {
         assert!(!seen.contains(hidden), "{hidden} is readable");
     }
     // Metadata, aggregate names, key ids and the type catalog are plaintext.
-    for visible in ["alice", "tenant-acme", log.wrapper().key_id(), "demo.v1.User", "demo_user"] {
+    for visible in [
+        "alice",
+        "tenant-acme",
+        log.wrapper().key_id(),
+        "demo.v1.User",
+        "demo_user",
+    ] {
         assert!(seen.contains(visible), "{visible} is not visible");
     }
     // Sizes are visible: the ciphertext grows with the payload.
@@ -89,9 +94,8 @@ fn identical_payloads_have_different_digests_and_ciphertexts() {
     let db = TestDb::new();
     let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
     write(&db, &log, "a", &[user("same"), user("same")]);
-    let distinct: i64 = db.scalar(
-        "SELECT count(DISTINCT digest) + count(DISTINCT data) FROM oplog_entry",
-    );
+    let distinct: i64 =
+        db.scalar("SELECT count(DISTINCT digest) + count(DISTINCT data) FROM oplog_entry");
     assert_eq!(distinct, 4, "the salt and the nonce differ per entry");
 }
 
