@@ -40,6 +40,13 @@ fn keyring() -> Keyring {
     Keyring::from_key("fuzz-key", [7; 32]).expect("the fuzzing key id is valid")
 }
 
+/// The keyring and demo catalog, built once: decoding the descriptor pool
+/// for every input would make the entry target a hundred times slower.
+fn fixtures() -> &'static (Keyring, TypeCatalog) {
+    static FIXTURES: std::sync::OnceLock<(Keyring, TypeCatalog)> = std::sync::OnceLock::new();
+    FIXTURES.get_or_init(|| (keyring(), TypeCatalog::demo()))
+}
+
 /// Reads the fields of an entry header from the front of `data`, each
 /// missing field taking a default.
 struct Reader<'a>(&'a [u8]);
@@ -104,7 +111,7 @@ pub fn open_entry(data: &[u8]) -> Result<Vec<Operation>> {
         FORMAT_VERSION
     };
     let payload = r.0;
-    let ring = keyring();
+    let (ring, catalog) = fixtures();
     let catalog_digest = [3u8; 32];
     let header = Header {
         aggregate: &aggregate,
@@ -124,8 +131,7 @@ pub fn open_entry(data: &[u8]) -> Result<Vec<Operation>> {
     if flags & WRONG_DIGEST != 0 {
         digest[0] ^= 1;
     }
-    let catalog = TypeCatalog::demo();
-    let ops = entry::open(&ring, &catalog, &limits(), &header, Some(1), &blob, &digest)?;
+    let ops = entry::open(ring, catalog, &limits(), &header, Some(1), &blob, &digest)?;
     if flags & DECODE_MESSAGES != 0 {
         for op in &ops {
             let _ = catalog.decode_dynamic(&op.type_name, &op.value);
@@ -150,7 +156,8 @@ pub fn descriptor_set(data: &[u8]) -> Result<()> {
     if data.len() > limits().max_catalog_bytes {
         return Ok(());
     }
-    let mut catalog = TypeCatalog::new();
+    static EMPTY: std::sync::OnceLock<TypeCatalog> = std::sync::OnceLock::new();
+    let mut catalog = EMPTY.get_or_init(TypeCatalog::new).clone();
     catalog.add_file_descriptor_set(data)?;
     let names: Vec<String> = catalog
         .pool()
