@@ -12,6 +12,9 @@
 //! fresh connection, says whether the entry committed. The one case where
 //! it did is the one where the client cannot know: the connection was cut
 //! while the server was committing, and the commit went through.
+//!
+//! The writes go through rust-postgres; one case runs through diesel's
+//! `PgConnection::transaction` as well.
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -348,4 +351,63 @@ fn connection_cut_after_the_entry_statement_before_commit_leaves_neither() {
 #[test]
 fn connection_cut_during_commit_commits_both_and_committed_says_so() {
     assert!(fault_write(Point::DuringCommit, Fault::Cut));
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+#[test]
+fn diesel_writer_terminated_after_the_entry_statement_leaves_neither() {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let db = TestDb::new();
+    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let mut admin = db.client();
+    write_ok(&log, &mut admin, "h1");
+    let entry = entry_for("diesel-victim");
+    let uuid = entry.uuid();
+    let mut conn = db.diesel();
+    let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(&mut conn)
+        .unwrap()
+        .pid;
+    let (reached, at_point) = mpsc::channel::<()>();
+    let (go, resume) = mpsc::channel::<()>();
+    let victim = {
+        let log = log.clone();
+        thread::spawn(move || {
+            conn.transaction::<_, oplog::Error, _>(|conn| {
+                diesel::sql_query(
+                    "INSERT INTO demo_user (id, tenant_id, account_id, email) \
+                     VALUES ('diesel-victim', 't1', 'a1', 'd@example.com')",
+                )
+                .execute(conn)?;
+                log.write(conn, &entry)?;
+                reached.send(()).unwrap();
+                resume.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    at_point.recv().unwrap();
+    let done: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(done);
+    go.send(()).unwrap();
+    assert!(victim.join().unwrap().is_err(), "the commit fails");
+    wait_for_backend(&db, pid, None);
+
+    let mut fresh = db.client();
+    assert_eq!(log.committed(&mut fresh, uuid).unwrap(), None);
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM demo_user WHERE id = 'diesel-victim'"),
+        0
+    );
+    assert_consistent(&db, &log);
+    assert_eq!(write_ok(&log, &mut fresh, "next"), 2);
+    assert_consistent(&db, &log);
 }
