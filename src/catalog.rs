@@ -394,15 +394,32 @@ pub(crate) fn oversized(digest: &[u8], size: usize, limit: usize) -> Error {
     ))
 }
 
-/// Appends `file` after its dependencies, once.
+/// Appends `file` after its dependencies (depth first, in declaration
+/// order), each file once. Iterative: a catalog read from the database may
+/// chain tens of thousands of files, one importing the next, which a
+/// recursive walk would overflow the stack on.
 fn push_file(file: FileDescriptor, seen: &mut HashSet<String>, out: &mut Vec<FileDescriptor>) {
     if !seen.insert(file.name().to_string()) {
         return;
     }
-    for dep in file.dependencies() {
-        push_file(dep, seen, out);
+    let deps: Vec<FileDescriptor> = file.dependencies().collect();
+    let mut stack = vec![(file, deps, 0usize)];
+    while let Some((_, deps, next)) = stack.last_mut() {
+        match deps.get(*next).cloned() {
+            Some(dep) => {
+                *next += 1;
+                if seen.insert(dep.name().to_string()) {
+                    let dep_deps = dep.dependencies().collect();
+                    stack.push((dep, dep_deps, 0));
+                }
+            }
+            None => {
+                if let Some((done, _, _)) = stack.pop() {
+                    out.push(done);
+                }
+            }
+        }
     }
-    out.push(file);
 }
 
 #[cfg(test)]
@@ -527,6 +544,99 @@ mod tests {
         let garbage = b"\x0a\xff\xff\xff\xff\x0f";
         let digest: [u8; 32] = Sha256::digest(garbage).into();
         assert!(TypeCatalog::decode_stored(&digest, garbage, MAX_CATALOG_BYTES).is_err());
+    }
+
+    /// The recursive walk `push_file` replaced, as the reference for the
+    /// order of files in an encoded catalog (which its digest depends on).
+    fn push_file_recursive(
+        file: FileDescriptor,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<FileDescriptor>,
+    ) {
+        if !seen.insert(file.name().to_string()) {
+            return;
+        }
+        for dep in file.dependencies() {
+            push_file_recursive(dep, seen, out);
+        }
+        out.push(file);
+    }
+
+    fn file_order(
+        pool: &DescriptorPool,
+        walk: fn(FileDescriptor, &mut HashSet<String>, &mut Vec<FileDescriptor>),
+    ) -> Vec<String> {
+        let (mut seen, mut out) = (HashSet::new(), Vec::new());
+        for file in pool.files() {
+            walk(file, &mut seen, &mut out);
+        }
+        out.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    #[test]
+    fn files_are_ordered_as_the_recursive_walk_ordered_them() {
+        let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let mut reversed = pool.files().collect::<Vec<_>>();
+        reversed.reverse();
+        assert_eq!(
+            file_order(&pool, push_file),
+            file_order(&pool, push_file_recursive)
+        );
+        let (mut seen, mut a, mut b) = (HashSet::new(), Vec::new(), Vec::new());
+        for f in reversed.clone() {
+            push_file(f, &mut seen, &mut a);
+        }
+        seen.clear();
+        for f in reversed {
+            push_file_recursive(f, &mut seen, &mut b);
+        }
+        assert_eq!(
+            a.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            b.iter().map(|f| f.name()).collect::<Vec<_>>()
+        );
+    }
+
+    /// Regression: a stored catalog whose 20 000 files each import the
+    /// previous one (under 1 MB, well within the size limit) overflowed the
+    /// stack when the catalog was encoded.
+    #[test]
+    fn a_deep_chain_of_imports_does_not_overflow_the_stack() {
+        let n = 20_000;
+        let mut set = prost_types::FileDescriptorSet::default();
+        for i in 0..n {
+            set.file.push(prost_types::FileDescriptorProto {
+                name: Some(format!("f{i}.proto")),
+                package: Some("deep".into()),
+                dependency: (i > 0)
+                    .then(|| format!("f{}.proto", i - 1))
+                    .into_iter()
+                    .collect(),
+                message_type: vec![prost_types::DescriptorProto {
+                    name: Some(format!("M{i}")),
+                    ..Default::default()
+                }],
+                syntax: Some("proto3".into()),
+                ..Default::default()
+            });
+        }
+        let stored = StoredCatalog {
+            descriptor_set: set.encode_to_vec(),
+            types: vec![StoredType {
+                type_name: format!("deep.M{}", n - 1),
+                table: String::new(),
+                primary_key: Vec::new(),
+            }],
+        };
+        let bytes = stored.encode_to_vec();
+        assert!(bytes.len() < MAX_CATALOG_BYTES);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let catalog = TypeCatalog::decode_stored(&digest, &bytes, MAX_CATALOG_BYTES).unwrap();
+        let encoded = catalog.encode();
+        let again = StoredCatalog::decode(encoded.bytes.as_slice()).unwrap();
+        let files =
+            prost_types::FileDescriptorSet::decode(again.descriptor_set.as_slice()).unwrap();
+        assert_eq!(files.file.len(), n);
+        assert_eq!(files.file[0].name(), "f0.proto", "dependencies first");
     }
 
     #[test]
