@@ -22,7 +22,11 @@ for target in "${targets[@]}"; do
     nice -n 19 cargo fuzz build "$target" || exit 2
     mkdir -p "corpus/$target"
     log="logs/$target.log"
-    nice -n 19 cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+    dirs=("corpus/$target" "seeds/$target")
+    if [ -d "regressions/$target" ]; then
+        dirs+=("regressions/$target")
+    fi
+    nice -n 19 cargo fuzz run "$target" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?

@@ -160,9 +160,16 @@ impl TypeCatalog {
     /// prost-build's `file_descriptor_set_path` or `protoc
     /// --descriptor_set_out`), so their types can be registered.
     pub fn add_file_descriptor_set(&mut self, bytes: &[u8]) -> Result<()> {
-        self.pool
-            .decode_file_descriptor_set(bytes)
-            .map_err(|e| Error::Catalog(format!("invalid descriptor set: {e}")))
+        let invalid = |reason: String| Error::Catalog(format!("invalid descriptor set: {reason}"));
+        check_descriptor_set(bytes).map_err(invalid)?;
+        // Into a copy, so that a failure (or a panic in the descriptor
+        // library) leaves this catalog as it was.
+        let mut pool = self.pool.clone();
+        guarded(|| pool.decode_file_descriptor_set(bytes))
+            .map_err(invalid)?
+            .map_err(|e| invalid(e.to_string()))?;
+        self.pool = pool;
+        Ok(())
     }
 
     /// The descriptor pool behind the catalog.
@@ -280,7 +287,10 @@ impl TypeCatalog {
         }
         let stored =
             StoredCatalog::decode(bytes).map_err(|e| bad(format!("not a catalog: {e}")))?;
-        let pool = DescriptorPool::decode(stored.descriptor_set.as_slice())
+        let descriptors = stored.descriptor_set.as_slice();
+        check_descriptor_set(descriptors).map_err(|e| bad(format!("invalid descriptors: {e}")))?;
+        let pool = guarded(|| DescriptorPool::decode(descriptors))
+            .map_err(|e| bad(format!("invalid descriptors: {e}")))?
             .map_err(|e| bad(format!("invalid descriptors: {e}")))?;
         let mut catalog = TypeCatalog {
             pool,
@@ -384,6 +394,52 @@ impl TypeCatalog {
             .entry(type_name.to_string())
             .or_insert(TypeInfo { descriptor, table }))
     }
+}
+
+/// The fields of an encoded `FileDescriptorSet` checked before the
+/// descriptor library sees it: each file's name and syntax. Everything else
+/// is skipped when decoding.
+#[derive(Clone, PartialEq, Message)]
+struct FileSyntaxSet {
+    #[prost(message, repeated, tag = "1")]
+    file: Vec<FileSyntax>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FileSyntax {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, optional, tag = "12")]
+    syntax: Option<String>,
+}
+
+/// Refuses what prost-reflect 0.16 panics on instead of returning an
+/// error: a file whose `syntax` is neither absent, "proto2" nor "proto3"
+/// (found by the `catalog` and `descriptor_set` fuzz targets).
+fn check_descriptor_set(bytes: &[u8]) -> Result<(), String> {
+    let set = FileSyntaxSet::decode(bytes).map_err(|e| e.to_string())?;
+    for file in &set.file {
+        match file.syntax.as_deref() {
+            None | Some("proto2") | Some("proto3") => {}
+            Some(other) => {
+                return Err(format!(
+                    "file {:?} declares syntax {other:?}; only proto2 and proto3 descriptors are supported",
+                    file.name.as_deref().unwrap_or_default()
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a call into the descriptor library, turning a panic on malformed
+/// descriptors (a bug there; the known ones are refused beforehand by
+/// [`check_descriptor_set`]) into an error instead of unwinding through the
+/// reader.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        "the protobuf descriptor library failed on these descriptors; report them to the oplog maintainers".to_string()
+    })
 }
 
 /// The error for a stored catalog of `size` bytes, over the limit.
@@ -637,6 +693,63 @@ mod tests {
             prost_types::FileDescriptorSet::decode(again.descriptor_set.as_slice()).unwrap();
         assert_eq!(files.file.len(), n);
         assert_eq!(files.file[0].name(), "f0.proto", "dependencies first");
+    }
+
+    /// Regression: prost-reflect 0.16 panics (an index out of bounds while
+    /// building its error) on a file whose syntax is not proto2 or proto3.
+    /// The fuzz targets found it twice: a stored catalog whose
+    /// `google/protobuf/timestamp.proto` says "proto4", and a descriptor
+    /// set whose `oplog/v1/oplog.proto` says "protet" (their inputs, in
+    /// `fuzz/regressions/`). Both are now refused with an error naming the
+    /// file.
+    #[test]
+    fn a_file_with_an_unknown_syntax_is_an_error_not_a_panic() {
+        let minimal = b"\x0a\x11\x0a\x07x.proto\x62\x06proto4";
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(minimal)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("file \"x.proto\" declares syntax \"proto4\""),
+            "{err}"
+        );
+
+        let found = include_bytes!(
+            "../fuzz/regressions/catalog/crash-d245fc7e0fe398313aa56cbc871584434716c422"
+        );
+        let digest: [u8; 32] = Sha256::digest(found).into();
+        let err = TypeCatalog::decode_stored(&digest, found, MAX_CATALOG_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"google/protobuf/timestamp.proto\" declares syntax \"proto4\""),
+            "{err}"
+        );
+
+        let found = include_bytes!(
+            "../fuzz/regressions/descriptor_set/crash-d6cc5aafffc9360bb621605920fc4baa025429f8"
+        );
+        let mut catalog = TypeCatalog::new();
+        let err = catalog
+            .add_file_descriptor_set(found)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("declares syntax \"protet\""), "{err}");
+        // The refused set left the catalog as it was.
+        assert_eq!(
+            catalog.pool().files().count(),
+            TypeCatalog::new().pool().files().count()
+        );
+        catalog.register("demo.v1.User").unwrap();
+
+        // The same input as a stored catalog's descriptors.
+        let stored = StoredCatalog {
+            descriptor_set: minimal.to_vec(),
+            types: Vec::new(),
+        }
+        .encode_to_vec();
+        let digest: [u8; 32] = Sha256::digest(&stored).into();
+        assert!(TypeCatalog::decode_stored(&digest, &stored, MAX_CATALOG_BYTES).is_err());
     }
 
     #[test]
