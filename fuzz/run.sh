@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 600) each, one after the other,
-# at the lowest CPU priority, starting from the committed seeds and keeping
-# what the fuzzer finds in corpus/<target>/ (not committed). Prints each
+# at the lowest CPU priority, starting from the committed seeds (and the
+# inputs of crashes fixed before, in regressions/<target>/) and keeping what
+# the fuzzer finds in corpus/<target>/ (not committed). Prints each
 # target's executions and whether it crashed; a crashing input is left in
 # artifacts/<target>/. Needs cargo-fuzz (`cargo install cargo-fuzz`); the
 # sanitizer flags need RUSTC_BOOTSTRAP=1 on a stable toolchain.
