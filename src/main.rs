@@ -1,5 +1,6 @@
-//! The `oplog` command-line tool: create and rotate keys, migrate the
-//! schema, read, verify and anchor the log, and measure write rates.
+//! The `oplog` command-line tool: create, rotate, rewrap and remove keys,
+//! migrate the schema, read, verify and anchor the log, and measure write
+//! rates.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
 //! or runtime error, which is reported as one line on standard error.
