@@ -11,7 +11,7 @@
 //! Architecture invariant: the catalog knows nothing about the database; it
 //! only validates the names it will later hand to SQL generators.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, FileDescriptor, MessageDescriptor};
@@ -409,13 +409,23 @@ struct FileSyntaxSet {
 struct FileSyntax {
     #[prost(string, optional, tag = "1")]
     name: Option<String>,
+    #[prost(string, repeated, tag = "3")]
+    dependency: Vec<String>,
+    #[prost(int32, repeated, tag = "10")]
+    public_dependency: Vec<i32>,
     #[prost(string, optional, tag = "12")]
     syntax: Option<String>,
 }
 
-/// Refuses what prost-reflect 0.16 panics on instead of returning an
-/// error: a file whose `syntax` is neither absent, "proto2" nor "proto3"
-/// (found by the `catalog` and `descriptor_set` fuzz targets).
+/// Longest chain of public imports accepted (real ones are a few files
+/// long). prost-reflect follows such chains recursively.
+const MAX_PUBLIC_IMPORT_DEPTH: usize = 64;
+
+/// Refuses what prost-reflect 0.16 panics or overflows its stack on
+/// instead of returning an error, found by the `catalog` and
+/// `descriptor_set` fuzz targets: a file whose `syntax` is neither absent,
+/// "proto2" nor "proto3"; an import cycle (a file that publicly imports
+/// itself recurses without end); and a long chain of public imports.
 fn check_descriptor_set(bytes: &[u8]) -> Result<(), String> {
     let set = FileSyntaxSet::decode(bytes).map_err(|e| e.to_string())?;
     for file in &set.file {
@@ -427,6 +437,89 @@ fn check_descriptor_set(bytes: &[u8]) -> Result<(), String> {
                     file.name.as_deref().unwrap_or_default()
                 ))
             }
+        }
+    }
+    check_imports(&set.file)
+}
+
+/// Checks that the files' imports form no cycle and that no chain of
+/// public imports is longer than [`MAX_PUBLIC_IMPORT_DEPTH`]. Iterative, so
+/// that the check itself cannot overflow the stack.
+fn check_imports(files: &[FileSyntax]) -> Result<(), String> {
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        by_name
+            .entry(f.name.as_deref().unwrap_or_default())
+            .or_insert(i);
+    }
+    // Each file's imports within the set, with whether each is public.
+    let edges: Vec<Vec<(usize, bool)>> = files
+        .iter()
+        .map(|f| {
+            f.dependency
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let public = f
+                        .public_dependency
+                        .iter()
+                        .any(|&p| usize::try_from(p).is_ok_and(|p| p == i));
+                    by_name.get(name.as_str()).map(|&j| (j, public))
+                })
+                .collect()
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Open,
+        Done,
+    }
+    let mut state = vec![State::New; files.len()];
+    // The longest chain of public imports from each finished file.
+    let mut depth = vec![0usize; files.len()];
+    let name = |i: usize| files[i].name.as_deref().unwrap_or_default().to_string();
+    for root in 0..files.len() {
+        if state[root] != State::New {
+            continue;
+        }
+        state[root] = State::Open;
+        let mut stack = vec![(root, 0usize)];
+        while let Some((node, next)) = stack.last_mut() {
+            let node = *node;
+            if let Some(&(dep, _)) = edges[node].get(*next) {
+                *next += 1;
+                match state[dep] {
+                    State::Open => {
+                        return Err(format!(
+                            "file {:?} imports itself, directly or through {:?}; remove the import cycle",
+                            name(dep),
+                            name(node)
+                        ))
+                    }
+                    State::New => {
+                        state[dep] = State::Open;
+                        stack.push((dep, 0));
+                    }
+                    State::Done => {}
+                }
+                continue;
+            }
+            let longest = edges[node]
+                .iter()
+                .filter(|(_, public)| *public)
+                .map(|&(dep, _)| depth[dep] + 1)
+                .max()
+                .unwrap_or(0);
+            if longest > MAX_PUBLIC_IMPORT_DEPTH {
+                return Err(format!(
+                    "file {:?} starts a chain of {longest} public imports, over the limit of {MAX_PUBLIC_IMPORT_DEPTH}",
+                    name(node)
+                ));
+            }
+            depth[node] = longest;
+            state[node] = State::Done;
+            stack.pop();
         }
     }
     Ok(())
@@ -750,6 +843,100 @@ mod tests {
         .encode_to_vec();
         let digest: [u8; 32] = Sha256::digest(&stored).into();
         assert!(TypeCatalog::decode_stored(&digest, &stored, MAX_CATALOG_BYTES).is_err());
+    }
+
+    fn file(name: &str, deps: &[&str], public: &[i32]) -> prost_types::FileDescriptorProto {
+        prost_types::FileDescriptorProto {
+            name: Some(name.into()),
+            dependency: deps.iter().map(|d| d.to_string()).collect(),
+            public_dependency: public.to_vec(),
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        }
+    }
+
+    fn set(files: Vec<prost_types::FileDescriptorProto>) -> Vec<u8> {
+        prost_types::FileDescriptorSet { file: files }.encode_to_vec()
+    }
+
+    /// Regression: prost-reflect 0.16 recursed without end, overflowing
+    /// the stack, on a file that publicly imports itself. The
+    /// `descriptor_set` fuzz target found it as ten bytes (a file named ""
+    /// publicly importing ""), in `fuzz/regressions/descriptor_set/`.
+    /// Import cycles of any length are refused, as protoc refuses them.
+    #[test]
+    fn import_cycles_are_errors_not_a_stack_overflow() {
+        let found = include_bytes!(
+            "../fuzz/regressions/descriptor_set/crash-d30b1f092d27dae031e04760a131f4ca53460766"
+        );
+        assert_eq!(found.len(), 10);
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(found)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("imports itself"), "{err}");
+
+        for (files, culprit) in [
+            (vec![file("a.proto", &["a.proto"], &[0])], "a.proto"),
+            (vec![file("a.proto", &["a.proto"], &[])], "a.proto"),
+            (
+                vec![
+                    file("a.proto", &["b.proto"], &[0]),
+                    file("b.proto", &["c.proto"], &[]),
+                    file("c.proto", &["a.proto"], &[0]),
+                ],
+                "a.proto",
+            ),
+        ] {
+            let err = TypeCatalog::new()
+                .add_file_descriptor_set(&set(files.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("file {culprit:?} imports itself")),
+                "{err}"
+            );
+            let stored = StoredCatalog {
+                descriptor_set: set(files),
+                types: Vec::new(),
+            }
+            .encode_to_vec();
+            let digest: [u8; 32] = Sha256::digest(&stored).into();
+            let err = TypeCatalog::decode_stored(&digest, &stored, MAX_CATALOG_BYTES)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("imports itself"), "{err}");
+        }
+    }
+
+    /// prost-reflect also recurses along a chain of public imports whose
+    /// files a file imports directly too; such chains are bounded.
+    #[test]
+    fn long_chains_of_public_imports_are_refused() {
+        let chain = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("f{i}.proto")).collect();
+            let mut files: Vec<_> = (0..n)
+                .map(|i| match names.get(i + 1) {
+                    Some(next) => file(&names[i], &[next], &[0]),
+                    None => file(&names[i], &[], &[]),
+                })
+                .collect();
+            // A root importing every file of the chain, last first.
+            let all: Vec<&str> = names.iter().rev().map(String::as_str).collect();
+            files.push(file("root.proto", &all, &[]));
+            set(files)
+        };
+        TypeCatalog::new()
+            .add_file_descriptor_set(&chain(MAX_PUBLIC_IMPORT_DEPTH + 1))
+            .unwrap();
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(&chain(20_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a chain of 65 public imports, over the limit of 64"),
+            "{err}"
+        );
     }
 
     #[test]
