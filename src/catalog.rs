@@ -11,7 +11,7 @@
 //! Architecture invariant: the catalog knows nothing about the database; it
 //! only validates the names it will later hand to SQL generators.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, FileDescriptor, MessageDescriptor};
@@ -160,9 +160,16 @@ impl TypeCatalog {
     /// prost-build's `file_descriptor_set_path` or `protoc
     /// --descriptor_set_out`), so their types can be registered.
     pub fn add_file_descriptor_set(&mut self, bytes: &[u8]) -> Result<()> {
-        self.pool
-            .decode_file_descriptor_set(bytes)
-            .map_err(|e| Error::Catalog(format!("invalid descriptor set: {e}")))
+        let invalid = |reason: String| Error::Catalog(format!("invalid descriptor set: {reason}"));
+        check_descriptor_set(bytes).map_err(invalid)?;
+        // Into a copy, so that a failure (or a panic in the descriptor
+        // library) leaves this catalog as it was.
+        let mut pool = self.pool.clone();
+        guarded(|| pool.decode_file_descriptor_set(bytes))
+            .map_err(invalid)?
+            .map_err(|e| invalid(e.to_string()))?;
+        self.pool = pool;
+        Ok(())
     }
 
     /// The descriptor pool behind the catalog.
@@ -261,14 +268,16 @@ impl TypeCatalog {
     /// Decodes a catalog stored by another process, checking it against the
     /// digest that names it. Every registration is validated as if it were
     /// made here, so hostile table or column names are refused.
-    pub(crate) fn decode_stored(digest: &[u8], bytes: &[u8]) -> Result<TypeCatalog> {
+    /// Catalogs over `max_bytes` are refused before anything is decoded.
+    pub(crate) fn decode_stored(
+        digest: &[u8],
+        bytes: &[u8],
+        max_bytes: usize,
+    ) -> Result<TypeCatalog> {
         let hex = crate::entry::hex(digest);
         let bad = |reason: String| Error::Catalog(format!("stored catalog {hex}: {reason}"));
-        if bytes.len() > MAX_CATALOG_BYTES {
-            return Err(bad(format!(
-                "{} bytes is over the limit of {MAX_CATALOG_BYTES}",
-                bytes.len()
-            )));
+        if bytes.len() > max_bytes {
+            return Err(oversized(digest, bytes.len(), max_bytes));
         }
         if Sha256::digest(bytes).as_slice() != digest {
             return Err(bad(
@@ -278,7 +287,10 @@ impl TypeCatalog {
         }
         let stored =
             StoredCatalog::decode(bytes).map_err(|e| bad(format!("not a catalog: {e}")))?;
-        let pool = DescriptorPool::decode(stored.descriptor_set.as_slice())
+        let descriptors = stored.descriptor_set.as_slice();
+        check_descriptor_set(descriptors).map_err(|e| bad(format!("invalid descriptors: {e}")))?;
+        let pool = guarded(|| DescriptorPool::decode(descriptors))
+            .map_err(|e| bad(format!("invalid descriptors: {e}")))?
             .map_err(|e| bad(format!("invalid descriptors: {e}")))?;
         let mut catalog = TypeCatalog {
             pool,
@@ -297,6 +309,21 @@ impl TypeCatalog {
                 .map_err(|e| bad(e.to_string()))?;
         }
         Ok(catalog)
+    }
+
+    /// [`TypeCatalog::decode_stored`] of a catalog as read from the
+    /// database with a size limit.
+    pub(crate) fn from_stored(
+        digest: &[u8],
+        stored: &crate::store::CatalogBytes,
+        max_bytes: usize,
+    ) -> Result<TypeCatalog> {
+        match stored {
+            crate::store::CatalogBytes::Bytes(bytes) => {
+                TypeCatalog::decode_stored(digest, bytes, max_bytes)
+            }
+            crate::store::CatalogBytes::Oversized(size) => Err(oversized(digest, *size, max_bytes)),
+        }
     }
 
     fn descriptor(&self, type_name: &str) -> Result<MessageDescriptor> {
@@ -369,15 +396,179 @@ impl TypeCatalog {
     }
 }
 
-/// Appends `file` after its dependencies, once.
+/// The fields of an encoded `FileDescriptorSet` checked before the
+/// descriptor library sees it: each file's name and syntax. Everything else
+/// is skipped when decoding.
+#[derive(Clone, PartialEq, Message)]
+struct FileSyntaxSet {
+    #[prost(message, repeated, tag = "1")]
+    file: Vec<FileSyntax>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FileSyntax {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(string, repeated, tag = "3")]
+    dependency: Vec<String>,
+    #[prost(int32, repeated, tag = "10")]
+    public_dependency: Vec<i32>,
+    #[prost(string, optional, tag = "12")]
+    syntax: Option<String>,
+}
+
+/// Longest chain of public imports accepted (real ones are a few files
+/// long). prost-reflect follows such chains recursively.
+const MAX_PUBLIC_IMPORT_DEPTH: usize = 64;
+
+/// Refuses what prost-reflect 0.16 panics or overflows its stack on
+/// instead of returning an error, found by the `catalog` and
+/// `descriptor_set` fuzz targets: a file whose `syntax` is neither absent,
+/// "proto2" nor "proto3"; an import cycle (a file that publicly imports
+/// itself recurses without end); and a long chain of public imports.
+fn check_descriptor_set(bytes: &[u8]) -> Result<(), String> {
+    let set = FileSyntaxSet::decode(bytes).map_err(|e| e.to_string())?;
+    for file in &set.file {
+        match file.syntax.as_deref() {
+            None | Some("proto2") | Some("proto3") => {}
+            Some(other) => {
+                return Err(format!(
+                    "file {:?} declares syntax {other:?}; only proto2 and proto3 descriptors are supported",
+                    file.name.as_deref().unwrap_or_default()
+                ))
+            }
+        }
+    }
+    check_imports(&set.file)
+}
+
+/// Checks that the files' imports form no cycle and that no chain of
+/// public imports is longer than [`MAX_PUBLIC_IMPORT_DEPTH`]. Iterative, so
+/// that the check itself cannot overflow the stack.
+fn check_imports(files: &[FileSyntax]) -> Result<(), String> {
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        by_name
+            .entry(f.name.as_deref().unwrap_or_default())
+            .or_insert(i);
+    }
+    // Each file's imports within the set, with whether each is public.
+    let edges: Vec<Vec<(usize, bool)>> = files
+        .iter()
+        .map(|f| {
+            f.dependency
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let public = f
+                        .public_dependency
+                        .iter()
+                        .any(|&p| usize::try_from(p).is_ok_and(|p| p == i));
+                    by_name.get(name.as_str()).map(|&j| (j, public))
+                })
+                .collect()
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        Open,
+        Done,
+    }
+    let mut state = vec![State::New; files.len()];
+    // The longest chain of public imports from each finished file.
+    let mut depth = vec![0usize; files.len()];
+    let name = |i: usize| files[i].name.as_deref().unwrap_or_default().to_string();
+    for root in 0..files.len() {
+        if state[root] != State::New {
+            continue;
+        }
+        state[root] = State::Open;
+        let mut stack = vec![(root, 0usize)];
+        while let Some((node, next)) = stack.last_mut() {
+            let node = *node;
+            if let Some(&(dep, _)) = edges[node].get(*next) {
+                *next += 1;
+                match state[dep] {
+                    State::Open => {
+                        return Err(format!(
+                            "file {:?} imports itself, directly or through {:?}; remove the import cycle",
+                            name(dep),
+                            name(node)
+                        ))
+                    }
+                    State::New => {
+                        state[dep] = State::Open;
+                        stack.push((dep, 0));
+                    }
+                    State::Done => {}
+                }
+                continue;
+            }
+            let longest = edges[node]
+                .iter()
+                .filter(|(_, public)| *public)
+                .map(|&(dep, _)| depth[dep] + 1)
+                .max()
+                .unwrap_or(0);
+            if longest > MAX_PUBLIC_IMPORT_DEPTH {
+                return Err(format!(
+                    "file {:?} starts a chain of {longest} public imports, over the limit of {MAX_PUBLIC_IMPORT_DEPTH}",
+                    name(node)
+                ));
+            }
+            depth[node] = longest;
+            state[node] = State::Done;
+            stack.pop();
+        }
+    }
+    Ok(())
+}
+
+/// Runs a call into the descriptor library, turning a panic on malformed
+/// descriptors (a bug there; the known ones are refused beforehand by
+/// [`check_descriptor_set`]) into an error instead of unwinding through the
+/// reader.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        "the protobuf descriptor library failed on these descriptors; report them to the oplog maintainers".to_string()
+    })
+}
+
+/// The error for a stored catalog of `size` bytes, over the limit.
+pub(crate) fn oversized(digest: &[u8], size: usize, limit: usize) -> Error {
+    Error::Catalog(format!(
+        "stored catalog {}: {size} bytes is over the limit of {limit}; raise max_catalog_bytes in Limits if this catalog is trusted",
+        crate::entry::hex(digest)
+    ))
+}
+
+/// Appends `file` after its dependencies (depth first, in declaration
+/// order), each file once. Iterative: a catalog read from the database may
+/// chain tens of thousands of files, one importing the next, which a
+/// recursive walk would overflow the stack on.
 fn push_file(file: FileDescriptor, seen: &mut HashSet<String>, out: &mut Vec<FileDescriptor>) {
     if !seen.insert(file.name().to_string()) {
         return;
     }
-    for dep in file.dependencies() {
-        push_file(dep, seen, out);
+    let deps: Vec<FileDescriptor> = file.dependencies().collect();
+    let mut stack = vec![(file, deps, 0usize)];
+    while let Some((_, deps, next)) = stack.last_mut() {
+        match deps.get(*next).cloned() {
+            Some(dep) => {
+                *next += 1;
+                if seen.insert(dep.name().to_string()) {
+                    let dep_deps = dep.dependencies().collect();
+                    stack.push((dep, dep_deps, 0));
+                }
+            }
+            None => {
+                if let Some((done, _, _)) = stack.pop() {
+                    out.push(done);
+                }
+            }
+        }
     }
-    out.push(file);
 }
 
 #[cfg(test)]
@@ -456,7 +647,8 @@ mod tests {
         let catalog = TypeCatalog::demo();
         let encoded = catalog.encode();
         assert_eq!(encoded, TypeCatalog::demo().encode(), "deterministic");
-        let decoded = TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes).unwrap();
+        let decoded =
+            TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes, MAX_CATALOG_BYTES).unwrap();
         assert_eq!(
             decoded.type_names().collect::<Vec<_>>(),
             catalog.type_names().collect::<Vec<_>>()
@@ -482,7 +674,8 @@ mod tests {
         let mut tampered = encoded.bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
-        let err = TypeCatalog::decode_stored(&encoded.digest, &tampered).unwrap_err();
+        let err =
+            TypeCatalog::decode_stored(&encoded.digest, &tampered, MAX_CATALOG_BYTES).unwrap_err();
         assert!(
             err.to_string().contains("does not match its digest"),
             "{err}"
@@ -494,12 +687,256 @@ mod tests {
         stored.types[1].table = "demo_user\"; DROP TABLE x; --".into();
         let bytes = stored.encode_to_vec();
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let err = TypeCatalog::decode_stored(&digest, &bytes).unwrap_err();
+        let err = TypeCatalog::decode_stored(&digest, &bytes, MAX_CATALOG_BYTES).unwrap_err();
         assert!(err.to_string().contains("not a valid identifier"), "{err}");
 
         let garbage = b"\x0a\xff\xff\xff\xff\x0f";
         let digest: [u8; 32] = Sha256::digest(garbage).into();
-        assert!(TypeCatalog::decode_stored(&digest, garbage).is_err());
+        assert!(TypeCatalog::decode_stored(&digest, garbage, MAX_CATALOG_BYTES).is_err());
+    }
+
+    /// The recursive walk `push_file` replaced, as the reference for the
+    /// order of files in an encoded catalog (which its digest depends on).
+    fn push_file_recursive(
+        file: FileDescriptor,
+        seen: &mut HashSet<String>,
+        out: &mut Vec<FileDescriptor>,
+    ) {
+        if !seen.insert(file.name().to_string()) {
+            return;
+        }
+        for dep in file.dependencies() {
+            push_file_recursive(dep, seen, out);
+        }
+        out.push(file);
+    }
+
+    fn file_order(
+        pool: &DescriptorPool,
+        walk: fn(FileDescriptor, &mut HashSet<String>, &mut Vec<FileDescriptor>),
+    ) -> Vec<String> {
+        let (mut seen, mut out) = (HashSet::new(), Vec::new());
+        for file in pool.files() {
+            walk(file, &mut seen, &mut out);
+        }
+        out.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    #[test]
+    fn files_are_ordered_as_the_recursive_walk_ordered_them() {
+        let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let mut reversed = pool.files().collect::<Vec<_>>();
+        reversed.reverse();
+        assert_eq!(
+            file_order(&pool, push_file),
+            file_order(&pool, push_file_recursive)
+        );
+        let (mut seen, mut a, mut b) = (HashSet::new(), Vec::new(), Vec::new());
+        for f in reversed.clone() {
+            push_file(f, &mut seen, &mut a);
+        }
+        seen.clear();
+        for f in reversed {
+            push_file_recursive(f, &mut seen, &mut b);
+        }
+        assert_eq!(
+            a.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            b.iter().map(|f| f.name()).collect::<Vec<_>>()
+        );
+    }
+
+    /// Regression: a stored catalog whose 20 000 files each import the
+    /// previous one (under 1 MB, well within the size limit) overflowed the
+    /// stack when the catalog was encoded.
+    #[test]
+    fn a_deep_chain_of_imports_does_not_overflow_the_stack() {
+        let n = 20_000;
+        let mut set = prost_types::FileDescriptorSet::default();
+        for i in 0..n {
+            set.file.push(prost_types::FileDescriptorProto {
+                name: Some(format!("f{i}.proto")),
+                package: Some("deep".into()),
+                dependency: (i > 0)
+                    .then(|| format!("f{}.proto", i - 1))
+                    .into_iter()
+                    .collect(),
+                message_type: vec![prost_types::DescriptorProto {
+                    name: Some(format!("M{i}")),
+                    ..Default::default()
+                }],
+                syntax: Some("proto3".into()),
+                ..Default::default()
+            });
+        }
+        let stored = StoredCatalog {
+            descriptor_set: set.encode_to_vec(),
+            types: vec![StoredType {
+                type_name: format!("deep.M{}", n - 1),
+                table: String::new(),
+                primary_key: Vec::new(),
+            }],
+        };
+        let bytes = stored.encode_to_vec();
+        assert!(bytes.len() < MAX_CATALOG_BYTES);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let catalog = TypeCatalog::decode_stored(&digest, &bytes, MAX_CATALOG_BYTES).unwrap();
+        let encoded = catalog.encode();
+        let again = StoredCatalog::decode(encoded.bytes.as_slice()).unwrap();
+        let files =
+            prost_types::FileDescriptorSet::decode(again.descriptor_set.as_slice()).unwrap();
+        assert_eq!(files.file.len(), n);
+        assert_eq!(files.file[0].name(), "f0.proto", "dependencies first");
+    }
+
+    /// Regression: prost-reflect 0.16 panics (an index out of bounds while
+    /// building its error) on a file whose syntax is not proto2 or proto3.
+    /// The fuzz targets found it twice: a stored catalog whose
+    /// `google/protobuf/timestamp.proto` says "proto4", and a descriptor
+    /// set whose `oplog/v1/oplog.proto` says "protet" (their inputs, in
+    /// `fuzz/regressions/`). Both are now refused with an error naming the
+    /// file.
+    #[test]
+    fn a_file_with_an_unknown_syntax_is_an_error_not_a_panic() {
+        let minimal = b"\x0a\x11\x0a\x07x.proto\x62\x06proto4";
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(minimal)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("file \"x.proto\" declares syntax \"proto4\""),
+            "{err}"
+        );
+
+        let found = include_bytes!(
+            "../fuzz/regressions/catalog/crash-d245fc7e0fe398313aa56cbc871584434716c422"
+        );
+        let digest: [u8; 32] = Sha256::digest(found).into();
+        let err = TypeCatalog::decode_stored(&digest, found, MAX_CATALOG_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"google/protobuf/timestamp.proto\" declares syntax \"proto4\""),
+            "{err}"
+        );
+
+        let found = include_bytes!(
+            "../fuzz/regressions/descriptor_set/crash-d6cc5aafffc9360bb621605920fc4baa025429f8"
+        );
+        let mut catalog = TypeCatalog::new();
+        let err = catalog
+            .add_file_descriptor_set(found)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("declares syntax \"protet\""), "{err}");
+        // The refused set left the catalog as it was.
+        assert_eq!(
+            catalog.pool().files().count(),
+            TypeCatalog::new().pool().files().count()
+        );
+        catalog.register("demo.v1.User").unwrap();
+
+        // The same input as a stored catalog's descriptors.
+        let stored = StoredCatalog {
+            descriptor_set: minimal.to_vec(),
+            types: Vec::new(),
+        }
+        .encode_to_vec();
+        let digest: [u8; 32] = Sha256::digest(&stored).into();
+        assert!(TypeCatalog::decode_stored(&digest, &stored, MAX_CATALOG_BYTES).is_err());
+    }
+
+    fn file(name: &str, deps: &[&str], public: &[i32]) -> prost_types::FileDescriptorProto {
+        prost_types::FileDescriptorProto {
+            name: Some(name.into()),
+            dependency: deps.iter().map(|d| d.to_string()).collect(),
+            public_dependency: public.to_vec(),
+            syntax: Some("proto3".into()),
+            ..Default::default()
+        }
+    }
+
+    fn set(files: Vec<prost_types::FileDescriptorProto>) -> Vec<u8> {
+        prost_types::FileDescriptorSet { file: files }.encode_to_vec()
+    }
+
+    /// Regression: prost-reflect 0.16 recursed without end, overflowing
+    /// the stack, on a file that publicly imports itself. The
+    /// `descriptor_set` fuzz target found it as ten bytes (a file named ""
+    /// publicly importing ""), in `fuzz/regressions/descriptor_set/`.
+    /// Import cycles of any length are refused, as protoc refuses them.
+    #[test]
+    fn import_cycles_are_errors_not_a_stack_overflow() {
+        let found = include_bytes!(
+            "../fuzz/regressions/descriptor_set/crash-d30b1f092d27dae031e04760a131f4ca53460766"
+        );
+        assert_eq!(found.len(), 10);
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(found)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("imports itself"), "{err}");
+
+        for (files, culprit) in [
+            (vec![file("a.proto", &["a.proto"], &[0])], "a.proto"),
+            (vec![file("a.proto", &["a.proto"], &[])], "a.proto"),
+            (
+                vec![
+                    file("a.proto", &["b.proto"], &[0]),
+                    file("b.proto", &["c.proto"], &[]),
+                    file("c.proto", &["a.proto"], &[0]),
+                ],
+                "a.proto",
+            ),
+        ] {
+            let err = TypeCatalog::new()
+                .add_file_descriptor_set(&set(files.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("file {culprit:?} imports itself")),
+                "{err}"
+            );
+            let stored = StoredCatalog {
+                descriptor_set: set(files),
+                types: Vec::new(),
+            }
+            .encode_to_vec();
+            let digest: [u8; 32] = Sha256::digest(&stored).into();
+            let err = TypeCatalog::decode_stored(&digest, &stored, MAX_CATALOG_BYTES)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("imports itself"), "{err}");
+        }
+    }
+
+    /// prost-reflect also recurses along a chain of public imports whose
+    /// files a file imports directly too; such chains are bounded.
+    #[test]
+    fn long_chains_of_public_imports_are_refused() {
+        let chain = |n: usize| {
+            let names: Vec<String> = (0..n).map(|i| format!("f{i}.proto")).collect();
+            let mut files: Vec<_> = (0..n)
+                .map(|i| match names.get(i + 1) {
+                    Some(next) => file(&names[i], &[next], &[0]),
+                    None => file(&names[i], &[], &[]),
+                })
+                .collect();
+            // A root importing every file of the chain, last first.
+            let all: Vec<&str> = names.iter().rev().map(String::as_str).collect();
+            files.push(file("root.proto", &all, &[]));
+            set(files)
+        };
+        TypeCatalog::new()
+            .add_file_descriptor_set(&chain(MAX_PUBLIC_IMPORT_DEPTH + 1))
+            .unwrap();
+        let err = TypeCatalog::new()
+            .add_file_descriptor_set(&chain(20_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a chain of 65 public imports, over the limit of 64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 const MAX_KEY_ID: usize = 64;
 
+/// Largest keyring file read, in bytes: room for thousands of keys, and a
+/// bound on what a wrong path (a log file, a device) can make us allocate.
+const MAX_KEY_FILE_BYTES: u64 = 1 << 20;
+
 /// Why a wrapper could not decrypt. This is the failure contract of
 /// [`Wrapper::decrypt`]; the caller attaches the entry it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +217,30 @@ impl Keyring {
         &self.keys[self.active].id
     }
 
+    /// Removes the key `id`, whose material is zeroed. The active key cannot
+    /// be removed: rotate first. Entries still encrypted with the removed key
+    /// can no longer be read, so re-encrypt them first
+    /// ([`Oplog::rewrap`](crate::Oplog::rewrap)) and check that none is left
+    /// ([`key_usage`](crate::key_usage)).
+    pub fn remove(&mut self, id: &str) -> Result<()> {
+        let Some(index) = self.keys.iter().position(|k| k.id == id) else {
+            return Err(Error::Keyring(format!(
+                "key {id:?} is not in the keyring; its keys are {}",
+                self.key_ids().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if index == self.active {
+            return Err(Error::Keyring(format!(
+                "key {id:?} is the active key; rotate to a new key (`oplog keys rotate`) and re-encrypt the entries (`oplog keys rewrap`) before removing it"
+            )));
+        }
+        self.keys.remove(index);
+        if index < self.active {
+            self.active -= 1;
+        }
+        Ok(())
+    }
+
     /// Ids of all keys, oldest first.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.id.as_str())
@@ -301,9 +329,32 @@ impl Keyring {
                 )));
             }
         }
-        #[cfg(not(unix))]
-        let _ = meta;
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+        if meta.len() > MAX_KEY_FILE_BYTES {
+            return Err(Error::Keyring(format!(
+                "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES}; check the path",
+                path.display(),
+                meta.len()
+            )));
+        }
+        // Read at most one byte past the limit, in case the file grew since
+        // its size was read.
+        // Capacity for the whole file, so that the text holding key
+        // material is never reallocated (which would leave a copy behind
+        // that is not zeroed).
+        let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+        let mut text = Zeroizing::new(String::with_capacity(capacity));
+        fs::File::open(path)
+            .and_then(|f| {
+                use std::io::Read;
+                f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)
+            })
+            .map_err(io)?;
+        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
+            return Err(Error::Keyring(format!(
+                "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes; check the path",
+                path.display()
+            )));
+        }
         Keyring::from_json(&text).map_err(|e| match e {
             Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
             other => other,
@@ -444,6 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn remove_keeps_the_active_key_and_refuses_to_remove_it() {
+        let mut ring = Keyring::generate();
+        let first = ring.key_id().to_string();
+        let blob = ring.encrypt(b"old", b"").unwrap();
+        let second = ring.rotate().to_string();
+        let third = ring.rotate().to_string();
+        let err = ring.remove(&third).unwrap_err().to_string();
+        assert!(
+            err.contains("is the active key") && err.contains("rotate"),
+            "{err}"
+        );
+        let err = ring.remove("k-missing").unwrap_err().to_string();
+        assert!(err.contains("not in the keyring"), "{err}");
+        ring.remove(&first).unwrap();
+        assert_eq!(ring.key_id(), third, "the active key stays active");
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), [&second, &third]);
+        assert_eq!(
+            ring.decrypt(&blob, b""),
+            Err(CryptoError::UnknownKey(first.clone()))
+        );
+        let again = Keyring::from_json(&ring.to_json()).unwrap();
+        assert_eq!(again.key_id(), third);
+        assert_eq!(again.key_ids().count(), 2);
+    }
+
+    #[test]
     fn json_round_trip_keeps_keys_and_active() {
         let mut ring = Keyring::generate();
         let blob = ring.encrypt(b"old", b"").unwrap();
@@ -502,6 +579,24 @@ mod tests {
         let err = Keyring::load(&path).unwrap_err().to_string();
         assert!(
             err.contains("readable by group or others") && err.contains("chmod 600"),
+            "{err}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_refuses_a_key_file_over_the_size_limit_before_reading_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("oplog-keys-{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("keys.json");
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(MAX_KEY_FILE_BYTES + 1).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = Keyring::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("over the limit") && err.contains("check the path"),
             "{err}"
         );
         fs::remove_dir_all(&dir).unwrap();

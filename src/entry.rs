@@ -402,6 +402,30 @@ pub(crate) fn open(
     digest: &[u8],
 ) -> Result<Vec<Operation>> {
     let entry = || header.entry_ref(id);
+    let plaintext = decrypt(wrapper, limits, header, id, data, digest)?;
+    let queue = plaintext
+        .get(SALT_LEN..)
+        .ok_or_else(|| Error::CorruptEntry {
+            entry: entry(),
+            reason: "payload shorter than its salt".into(),
+        })?;
+    Queue::decode(queue, catalog, limits).map_err(|e| Error::CorruptEntry {
+        entry: entry(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decrypts an entry's data with the associated data of its header and
+/// checks the plaintext against the stored digest.
+fn decrypt(
+    wrapper: &dyn Wrapper,
+    limits: &Limits,
+    header: &Header<'_>,
+    id: Option<i64>,
+    data: &[u8],
+    digest: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let entry = || header.entry_ref(id);
     if header.format != FORMAT_VERSION {
         return Err(Error::UnsupportedFormat {
             entry: entry(),
@@ -409,11 +433,11 @@ pub(crate) fn open(
             supported: FORMAT_VERSION,
         });
     }
-    if data.len() > limits.max_queue_bytes.saturating_add(1024) {
+    if data.len() > limits.max_entry_bytes() {
         return Err(Error::LimitExceeded {
             what: "entry ciphertext size in bytes",
             actual: data.len(),
-            limit: limits.max_queue_bytes,
+            limit: limits.max_entry_bytes(),
         });
     }
     let plaintext =
@@ -434,16 +458,26 @@ pub(crate) fn open(
             reason: "stored digest does not match the decrypted payload".into(),
         });
     }
-    let queue = plaintext
-        .get(SALT_LEN..)
-        .ok_or_else(|| Error::CorruptEntry {
-            entry: entry(),
-            reason: "payload shorter than its salt".into(),
-        })?;
-    Queue::decode(queue, catalog, limits).map_err(|e| Error::CorruptEntry {
-        entry: entry(),
-        reason: e.to_string(),
-    })
+    Ok(plaintext)
+}
+
+/// Re-encrypts an entry's data under the wrapper's active key: decrypts it
+/// with the associated data of `header` (which names the key it is under),
+/// checks the digest, and encrypts the same plaintext with the same header
+/// naming the active key instead. The plaintext, and so the digest and the
+/// chain, do not change. Returns the new data and the key id it names.
+pub(crate) fn rewrap<'w>(
+    wrapper: &'w dyn Wrapper,
+    limits: &Limits,
+    header: &Header<'_>,
+    id: Option<i64>,
+    data: &[u8],
+    digest: &[u8],
+) -> Result<(Vec<u8>, &'w str)> {
+    let plaintext = decrypt(wrapper, limits, header, id, data, digest)?;
+    let key_id = wrapper.key_id();
+    let new = Header { key_id, ..*header };
+    Ok((wrapper.encrypt(&plaintext, &new.aad())?, key_id))
 }
 
 /// An entry read back from the log: decrypted, decoded, with its metadata.
@@ -616,6 +650,66 @@ mod tests {
         let c = header(&meta, "k1", uuid).chain(&[9; 32], &[1; 32]);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn rewrap_moves_an_entry_to_the_active_key_keeping_digest_and_chain() {
+        let (mut ring, meta, uuid, _, s) = sealed_entry();
+        let old_key = ring.key_id().to_string();
+        let old = header(&meta, &old_key, uuid);
+        ring.rotate();
+        let (data, new_key) =
+            rewrap(&ring, &Limits::default(), &old, Some(1), &s.data, &s.digest).unwrap();
+        assert_eq!(new_key, ring.key_id());
+        assert_ne!(new_key, old_key);
+        let new = header(&meta, new_key, uuid);
+        let rewrapped = Sealed {
+            data,
+            digest: s.digest,
+            chain: s.chain,
+        };
+        // The new data opens under the header naming the new key, and only
+        // under it; the chain, which leaves out the key id, is unchanged.
+        assert_eq!(
+            open_as(&ring, &new, &rewrapped).unwrap()[0]
+                .decode::<User>()
+                .unwrap()
+                .id,
+            "u1"
+        );
+        assert!(matches!(
+            open_as(&ring, &old, &rewrapped),
+            Err(Error::Decryption { .. })
+        ));
+        assert_eq!(
+            new.chain(&GENESIS_CHAIN, &s.digest),
+            old.chain(&GENESIS_CHAIN, &s.digest)
+        );
+        // Once the old key is gone, only the rewrapped data still opens.
+        let old_only = Keyring::from_json(&ring.to_json()).unwrap();
+        let mut without_old = old_only;
+        without_old.remove(&old_key).unwrap();
+        assert!(open_as(&without_old, &new, &rewrapped).is_ok());
+        assert!(matches!(
+            open_as(&without_old, &old, &s),
+            Err(Error::UnknownKey { key_id, entry: Some(_) }) if key_id == old_key
+        ));
+    }
+
+    #[test]
+    fn rewrap_refuses_data_that_does_not_authenticate() {
+        let (mut ring, meta, uuid, _, s) = sealed_entry();
+        let old_key = ring.key_id().to_string();
+        ring.rotate();
+        let mut tampered = s.data.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let h = header(&meta, &old_key, uuid);
+        let err = rewrap(&ring, &Limits::default(), &h, Some(4), &tampered, &s.digest).unwrap_err();
+        assert!(matches!(err, Error::Decryption { .. }), "{err}");
+        assert!(err.to_string().contains("entry 4"), "{err}");
+        let err = rewrap(&ring, &Limits::default(), &h, Some(4), &s.data, &[0; 32]).unwrap_err();
+        assert!(err.to_string().contains("digest does not match"), "{err}");
     }
 
     #[test]

@@ -89,7 +89,10 @@
 //!   digest)`; the ticket holds the head. Verification builds on it.
 //! - **Immutable.** Triggers reject UPDATE of entries and metadata, and
 //!   DELETE other than by [`trim`], which never deletes what a registered
-//!   consumer has not applied.
+//!   consumer has not applied. The one UPDATE is [`Oplog::rewrap`], which
+//!   re-encrypts an entry under the active key through the migration's
+//!   `oplog_rewrap` function and changes only its `key_id` and `data` (the
+//!   chain covers neither).
 //! - **Exactly-once replay.** A replica's checkpoint and the rows it covers
 //!   change in one transaction; entries apply in seq order, each checked
 //!   against the chain, and an entry that cannot apply stops its aggregate
@@ -118,6 +121,9 @@ pub mod demo;
 mod entry;
 mod error;
 mod follow;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod mapping;
 mod migrate;
 mod oplog;
@@ -126,6 +132,7 @@ mod queue;
 mod replay;
 mod replica;
 mod retry;
+mod rewrap;
 mod roles;
 mod schema;
 mod sql;
@@ -152,6 +159,7 @@ pub use crate::replay::{
 };
 pub use crate::replica::{Checkpoint, Target};
 pub use crate::retry::{Retried, RetryPolicy};
+pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};
 pub use crate::store::Connection;
 pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};

@@ -1,6 +1,6 @@
-//! The `oplog` command-line tool: create and rotate keys, migrate the
-//! schema, read, replay, verify and anchor the log, measure write and replay
-//! rates, and run the demo.
+//! The `oplog` command-line tool: create, rotate, rewrap and remove keys,
+//! migrate the schema, read, replay, verify and anchor the log, follow and
+//! trim it, grant least privileges, measure rates, and run the demo.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
 //! or runtime error, which is reported as one line on standard error.
@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create and rotate encryption keys.
+    /// Create, rotate, rewrap and remove encryption keys.
     #[command(subcommand, arg_required_else_help = false)]
     Keys(KeysCommand),
 
@@ -340,6 +340,27 @@ enum KeysCommand {
     /// Add a new active key to the keyring file; older keys stay to decrypt
     /// older entries.
     Rotate,
+
+    /// Re-encrypt the entries under older keys to the active key, a batch
+    /// per transaction, while writers go on; afterwards the older keys can
+    /// be removed.
+    Rewrap {
+        /// Entries re-encrypted per transaction.
+        #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+    },
+
+    /// Remove a key from the keyring file. The active key is never removed,
+    /// nor a key that entries in the database still use, unless --force.
+    Remove {
+        /// Id of the key to remove.
+        key_id: String,
+
+        /// Remove the key even though entries still use it (they become
+        /// unreadable), or without a database to check.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -414,6 +435,12 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             cli::keys::generate(out, path.as_deref(), force)
         }
         Command::Keys(KeysCommand::Rotate) => cli::keys::rotate(ctx, out),
+        Command::Keys(KeysCommand::Rewrap { batch }) => {
+            cli::keys::rewrap(ctx, out, usize::try_from(batch).unwrap_or(usize::MAX))
+        }
+        Command::Keys(KeysCommand::Remove { key_id, force }) => {
+            cli::keys::remove(ctx, out, &key_id, force)
+        }
         Command::Migrate => cli::migrate::run(ctx, out),
         Command::Log(args) => {
             cli::log::run(ctx, out, args.aggregate.as_deref(), args.after, args.limit)

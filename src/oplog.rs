@@ -207,14 +207,15 @@ impl Oplog {
         {
             return Ok(found);
         }
-        let bytes = conn.load_catalog(digest)?.ok_or_else(|| Error::CorruptEntry {
+        let max = self.limits.max_catalog_bytes;
+        let stored = conn.load_catalog(digest, max)?.ok_or_else(|| Error::CorruptEntry {
             entry: entry(),
             reason: format!(
                 "its type catalog {} is not stored in oplog_catalog; restore it or run `oplog verify`",
                 crate::entry::hex(digest)
             ),
         })?;
-        let catalog = Arc::new(TypeCatalog::decode_stored(digest, &bytes)?);
+        let catalog = Arc::new(TypeCatalog::from_stored(digest, &stored, max)?);
         if let Ok(mut map) = self.stored.0.lock() {
             if map.len() >= CATALOG_CACHE_SIZE {
                 map.clear();

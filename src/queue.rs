@@ -18,15 +18,40 @@ use crate::proto::{AnyOperation, OpType};
 /// Bytes of a frame's length prefix.
 const PREFIX: usize = 4;
 
+/// Bytes an entry's ciphertext may hold besides its queue: the blob header
+/// (version, key id length, a key id of at most 64 bytes, nonce), the salt
+/// and the authentication tag, rounded up generously.
+const ENTRY_OVERHEAD: usize = 1024;
+
 /// Decoding limits, enforced before anything is allocated.
+///
+/// Everything the log reads from the database is sized by whoever wrote it;
+/// these bounds keep a hostile or corrupt row from making a reader allocate
+/// without limit. Each check happens before the allocation it guards: a
+/// frame's declared length is checked before the frame is decoded, the
+/// ciphertext size before it is decrypted, and a stored catalog's size in
+/// the query that reads it, so that an oversized catalog never leaves the
+/// database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest frame (one encoded operation), in bytes.
     pub max_frame_bytes: usize,
-    /// Largest queue (all frames of one entry), in bytes.
+    /// Largest queue (all frames of one entry), in bytes. An entry's
+    /// ciphertext may be at most [`Limits::max_entry_bytes`].
     pub max_queue_bytes: usize,
     /// Most operations in one entry.
     pub max_operations: usize,
+    /// Largest stored type catalog (descriptors and registrations), in
+    /// bytes.
+    pub max_catalog_bytes: usize,
+}
+
+impl Limits {
+    /// Largest entry ciphertext, in bytes: the largest queue plus the
+    /// fixed overhead of the salt, the blob header and the tag.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.max_queue_bytes.saturating_add(ENTRY_OVERHEAD)
+    }
 }
 
 impl Default for Limits {
@@ -35,6 +60,7 @@ impl Default for Limits {
             max_frame_bytes: 16 << 20,
             max_queue_bytes: 64 << 20,
             max_operations: 100_000,
+            max_catalog_bytes: crate::catalog::MAX_CATALOG_BYTES,
         }
     }
 }

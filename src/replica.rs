@@ -164,8 +164,9 @@ pub(crate) fn replicated_tables(
     source: &mut Client,
 ) -> Result<Vec<ReplicatedTable>> {
     let mut catalogs = vec![oplog.catalog().clone()];
-    for (digest, bytes) in store::stored_catalogs(source)? {
-        if let Ok(catalog) = TypeCatalog::decode_stored(&digest, &bytes) {
+    let max = oplog.limits().max_catalog_bytes;
+    for (digest, stored) in store::stored_catalogs(source, max)? {
+        if let Ok(catalog) = TypeCatalog::from_stored(&digest, &stored, max) {
             catalogs.push(catalog);
         }
     }

@@ -120,7 +120,34 @@ $1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 const STORE_CATALOG: &str =
     "INSERT INTO oplog_catalog (digest, catalog) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 
-const LOAD_CATALOG: &str = "SELECT catalog FROM oplog_catalog WHERE digest = $1";
+/// Reads a catalog's size, and its bytes only when they are within the
+/// reader's limit ($2), so that an oversized catalog never leaves the
+/// database.
+const LOAD_CATALOG: &str = "SELECT length(catalog)::bigint AS size, \
+CASE WHEN length(catalog) <= $2 THEN catalog END AS catalog FROM oplog_catalog WHERE digest = $1";
+
+/// A stored catalog as read with a size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogBytes {
+    /// The encoded catalog.
+    Bytes(Vec<u8>),
+    /// The catalog is over the limit; this is its size in bytes.
+    Oversized(usize),
+}
+
+impl CatalogBytes {
+    fn from_row(size: i64, bytes: Option<Vec<u8>>) -> CatalogBytes {
+        match bytes {
+            Some(bytes) => CatalogBytes::Bytes(bytes),
+            None => CatalogBytes::Oversized(usize::try_from(size).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
+/// `limit` as a BIGINT parameter.
+fn size_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
 
 pub(crate) const SELECT_ENTRIES: &str = "\
 SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
@@ -159,7 +186,7 @@ pub(crate) mod private {
         fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
-        fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>>;
+        fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
     }
 }
 
@@ -249,9 +276,16 @@ fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> 
     Ok(())
 }
 
-fn pg_load_catalog(c: &mut impl GenericClient, digest: &[u8]) -> Result<Option<Vec<u8>>> {
-    let row = c.query_typed_opt(LOAD_CATALOG, &[(&digest, Type::BYTEA)])?;
-    Ok(row.map(|r| r.get(0)))
+fn pg_load_catalog(
+    c: &mut impl GenericClient,
+    digest: &[u8],
+    limit: usize,
+) -> Result<Option<CatalogBytes>> {
+    let row = c.query_typed_opt(
+        LOAD_CATALOG,
+        &[(&digest, Type::BYTEA), (&size_param(limit), Type::INT8)],
+    )?;
+    Ok(row.map(|r| CatalogBytes::from_row(r.get(0), r.get(1))))
 }
 
 fn pg_entry_id_by_uuid(c: &mut impl GenericClient, uuid: Uuid) -> Result<Option<i64>> {
@@ -284,8 +318,12 @@ macro_rules! impl_postgres {
             fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
                 pg_store_catalog(self, digest, bytes)
             }
-            fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
-                pg_load_catalog(self, digest)
+            fn load_catalog(
+                &mut self,
+                digest: &[u8],
+                limit: usize,
+            ) -> Result<Option<CatalogBytes>> {
+                pg_load_catalog(self, digest, limit)
             }
         }
     };
@@ -316,8 +354,10 @@ struct DieselAppended {
 
 #[derive(QueryableByName)]
 struct DieselCatalog {
-    #[diesel(sql_type = Binary)]
-    catalog: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    size: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    catalog: Option<Vec<u8>>,
 }
 
 #[derive(QueryableByName)]
@@ -400,11 +440,12 @@ impl private::Sealed for PgConnection {
         Ok(())
     }
 
-    fn load_catalog(&mut self, digest: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {
         let rows: Vec<DieselCatalog> = diesel::sql_query(LOAD_CATALOG)
             .bind::<Binary, _>(digest)
+            .bind::<BigInt, _>(size_param(limit))
             .load(self)?;
-        Ok(first(rows).map(|r| r.catalog))
+        Ok(first(rows).map(|r| CatalogBytes::from_row(r.size, r.catalog)))
     }
 }
 
@@ -463,13 +504,22 @@ pub(crate) fn source_id(c: &mut impl GenericClient) -> Result<String> {
     Ok(row.get(0))
 }
 
-/// Every stored catalog, as (digest, encoding).
-pub(crate) fn stored_catalogs(c: &mut impl GenericClient) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every stored catalog, as (digest, encoding); the encodings over `limit`
+/// bytes stay in the database.
+pub(crate) fn stored_catalogs(
+    c: &mut impl GenericClient,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, CatalogBytes)>> {
     let rows = c.query_typed(
-        "SELECT digest, catalog FROM oplog_catalog ORDER BY digest",
-        &[],
+        "SELECT digest, length(catalog)::bigint, \
+         CASE WHEN length(catalog) <= $1 THEN catalog END \
+         FROM oplog_catalog ORDER BY digest",
+        &[(&size_param(limit), Type::INT8)],
     )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), CatalogBytes::from_row(r.get(1), r.get(2))))
+        .collect())
 }
 
 /// Entries in (aggregate, seq) order after the position `after` (exclusive),
@@ -556,6 +606,77 @@ pub(crate) fn next_seq(
     let row = c.query_typed_one(
         "SELECT min(seq) FROM oplog_entry WHERE aggregate_name = $1 AND seq >= $2",
         &[(&aggregate, Type::TEXT), (&from, Type::INT8)],
+    )?;
+    Ok(row.get(0))
+}
+
+// Statements of key rotation: which keys the entries use, and re-encrypting
+// entries under the active key.
+
+/// How many entries each key id encrypts, by key id.
+pub(crate) fn key_usage(c: &mut impl GenericClient) -> Result<Vec<(String, i64)>> {
+    let rows = c.query_typed(
+        "SELECT key_id, count(*) FROM oplog_entry GROUP BY key_id ORDER BY key_id COLLATE \"C\"",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// How many entries are encrypted under a key other than `key_id`.
+pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> Result<i64> {
+    let row = c.query_typed_one(
+        "SELECT count(*) FROM oplog_entry WHERE key_id <> $1",
+        &[(&key_id, Type::TEXT)],
+    )?;
+    Ok(row.get(0))
+}
+
+/// The next entries above id `after` encrypted under a key other than
+/// `key_id`, in id order, at most `limit`, locked until the end of the
+/// transaction (the lock an UPDATE of them takes anyway, which writers of
+/// new entries never wait for).
+pub(crate) fn lock_entries_not_under_key(
+    c: &mut impl GenericClient,
+    key_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredRow>> {
+    let sql = format!(
+        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 ORDER BY e.id LIMIT $3 \
+         FOR NO KEY UPDATE OF e"
+    );
+    let rows = c.query_typed(
+        &sql,
+        &[
+            (&key_id, Type::TEXT),
+            (&after, Type::INT8),
+            (&limit, Type::INT8),
+        ],
+    )?;
+    Ok(rows.iter().map(stored_row).collect())
+}
+
+/// Replaces the data of the entries `ids` (each under `old_keys[i]`) with
+/// `data[i]` under `new_key`, through the migration's `oplog_rewrap`, the
+/// one way the entry trigger lets an entry change. Returns how many were
+/// replaced: an entry trimmed or rewrapped by someone else meanwhile is
+/// left alone.
+pub(crate) fn rewrap_entries(
+    c: &mut impl GenericClient,
+    ids: &[i64],
+    old_keys: &[&str],
+    new_key: &str,
+    data: &[Vec<u8>],
+) -> Result<i64> {
+    let row = c.query_typed_one(
+        "SELECT count(*) FILTER (WHERE oplog_rewrap(u.id, u.old_key, $4, u.data)) \
+         FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(id, old_key, data)",
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&old_keys, Type::TEXT_ARRAY),
+            (&data, Type::BYTEA_ARRAY),
+            (&new_key, Type::TEXT),
+        ],
     )?;
     Ok(row.get(0))
 }

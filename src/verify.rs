@@ -395,7 +395,7 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
         }
     }
 
-    let catalogs = stored_catalogs(&mut tx)?;
+    let catalogs = stored_catalogs(&mut tx, oplog.limits().max_catalog_bytes)?;
     read_log(oplog, &mut tx, aggregate, &catalogs, &mut check)?;
     let (mut report, facts) = check.finish();
 
@@ -438,11 +438,11 @@ type CatalogStates = HashMap<Vec<u8>, Option<String>>;
 /// Reads and checks every stored catalog, here rather than through the
 /// oplog's cache of decoded catalogs, which would not see a catalog altered
 /// after it was first read, nor one the oplog has compiled in.
-fn stored_catalogs(tx: &mut Transaction<'_>) -> Result<CatalogStates> {
-    Ok(store::stored_catalogs(tx)?
+fn stored_catalogs(tx: &mut Transaction<'_>, max_bytes: usize) -> Result<CatalogStates> {
+    Ok(store::stored_catalogs(tx, max_bytes)?
         .into_iter()
-        .map(|(digest, bytes)| {
-            let problem = TypeCatalog::decode_stored(&digest, &bytes)
+        .map(|(digest, stored)| {
+            let problem = TypeCatalog::from_stored(&digest, &stored, max_bytes)
                 .err()
                 .map(|e| without_verify_advice(e.to_string()));
             (digest, problem)

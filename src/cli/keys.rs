@@ -1,11 +1,13 @@
-//! `oplog keys`: generate and rotate keyrings.
+//! `oplog keys`: generate, rotate, rewrap and remove keys. Nothing here
+//! ever prints key material: only key ids and counts.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use oplog::{Keyring, Wrapper};
 use serde::Serialize;
 
-use super::{Context, Failure, Output};
+use super::{read_failure, Context, Failure, Output};
 
 /// What `--json` prints after a keyring file was written: ids only, never
 /// key material.
@@ -70,5 +72,163 @@ pub fn rotate(ctx: &Context, out: &mut Output) -> Result<(), Failure> {
             ring.key_ids().count(),
             path.display()
         ))
+    }
+}
+
+/// What `keys rewrap --json` prints.
+#[derive(Serialize)]
+struct RewrapSummary<'a> {
+    active_key: &'a str,
+    rewrapped: u64,
+    skipped: u64,
+    batches: u64,
+    remaining: u64,
+    entries_by_key: BTreeMap<&'a str, u64>,
+    unused_keys: Vec<&'a str>,
+    elapsed_s: f64,
+}
+
+/// `oplog keys rewrap [--batch N]`: re-encrypts the entries under older
+/// keys to the active key. In text mode a line per batch shows progress.
+pub fn rewrap(ctx: &Context, out: &mut Output, batch: usize) -> Result<(), Failure> {
+    let ring = ctx.keyring()?;
+    let ids: Vec<String> = ring.key_ids().map(str::to_string).collect();
+    let mut client = ctx.connect()?;
+    let oplog = super::reader(ring);
+    let json = out.json();
+    let mut broken: Option<Failure> = None;
+    let report = oplog
+        .rewrap(&mut client, batch, |p| {
+            if json || broken.is_some() {
+                return;
+            }
+            let shown = out
+                .line(format_args!(
+                    "rewrapped {} entries ({} skipped), about {} to go, {:.1} s",
+                    p.rewrapped,
+                    p.skipped,
+                    p.remaining,
+                    p.elapsed.as_secs_f64()
+                ))
+                .and_then(|()| out.flush());
+            broken = shown.err();
+        })
+        .map_err(read_failure)?;
+    if let Some(failure) = broken {
+        return Err(failure);
+    }
+    let entries_by_key: BTreeMap<&str, u64> = report
+        .keys
+        .iter()
+        .map(|k| (k.key_id.as_str(), k.entries))
+        .collect();
+    let unused_keys: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| *id != report.key_id && !entries_by_key.contains_key(id))
+        .collect();
+    if json {
+        return out.json_line(&RewrapSummary {
+            active_key: &report.key_id,
+            rewrapped: report.rewrapped,
+            skipped: report.skipped,
+            batches: report.batches,
+            remaining: report.remaining,
+            entries_by_key,
+            unused_keys,
+            elapsed_s: report.elapsed.as_secs_f64(),
+        });
+    }
+    out.line(format_args!(
+        "rewrapped {} entries to key {} in {} batches ({} skipped), {:.2} s",
+        report.rewrapped,
+        report.key_id,
+        report.batches,
+        report.skipped,
+        report.elapsed.as_secs_f64()
+    ))?;
+    for (key, n) in &entries_by_key {
+        out.line(format_args!("  {key}: {n} entries"))?;
+    }
+    if report.remaining > 0 {
+        out.line(format_args!(
+            "{} entries are still under older keys (written meanwhile with an older key file); run `oplog keys rewrap` again once every writer has the new key",
+            report.remaining
+        ))?;
+    }
+    for id in unused_keys {
+        out.line(format_args!(
+            "key {id} encrypts no entry; remove it with `oplog keys remove {id}`"
+        ))?;
+    }
+    Ok(())
+}
+
+/// What `keys remove --json` prints.
+#[derive(Serialize)]
+struct RemoveSummary<'a> {
+    removed: &'a str,
+    active_key: &'a str,
+    keys: Vec<&'a str>,
+    /// Entries under the removed key; `None` when no database was checked.
+    entries_under_removed_key: Option<u64>,
+}
+
+/// `oplog keys remove KEY_ID [--force]`: removes a key from the key file,
+/// never the active one, and not while entries use it unless forced.
+pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Result<(), Failure> {
+    let path = ctx.key_file()?;
+    let mut ring = ctx.keyring()?;
+    // The keyring's own refusals (the active key, a missing key) first:
+    // they need no database. Nothing is written until every check passed.
+    ring.remove(key_id)?;
+    let in_use = match ctx.database_url() {
+        Ok(_) => {
+            let mut client = ctx.connect()?;
+            let usage = oplog::key_usage(&mut client).map_err(read_failure)?;
+            Some(
+                usage
+                    .iter()
+                    .find(|k| k.key_id == key_id)
+                    .map_or(0, |k| k.entries),
+            )
+        }
+        Err(_) if force => None,
+        Err(_) => {
+            return Err(Failure::msg(format!(
+                "no database URL: pass --database-url or set DATABASE_URL to check that no entry uses key {key_id}, or pass --force to remove it unchecked"
+            )))
+        }
+    };
+    if let Some(n) = in_use.filter(|n| *n > 0) {
+        if !force {
+            return Err(Failure::msg(format!(
+                "key {key_id} still encrypts {n} entries; run `oplog keys rewrap` first, or pass --force to remove it anyway (those entries become unreadable)"
+            )));
+        }
+    }
+    ring.save(path)?;
+    if out.json() {
+        return out.json_line(&RemoveSummary {
+            removed: key_id,
+            active_key: ring.key_id(),
+            keys: ring.key_ids().collect(),
+            entries_under_removed_key: in_use,
+        });
+    }
+    out.line(format_args!(
+        "removed key {key_id} from {}; active key {}, {} keys left",
+        path.display(),
+        ring.key_id(),
+        ring.key_ids().count()
+    ))?;
+    match in_use {
+        Some(0) => Ok(()),
+        Some(n) => out.line(format_args!(
+            "{n} entries are under the removed key and can no longer be read"
+        )),
+        None => out.line(format_args!(
+            "no database was checked: entries under the removed key, if any, can no longer be read"
+        )),
     }
 }

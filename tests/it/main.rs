@@ -4,9 +4,12 @@
 
 mod cli;
 mod demo;
+mod faults;
 mod follow;
+mod keys;
 mod replay;
 mod roles;
+mod security;
 mod support;
 mod verify;
 mod write;
