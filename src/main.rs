@@ -73,8 +73,8 @@ enum Command {
     /// consumer has applied.
     Trim(TrimArgs),
 
-    /// Grant a database role what a writer, reader or trimmer needs, and
-    /// no more (run as the role that migrated).
+    /// Grant a database role what a writer, reader, trimmer or key
+    /// administrator needs, and no more (run as the role that migrated).
     Grant(GrantArgs),
 
     /// Check that the log is intact (and its anchors, and a replica): exit
@@ -288,7 +288,7 @@ enum ConsumersCommand {
 
 #[derive(Debug, Args)]
 struct GrantArgs {
-    /// What the role is for: writer, reader or trimmer.
+    /// What the role is for: writer, reader, trimmer or keys.
     #[arg(value_name = "KIND")]
     kind: String,
 

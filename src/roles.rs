@@ -13,6 +13,9 @@
 //!   `oplog_trim`, which deletes under its own rules (never past a consumer)
 //!   with the rights of the role that migrated. It has no DELETE privilege
 //!   of its own.
+//! - **Keys** (`keys rewrap`, `keys remove`): reads entries and may change
+//!   exactly their `key_id` and `data`, which the entry trigger allows only
+//!   through `oplog_rewrap`.
 //!
 //! The migrating role owns the tables and stays the only one that can alter
 //! them. Grants are per database and per role; [`grants`] gives the SQL,
@@ -35,6 +38,8 @@ pub enum Role {
     Reader,
     /// The job that trims.
     Trimmer,
+    /// Whoever re-encrypts entries under a new key.
+    Keys,
 }
 
 impl FromStr for Role {
@@ -45,8 +50,9 @@ impl FromStr for Role {
             "writer" => Ok(Role::Writer),
             "reader" => Ok(Role::Reader),
             "trimmer" => Ok(Role::Trimmer),
+            "keys" => Ok(Role::Keys),
             other => Err(Error::InvalidEntry(format!(
-                "unknown role kind {other:?}; use writer, reader or trimmer"
+                "unknown role kind {other:?}; use writer, reader, trimmer or keys"
             ))),
         }
     }
@@ -58,6 +64,7 @@ impl fmt::Display for Role {
             Role::Writer => "writer",
             Role::Reader => "reader",
             Role::Trimmer => "trimmer",
+            Role::Keys => "keys",
         })
     }
 }
@@ -90,6 +97,13 @@ pub fn grants(role: Role, name: &str) -> String {
             ),
             format!("GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {to}"),
             format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint) TO {to}"),
+        ],
+        Role::Keys => vec![
+            format!("GRANT SELECT ON oplog_entry, oplog_metadata, oplog_catalog TO {to}"),
+            format!("GRANT UPDATE (key_id, data) ON oplog_entry TO {to}"),
+            format!(
+                "GRANT EXECUTE ON FUNCTION oplog_rewrap(bigint, text, text, bytea) TO {to}"
+            ),
         ],
     };
     let mut sql = lines.join(";\n");

@@ -182,3 +182,40 @@ fn a_reader_follows_and_verifies_and_a_trimmer_trims_without_delete() {
         .unwrap()
         .is_clean());
 }
+
+#[test]
+fn a_key_administrator_rewraps_what_a_writer_cannot() {
+    let keys = TestRole::new("keys");
+    let writer = TestRole::new("writer");
+    let db = TestDb::new();
+    let mut owner = db.client();
+    grant(&mut owner, Role::Keys, &keys.name).unwrap();
+    grant(&mut owner, Role::Writer, &writer.name).unwrap();
+    let mut ring = Keyring::generate();
+    let old = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    create_users(&db.url, &old, "agg", (0..4).map(|i| format!("u{i}")));
+    ring.rotate();
+    let new = Oplog::new(TypeCatalog::demo(), ring);
+
+    // The writer has no UPDATE at all: oplog_rewrap is refused to it.
+    let mut w = postgres::Client::connect(&writer.url(&db.url), postgres::NoTls).unwrap();
+    denied(&mut w, "SELECT oplog_rewrap(1, 'x', 'y', '\\x00')");
+
+    let mut k = postgres::Client::connect(&keys.url(&db.url), postgres::NoTls).unwrap();
+    let report = new.rewrap(&mut k, 2, |_| {}).unwrap();
+    assert_eq!(report.rewrapped, 4);
+    let under_new: i64 = db.scalar(&format!(
+        "SELECT count(*) FROM oplog_entry WHERE key_id = '{}'",
+        new.wrapper().key_id()
+    ));
+    assert_eq!(under_new, 4);
+    // The key administrator may not change anything else.
+    denied(&mut k, "UPDATE oplog_entry SET seq = 9");
+    denied(&mut k, "DELETE FROM oplog_entry");
+    assert!(verify(&new, &db.url, &VerifyOptions::default())
+        .unwrap()
+        .is_clean());
+}
