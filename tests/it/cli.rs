@@ -47,6 +47,15 @@ fn run(args: &[&str]) -> Output {
     oplog_cmd().args(args).output().unwrap()
 }
 
+/// Runs `oplog <args> --database-url URL --key-file KEYS`.
+pub(crate) fn run_against(url: &str, keys: &str, args: &[&str]) -> Output {
+    oplog_cmd()
+        .args(args)
+        .args(["--database-url", url, "--key-file", keys])
+        .output()
+        .unwrap()
+}
+
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -170,11 +179,7 @@ impl Fixture {
 
     /// Runs `oplog <args> --database-url .. --key-file ..`.
     fn run(&self, args: &[&str]) -> Output {
-        oplog_cmd()
-            .args(args)
-            .args(["--database-url", &self.db.url, "--key-file", &self.keys])
-            .output()
-            .unwrap()
+        run_against(&self.db.url, &self.keys, args)
     }
 
     /// `oplog log --json <args>`, one value per line.

@@ -491,13 +491,7 @@ fn a_second_follower_waits_for_the_first_and_takes_over_when_it_dies() {
 fn consumers_and_trim_on_the_command_line() {
     let (source, replica, _dir, keys, log) = cli_fixture();
     create_users(&source.url, &log, "agg", ids("a", 6));
-    let run = |args: &[&str]| {
-        crate::cli::oplog_cmd()
-            .args(args)
-            .args(["--database-url", &source.url, "--key-file", &keys])
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| crate::cli::run_against(&source.url, &keys, args);
     let out = run(&[
         "follow",
         "--into",

@@ -707,11 +707,7 @@ impl Cli {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        oplog_cmd()
-            .args(args)
-            .args(["--database-url", &self.db.url, "--key-file", &self.keys])
-            .output()
-            .unwrap()
+        crate::cli::run_against(&self.db.url, &self.keys, args)
     }
 
     /// `oplog verify --json <args>`: the exit status and the document.
