@@ -169,6 +169,10 @@ struct BenchFollowArgs {
     /// Entries per second in the steady phase.
     #[arg(long, value_name = "R", default_value_t = 1000.0)]
     rate: f64,
+
+    /// Writers notify the follower at commit instead of leaving it to poll.
+    #[arg(long)]
+    notify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -528,6 +532,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 seconds: a.seconds,
                 writers: count(a.writers),
                 rate: a.rate,
+                notify: a.notify,
             },
         ),
         Command::Bench(BenchCommand::Replay(a)) => cli::bench::run(

@@ -58,11 +58,13 @@ pub struct FollowBenchConfig {
     pub aggregates: usize,
     /// The follower's settings.
     pub follow: FollowOptions,
+    /// Writers notify followers at commit ([`Oplog::with_notify`]).
+    pub notify: bool,
 }
 
 impl Default for FollowBenchConfig {
     /// 1,000 entries/s steady, 10 s per phase, 4 writers over 4 aggregates,
-    /// the follower's defaults.
+    /// the follower's defaults, no notifications (polling only).
     fn default() -> Self {
         FollowBenchConfig {
             url: super::DEFAULT_URL.to_string(),
@@ -71,6 +73,7 @@ impl Default for FollowBenchConfig {
             writers: 4,
             aggregates: 4,
             follow: FollowOptions::default(),
+            notify: false,
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct FollowBenchReport {
     pub ratio: Option<f64>,
     /// Steady rate asked for, entries per second.
     pub steady_rate: f64,
+    /// Whether writers notified followers at commit.
+    pub notify: bool,
     /// Steady rate the writers reached.
     pub steady_achieved: f64,
     /// Commits per second the writers reached in the burst.
@@ -149,8 +154,16 @@ impl fmt::Display for FollowBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "follow: steady {:.0}/s asked, {:.0}/s written; burst {:.0} commits/s; {} entries",
-            self.steady_rate, self.steady_achieved, self.burst_rate, self.entries
+            "follow: steady {:.0}/s asked, {:.0}/s written; burst {:.0} commits/s; {} entries; {}",
+            self.steady_rate,
+            self.steady_achieved,
+            self.burst_rate,
+            self.entries,
+            if self.notify {
+                "writers notify"
+            } else {
+                "follower polls"
+            }
         )?;
         writeln!(
             f,
@@ -208,7 +221,7 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         Err(why) => (None, Some(why)),
     };
 
-    let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate()).with_notify(cfg.notify);
     let commits: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
     let mut follower = Follower::new(
         &oplog,
@@ -269,6 +282,7 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         baseline_per_s,
         ratio: baseline_per_s.map(|b| super::per(follower.apply_rate_per_s, b)),
         steady_rate: cfg.steady_rate,
+        notify: cfg.notify,
         steady_achieved: steady as f64 / seconds.as_secs_f64(),
         burst_rate: burst as f64 / seconds.as_secs_f64(),
         entries: total,

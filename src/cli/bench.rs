@@ -46,6 +46,8 @@ pub enum Scenario {
         writers: usize,
         /// Entries per second in the steady phase.
         rate: f64,
+        /// Writers notify followers at commit.
+        notify: bool,
     },
     /// Replay into an empty replica against multi-row INSERTs.
     Replay {
@@ -108,6 +110,7 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
             seconds,
             writers,
             rate,
+            notify,
         } => {
             let cfg = FollowBenchConfig {
                 url: server.url.clone(),
@@ -115,6 +118,7 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
                 writers,
                 aggregates: writers,
                 steady_rate: rate,
+                notify,
                 ..FollowBenchConfig::default()
             };
             print(out, &server, &bench::follow(&cfg)?)

@@ -431,11 +431,12 @@ fn bench_replay_json_reports_its_rate_against_its_baseline() {
 fn bench_follow_json_reports_lag_and_catch_up_next_to_logical_replication() {
     let out = oplog_cmd()
         .args(["--database-url", &admin_url(), "--json", "bench", "follow"])
-        .args(["--seconds", "0.5", "--rate", "100", "--writers", "2"])
+        .args(["--seconds", "0.5", "--rate", "100", "--writers", "2", "--notify"])
         .output()
         .unwrap();
     let report = json(&success(&out));
     assert_eq!(report["scenario"], "follow", "{report}");
+    assert_eq!(report["notify"], true, "{report}");
     assert!(report["rate_per_s"].as_f64().unwrap() > 0.0, "{report}");
     let follower = &report["follower"];
     assert_eq!(follower["method"], "oplog follow");
