@@ -431,7 +431,8 @@ fn bench_replay_json_reports_its_rate_against_its_baseline() {
 fn bench_follow_json_reports_lag_and_catch_up_next_to_logical_replication() {
     let out = oplog_cmd()
         .args(["--database-url", &admin_url(), "--json", "bench", "follow"])
-        .args(["--seconds", "0.5", "--rate", "100", "--writers", "2", "--notify"])
+        .args(["--seconds", "0.5", "--rate", "100", "--writers", "2"])
+        .arg("--notify")
         .output()
         .unwrap();
     let report = json(&success(&out));
