@@ -509,6 +509,15 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Names the entry in errors and messages.
+    pub fn entry_ref(&self) -> EntryRef {
+        EntryRef {
+            id: Some(self.id),
+            aggregate: self.aggregate.clone(),
+            seq: self.seq,
+        }
+    }
+
     /// `created_at` as a `SystemTime`.
     pub fn created_at(&self) -> std::time::SystemTime {
         let micros = self.created_at_micros;

@@ -285,6 +285,11 @@ pub enum Error {
         ticket: i64,
     },
 
+    /// Another replayer or follower is applying to the same replica; the
+    /// message says which, and what to do.
+    #[error("{0}")]
+    ReplicaBusy(String),
+
     /// The embedded PostgreSQL cluster could not be found, created or
     /// started; the message says why and what to do.
     #[error("{0}")]

@@ -258,18 +258,12 @@ impl Follower {
         while !replayer.try_lock_follower()? {
             if !self.options.wait_for_lock {
                 let holder = replayer.follower_lock_holder()?;
-                return Err(Error::Apply {
-                    entry: crate::error::EntryRef {
-                        id: None,
-                        aggregate: String::new(),
-                        seq: 0,
-                    },
-                    table: "oplog_checkpoint".into(),
-                    reason: format!(
-                        "another follower is already applying to this replica ({}); stop it first, or let this one wait for it",
-                        holder.map_or("holder unknown".to_string(), |pid| format!("replica backend pid {pid}"))
-                    ),
-                });
+                return Err(Error::ReplicaBusy(format!(
+                    "another follower is already applying to this replica ({}); stop it first, or let this one wait for it",
+                    holder.map_or("holder unknown".to_string(), |pid| format!(
+                        "replica backend pid {pid}"
+                    ))
+                )));
             }
             events(&FollowEvent::WaitingForLock {
                 holder: replayer.follower_lock_holder()?,

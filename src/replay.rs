@@ -33,7 +33,7 @@ use postgres::{Client, Transaction};
 
 use crate::catalog::TypeCatalog;
 use crate::entry::{Entry, GENESIS_CHAIN};
-use crate::error::{DivergenceKind, EntryRef, Error, Result};
+use crate::error::{DivergenceKind, Error, Result};
 use crate::mapping::{self, FieldPlan};
 use crate::oplog::{expected_chain, row_ref, Oplog};
 use crate::proto::OpType;
@@ -269,7 +269,8 @@ impl Replayer {
     pub(crate) fn follower_lock_holder(&mut self) -> Result<Option<i32>> {
         let key = format!("oplog-follow/{}", self.key);
         let row = self.dest.query_typed_opt(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1              AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0) LIMIT 1",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0) LIMIT 1",
             &[(&key, Type::TEXT)],
         )?;
         Ok(row.map(|r| r.get(0)))
@@ -279,7 +280,8 @@ impl Replayer {
     /// port as the replica sees them, and the table suffix if any.
     pub(crate) fn replica_name(&mut self) -> Result<String> {
         let row = self.dest.query_typed_one(
-            "SELECT current_database()::text, coalesce(host(inet_server_addr()), 'local'),              coalesce(inet_server_port(), 0)",
+            "SELECT current_database()::text, coalesce(host(inet_server_addr()), 'local'), \
+             coalesce(inet_server_port(), 0)",
             &[],
         )?;
         let (db, host, port): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
@@ -318,15 +320,9 @@ impl Replayer {
                     states = self.load_states(&tickets, &mut ReplayReport::default())?;
                 }
                 Flow::Moved => {
-                    return Err(Error::Apply {
-                        entry: EntryRef {
-                            id: None,
-                            aggregate: states.keys().next().cloned().unwrap_or_default(),
-                            seq: 0,
-                        },
-                        table: "oplog_checkpoint".into(),
-                        reason: "other replayers keep moving this replica's checkpoints; run one replayer per replica".into(),
-                    })
+                    return Err(Error::ReplicaBusy(
+                        "other replayers keep moving this replica's checkpoints; run one replayer per replica".into(),
+                    ))
                 }
             }
         }
@@ -515,11 +511,10 @@ impl Replayer {
                 Ok(()) => self.advance(one, states, report, applied),
                 Err(ApplyError::Fatal(e)) => return Err(e),
                 Err(ApplyError::Moved) => {
-                    return Err(Error::Apply {
-                        entry: entry_ref(&item.entry),
-                        table: "oplog_checkpoint".into(),
-                        reason: "another replayer is applying to this replica at the same time; run one replayer per replica".into(),
-                    })
+                    return Err(Error::ReplicaBusy(format!(
+                        "another replayer moved this replica's checkpoints while {} was applied; run one replayer per replica",
+                        item.entry.entry_ref()
+                    )))
                 }
                 Err(ApplyError::Entry(error)) => {
                     let aggregate = item.entry.aggregate.clone();
@@ -584,13 +579,8 @@ impl Replayer {
         if items.is_empty() {
             return Ok(());
         }
-        // Plans first, outside the transaction: they may create tables.
-        for item in items {
-            for op in &item.entry.operations {
-                self.plan(item.catalog.as_deref(), &item.entry.catalog, &op.type_name)
-                    .map_err(classify)?;
-            }
-        }
+        // Runs (and so plans, which may create tables) are built before the
+        // transaction starts.
         let groups = self.build_runs(items)?;
         let key = self.key.clone();
         let mut tx = self.dest.transaction()?;
@@ -682,7 +672,7 @@ impl Replayer {
                     ApplyError::Entry(Error::Mapping {
                         type_name: op.type_name.clone(),
                         table: plan.table.to_string(),
-                        reason: format!("{}, operation #{o}: {reason}", entry_ref(&item.entry)),
+                        reason: format!("{}, operation #{o}: {reason}", item.entry.entry_ref()),
                     })
                 })?;
             }
@@ -850,17 +840,9 @@ fn gap_error(
     }
 }
 
-fn entry_ref(e: &Entry) -> EntryRef {
-    EntryRef {
-        id: Some(e.id),
-        aggregate: e.aggregate.clone(),
-        seq: e.seq,
-    }
-}
-
 fn at_entry(e: &Entry, op: usize, error: Error) -> Error {
     Error::CorruptEntry {
-        entry: entry_ref(e),
+        entry: e.entry_ref(),
         reason: format!("operation #{op}: {error}"),
     }
 }
@@ -1222,7 +1204,7 @@ impl Run {
             {
                 return ApplyError::Moved;
             }
-            let entry = entry_ref(&items[first].entry);
+            let entry = items[first].entry.entry_ref();
             let detail = e
                 .as_db_error()
                 .and_then(|d| d.detail())
@@ -1275,7 +1257,7 @@ impl Run {
             let ordinal = i64::try_from(n + 1).unwrap_or(i64::MAX);
             if !matched.contains(&ordinal) {
                 return Err(ApplyError::Entry(Error::Divergence {
-                    entry: entry_ref(&items[item].entry),
+                    entry: items[item].entry.entry_ref(),
                     kind,
                     table: self.plan.table.to_string(),
                     key: self.keys.get(n).cloned().unwrap_or_default(),

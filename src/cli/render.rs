@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use oplog::{Entry, EntryRef};
+use oplog::Entry;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -38,12 +38,7 @@ impl<'a> EntryView<'a> {
                     .decode_dynamic(&op.type_name, &op.value)
                     .map(ProtoJson)
                     .map_err(|e| {
-                        let at = EntryRef {
-                            id: Some(entry.id),
-                            aggregate: entry.aggregate.clone(),
-                            seq: entry.seq,
-                        };
-                        Failure::msg(format!("{at}, operation #{i}: {e}"))
+                        Failure::msg(format!("{}, operation #{i}: {e}", entry.entry_ref()))
                     })
             })
             .collect::<Result<_, _>>()?;
