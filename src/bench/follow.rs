@@ -262,8 +262,8 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         let lags = lags(db, &commits)?;
         Ok(Replication {
             method,
-            lag_p50_ms: quantile(&lags, 50),
-            lag_p99_ms: quantile(&lags, 99),
+            lag_p50_ms: super::percentile(&lags, 50),
+            lag_p99_ms: super::percentile(&lags, 99),
             lag_max_ms: lags.last().copied().unwrap_or(0.0),
             catch_up_s: caught.as_secs_f64(),
             apply_rate_per_s: burst as f64 / (burst_window + caught).as_secs_f64(),
@@ -413,11 +413,6 @@ fn lags(db: &Scratch, commits: &HashMap<String, f64>) -> Result<Vec<f64>> {
     Ok(lags)
 }
 
-/// The `percent`th percentile (nearest rank) of `sorted`, 0 when empty.
-fn quantile(sorted: &[f64], percent: usize) -> f64 {
-    let rank = (sorted.len() * percent).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied().unwrap_or(0.0)
-}
 
 /// Built-in logical replication of `demo_user` from the source into a
 /// subscriber database on the same server.

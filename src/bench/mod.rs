@@ -212,7 +212,7 @@ impl Figures {
 }
 
 /// The `q`th percentile (nearest rank) of `sorted`, or zero when it is empty.
-fn percentile(sorted: &[Duration], q: usize) -> Duration {
+fn percentile<T: Copy + Default>(sorted: &[T], q: usize) -> T {
     let rank = (sorted.len() * q).div_ceil(100).saturating_sub(1);
     sorted.get(rank).copied().unwrap_or_default()
 }
@@ -1167,7 +1167,7 @@ mod tests {
         assert_eq!(percentile(&sorted, 50), Duration::from_millis(100));
         assert_eq!(percentile(&sorted, 99), Duration::from_millis(198));
         assert_eq!(percentile(&sorted[..1], 99), Duration::from_millis(1));
-        assert_eq!(percentile(&[], 50), Duration::ZERO);
+        assert_eq!(percentile::<Duration>(&[], 50), Duration::ZERO);
     }
 
     #[test]
