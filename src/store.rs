@@ -562,8 +562,8 @@ pub(crate) fn pending_entries(
 ) -> Result<Vec<StoredRow>> {
     // The ids are chosen first, from narrow index rows, so that only the
     // entries returned are read in full and get their metadata.
-    const SQL: &str = "\
-WITH picked AS (
+    let sql = format!(
+        "WITH picked AS (
     SELECT x.id FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
     CROSS JOIN LATERAL (
         SELECT i.id FROM oplog_entry i
@@ -573,19 +573,10 @@ WITH picked AS (
     ) x
     ORDER BY x.id LIMIT $4
 )
-SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id,
-       e.data, e.digest, e.chain,
-       (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
-       coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values,
-       e.catalog
-FROM picked JOIN oplog_entry e ON e.id = picked.id
-LEFT JOIN LATERAL (
-    SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
-    FROM oplog_metadata WHERE entry_id = e.id
-) m ON true
-ORDER BY e.id";
+{SELECT_ENTRIES} JOIN picked ON picked.id = e.id ORDER BY e.id"
+    );
     let rows = c.query_typed(
-        SQL,
+        &sql,
         &[
             (&aggregates, Type::TEXT_ARRAY),
             (&after, Type::INT8_ARRAY),

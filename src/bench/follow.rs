@@ -413,7 +413,6 @@ fn lags(db: &Scratch, commits: &HashMap<String, f64>) -> Result<Vec<f64>> {
     Ok(lags)
 }
 
-
 /// Built-in logical replication of `demo_user` from the source into a
 /// subscriber database on the same server.
 struct Logical {
