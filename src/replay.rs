@@ -293,7 +293,8 @@ impl Replayer {
 
     /// The replica's checkpoints, by aggregate.
     pub fn checkpoints(&mut self) -> Result<HashMap<String, Checkpoint>> {
-        replica::checkpoints(&mut self.dest, &self.key)
+        // `connect` created the table.
+        replica::read_checkpoints(&mut self.dest, &self.key)
     }
 
     /// Applies every entry committed on the source when the run starts that
@@ -306,12 +307,11 @@ impl Replayer {
         let mut report = ReplayReport::default();
         let aggregate = self.options.aggregate.clone();
         let tickets = store::tickets(&mut self.meta, aggregate.as_deref())?;
-        let trims = store::trim_points(&mut self.meta, aggregate.as_deref())?;
         let mut states = self.load_states(&tickets, &mut report)?;
         let total: u64 = states.values().map(|s| gap(s.upto, s.from)).sum();
         let mut restarts = 0;
         loop {
-            match self.pipeline(&mut states, &trims, &mut report, started, total, progress)? {
+            match self.pipeline(&mut states, &mut report, started, total, progress)? {
                 Flow::Done => break,
                 Flow::Moved if restarts < MAX_RESTARTS => {
                     // Another replayer moved this replica's checkpoints:
@@ -326,9 +326,11 @@ impl Replayer {
                 }
             }
         }
-        let after = self.checkpoints()?;
-        for a in &mut report.aggregates {
-            a.to_seq = after.get(&a.aggregate).map_or(a.from_seq, |c| c.seq);
+        if !report.aggregates.is_empty() {
+            let after = self.checkpoints()?;
+            for a in &mut report.aggregates {
+                a.to_seq = after.get(&a.aggregate).map_or(a.from_seq, |c| c.seq);
+            }
         }
         report.aggregates.retain(|a| a.to_seq != a.from_seq);
         report.tables_created.sort();
@@ -341,7 +343,6 @@ impl Replayer {
     fn pipeline(
         &mut self,
         states: &mut BTreeMap<String, AggState>,
-        trims: &HashMap<String, (i64, Vec<u8>)>,
         report: &mut ReplayReport,
         started: Instant,
         total: u64,
@@ -367,7 +368,6 @@ impl Replayer {
                     )
                 })
                 .collect(),
-            trims: trims.clone(),
             limit: i64::try_from(self.options.batch_size).unwrap_or(i64::MAX),
             dropped: dropped.clone(),
         };
@@ -705,7 +705,6 @@ struct Reader {
     source: Client,
     /// Per aggregate: last seq read, its chain value, and the seq to read up to.
     positions: BTreeMap<String, (i64, Vec<u8>, i64)>,
-    trims: HashMap<String, (i64, Vec<u8>)>,
     limit: i64,
     /// Aggregates the applying side stopped; no need to read them further.
     dropped: Arc<Mutex<HashSet<String>>>,
@@ -730,6 +729,21 @@ impl Reader {
             }
         }
         self.source
+    }
+
+    /// The error for `aggregate`'s missing seq, saying whether trimming took
+    /// it (read only now: gaps are rare, and the trim point may have moved
+    /// since the run started).
+    fn gap_error(&mut self, aggregate: &str, missing: i64, found: Option<i64>) -> Result<Error> {
+        let trimmed_through = store::trim_points(&mut self.source, Some(aggregate))?
+            .remove(aggregate)
+            .map(|t| t.0);
+        Ok(Error::Gap {
+            aggregate: aggregate.to_string(),
+            missing,
+            found,
+            trimmed_through,
+        })
     }
 
     fn next_batch(&mut self) -> Result<Option<Batch>> {
@@ -761,7 +775,7 @@ impl Reader {
         for (name, missing) in absent {
             let found = store::next_seq(&mut self.source, &name, missing)?;
             stopped.push(Stopped {
-                error: gap_error(&name, missing, found, &self.trims),
+                error: self.gap_error(&name, missing, found)?,
                 aggregate: name.clone(),
                 seq: missing,
             });
@@ -773,21 +787,15 @@ impl Reader {
                 continue;
             };
             let seq = prev_seq + 1;
-            let failure = if row.seq != seq {
-                Some(gap_error(
-                    &row.aggregate_name,
-                    seq,
-                    Some(row.seq),
-                    &self.trims,
-                ))
-            } else {
-                match expected_chain(&row, prev_chain) {
-                    Ok(chain) if chain.as_slice() == row.chain.as_slice() => None,
-                    Ok(_) => Some(Error::ChainMismatch {
-                        entry: row_ref(&row),
-                    }),
-                    Err(e) => Some(e),
-                }
+            // No expected chain when the seq itself is wrong: a gap.
+            let expected = (row.seq == seq).then(|| expected_chain(&row, prev_chain));
+            let failure = match expected {
+                None => Some(self.gap_error(&row.aggregate_name, seq, Some(row.seq))?),
+                Some(Ok(chain)) if chain.as_slice() == row.chain.as_slice() => None,
+                Some(Ok(_)) => Some(Error::ChainMismatch {
+                    entry: row_ref(&row),
+                }),
+                Some(Err(e)) => Some(e),
             };
             let aggregate = row.aggregate_name.clone();
             let failure = match failure {
@@ -824,20 +832,6 @@ impl Reader {
 
 fn gap(upto: i64, from: i64) -> u64 {
     u64::try_from(upto.saturating_sub(from)).unwrap_or(0)
-}
-
-fn gap_error(
-    aggregate: &str,
-    missing: i64,
-    found: Option<i64>,
-    trims: &HashMap<String, (i64, Vec<u8>)>,
-) -> Error {
-    Error::Gap {
-        aggregate: aggregate.to_string(),
-        missing,
-        found,
-        trimmed_through: trims.get(aggregate).map(|t| t.0),
-    }
 }
 
 fn at_entry(e: &Entry, op: usize, error: Error) -> Error {

@@ -126,6 +126,15 @@ pub(crate) fn checkpoints(
     if exists.is_none() {
         return Ok(HashMap::new());
     }
+    read_checkpoints(c, key)
+}
+
+/// The checkpoints of the replica keyed `key`, by aggregate, from a target
+/// known to have the checkpoint table.
+pub(crate) fn read_checkpoints(
+    c: &mut impl GenericClient,
+    key: &str,
+) -> Result<HashMap<String, Checkpoint>> {
     let rows = c.query_typed(
         "SELECT aggregate_name, seq, chain FROM oplog_checkpoint WHERE source = $1",
         &[(&key, Type::TEXT)],
