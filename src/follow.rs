@@ -37,6 +37,9 @@ use crate::replica::Target;
 /// The channel writers notify on and followers listen to.
 pub const NOTIFY_CHANNEL: &str = "oplog_entry";
 
+/// How often an idle follower tells the source it is alive.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// How a follower runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowOptions {
@@ -288,6 +291,7 @@ impl Follower {
         events(&FollowEvent::Following { consumer: &name });
 
         let mut lag_checked = Instant::now();
+        let mut reported = Instant::now();
         let mut warned: std::collections::HashSet<String> = Default::default();
         loop {
             if self.stopping() {
@@ -304,7 +308,13 @@ impl Follower {
                 .iter()
                 .map(|a| (a.aggregate.clone(), a.to_seq))
                 .collect();
-            consumer::report(&mut control, &name, &positions, !positions.is_empty())?;
+            // Progress is reported at once; being alive, at most once per
+            // interval, so that an idle follower does not write to the
+            // source at every poll.
+            if !positions.is_empty() || reported.elapsed() >= ALIVE_EVERY {
+                consumer::report(&mut control, &name, &positions, !positions.is_empty())?;
+                reported = Instant::now();
+            }
             if lag_checked.elapsed() >= self.options.lag_warning.min(Duration::from_secs(5)) {
                 lag_checked = Instant::now();
                 for lag in consumer::lag(&mut control, &name)? {
