@@ -114,19 +114,19 @@ pub struct Checkpoint {
     pub chain: Vec<u8>,
 }
 
-/// The checkpoints of the replica keyed `key`, by aggregate; empty when the
-/// target has no checkpoint table yet.
+/// The checkpoints of the replica keyed `key`, by aggregate; `None` when the
+/// target has no checkpoint table (nothing was ever replayed into it).
 pub(crate) fn checkpoints(
     c: &mut impl GenericClient,
     key: &str,
-) -> Result<HashMap<String, Checkpoint>> {
+) -> Result<Option<HashMap<String, Checkpoint>>> {
     let exists: Option<String> = c
         .query_typed_one("SELECT to_regclass('oplog_checkpoint')::text", &[])?
         .get(0);
-    if exists.is_none() {
-        return Ok(HashMap::new());
+    match exists {
+        Some(_) => read_checkpoints(c, key).map(Some),
+        None => Ok(None),
     }
-    read_checkpoints(c, key)
 }
 
 /// The checkpoints of the replica keyed `key`, by aggregate, from a target

@@ -37,7 +37,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use postgres::types::Type;
 use postgres::{Client, IsolationLevel, NoTls, Portal, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +45,7 @@ use crate::entry::{hex, parse_hex, GENESIS_CHAIN, HASH_LEN};
 use crate::error::{Error, Result};
 use crate::oplog::{expected_chain, Oplog};
 use crate::replica::{self, Checkpoint, ReplicatedTable, Target};
+use crate::schema;
 use crate::sql::{ident, TableName};
 use crate::store::{self, StoredRow, TicketInfo};
 
@@ -357,13 +357,10 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
                 Some(r) => r,
                 None => &mut tx,
             };
-            if has_checkpoint_table(conn)? {
-                let mut found = replica::checkpoints(conn, &key)?;
+            replica::checkpoints(conn, &key)?.map(|mut found| {
                 found.retain(|name, _| aggregate.is_none_or(|a| a == name));
-                Some(found)
-            } else {
-                None
-            }
+                found
+            })
         }
         None => None,
     };
@@ -522,11 +519,6 @@ fn snapshot(client: &mut Client) -> Result<Transaction<'_>> {
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?)
-}
-
-fn has_checkpoint_table(conn: &mut Transaction<'_>) -> Result<bool> {
-    let row = conn.query_typed_one("SELECT to_regclass('oplog_checkpoint') IS NOT NULL", &[])?;
-    Ok(row.try_get(0)?)
 }
 
 /// The finding for an entry that does not open, or `Err` when the reason is
@@ -1114,14 +1106,11 @@ impl<'c> Sides<'_, 'c> {
 
 /// A table's columns, or `None` when it does not exist.
 fn table_columns(conn: &mut Transaction<'_>, table: &TableName) -> Result<Option<Vec<String>>> {
-    let name = table.sql();
-    let row = conn.query_typed_one(
-        "SELECT to_regclass($1) IS NOT NULL, coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) \
-         FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped), '{}')",
-        &[(&name, Type::TEXT)],
-    )?;
-    let exists: bool = row.try_get(0)?;
-    Ok(exists.then(|| row.try_get(1)).transpose()?)
+    if !schema::exists(conn, table)? {
+        return Ok(None);
+    }
+    let columns = schema::columns(conn, table)?;
+    Ok(Some(columns.into_iter().map(|c| c.name).collect()))
 }
 
 /// A row reduced to what is compared: its key parts' text and a digest of
