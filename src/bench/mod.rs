@@ -1070,17 +1070,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let dropped = Client::connect(&self.admin_url, NoTls).and_then(|mut admin| {
-            // FORCE (PostgreSQL 13 and later) ends connections a failed run
-            // may have left behind; older servers take the plain form.
-            admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .or_else(|_| admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name)))
-        });
-        if let Err(e) = dropped {
+        if let Err(e) = crate::cleanup::drop_database(&self.admin_url, &self.name) {
             // Drop cannot return the error, and a leftover database is
             // something the user needs to hear about.
             eprintln!(
