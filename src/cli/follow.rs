@@ -1,13 +1,13 @@
 //! `oplog follow`: keeps a replica up to date until stopped.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oplog::{FollowEvent, FollowOptions, Follower, Target};
 use serde::Serialize;
 
-use super::{read_failure, Context, Failure, Output};
+use super::{read_failure, Context, Failure, Output, StatusLine};
 
 #[derive(Serialize)]
 struct ReportJson<'a> {
@@ -34,14 +34,11 @@ pub fn run(
     let stop = follower.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C/SIGTERM handler: {e}")))?;
-    let terminal = std::io::stderr().is_terminal();
-    let mut last = Instant::now();
+    let mut status = StatusLine::new(Duration::from_secs(1));
     let report = follower
-        .run(&mut |event| note(event, terminal, &mut last))
+        .run(&mut |event| note(event, &mut status))
         .map_err(read_failure)?;
-    if terminal {
-        let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
-    }
+    status.clear();
     if out.json() {
         return out.json_line(&ReportJson {
             consumer: &report.consumer,
@@ -63,7 +60,7 @@ pub fn run(
 
 /// Writes one event to standard error; progress only on a terminal, at
 /// most once a second.
-fn note(event: &FollowEvent<'_>, terminal: bool, last: &mut Instant) {
+fn note(event: &FollowEvent<'_>, status: &mut StatusLine) {
     let mut err = std::io::stderr().lock();
     let _ = match event {
         FollowEvent::WaitingForLock { holder } => writeln!(
@@ -76,9 +73,10 @@ fn note(event: &FollowEvent<'_>, terminal: bool, last: &mut Instant) {
         FollowEvent::Following { consumer } => {
             writeln!(err, "oplog: following as consumer {consumer:?}")
         }
-        FollowEvent::Applied(p) if terminal && last.elapsed() >= Duration::from_secs(1) => {
-            *last = Instant::now();
-            write!(err, "\rfollow: {} applied, {} to go ", p.applied, p.remaining)
+        FollowEvent::Applied(p) => {
+            // The standard error lock is reentrant.
+            status.update(|| format!("follow: {} applied, {} to go ", p.applied, p.remaining));
+            Ok(())
         }
         FollowEvent::Reconnecting {
             error,

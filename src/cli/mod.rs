@@ -3,7 +3,7 @@
 //! standard error.
 
 use std::fmt;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -109,6 +109,41 @@ pub fn one_line(message: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A progress line on standard error, redrawn in place at most once per
+/// interval, and only when standard error is a terminal (so that logs and
+/// tests see nothing of it).
+pub struct StatusLine {
+    on: bool,
+    every: std::time::Duration,
+    last: std::time::Instant,
+}
+
+impl StatusLine {
+    /// A line redrawn at most once per `every`, the first time `every` from now.
+    pub fn new(every: std::time::Duration) -> Self {
+        StatusLine {
+            on: io::stderr().is_terminal(),
+            every,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Redraws the line with `text()` when it is due.
+    pub fn update(&mut self, text: impl FnOnce() -> String) {
+        if self.on && self.last.elapsed() >= self.every {
+            self.last = std::time::Instant::now();
+            let _ = write!(io::stderr().lock(), "\r{}", text());
+        }
+    }
+
+    /// Erases the line.
+    pub fn clear(&mut self) {
+        if self.on {
+            let _ = write!(io::stderr().lock(), "\r\x1b[K");
+        }
+    }
 }
 
 /// Standard output, in text or JSON mode.

@@ -1,12 +1,11 @@
 //! `oplog replay`: applies the log to suffixed tables or a replica database.
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oplog::{ReplayOptions, ReplayReport, Replayer, Target};
 use serde::Serialize;
 
-use super::{read_failure, Context, Failure, Output};
+use super::{read_failure, Context, Failure, Output, StatusLine};
 
 /// How often progress is shown on a terminal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -64,25 +63,20 @@ pub fn run(
     };
     let mut replayer =
         Replayer::connect(&oplog, ctx.database_url()?, target, options).map_err(read_failure)?;
-    let show = std::io::stderr().is_terminal();
-    let mut last = Instant::now();
+    let mut status = StatusLine::new(PROGRESS_EVERY);
     let report = replayer
         .run(&mut |p| {
-            if show && last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                let _ = write!(
-                    std::io::stderr().lock(),
-                    "\rreplay: {} applied, {} to go, {:.0} s ",
+            status.update(|| {
+                format!(
+                    "replay: {} applied, {} to go, {:.0} s ",
                     p.applied,
                     p.remaining,
                     p.elapsed.as_secs_f64()
-                );
-            }
+                )
+            })
         })
         .map_err(read_failure)?;
-    if show {
-        let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
-    }
+    status.clear();
     if out.json() {
         out.json_line(&ReportJson {
             entries_applied: report.entries_applied,
