@@ -26,12 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
+use crate::connect::connect;
 use crate::consumer::{self, AggregateLag};
 use crate::error::{Error, Result};
 use crate::oplog::Oplog;
-use crate::replay::{Progress, ReplayOptions, Replayer};
+use crate::replay::{Progress, ReplayOptions, Replayer, Skip};
 use crate::replica::Target;
 
 /// The channel writers notify on and followers listen to.
@@ -59,6 +60,8 @@ pub struct FollowOptions {
     pub lag_warning: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// Entries to pass over instead of applying (see [`Skip`]).
+    pub skip: Vec<Skip>,
 }
 
 impl Default for FollowOptions {
@@ -73,6 +76,7 @@ impl Default for FollowOptions {
             batch_size: 1000,
             lag_warning: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
+            skip: Vec::new(),
         }
     }
 }
@@ -246,7 +250,7 @@ impl Follower {
     ) -> Result<SessionEnd> {
         // Listen before the first pass: a notification sent while the pass
         // runs is then waiting when it ends.
-        let mut control = Client::connect(&self.source_url, NoTls)?;
+        let mut control = connect(&self.source_url)?;
         control.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
         let mut replayer = Replayer::connect(
             &self.oplog,
@@ -255,6 +259,7 @@ impl Follower {
             ReplayOptions {
                 aggregate: None,
                 batch_size: self.options.batch_size,
+                skip: self.options.skip.clone(),
             },
         )?;
         replayer.set_stop(self.stop.clone());

@@ -115,6 +115,7 @@ pub mod bench;
 mod catalog;
 mod cleanup;
 pub mod cluster;
+mod connect;
 mod consumer;
 mod crypto;
 pub mod demo;
@@ -155,9 +156,9 @@ pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};
 pub use crate::replay::{
-    AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Stopped,
+    AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
-pub use crate::replica::{Checkpoint, Target};
+pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};

@@ -32,6 +32,7 @@ use postgres::types::Type;
 use postgres::{Client, Transaction};
 
 use crate::catalog::TypeCatalog;
+use crate::connect::connect;
 use crate::entry::{Entry, GENESIS_CHAIN};
 use crate::error::{DivergenceKind, Error, Result};
 use crate::mapping::{self, FieldPlan};
@@ -49,15 +50,65 @@ pub struct ReplayOptions {
     pub aggregate: Option<String>,
     /// Most entries applied in one target transaction.
     pub batch_size: usize,
+    /// Entries to pass over instead of applying, each only when its
+    /// aggregate stops at it.
+    pub skip: Vec<Skip>,
 }
 
 impl Default for ReplayOptions {
-    /// Every aggregate, 1,000 entries per transaction.
+    /// Every aggregate, 1,000 entries per transaction, nothing skipped.
     fn default() -> Self {
         ReplayOptions {
             aggregate: None,
             batch_size: 1000,
+            skip: Vec::new(),
         }
+    }
+}
+
+/// The operator's decision to pass over one entry that can never apply
+/// (`oplog replay|follow --skip AGGREGATE:SEQ --reason TEXT`).
+///
+/// A skip is refused unless the aggregate's replay stops at exactly that
+/// entry, and the entry exists in the log. The replica then moves past it
+/// without its changes, and records the skip, with the reason and the
+/// error that stopped the aggregate, next to its checkpoints, in the same
+/// transaction; verification against the replica reports every skipped
+/// entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The aggregate.
+    pub aggregate: String,
+    /// The seq of the entry to pass over.
+    pub seq: i64,
+    /// Why; recorded with the skip. Must not be empty.
+    pub reason: String,
+}
+
+impl Skip {
+    /// Parses `AGGREGATE:SEQ` (the last colon separates, so aggregate names
+    /// may hold colons) with the reason for the skip.
+    pub fn parse(spec: &str, reason: &str) -> Result<Skip> {
+        let bad = |why: &str| Error::Config(format!("skip {spec:?}: {why}"));
+        let (aggregate, seq) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected AGGREGATE:SEQ"))?;
+        if aggregate.is_empty() || aggregate.len() > crate::entry::MAX_AGGREGATE {
+            return Err(bad("the aggregate name must be 1 to 256 bytes"));
+        }
+        let seq: i64 = seq
+            .parse()
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| bad("SEQ must be a positive whole number"))?;
+        if reason.trim().is_empty() {
+            return Err(bad("a reason is required"));
+        }
+        Ok(Skip {
+            aggregate: aggregate.to_string(),
+            seq,
+            reason: reason.to_string(),
+        })
     }
 }
 
@@ -222,8 +273,8 @@ impl Replayer {
         if options.batch_size == 0 {
             return Err(Error::InvalidEntry("batch size must be at least 1".into()));
         }
-        let source = Client::connect(source_url, postgres::NoTls)?;
-        let mut meta = Client::connect(source_url, postgres::NoTls)?;
+        let source = connect(source_url)?;
+        let mut meta = connect(source_url)?;
         let source_id = store::source_id(&mut meta)?;
         let mut dest = target.connect(source_url)?;
         dest.batch_execute(CHECKPOINT_DDL)?;

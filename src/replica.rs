@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use postgres::types::Type;
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient};
 
 use crate::catalog::TypeCatalog;
+use crate::connect::connect;
 use crate::error::{Error, Result};
 use crate::oplog::Oplog;
 use crate::sql::{validate_suffix, TableName};
@@ -83,7 +84,7 @@ impl Target {
             Target::Suffix(_) => source_url,
             Target::Database { url, .. } => url,
         };
-        Ok(Client::connect(url, NoTls)?)
+        connect(url)
     }
 
     /// True when the target is the source database itself.
@@ -92,7 +93,8 @@ impl Target {
     }
 }
 
-/// The replica's checkpoint table; created on the target when missing.
+/// The replica's checkpoint table, and the table of entries it passed over
+/// ([`SkippedEntry`]); created on the target when missing.
 pub(crate) const CHECKPOINT_DDL: &str = "\
 CREATE TABLE IF NOT EXISTS oplog_checkpoint (
     source           text NOT NULL,
@@ -103,7 +105,66 @@ CREATE TABLE IF NOT EXISTS oplog_checkpoint (
     entry_created_at timestamptz NOT NULL,
     applied_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source, aggregate_name)
+);
+CREATE TABLE IF NOT EXISTS oplog_skipped (
+    source         text NOT NULL,
+    aggregate_name text NOT NULL,
+    seq            bigint NOT NULL CHECK (seq > 0),
+    entry_id       bigint NOT NULL,
+    chain          bytea NOT NULL CHECK (length(chain) = 32),
+    reason         text NOT NULL CHECK (length(reason) > 0),
+    error          text NOT NULL,
+    skipped_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, aggregate_name, seq)
 )";
+
+/// An entry the operator chose to pass over instead of applying (see
+/// [`Skip`](crate::Skip)), as the replica records it next to its
+/// checkpoints: the replica does not hold that entry's changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedEntry {
+    /// The aggregate.
+    pub aggregate: String,
+    /// The seq passed over.
+    pub seq: i64,
+    /// The entry's id on the source.
+    pub entry_id: i64,
+    /// Why the operator passed over it.
+    pub reason: String,
+    /// Why the entry could not be applied.
+    pub error: String,
+}
+
+/// The entries the replica keyed `key` passed over, in (aggregate, seq)
+/// order; `None` when the target has no such table (nothing was ever
+/// replayed into it).
+pub(crate) fn skipped_entries(
+    c: &mut impl GenericClient,
+    key: &str,
+) -> Result<Option<Vec<SkippedEntry>>> {
+    let exists: Option<String> = c
+        .query_typed_one("SELECT to_regclass('oplog_skipped')::text", &[])?
+        .get(0);
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq, entry_id, reason, error FROM oplog_skipped \
+         WHERE source = $1 ORDER BY aggregate_name, seq",
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| SkippedEntry {
+                aggregate: r.get(0),
+                seq: r.get(1),
+                entry_id: r.get(2),
+                reason: r.get(3),
+                error: r.get(4),
+            })
+            .collect(),
+    ))
+}
 
 /// How far a replica has applied one aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,8 +72,19 @@ impl fmt::Display for TableName {
     }
 }
 
-/// Checks a table-name suffix: empty, or identifier characters only.
+/// Longest table-name suffix: PostgreSQL's 63-byte identifiers, less one
+/// byte for the shortest table name.
+pub const MAX_SUFFIX: usize = 62;
+
+/// Checks a table-name suffix: empty, or identifier characters only, at
+/// most [`MAX_SUFFIX`] bytes.
 pub fn validate_suffix(suffix: &str) -> Result<()> {
+    if suffix.len() > MAX_SUFFIX {
+        return Err(Error::Catalog(format!(
+            "table suffix {suffix:?} is {} bytes; PostgreSQL names hold at most 63 bytes, so a suffix may have at most {MAX_SUFFIX}",
+            suffix.len()
+        )));
+    }
     if suffix.is_empty()
         || suffix
             .chars()
@@ -117,5 +128,7 @@ mod tests {
         );
         assert!(validate_suffix("_r1").is_ok());
         assert!(validate_suffix("_r\"; --").is_err());
+        assert!(validate_suffix(&"s".repeat(MAX_SUFFIX)).is_ok());
+        assert!(validate_suffix(&"s".repeat(MAX_SUFFIX + 1)).is_err());
     }
 }

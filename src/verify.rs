@@ -37,10 +37,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use postgres::{Client, IsolationLevel, NoTls, Portal, Row, Transaction};
+use postgres::{Client, IsolationLevel, Portal, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TypeCatalog;
+use crate::connect::connect;
 use crate::entry::{hex, parse_hex, GENESIS_CHAIN, HASH_LEN};
 use crate::error::{Error, Result};
 use crate::oplog::{expected_chain, Oplog};
@@ -332,7 +333,7 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
     if let Some(target) = &options.against {
         target.validate()?;
     }
-    let mut source = same_text(Client::connect(source_url, NoTls)?)?;
+    let mut source = same_text(connect(source_url)?)?;
     let tables = match &options.against {
         Some(_) => replica::replicated_tables(oplog, &mut source)?,
         None => Vec::new(),

@@ -152,6 +152,7 @@ pub fn replay(cfg: &ReplayBenchConfig) -> Result<ReplayBenchReport> {
         ReplayOptions {
             aggregate: None,
             batch_size: cfg.batch_size,
+            ..ReplayOptions::default()
         },
     )?;
     let report = replayer.run(&mut |_| {})?;

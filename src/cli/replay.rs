@@ -60,6 +60,7 @@ pub fn run(
     let options = ReplayOptions {
         aggregate,
         batch_size,
+        ..ReplayOptions::default()
     };
     let mut replayer =
         Replayer::connect(&oplog, ctx.database_url()?, target, options).map_err(read_failure)?;
