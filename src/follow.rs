@@ -260,6 +260,7 @@ impl Follower {
                 aggregate: None,
                 batch_size: self.options.batch_size,
                 skip: self.options.skip.clone(),
+                ..ReplayOptions::default()
             },
         )?;
         replayer.set_stop(self.stop.clone());

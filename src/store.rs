@@ -547,45 +547,80 @@ pub(crate) fn entries_in_order(
     Ok(rows.iter().map(stored_row).collect())
 }
 
-/// The next entries of several aggregates at once: for each aggregate, those
-/// with `after < seq <= upto`, in seq order, at most `per_aggregate` of them
-/// (looked for among the next `per_aggregate` seqs: a log without holes has
-/// them all there); all of them merged in id order (which within an
-/// aggregate is seq order), at most `limit`.
-pub(crate) fn pending_entries(
+/// A pending entry's place and size, read without its payload, so that a
+/// reader can choose how many entries fit a batch before fetching them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingRef {
+    /// The aggregate's index in the list asked about, from 0.
+    pub slot: usize,
+    pub id: i64,
+    pub seq: i64,
+    /// The entry's stored size: ciphertext plus metadata, in bytes.
+    pub bytes: i64,
+}
+
+/// For each aggregate `aggregates[i]`, the entries with
+/// `after[i] < seq <= upto[i]`, in seq order, at most `per_aggregate` of
+/// them (looked for among the next `per_aggregate` seqs: a log without
+/// holes has them all there), ordered by (i, seq). Each aggregate's entries
+/// come from the `(aggregate_name, seq)` index; sizes come from the toast
+/// headers, so no payload is read.
+pub(crate) fn pending_refs(
     c: &mut impl GenericClient,
     aggregates: &[&str],
     after: &[i64],
     upto: &[i64],
     per_aggregate: i64,
-    limit: i64,
-) -> Result<Vec<StoredRow>> {
-    // The ids are chosen first, from narrow index rows, so that only the
-    // entries returned are read in full and get their metadata.
-    let sql = format!(
-        "WITH picked AS (
-    SELECT x.id FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
-    CROSS JOIN LATERAL (
-        SELECT i.id FROM oplog_entry i
-        WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
-          AND i.seq <= least(p.upto_seq, p.after_seq + $5)
-        ORDER BY i.seq LIMIT $5
-    ) x
-    ORDER BY x.id LIMIT $4
-)
-{SELECT_ENTRIES} JOIN picked ON picked.id = e.id ORDER BY e.id"
-    );
+) -> Result<Vec<PendingRef>> {
     let rows = c.query_typed(
-        &sql,
+        PENDING_REFS,
         &[
             (&aggregates, Type::TEXT_ARRAY),
             (&after, Type::INT8_ARRAY),
             (&upto, Type::INT8_ARRAY),
-            (&limit, Type::INT8),
             (&per_aggregate, Type::INT8),
         ],
     )?;
-    Ok(rows.iter().map(stored_row).collect())
+    let mut refs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let slot: i64 = r.get(0);
+        refs.push(PendingRef {
+            slot: usize::try_from(slot.saturating_sub(1)).unwrap_or(usize::MAX),
+            id: r.get(1),
+            seq: r.get(2),
+            bytes: r.get(3),
+        });
+    }
+    Ok(refs)
+}
+
+pub(crate) const PENDING_REFS: &str = "\
+SELECT p.slot, x.id, x.seq, x.bytes
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS p(aggregate_name, after_seq, upto_seq, slot)
+CROSS JOIN LATERAL (
+    SELECT i.id, i.seq,
+           octet_length(i.data)::bigint + coalesce((
+               SELECT sum(octet_length(m.key) + octet_length(m.value))
+               FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint AS bytes
+    FROM oplog_entry i
+    WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
+      AND i.seq <= least(p.upto_seq, p.after_seq + $4)
+    ORDER BY i.seq LIMIT $4
+) x
+ORDER BY p.slot, x.seq";
+
+/// The entries with these ids, in full, in no particular order; rows are
+/// converted as they arrive, so a page is held once.
+pub(crate) fn entries_by_id(c: &mut postgres::Client, ids: &[i64]) -> Result<Vec<StoredRow>> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let sql = format!("{SELECT_ENTRIES} WHERE e.id = ANY($1)");
+    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::INT8_ARRAY)];
+    let mut rows = c.query_typed_raw(&sql, params)?;
+    let mut out = Vec::with_capacity(ids.len());
+    while let Some(row) = rows.next()? {
+        out.push(stored_row(&row));
+    }
+    Ok(out)
 }
 
 /// The smallest seq of `aggregate` at or above `from`, if any.
