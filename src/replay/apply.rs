@@ -12,7 +12,7 @@ use crate::catalog::TypeCatalog;
 use crate::error::{DivergenceKind, Error, Result};
 use crate::mapping::{self, FieldPlan};
 use crate::proto::OpType;
-use crate::replica::Target;
+use crate::replica::{self, Target};
 use crate::schema;
 use crate::sql::{ident, TableName};
 
@@ -56,20 +56,27 @@ impl TablePlan {
         let target_table = TableName::parse(&table.table, target.table_suffix())?;
         let mut created = false;
         if !schema::exists(dest, &target_table)? {
-            match target {
-                Target::Suffix(_) => {
-                    if !schema::exists(source, &source_table)? {
-                        return Err(Error::Catalog(format!(
-                            "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
-                        )));
+            // Another replayer may be creating it too: one at a time, and
+            // look again once it is our turn.
+            let mut tx = dest.transaction()?;
+            replica::lock_setup(&mut tx)?;
+            if !schema::exists(&mut tx, &target_table)? {
+                match target {
+                    Target::Suffix(_) => {
+                        if !schema::exists(source, &source_table)? {
+                            return Err(Error::Catalog(format!(
+                                "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
+                            )));
+                        }
+                        schema::create_like(&mut tx, &source_table, &target_table)?;
                     }
-                    schema::create_like(dest, &source_table, &target_table)?;
+                    Target::Database { .. } => {
+                        schema::create_in_replica(source, &mut tx, &source_table, &target_table)?
+                    }
                 }
-                Target::Database { .. } => {
-                    schema::create_in_replica(source, dest, &source_table, &target_table)?
-                }
+                created = true;
             }
-            created = true;
+            tx.commit()?;
         }
         let columns = schema::columns(dest, &target_table)?;
         let mapping_error = |reason: String| Error::Mapping {

@@ -37,7 +37,7 @@ use crate::entry::{Entry, GENESIS_CHAIN};
 use crate::error::{Error, Result};
 use crate::mapping;
 use crate::oplog::Oplog;
-use crate::replica::{self, Checkpoint, Target, CHECKPOINT_DDL};
+use crate::replica::{self, Checkpoint, Target};
 use crate::sql::TableName;
 use crate::store;
 
@@ -286,8 +286,8 @@ impl Replayer {
         let source = connect(source_url)?;
         let mut meta = connect(source_url)?;
         let source_id = store::source_id(&mut meta)?;
-        let mut dest = target.connect(source_url)?;
-        dest.batch_execute(CHECKPOINT_DDL)?;
+        let (target, mut dest) = target.open(&mut meta, source_url)?;
+        replica::set_up(&mut dest)?;
         let key = target.checkpoint_key(&source_id);
         Ok(Replayer {
             oplog: oplog.clone(),

@@ -12,5 +12,6 @@ mod roles;
 mod scale;
 mod security;
 mod support;
+mod targets;
 mod verify;
 mod write;
