@@ -217,6 +217,22 @@ pub struct SkippedEntry {
     pub error: String,
 }
 
+/// Where the replica keyed `key` last stopped, by aggregate: the seq of the
+/// entry that could not be applied, and why.
+pub(crate) fn stops(
+    c: &mut impl GenericClient,
+    key: &str,
+) -> Result<HashMap<String, (i64, String)>> {
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq, error FROM oplog_stopped WHERE source = $1",
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
 /// The entries the replica keyed `key` passed over, in (aggregate, seq)
 /// order; `None` when the target has no such table (nothing was ever
 /// replayed into it).

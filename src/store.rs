@@ -623,6 +623,33 @@ pub(crate) fn entries_by_id(c: &mut postgres::Client, ids: &[i64]) -> Result<Vec
     Ok(out)
 }
 
+/// Where an entry sits in its aggregate's chain, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryPosition {
+    pub id: i64,
+    pub chain: Vec<u8>,
+    /// When it was written, in microseconds since the Unix epoch.
+    pub created_us: i64,
+}
+
+/// The id, chain value and creation time of `aggregate`'s entry `seq`.
+pub(crate) fn entry_position(
+    c: &mut impl GenericClient,
+    aggregate: &str,
+    seq: i64,
+) -> Result<Option<EntryPosition>> {
+    let row = c.query_typed_opt(
+        "SELECT id, chain, (extract(epoch FROM created_at) * 1000000)::bigint \
+         FROM oplog_entry WHERE aggregate_name = $1 AND seq = $2",
+        &[(&aggregate, Type::TEXT), (&seq, Type::INT8)],
+    )?;
+    Ok(row.map(|r| EntryPosition {
+        id: r.get(0),
+        chain: r.get(1),
+        created_us: r.get(2),
+    }))
+}
+
 /// The smallest seq of `aggregate` at or above `from`, if any.
 pub(crate) fn next_seq(
     c: &mut impl GenericClient,

@@ -37,7 +37,7 @@ use crate::entry::{Entry, GENESIS_CHAIN};
 use crate::error::{Error, Result};
 use crate::mapping;
 use crate::oplog::Oplog;
-use crate::replica::{self, Checkpoint, Target};
+use crate::replica::{self, Checkpoint, SkippedEntry, Target};
 use crate::sql::TableName;
 use crate::store;
 
@@ -186,6 +186,11 @@ pub struct ReplayReport {
     pub aggregates: Vec<AggregateReplay>,
     /// Aggregates that stopped at an entry; empty when everything applied.
     pub stopped: Vec<Stopped>,
+    /// Entries passed over at the operator's request ([`Skip`]), recorded
+    /// on the replica.
+    pub skipped: Vec<SkippedEntry>,
+    /// Skips asked for that were not needed: the entry applied after all.
+    pub unused_skips: Vec<Skip>,
     /// How long the run took.
     pub elapsed: Duration,
 }
@@ -227,6 +232,8 @@ pub struct Replayer {
     plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
     last_plan: Option<(Option<Vec<u8>>, String, Arc<TablePlan>)>,
     stop: Option<Arc<AtomicBool>>,
+    /// Aggregates with a stop recorded on the replica, once read.
+    recorded_stops: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -300,6 +307,7 @@ impl Replayer {
             plans: HashMap::new(),
             last_plan: None,
             stop: None,
+            recorded_stops: None,
         })
     }
 
@@ -368,12 +376,37 @@ impl Replayer {
         let mut report = ReplayReport::default();
         let aggregate = self.options.aggregate.clone();
         let tickets = store::tickets(&mut self.meta, aggregate.as_deref())?;
+        let mut skips = self.check_skips()?;
         let mut states = self.load_states(&tickets, &mut report)?;
         let total: u64 = states.values().map(|s| gap(s.upto, s.from)).sum();
         let mut restarts = 0;
         loop {
             match self.pipeline(&mut states, &mut report, started, total, progress)? {
-                Flow::Done => break,
+                Flow::Done => {
+                    // Aggregates that stopped at an entry the operator asked
+                    // to pass over: record the skip, and go on with them.
+                    let mut resumed = HashSet::new();
+                    let mut i = 0;
+                    while i < report.stopped.len() {
+                        let s = &report.stopped[i];
+                        let Some(at) = skips
+                            .iter()
+                            .position(|k| k.aggregate == s.aggregate && k.seq == s.seq)
+                        else {
+                            i += 1;
+                            continue;
+                        };
+                        let skip = skips.remove(at);
+                        let stopped = report.stopped.remove(i);
+                        report.skipped.push(self.skip_entry(&skip, &stopped.error)?);
+                        resumed.insert(skip.aggregate);
+                    }
+                    if resumed.is_empty() {
+                        break;
+                    }
+                    states = self.load_states(&tickets, &mut ReplayReport::default())?;
+                    states.retain(|name, _| resumed.contains(name));
+                }
                 Flow::Moved if restarts < MAX_RESTARTS => {
                     // Another replayer moved this replica's checkpoints:
                     // start again from where they are now.
@@ -394,9 +427,199 @@ impl Replayer {
             }
         }
         report.aggregates.retain(|a| a.to_seq != a.from_seq);
+        report.unused_skips = skips;
+        self.record_stops(&report)?;
         report.tables_created.sort();
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The skips asked for that are still to do, each checked: the replica
+    /// has recorded its aggregate as stopped at exactly that entry, its
+    /// checkpoint is right before it, and the entry exists in the log.
+    /// Skips already recorded on the replica are done and left out (a
+    /// follower given the same skip again on every pass). Anything else is
+    /// refused before a single entry is applied.
+    fn check_skips(&mut self) -> Result<Vec<Skip>> {
+        if self.options.skip.is_empty() {
+            return Ok(Vec::new());
+        }
+        let checkpoints = self.checkpoints()?;
+        let done = replica::skipped_entries(&mut self.dest, &self.key)?.unwrap_or_default();
+        let stops = replica::stops(&mut self.dest, &self.key)?;
+        let mut todo = Vec::new();
+        for skip in &self.options.skip {
+            let refuse = |why: String| {
+                Err(Error::Config(format!(
+                    "refusing to skip entry {}:{}: {why}",
+                    skip.aggregate, skip.seq
+                )))
+            };
+            if self
+                .options
+                .aggregate
+                .as_ref()
+                .is_some_and(|a| *a != skip.aggregate)
+            {
+                return refuse("this replay is of another aggregate".into());
+            }
+            if done
+                .iter()
+                .any(|d| d.aggregate == skip.aggregate && d.seq == skip.seq)
+            {
+                continue;
+            }
+            let applied = checkpoints.get(&skip.aggregate).map_or(0, |c| c.seq);
+            match stops.get(&skip.aggregate) {
+                Some((seq, _)) if *seq == skip.seq && applied + 1 == skip.seq => {}
+                Some((seq, _)) => {
+                    return refuse(format!(
+                        "the replica has applied the aggregate up to seq {applied} and stopped at seq {seq}; only the entry an aggregate stopped at can be skipped"
+                    ))
+                }
+                None => {
+                    return refuse(format!(
+                        "the replica has not stopped at it (it has applied the aggregate up to seq {applied}); a skip passes over the entry an aggregate stopped at, so run without it first"
+                    ))
+                }
+            }
+            if store::next_seq(&mut self.meta, &skip.aggregate, skip.seq)? != Some(skip.seq) {
+                return refuse(
+                    "the entry is missing from the log (trimmed or deleted); a skip passes over an entry that exists"
+                        .into(),
+                );
+            }
+            todo.push(skip.clone());
+        }
+        Ok(todo)
+    }
+
+    /// Passes over `skip`'s entry, which stopped its aggregate with `error`:
+    /// moves the checkpoint past it (to its seq and chain value) and records
+    /// the skip, in one replica transaction.
+    fn skip_entry(&mut self, skip: &Skip, error: &Error) -> Result<SkippedEntry> {
+        let at = store::entry_position(&mut self.meta, &skip.aggregate, skip.seq)?.ok_or_else(|| {
+            Error::Config(format!(
+                "refusing to skip entry {}:{}: the entry is missing from the log (trimmed or deleted)",
+                skip.aggregate, skip.seq
+            ))
+        })?;
+        let skipped = SkippedEntry {
+            aggregate: skip.aggregate.clone(),
+            seq: skip.seq,
+            entry_id: at.id,
+            reason: skip.reason.clone(),
+            error: error.to_string(),
+        };
+        let key = self.key.clone();
+        let mut tx = self.dest.transaction()?;
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[(&key, Type::TEXT)],
+        )?;
+        let applied: Option<i64> = tx
+            .query_typed_opt(
+                "SELECT seq FROM oplog_checkpoint WHERE source = $1 AND aggregate_name = $2",
+                &[(&key, Type::TEXT), (&skip.aggregate, Type::TEXT)],
+            )?
+            .map(|r| r.get(0));
+        if applied.unwrap_or(0) + 1 != skip.seq {
+            return Err(Error::ReplicaBusy(format!(
+                "another replayer moved this replica's checkpoint of aggregate {:?} while entry {} was being skipped; run one replayer per replica",
+                skip.aggregate, skip.seq
+            )));
+        }
+        tx.execute_typed(
+            "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'epoch'::timestamptz + $6 * interval '1 microsecond') \
+             ON CONFLICT (source, aggregate_name) DO UPDATE SET seq = excluded.seq, chain = excluded.chain, \
+             entry_id = excluded.entry_id, entry_created_at = excluded.entry_created_at, applied_at = now()",
+            &[
+                (&key, Type::TEXT),
+                (&skip.aggregate, Type::TEXT),
+                (&skip.seq, Type::INT8),
+                (&at.chain, Type::BYTEA),
+                (&at.id, Type::INT8),
+                (&at.created_us, Type::INT8),
+            ],
+        )?;
+        tx.execute_typed(
+            "INSERT INTO oplog_skipped (source, aggregate_name, seq, entry_id, chain, reason, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                (&key, Type::TEXT),
+                (&skip.aggregate, Type::TEXT),
+                (&skip.seq, Type::INT8),
+                (&at.id, Type::INT8),
+                (&at.chain, Type::BYTEA),
+                (&skipped.reason, Type::TEXT),
+                (&skipped.error, Type::TEXT),
+            ],
+        )?;
+        tx.execute_typed(
+            "DELETE FROM oplog_stopped WHERE source = $1 AND aggregate_name = $2",
+            &[(&key, Type::TEXT), (&skip.aggregate, Type::TEXT)],
+        )?;
+        tx.commit()?;
+        Ok(skipped)
+    }
+
+    /// Records on the replica where aggregates stopped (the entries a later
+    /// [`Skip`] may pass over), and forgets the stops of aggregates that
+    /// advanced past them.
+    fn record_stops(&mut self, report: &ReplayReport) -> Result<()> {
+        let stopped: Vec<&Stopped> = report
+            .stopped
+            .iter()
+            .filter(|s| !matches!(s.error, Error::ReplicaAhead { .. }))
+            .collect();
+        // Which aggregates have a stop recorded, read once per replayer:
+        // a pass that only advances aggregates that never stopped writes
+        // nothing more.
+        if self.recorded_stops.is_none() {
+            let found = replica::stops(&mut self.dest, &self.key)?;
+            self.recorded_stops = Some(found.into_keys().collect());
+        }
+        let recorded = self.recorded_stops.get_or_insert_with(HashSet::new);
+        let cleared: Vec<&str> = report
+            .aggregates
+            .iter()
+            .map(|a| a.aggregate.as_str())
+            .chain(report.skipped.iter().map(|s| s.aggregate.as_str()))
+            .chain(report.unused_skips.iter().map(|s| s.aggregate.as_str()))
+            .chain(stopped.iter().map(|s| s.aggregate.as_str()))
+            .filter(|name| recorded.contains(*name))
+            .collect();
+        if cleared.is_empty() && stopped.is_empty() {
+            return Ok(());
+        }
+        for name in &cleared {
+            recorded.remove(*name);
+        }
+        recorded.extend(stopped.iter().map(|s| s.aggregate.clone()));
+        let names: Vec<&str> = stopped.iter().map(|s| s.aggregate.as_str()).collect();
+        let seqs: Vec<i64> = stopped.iter().map(|s| s.seq).collect();
+        let errors: Vec<String> = stopped.iter().map(|s| s.error.to_string()).collect();
+        let key = self.key.clone();
+        let mut tx = self.dest.transaction()?;
+        tx.execute_typed(
+            "DELETE FROM oplog_stopped WHERE source = $1 AND aggregate_name = ANY($2)",
+            &[(&key, Type::TEXT), (&cleared, Type::TEXT_ARRAY)],
+        )?;
+        if !names.is_empty() {
+            tx.execute_typed(
+                "INSERT INTO oplog_stopped (source, aggregate_name, seq, error) \
+                 SELECT $1, u.a, u.s, u.e FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(a, s, e)",
+                &[
+                    (&key, Type::TEXT),
+                    (&names, Type::TEXT_ARRAY),
+                    (&seqs, Type::INT8_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Applies batches as the reading thread delivers them, until every
