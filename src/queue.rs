@@ -139,6 +139,19 @@ pub struct Queue {
     /// Distinct type names, in order of first appearance, so a writer can
     /// check them against its catalog without decoding the frames again.
     types: Vec<String>,
+    /// The position of each type's first operation.
+    first: Vec<usize>,
+    /// The UPDATEs' positions, types and mask paths, for the same reason.
+    updates: Vec<MaskedUpdate>,
+}
+
+/// An UPDATE in a queue, as far as checking its masks needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MaskedUpdate {
+    pub index: usize,
+    pub type_name: String,
+    pub field_mask: Vec<String>,
+    pub null_mask: Vec<String>,
 }
 
 fn mask(paths: &[String]) -> Option<prost_types::FieldMask> {
@@ -175,6 +188,14 @@ impl Queue {
             type_name: op.type_name.clone(),
             reason,
         })?;
+        if op.op == OpType::Update {
+            self.updates.push(MaskedUpdate {
+                index: self.count,
+                type_name: op.type_name.clone(),
+                field_mask: op.field_mask.clone(),
+                null_mask: op.null_mask.clone(),
+            });
+        }
         let any = AnyOperation {
             type_name: op.type_name,
             operation_type: op.op as i32,
@@ -192,16 +213,28 @@ impl Queue {
         self.buf.extend_from_slice(&prefix.to_le_bytes());
         any.encode(&mut self.buf)
             .expect("a Vec grows to fit the encoded message");
-        self.count += 1;
         if !self.types.contains(&any.type_name) {
             self.types.push(any.type_name);
+            self.first.push(self.count);
         }
+        self.count += 1;
         Ok(())
     }
 
     /// The distinct type names in the queue, in order of first appearance.
     pub fn type_names(&self) -> impl Iterator<Item = &str> {
         self.types.iter().map(String::as_str)
+    }
+
+    /// The position of the first operation of `type_name`, if any.
+    pub(crate) fn position_of(&self, type_name: &str) -> Option<usize> {
+        let i = self.types.iter().position(|t| t == type_name)?;
+        self.first.get(i).copied()
+    }
+
+    /// The queue's UPDATEs with their masks.
+    pub(crate) fn updates(&self) -> &[MaskedUpdate] {
+        &self.updates
     }
 
     /// Appends `msg` with operation `op` and no masks (CREATE, DELETE,

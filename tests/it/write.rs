@@ -717,3 +717,68 @@ fn pessimistic_writers_with_stale_ticket_positions_recover() {
         chains[5]
     );
 }
+
+#[test]
+fn entries_that_could_never_be_replayed_are_refused_at_write_time() {
+    let db = TestDb::new();
+    let log = oplog();
+    let mut client = db.client();
+    let u = user("u1");
+    // A typo in a field mask, in a null path, and a nested path: replay
+    // maps top-level fields onto columns, so none of them could apply.
+    for (fields, nulls, path) in [
+        (&["emial"][..], &[][..], "emial"),
+        (&[][..], &["phnoe"][..], "phnoe"),
+        (&["avatar.size"][..], &[][..], "avatar.size"),
+    ] {
+        let mut entry = NewEntry::new("tenant-1");
+        entry.create(&u).unwrap();
+        entry.update(&u, fields, nulls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        let err = log.write(&mut tx, &entry).unwrap_err();
+        match &err {
+            Error::InvalidOperation {
+                index, type_name, ..
+            } => {
+                assert_eq!(*index, 1, "{err}");
+                assert_eq!(type_name, "demo.v1.User");
+            }
+            other => panic!("expected an invalid operation, got {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(path) && text.contains("demo.v1.User"),
+            "{text}"
+        );
+    }
+
+    // A type registered without a table.
+    let mut catalog = TypeCatalog::demo();
+    catalog.register("oplog.v1.AnyOperation").unwrap();
+    let tableless = Oplog::new(catalog, Keyring::generate());
+    let mut entry = NewEntry::new("tenant-1");
+    entry.create(&u).unwrap();
+    entry
+        .create(&oplog::proto::AnyOperation::default())
+        .unwrap();
+    let mut tx = client.transaction().unwrap();
+    let err = tableless.write(&mut tx, &entry).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("oplog.v1.AnyOperation") && text.contains("has no table"),
+        "{text}"
+    );
+    assert!(
+        matches!(err, Error::InvalidOperation { index: 1, .. }),
+        "{err}"
+    );
+    drop(tx);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 0);
+
+    // A correct mask still writes.
+    let mut entry = NewEntry::new("tenant-1");
+    entry.update(&u, &["email"], &["phone"]).unwrap();
+    let mut tx = client.transaction().unwrap();
+    log.write(&mut tx, &entry).unwrap();
+    tx.commit().unwrap();
+}
