@@ -925,3 +925,79 @@ fn a_skip_is_not_used_when_the_entry_applies_after_all() {
         0
     );
 }
+
+#[test]
+fn sub_microsecond_timestamps_replay_exactly_as_the_driver_stored_them() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let times = [
+        UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+        UNIX_EPOCH + Duration::new(1_700_000_000, 999_999_999),
+        // Before PostgreSQL's epoch (2000-01-01), where truncation toward
+        // it moves the other way.
+        UNIX_EPOCH + Duration::new(946_684_799, 999_999_500),
+        UNIX_EPOCH + Duration::new(100, 1_500),
+        SystemTime::now(),
+    ];
+    let mut client = db.client();
+    for (i, at) in times.iter().enumerate() {
+        let account = Account {
+            id: format!("a{i}"),
+            tenant_id: "t".into(),
+            name: "n".into(),
+            plan: "free".into(),
+            created_at: Some(prost_types::Timestamp::from(*at)),
+            ..Default::default()
+        };
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO demo_account (id, tenant_id, name, plan, created_at) VALUES ($1, 't', 'n', 'free', $2)",
+            &[&account.id, at],
+        )
+        .unwrap();
+        let mut e = NewEntry::new("t");
+        e.create(&account).unwrap();
+        log.write(&mut tx, &e).unwrap();
+        tx.commit().unwrap();
+    }
+    // And through an UPDATE, which takes the other path into the table.
+    let later = UNIX_EPOCH + Duration::new(1_800_000_000, 987_654_321);
+    let mut tx = client.transaction().unwrap();
+    tx.execute(
+        "UPDATE demo_account SET created_at = $1 WHERE id = 'a0'",
+        &[&later],
+    )
+    .unwrap();
+    let mut e = NewEntry::new("t");
+    e.update(
+        &Account {
+            id: "a0".into(),
+            created_at: Some(prost_types::Timestamp::from(later)),
+            ..Default::default()
+        },
+        &["created_at"],
+        &[],
+    )
+    .unwrap();
+    log.write(&mut tx, &e).unwrap();
+    tx.commit().unwrap();
+
+    let report = replay(&log, &db, Target::database(&replica.url));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    let times = |url: &str| -> Vec<String> {
+        postgres::Client::connect(url, postgres::NoTls)
+            .unwrap()
+            .query(
+                "SELECT id || ' ' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+                 FROM demo_account ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(times(&replica.url), times(&db.url));
+}
