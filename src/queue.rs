@@ -141,6 +141,8 @@ pub struct Queue {
     types: Vec<String>,
     /// The position of each type's first operation.
     first: Vec<usize>,
+    /// The largest frame so far, in bytes.
+    largest_frame: usize,
     /// The UPDATEs' positions, types and mask paths, for the same reason.
     updates: Vec<MaskedUpdate>,
 }
@@ -209,6 +211,7 @@ impl Queue {
             type_name: any.type_name.clone(),
             reason: format!("encoded size {len} does not fit a frame"),
         })?;
+        self.largest_frame = self.largest_frame.max(len);
         self.buf.reserve(PREFIX + len);
         self.buf.extend_from_slice(&prefix.to_le_bytes());
         any.encode(&mut self.buf)
@@ -224,6 +227,33 @@ impl Queue {
     /// The distinct type names in the queue, in order of first appearance.
     pub fn type_names(&self) -> impl Iterator<Item = &str> {
         self.types.iter().map(String::as_str)
+    }
+
+    /// Checks the queue against the limits its readers decode with, so that
+    /// nothing is written that they would refuse to read.
+    pub fn check_limits(&self, limits: &Limits) -> Result<()> {
+        for (what, actual, limit) in [
+            (
+                "queue size in bytes",
+                self.buf.len(),
+                limits.max_queue_bytes,
+            ),
+            ("operation count", self.count, limits.max_operations),
+            (
+                "largest operation in bytes",
+                self.largest_frame,
+                limits.max_frame_bytes,
+            ),
+        ] {
+            if actual > limit {
+                return Err(Error::LimitExceeded {
+                    what,
+                    actual,
+                    limit,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The position of the first operation of `type_name`, if any.
@@ -361,6 +391,46 @@ mod tests {
             id: id.into(),
             email: format!("{id}@example.com"),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_queue_is_checked_against_the_limits_its_readers_decode_with() {
+        let mut q = Queue::new();
+        let mut big = user("big");
+        big.avatar = vec![7; 1000];
+        q.add(&big, OpType::Create).unwrap();
+        q.add(&user("small"), OpType::Create).unwrap();
+        let roomy = Limits::default();
+        q.check_limits(&roomy).unwrap();
+        Queue::decode_with(q.as_bytes(), &roomy, |_| true).unwrap();
+        for (limits, what) in [
+            (
+                Limits {
+                    max_frame_bytes: 999,
+                    ..roomy.clone()
+                },
+                "largest operation",
+            ),
+            (
+                Limits {
+                    max_queue_bytes: 1000,
+                    ..roomy.clone()
+                },
+                "queue size",
+            ),
+            (
+                Limits {
+                    max_operations: 1,
+                    ..roomy.clone()
+                },
+                "operation count",
+            ),
+        ] {
+            let err = q.check_limits(&limits).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+            // What the writer refuses is exactly what a reader refuses.
+            assert!(Queue::decode_with(q.as_bytes(), &limits, |_| true).is_err());
         }
     }
 
