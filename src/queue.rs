@@ -408,21 +408,21 @@ mod tests {
             (
                 Limits {
                     max_frame_bytes: 999,
-                    ..roomy.clone()
+                    ..roomy
                 },
                 "largest operation",
             ),
             (
                 Limits {
                     max_queue_bytes: 1000,
-                    ..roomy.clone()
+                    ..roomy
                 },
                 "queue size",
             ),
             (
                 Limits {
                     max_operations: 1,
-                    ..roomy.clone()
+                    ..roomy
                 },
                 "operation count",
             ),
