@@ -35,7 +35,7 @@ pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
 }
 
 /// Connects to `url` and applies every pending migration. The URL is
-/// checked as [`connect`](crate::connect) checks it, so that another
+/// checked as [`connect`](fn@crate::connect) checks it, so that another
 /// database's URL is refused by name.
 pub fn migrate_url(url: &str) -> Result<Vec<String>> {
     use diesel::Connection as _;
