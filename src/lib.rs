@@ -144,6 +144,7 @@ mod verify;
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
 };
+pub use crate::connect::{check_url, connect};
 pub use crate::consumer::{consumers, lag, remove_consumer, AggregateLag, ConsumerInfo};
 pub use crate::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::entry::{

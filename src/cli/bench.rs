@@ -70,6 +70,9 @@ struct Server {
 impl Server {
     fn for_context(ctx: &Context) -> Result<Server, Failure> {
         if let Some(url) = ctx.optional_database_url() {
+            // The benchmarks connect on their own; the URL is checked here
+            // as every connection of the binary checks it.
+            oplog::check_url(url)?;
             return Ok(Server {
                 url: url.to_string(),
                 cluster: None,

@@ -45,23 +45,18 @@ fn rate(report: &ReplayReport) -> f64 {
     }
 }
 
-/// Replays every aggregate (or one) into `target` and prints what was
-/// applied. An aggregate that stopped at an entry makes the command fail
-/// (exit 2) after the report, naming the first such entry.
+/// Replays every aggregate (or `options.aggregate`) into `target`, passing
+/// over `options.skip`, and prints what was applied. An aggregate that
+/// stopped at an entry makes the command fail (exit 2) after the report,
+/// naming the first such entry.
 pub fn run(
     ctx: &Context,
     out: &mut Output,
     target: Target,
-    aggregate: Option<String>,
-    batch_size: usize,
+    options: ReplayOptions,
 ) -> Result<(), Failure> {
     let keyring = ctx.keyring()?;
     let oplog = super::reader(keyring);
-    let options = ReplayOptions {
-        aggregate,
-        batch_size,
-        ..ReplayOptions::default()
-    };
     let mut replayer =
         Replayer::connect(&oplog, ctx.database_url()?, target, options).map_err(read_failure)?;
     let mut status = StatusLine::new(PROGRESS_EVERY);
