@@ -528,6 +528,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 aggregate: args.aggregate.clone(),
                 batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
                 skip: args.skip.skips()?,
+                ..oplog::ReplayOptions::default()
             },
         ),
         Command::Follow(args) => cli::follow::run(

@@ -1001,3 +1001,91 @@ fn sub_microsecond_timestamps_replay_exactly_as_the_driver_stored_them() {
     };
     assert_eq!(times(&replica.url), times(&db.url));
 }
+
+#[test]
+fn the_command_line_names_the_stopped_entry_and_skips_it_when_asked_with_a_reason() {
+    use crate::cli::{failure, run_against, save_keyring, success, TempDir};
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let dir = TempDir::new();
+    let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
+    let log = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::load(std::path::Path::new(&keys)).unwrap(),
+    );
+    let u1 = user("u1");
+    let mut e = NewEntry::new("stuck");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    success(&run_against(
+        &db.url,
+        &keys,
+        &["replay", "--into", &replica.url],
+    ));
+    replica
+        .client()
+        .execute("DELETE FROM demo_user", &[])
+        .unwrap();
+    let mut changed = u1.clone();
+    changed.display_name = "renamed".into();
+    let mut e = NewEntry::new("stuck");
+    e.update(&changed, &["display_name"], &[]).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &changed));
+
+    let out = run_against(&db.url, &keys, &["replay", "--into", &replica.url]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--skip stuck:2"), "{stderr}");
+
+    let wrong = run_against(
+        &db.url,
+        &keys,
+        &[
+            "replay",
+            "--into",
+            &replica.url,
+            "--skip",
+            "stuck:3",
+            "--reason",
+            "typo",
+        ],
+    );
+    failure(&wrong, &["refusing to skip entry stuck:3"]);
+
+    let out = run_against(
+        &db.url,
+        &keys,
+        &[
+            "follow",
+            "--into",
+            &replica.url,
+            "--until-caught-up",
+            "--skip",
+            "stuck:2",
+            "--reason",
+            "row deleted on the replica by hand",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reason: String = replica.scalar("SELECT reason FROM oplog_skipped");
+    assert_eq!(reason, "row deleted on the replica by hand");
+    let out = success(&run_against(
+        &db.url,
+        &keys,
+        &[
+            "replay",
+            "--into",
+            &replica.url,
+            "--skip",
+            "stuck:2",
+            "--reason",
+            "again",
+        ],
+    ));
+    assert!(out.contains("applied 0 entries"), "{out}");
+}
