@@ -166,6 +166,34 @@ enum BenchCommand {
     /// after a burst), against built-in logical replication of the same
     /// table in the same run.
     Follow(BenchFollowArgs),
+    /// Verify a large and a small log (cost per entry as the log grows),
+    /// replay the large one (verify against replay; replay of many pending
+    /// aggregates against multi-row INSERTs), and the memory `verify`,
+    /// `log` and `replay` need for entries near the size limit.
+    Verify(BenchVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchVerifyArgs {
+    /// Entries in the large log.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Entries in the small log.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    small_entries: u64,
+
+    /// Aggregates each log is spread over.
+    #[arg(long, value_name = "K", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
+
+    /// Entries near the size limit for the memory measurement (0 skips it).
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    big_entries: u64,
+
+    /// Size of each of those entries, in MiB (at most 63).
+    #[arg(long, value_name = "MIB", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=63))]
+    big_entry_mib: u64,
 }
 
 #[derive(Debug, Args)]
@@ -618,6 +646,17 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 entries: count(a.entries),
                 aggregates: count(a.aggregates),
                 batch_size: count(a.batch_size),
+            },
+        ),
+        Command::Bench(BenchCommand::Verify(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Verify {
+                entries: count(a.entries),
+                small_entries: count(a.small_entries),
+                aggregates: count(a.aggregates),
+                big_entries: count(a.big_entries),
+                big_entry_bytes: count(a.big_entry_mib) << 20,
             },
         ),
         Command::Demo(a) => cli::demo::run(

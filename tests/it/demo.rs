@@ -515,3 +515,33 @@ fn bench_follow_json_reports_lag_and_catch_up_next_to_logical_replication() {
         ),
     }
 }
+
+#[test]
+fn bench_verify_json_reports_verify_against_replay_and_the_memory_of_large_entries() {
+    let out = oplog_cmd()
+        .args(["--database-url", &admin_url(), "--json", "bench", "verify"])
+        .args([
+            "--entries",
+            "600",
+            "--small-entries",
+            "200",
+            "--aggregates",
+            "30",
+        ])
+        .args(["--big-entries", "2", "--big-entry-mib", "2"])
+        .output()
+        .unwrap();
+    let report = json(&success(&out));
+    assert_eq!(report["scenario"], "verify", "{report}");
+    assert_eq!(report["entries"], 600);
+    let rate = report["rate_per_s"].as_f64().unwrap();
+    let replay = report["baseline_per_s"].as_f64().unwrap();
+    assert!(rate > 0.0 && replay > 0.0, "{report}");
+    assert!((report["ratio"].as_f64().unwrap() - rate / replay).abs() < 1e-9);
+    let small = report["small_rate_per_s"].as_f64().unwrap();
+    assert!((report["cost_ratio"].as_f64().unwrap() - small / rate).abs() < 1e-9);
+    assert!(report["replay_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    // The children's memory was measured, and holds at least the entries
+    // they read.
+    assert!(report["max_rss_mb"].as_f64().unwrap() > 2.0, "{report}");
+}
