@@ -562,7 +562,7 @@ pub(crate) struct PendingRef {
 /// For each aggregate `aggregates[i]`, the entries with
 /// `after[i] < seq <= upto[i]`, in seq order, at most `per_aggregate` of
 /// them (looked for among the next `per_aggregate` seqs: a log without
-/// holes has them all there), ordered by (i, seq). Each aggregate's entries
+/// holes has them all there), in (i, seq) order. Each aggregate's entries
 /// come from the `(aggregate_name, seq)` index; sizes come from the toast
 /// headers, so no payload is read.
 pub(crate) fn pending_refs(
@@ -591,6 +591,9 @@ pub(crate) fn pending_refs(
             bytes: r.get(3),
         });
     }
+    // At most a batch of rows: ordered here rather than by a sort node in
+    // the plan, which reads as sorting the entry table.
+    refs.sort_unstable_by_key(|r| (r.slot, r.seq));
     Ok(refs)
 }
 
@@ -606,8 +609,7 @@ CROSS JOIN LATERAL (
     WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
       AND i.seq <= least(p.upto_seq, p.after_seq + $4)
     ORDER BY i.seq LIMIT $4
-) x
-ORDER BY p.slot, x.seq";
+) x";
 
 /// The entries with these ids, in full, in no particular order; rows are
 /// converted as they arrive, so a page is held once.
