@@ -239,6 +239,31 @@ fn a_key_administrator_rewraps_what_a_writer_cannot() {
         .is_clean());
 }
 
+#[test]
+fn a_key_administrator_can_destroy_a_payload_but_not_unnoticed() {
+    let keys = TestRole::new("keys");
+    let db = TestDb::new();
+    grant(&mut db.client(), Role::Keys, &keys.name).unwrap();
+    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
+    // Replacing the ciphertext is what a rewrap does; the database cannot
+    // tell a new encryption of the same plaintext from garbage.
+    let mut k = connect_as(&keys, &db);
+    let replaced: bool = k
+        .query_one(
+            "SELECT oplog_rewrap(id, key_id, key_id, set_byte(data, 20, get_byte(data, 20) # 255)) \
+             FROM oplog_entry WHERE seq = 2",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(replaced);
+    let report = verify(&log, &db.url, &VerifyOptions::default()).unwrap();
+    let found: Vec<(oplog::FindingKind, Option<i64>)> =
+        report.findings.iter().map(|f| (f.kind, f.seq)).collect();
+    assert_eq!(found, [(oplog::FindingKind::Decryption, Some(2))]);
+}
+
 // Functions that run with the owner's rights, against temporary tables.
 //
 // Every role may create temporary tables, and PostgreSQL looks for a table
@@ -886,6 +911,18 @@ fn a_reader_manages_only_the_consumers_it_registered() {
     assert_eq!(err.sqlstate(), Some("42501"), "{err}");
     assert_eq!(position(), 2);
 
+    // The command line says why nothing was removed.
+    let out = crate::cli::oplog_cmd()
+        .args([
+            "consumers",
+            "remove",
+            "lagging",
+            "--database-url",
+            &bob.url(&db.url),
+        ])
+        .output()
+        .unwrap();
+    crate::cli::failure(&out, &["registered by role", &alice.name]);
     // Bob manages his own consumer.
     register_consumer(&mut b, "bobs", &[("agg".into(), 4)]).unwrap();
     assert_eq!(
@@ -998,6 +1035,14 @@ fn the_trim_function_enforces_the_retention_age_and_the_owners_floor() {
         &trim_sql("0").replace("interval '0'", "NULL"),
         "22004",
     );
+    // A transaction that cannot see registrations made while it waited for
+    // them may not trim.
+    refused(
+        &mut t,
+        &format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {}", trim_sql("0")),
+        "25000",
+    );
+    t.batch_execute("ROLLBACK").unwrap();
     // Entries 1-3 and 5 are two hours old: only the prefix 1-3 goes.
     superuser_exec(
         &db,
