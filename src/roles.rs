@@ -93,7 +93,7 @@ pub fn grants(role: Role, name: &str) -> String {
         ],
         Role::Reader => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy TO {to}"
             ),
             format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
             format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),

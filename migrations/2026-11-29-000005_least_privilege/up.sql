@@ -60,8 +60,8 @@ DECLARE
     mine   text := 'owner IN (SELECT r.rolname::text FROM pg_catalog.pg_roles r '
                    'WHERE pg_catalog.pg_has_role(r.oid, ''MEMBER''))';
     theirs text;
-    -- Whoever could run the old oplog_trim may run the new one and read
-    -- the floor, without being granted again.
+    -- Whoever could run the old oplog_trim may run the new one, without
+    -- being granted again.
     trimmers text[];
     r       text;
 BEGIN
@@ -354,6 +354,15 @@ $fn$, '@schema@', s);
     EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s.oplog_trim(text, bigint, bigint, interval) FROM PUBLIC', s);
     FOREACH r IN ARRAY coalesce(trimmers, '{}') LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s.oplog_trim(text, bigint, bigint, interval) TO %s', s, r);
+    END LOOP;
+    -- Whoever may read the trim points (readers and trimmers) may read the
+    -- floor.
+    FOR r IN
+        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.oid = pg_catalog.to_regclass(s || '.oplog_trim_point')
+           AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+    LOOP
         EXECUTE pg_catalog.format('GRANT SELECT ON %s.oplog_trim_policy TO %s', s, r);
     END LOOP;
 END;

@@ -698,6 +698,9 @@ GRANT SELECT, INSERT ON oplog_entry TO {r};
 GRANT SELECT, INSERT ON oplog_metadata TO {r};
 GRANT SELECT, INSERT ON oplog_catalog TO {r};
 GRANT EXECUTE ON FUNCTION oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean) TO {r}";
+const OLD_READER: &str = "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point TO {r};
+GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {r};
+GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {r}";
 const OLD_TRIMMER: &str = "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_trim_point, oplog_consumer, oplog_consumer_position TO {r};
 GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {r};
 GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint) TO {r}";
@@ -715,6 +718,7 @@ fn migrate_before_least_privilege(db: &TestDb) -> diesel::PgConnection {
 fn the_upgrade_takes_direct_writes_from_roles_granted_before_it_and_they_keep_working() {
     let writer = TestRole::new("writer");
     let trimmer = TestRole::new("trimmer");
+    let reader = TestRole::new("reader");
     let db = TestDb::empty();
     migrate_before_least_privilege(&db);
     let mut owner = db.client();
@@ -724,6 +728,9 @@ fn the_upgrade_takes_direct_writes_from_roles_granted_before_it_and_they_keep_wo
         .unwrap();
     owner
         .batch_execute(&OLD_TRIMMER.replace("{r}", &trimmer.name))
+        .unwrap();
+    owner
+        .batch_execute(&OLD_READER.replace("{r}", &reader.name))
         .unwrap();
     owner
         .batch_execute(&format!(
@@ -756,6 +763,18 @@ fn the_upgrade_takes_direct_writes_from_roles_granted_before_it_and_they_keep_wo
         "INSERT INTO oplog_ticket (name, version) VALUES ('poisoned', 1000)",
     );
 
+    // A reader may still see what a trim would do; the trimmer trims.
+    let dry = trim(
+        &mut connect_as(&reader, &db),
+        &TrimOptions {
+            older_than: Duration::ZERO,
+            dry_run: true,
+            ..TrimOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(dry.deleted, 4);
     let mut t = connect_as(&trimmer, &db);
     let report = trim(
         &mut t,
