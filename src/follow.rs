@@ -293,7 +293,7 @@ impl Follower {
             .into_iter()
             .map(|(a, c)| (a, c.seq))
             .collect();
-        consumer::report(&mut control, &name, &positions, false)?;
+        consumer::register(&mut control, &name, &positions)?;
         events(&FollowEvent::Following { consumer: &name });
 
         let mut lag_checked = Instant::now();

@@ -686,25 +686,38 @@ pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> R
     Ok(row.get(0))
 }
 
-/// The next entries above id `after` encrypted under a key other than
-/// `key_id`, in id order, at most `limit`, locked until the end of the
+/// The highest entry id, 0 when there is none.
+pub(crate) fn last_entry_id(c: &mut impl GenericClient) -> Result<i64> {
+    let row = c.query_typed_one("SELECT coalesce(max(id), 0) FROM oplog_entry", &[])?;
+    Ok(row.get(0))
+}
+
+/// The entries with ids in `after < id <= upto` encrypted under a key other
+/// than `key_id`, in id order, at most `limit`, locked until the end of the
 /// transaction (the lock an UPDATE of them takes anyway, which writers of
 /// new entries never wait for).
+///
+/// The id range keeps each page an index range scan of at most
+/// `upto - after` entries: with only `key_id <> $1` and a LIMIT, the
+/// planner reads the whole table and sorts it once most entries are under
+/// the active key, at every page.
 pub(crate) fn lock_entries_not_under_key(
     c: &mut impl GenericClient,
     key_id: &str,
     after: i64,
+    upto: i64,
     limit: i64,
 ) -> Result<Vec<StoredRow>> {
     let sql = format!(
-        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 ORDER BY e.id LIMIT $3 \
-         FOR NO KEY UPDATE OF e"
+        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 AND e.id <= $3 \
+         ORDER BY e.id LIMIT $4 FOR NO KEY UPDATE OF e"
     );
     let rows = c.query_typed(
         &sql,
         &[
             (&key_id, Type::TEXT),
             (&after, Type::INT8),
+            (&upto, Type::INT8),
             (&limit, Type::INT8),
         ],
     )?;
