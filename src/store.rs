@@ -560,9 +560,9 @@ pub(crate) struct PendingRef {
 }
 
 /// For each aggregate `aggregates[i]`, the entries with
-/// `after[i] < seq <= upto[i]`, in seq order, at most `per_aggregate` of
-/// them (looked for among the next `per_aggregate` seqs: a log without
-/// holes has them all there), in (i, seq) order. Each aggregate's entries
+/// `after[i] < seq <= upto[i]`, in seq order, at most `limits[i]` of them
+/// (looked for among the next `limits[i]` seqs: a log without holes has
+/// them all there), in (i, seq) order. Each aggregate's entries
 /// come from the `(aggregate_name, seq)` index; sizes come from the toast
 /// headers, so no payload is read.
 pub(crate) fn pending_refs(
@@ -570,7 +570,7 @@ pub(crate) fn pending_refs(
     aggregates: &[&str],
     after: &[i64],
     upto: &[i64],
-    per_aggregate: i64,
+    limits: &[i64],
 ) -> Result<Vec<PendingRef>> {
     let rows = c.query_typed(
         PENDING_REFS,
@@ -578,7 +578,7 @@ pub(crate) fn pending_refs(
             (&aggregates, Type::TEXT_ARRAY),
             (&after, Type::INT8_ARRAY),
             (&upto, Type::INT8_ARRAY),
-            (&per_aggregate, Type::INT8),
+            (&limits, Type::INT8_ARRAY),
         ],
     )?;
     let mut refs = Vec::with_capacity(rows.len());
@@ -599,7 +599,7 @@ pub(crate) fn pending_refs(
 
 pub(crate) const PENDING_REFS: &str = "\
 SELECT p.slot, x.id, x.seq, x.bytes
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS p(aggregate_name, after_seq, upto_seq, slot)
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS p(aggregate_name, after_seq, upto_seq, lim, slot)
 CROSS JOIN LATERAL (
     SELECT i.id, i.seq,
            octet_length(i.data)::bigint + coalesce((
@@ -607,8 +607,8 @@ CROSS JOIN LATERAL (
                FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint AS bytes
     FROM oplog_entry i
     WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
-      AND i.seq <= least(p.upto_seq, p.after_seq + $4)
-    ORDER BY i.seq LIMIT $4
+      AND i.seq <= least(p.upto_seq, p.after_seq + p.lim)
+    ORDER BY i.seq LIMIT p.lim
 ) x";
 
 /// The entries with these ids, in full, in no particular order; rows are

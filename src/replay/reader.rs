@@ -128,7 +128,14 @@ impl Reader {
         if self.positions.is_empty() {
             return Ok(None);
         }
-        let chosen = choose(&self.positions, &self.resume, self.limit);
+        let shares = choose(&self.positions, &self.resume, self.limit, |p| {
+            u64::try_from(p.upto.saturating_sub(p.seq)).unwrap_or(0)
+        });
+        let chosen: Vec<String> = shares.iter().map(|(name, _)| name.clone()).collect();
+        let limits: Vec<i64> = shares
+            .iter()
+            .map(|(_, share)| i64::try_from(*share).unwrap_or(i64::MAX))
+            .collect();
         let positions: Vec<&Position> = chosen
             .iter()
             .filter_map(|name| self.positions.get(name))
@@ -136,12 +143,7 @@ impl Reader {
         let names: Vec<&str> = chosen.iter().map(String::as_str).collect();
         let after: Vec<i64> = positions.iter().map(|p| p.seq).collect();
         let upto: Vec<i64> = positions.iter().map(|p| p.upto).collect();
-        // Each aggregate's share of the batch, so that no more rows are read
-        // than are applied.
-        let share = i64::try_from(self.limit / chosen.len().max(1))
-            .unwrap_or(i64::MAX)
-            .max(1);
-        let refs = store::pending_refs(&mut self.source, &names, &after, &upto, share)?;
+        let refs = store::pending_refs(&mut self.source, &names, &after, &upto, &limits)?;
         let cut = cut(&refs, self.max_bytes, self.limit);
         // Aggregates before the one the budget cut were read whole: one with
         // nothing among its next seqs has lost its next entry. The one cut,
@@ -257,10 +259,23 @@ impl Reader {
     }
 }
 
-/// The aggregates of the next batch, in name order from where the last
-/// batch ended (`resume`), wrapping around: at most `limit`, one per entry
-/// the batch may hold.
-fn choose<T>(positions: &BTreeMap<String, T>, resume: &Resume, limit: usize) -> Vec<String> {
+/// The fewest entries an aggregate is given in a batch when it has that
+/// many pending, however many aggregates wait: a batch of a few aggregates
+/// with many entries each costs far less (one checkpoint per aggregate)
+/// than one entry from each of many.
+const MIN_SHARE: usize = 64;
+
+/// The aggregates of the next batch with the most entries to read from
+/// each, in name order from where the last batch ended (`resume`), wrapping
+/// around. Each is given its pending entries up to a fair share of the
+/// batch (at least [`MIN_SHARE`]), until the batch's `limit` is given out;
+/// `pending` says how many entries an aggregate has to read.
+fn choose<T>(
+    positions: &BTreeMap<String, T>,
+    resume: &Resume,
+    limit: usize,
+    pending: impl Fn(&T) -> u64,
+) -> Vec<(String, usize)> {
     let (first, rest): (Bound<&String>, Bound<&String>) = match resume {
         Resume::Start => (Bound::Unbounded, Bound::Unbounded),
         Resume::At(name) => (Bound::Included(name), Bound::Excluded(name)),
@@ -269,10 +284,28 @@ fn choose<T>(positions: &BTreeMap<String, T>, resume: &Resume, limit: usize) -> 
     let head = positions.range::<String, _>((first, Bound::Unbounded));
     let tail = positions.range::<String, _>((Bound::Unbounded, rest));
     let wraps = !matches!(resume, Resume::Start);
-    head.chain(tail.filter(|_| wraps))
-        .map(|(name, _)| name.clone())
-        .take(limit.min(positions.len()))
-        .collect()
+    let fair = (limit / positions.len().max(1)).max(MIN_SHARE);
+    let mut left = limit.max(1);
+    let mut chosen = Vec::new();
+    let mut wanting = Vec::new();
+    for (name, p) in head.chain(tail.filter(|_| wraps)) {
+        if left == 0 {
+            break;
+        }
+        let wants = usize::try_from(pending(p)).unwrap_or(usize::MAX).max(1);
+        let share = wants.min(fair).min(left);
+        left -= share;
+        chosen.push((name.clone(), share));
+        wanting.push(wants);
+    }
+    // Every aggregate had its turn and the batch has room: give it to
+    // those with more to read.
+    for ((_, share), wants) in chosen.iter_mut().zip(wanting) {
+        let more = wants.saturating_sub(*share).min(left);
+        *share += more;
+        left -= more;
+    }
+    chosen
 }
 
 /// How many of `refs` (in order) a batch takes: as many as fit `max_bytes`
@@ -343,27 +376,45 @@ mod tests {
 
     #[test]
     fn batches_take_the_aggregates_in_turn_and_wrap_around() {
-        let positions: BTreeMap<String, ()> = ["a", "b", "c", "d", "e"]
+        // One entry pending each.
+        let positions: BTreeMap<String, u64> = ["a", "b", "c", "d", "e"]
             .iter()
-            .map(|n| (n.to_string(), ()))
+            .map(|n| (n.to_string(), 1))
             .collect();
-        let names = |v: Vec<String>| v.join("");
-        assert_eq!(names(choose(&positions, &Resume::Start, 2)), "ab");
-        assert_eq!(
-            names(choose(&positions, &Resume::After("b".into()), 2)),
-            "cd"
-        );
-        assert_eq!(
-            names(choose(&positions, &Resume::After("d".into()), 2)),
-            "ea"
-        );
-        assert_eq!(names(choose(&positions, &Resume::At("d".into()), 3)), "dea");
-        assert_eq!(
-            names(choose(&positions, &Resume::After("c".into()), 10)),
-            "deabc"
-        );
+        let names = |v: Vec<(String, usize)>| {
+            assert!(v.iter().all(|(_, share)| *share == 1));
+            v.into_iter().map(|(n, _)| n).collect::<String>()
+        };
+        let choose = |resume: &Resume, limit| choose(&positions, resume, limit, |p| *p);
+        assert_eq!(names(choose(&Resume::Start, 2)), "ab");
+        assert_eq!(names(choose(&Resume::After("b".into()), 2)), "cd");
+        assert_eq!(names(choose(&Resume::After("d".into()), 2)), "ea");
+        assert_eq!(names(choose(&Resume::At("d".into()), 3)), "dea");
+        assert_eq!(names(choose(&Resume::After("c".into()), 10)), "deabc");
         // The aggregate to resume at may have finished meanwhile.
-        assert_eq!(names(choose(&positions, &Resume::At("bb".into()), 2)), "cd");
+        assert_eq!(names(choose(&Resume::At("bb".into()), 2)), "cd");
+    }
+
+    #[test]
+    fn aggregates_with_many_entries_get_a_fair_share_and_few_aggregates_fill_a_batch() {
+        let pending: BTreeMap<String, u64> = (0..5000).map(|i| (format!("t{i:04}"), 20)).collect();
+        let chosen = choose(&pending, &Resume::Start, 1000, |p| *p);
+        assert_eq!(chosen.len(), 50, "20 entries from each of 50 aggregates");
+        assert!(chosen.iter().all(|(_, share)| *share == 20));
+        // One aggregate far behind among a few: it gets the batch's rest.
+        let mut few: BTreeMap<String, u64> = BTreeMap::new();
+        few.insert("big".into(), 1_000_000);
+        few.insert("small".into(), 3);
+        let chosen = choose(&few, &Resume::Start, 1000, |p| *p);
+        assert_eq!(
+            chosen,
+            vec![("big".to_string(), 997), ("small".to_string(), 3)]
+        );
+        // The batch's size is never exceeded.
+        let many: BTreeMap<String, u64> = (0..100).map(|i| (format!("a{i:03}"), 1000)).collect();
+        let chosen = choose(&many, &Resume::Start, 1000, |p| *p);
+        assert_eq!(chosen.iter().map(|c| c.1).sum::<usize>(), 1000);
+        assert_eq!(chosen.len(), 16, "64 entries each, the last one 40");
     }
 
     #[test]
