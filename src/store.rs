@@ -9,6 +9,9 @@
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
 use diesel::{PgConnection, QueryableByName, RunQueryDsl};
+use std::collections::HashMap;
+
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 use uuid::Uuid;
@@ -98,12 +101,130 @@ pub struct StoredRow {
     pub catalog: Option<Vec<u8>>,
 }
 
-/// Which entries to list.
+/// Which entries to list: one page of a scan in (aggregate, seq) order.
 #[derive(Debug, Clone)]
 pub struct ListQuery<'a> {
+    /// Only this aggregate's entries.
     pub aggregate: Option<&'a str>,
+    /// Only entries with a seq above this one.
     pub after_seq: i64,
+    /// Where the previous page ended: the page starts after this (aggregate,
+    /// seq), exclusive. `("", 0)` starts at the beginning, since aggregate
+    /// names are never empty.
+    pub after: (&'a str, i64),
+    /// Most entries to consider for the page.
     pub limit: i64,
+    /// The page's byte budget: entries are taken while the bytes before
+    /// them are under it, so a page holds at most the budget plus one entry.
+    pub max_bytes: u64,
+}
+
+/// One page of entries in (aggregate, seq) order.
+#[derive(Debug, Default)]
+pub struct EntryPage {
+    /// The entries, in (aggregate, seq) order.
+    pub rows: Vec<StoredRow>,
+    /// Entries were left out because the byte budget was reached.
+    pub cut: bool,
+    /// As many entries were considered as the limit allowed: more may follow.
+    pub full: bool,
+}
+
+impl EntryPage {
+    /// True when the scan has reached the end of the log.
+    pub fn is_last(&self) -> bool {
+        !self.cut && !self.full
+    }
+}
+
+/// An entry's place in the log and the bytes reading it costs, read without
+/// its data: `octet_length` of a stored (toasted) value reads only its
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct EntrySize {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub aggregate_name: String,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = BigInt)]
+    pub bytes: i64,
+}
+
+/// Bytes counted for each entry besides its data, key id and metadata: its
+/// fixed-size columns and what holding a row costs.
+const ROW_OVERHEAD: u64 = 512;
+
+/// How many of the entries of `sizes` (bytes each, in order) a page with a
+/// budget of `max_bytes` takes: every entry whose predecessors in the page
+/// hold fewer bytes than the budget, so always the first one, and at most
+/// one entry beyond the budget.
+pub fn page_len(sizes: impl IntoIterator<Item = i64>, max_bytes: u64) -> usize {
+    let mut before: u64 = 0;
+    let mut taken = 0;
+    for size in sizes {
+        if taken > 0 && before >= max_bytes {
+            break;
+        }
+        let bytes = u64::try_from(size)
+            .unwrap_or(0)
+            .saturating_add(ROW_OVERHEAD);
+        before = before.saturating_add(bytes);
+        taken += 1;
+    }
+    taken
+}
+
+/// How a scan of the log pages: at most `max_rows` entries and about
+/// `max_bytes` per page (one entry more than the budget at most, so that a
+/// page is never empty), asking for fewer candidates after pages that the
+/// budget cut short, so that a log of large entries is not read ahead
+/// `max_rows` entries at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pager {
+    max_rows: i64,
+    max_bytes: u64,
+    next_rows: i64,
+}
+
+impl Pager {
+    /// A pager of at most `max_rows` entries (at least 1) and `max_bytes`
+    /// per page.
+    pub fn new(max_rows: i64, max_bytes: u64) -> Self {
+        let max_rows = max_rows.max(1);
+        Pager {
+            max_rows,
+            max_bytes,
+            next_rows: max_rows,
+        }
+    }
+
+    /// The byte budget of a page.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How many entries the next page considers, at most `remaining`.
+    pub fn candidates(&self, remaining: Option<u64>) -> i64 {
+        match remaining {
+            Some(n) => self.next_rows.min(i64::try_from(n).unwrap_or(i64::MAX)),
+            None => self.next_rows,
+        }
+    }
+
+    /// Adapts the number of candidates to the page just read: twice the
+    /// entries the budget let through when it cut the page, growing back
+    /// (doubling) to `max_rows` otherwise.
+    pub fn after_page(&mut self, taken: usize, cut: bool) {
+        let taken = i64::try_from(taken).unwrap_or(i64::MAX);
+        self.next_rows = if cut {
+            taken.saturating_mul(2)
+        } else {
+            self.next_rows.saturating_mul(2)
+        }
+        .clamp(1, self.max_rows);
+    }
 }
 
 const READ_TICKET: &str = "SELECT version, chain FROM oplog_ticket WHERE name = $1";
@@ -161,15 +282,67 @@ LEFT JOIN LATERAL (
     FROM oplog_metadata WHERE entry_id = e.id
 ) m ON true";
 
-fn list_sql(q: &ListQuery<'_>) -> String {
-    match q.aggregate {
-        Some(_) => format!(
-            "{SELECT_ENTRIES} WHERE e.aggregate_name = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
-        ),
-        None => {
-            format!("{SELECT_ENTRIES} WHERE $1::text IS NULL AND e.seq > $2 ORDER BY e.id LIMIT $3")
+/// The bytes an entry costs to read, computed from the sizes PostgreSQL
+/// keeps in each value's header, so that no large value is read to size it.
+const ENTRY_BYTES: &str = "octet_length(i.data)::bigint + octet_length(i.key_id) \
++ coalesce((SELECT sum(octet_length(m.key) + octet_length(m.value)) \
+FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint";
+
+/// The next candidates of a page, in (aggregate, seq) order: keyset
+/// pagination on the `UNIQUE (aggregate_name, seq)` index, in the
+/// database's own collation (the index's), so that each page is an index
+/// range scan and nothing is sorted. Parameters: aggregate, seq above, limit
+/// with an aggregate; position name, position seq, seq above, limit
+/// without.
+fn sizes_sql(aggregate: bool) -> String {
+    if aggregate {
+        format!(
+            "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
+             WHERE i.aggregate_name = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+        )
+    } else {
+        format!(
+            "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
+             WHERE (i.aggregate_name, i.seq) > ($1::text, $2::bigint) AND i.seq > $3 \
+             ORDER BY i.aggregate_name, i.seq LIMIT $4"
+        )
+    }
+}
+
+/// The entries of a page, by id (in no order; the caller puts them back in
+/// the page's).
+fn by_id_sql() -> String {
+    format!("{SELECT_ENTRIES} WHERE e.id = ANY($1)")
+}
+
+/// The seq a page of `q` starts after, with an aggregate.
+fn seq_floor(q: &ListQuery<'_>) -> i64 {
+    q.after_seq.max(q.after.1)
+}
+
+/// Puts `rows` (read by id) back in the order of `picked`. An entry picked
+/// but not read (trimmed between the two statements, outside a
+/// transaction) is left out.
+fn in_page_order(picked: &[EntrySize], rows: Vec<StoredRow>) -> Vec<StoredRow> {
+    let place: HashMap<i64, usize> = picked.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+    let mut slots: Vec<Option<StoredRow>> = Vec::new();
+    slots.resize_with(picked.len(), || None);
+    for row in rows {
+        if let Some(&i) = place.get(&row.id) {
+            slots[i] = Some(row);
         }
     }
+    slots.into_iter().flatten().collect()
+}
+
+/// The entries `sizes` lets `pager` take, with whether the page was cut
+/// and full, for [`EntryPage`].
+fn take_page(q: &ListQuery<'_>, mut sizes: Vec<EntrySize>) -> (Vec<EntrySize>, bool, bool) {
+    let full = i64::try_from(sizes.len()).is_ok_and(|n| n >= q.limit);
+    let taken = page_len(sizes.iter().map(|s| s.bytes), q.max_bytes);
+    let cut = taken < sizes.len();
+    sizes.truncate(taken);
+    (sizes, cut, full)
 }
 
 const COMMITTED: &str = "SELECT id FROM oplog_entry WHERE entry_uuid = $1::text::uuid";
@@ -183,7 +356,7 @@ pub(crate) mod private {
         fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>>;
         fn seed_ticket(&mut self, name: &str) -> Result<()>;
         fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
-        fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
+        fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
         fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
@@ -237,16 +410,59 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
     Ok(appended(row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
-fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
-    let rows = c.query_typed(
-        &list_sql(q),
-        &[
-            (&q.aggregate, Type::TEXT),
-            (&q.after_seq, Type::INT8),
-            (&q.limit, Type::INT8),
-        ],
-    )?;
-    Ok(rows.iter().map(stored_row).collect())
+fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {
+    let sizes = entry_sizes(c, q)?;
+    let (picked, cut, full) = take_page(q, sizes);
+    let rows = entries_by_id(c, &picked)?;
+    Ok(EntryPage { rows, cut, full })
+}
+
+/// The candidates of the page `q`, with their sizes.
+fn entry_sizes(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<EntrySize>> {
+    let rows = match q.aggregate {
+        Some(aggregate) => c.query_typed(
+            &sizes_sql(true),
+            &[
+                (&aggregate, Type::TEXT),
+                (&seq_floor(q), Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+        None => c.query_typed(
+            &sizes_sql(false),
+            &[
+                (&q.after.0, Type::TEXT),
+                (&q.after.1, Type::INT8),
+                (&q.after_seq, Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(EntrySize {
+                id: r.try_get(0)?,
+                aggregate_name: r.try_get(1)?,
+                seq: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// The entries `picked`, in its order, streamed: each row is converted as
+/// it arrives and its buffer dropped, so that a page is never held twice.
+fn entries_by_id(c: &mut impl GenericClient, picked: &[EntrySize]) -> Result<Vec<StoredRow>> {
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+    let mut stream = c.query_typed_raw(&by_id_sql(), [(&ids, Type::INT8_ARRAY)])?;
+    let mut rows = Vec::with_capacity(picked.len());
+    while let Some(row) = stream.next()? {
+        rows.push(try_stored_row(&row)?);
+    }
+    Ok(in_page_order(picked, rows))
 }
 
 /// Reads rows of entries selected with [`SELECT_ENTRIES`]'s columns.
@@ -266,6 +482,25 @@ pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
         meta_values: r.get(11),
         catalog: r.get(12),
     }
+}
+
+/// [`stored_row`], failing instead of panicking on a value of another type.
+fn try_stored_row(r: &postgres::Row) -> Result<StoredRow> {
+    Ok(StoredRow {
+        id: r.try_get(0)?,
+        entry_uuid: r.try_get(1)?,
+        aggregate_name: r.try_get(2)?,
+        seq: r.try_get(3)?,
+        format: r.try_get(4)?,
+        key_id: r.try_get(5)?,
+        data: r.try_get(6)?,
+        digest: r.try_get(7)?,
+        chain: r.try_get(8)?,
+        created_us: r.try_get(9)?,
+        meta_keys: r.try_get(10)?,
+        meta_values: r.try_get(11)?,
+        catalog: r.try_get(12)?,
+    })
 }
 
 fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> Result<()> {
@@ -309,7 +544,7 @@ macro_rules! impl_postgres {
             fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended> {
                 pg_append(self, row, wait)
             }
-            fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
+            fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
                 pg_list_entries(self, q)
             }
             fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
@@ -417,12 +652,37 @@ impl private::Sealed for PgConnection {
         })
     }
 
-    fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
-        Ok(diesel::sql_query(list_sql(q))
-            .bind::<Nullable<Text>, _>(q.aggregate)
-            .bind::<BigInt, _>(q.after_seq)
-            .bind::<BigInt, _>(q.limit)
-            .load(self)?)
+    fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
+        let sizes: Vec<EntrySize> = match q.aggregate {
+            Some(aggregate) => diesel::sql_query(sizes_sql(true))
+                .bind::<Text, _>(aggregate)
+                .bind::<BigInt, _>(seq_floor(q))
+                .bind::<BigInt, _>(q.limit)
+                .load(self)?,
+            None => diesel::sql_query(sizes_sql(false))
+                .bind::<Text, _>(q.after.0)
+                .bind::<BigInt, _>(q.after.1)
+                .bind::<BigInt, _>(q.after_seq)
+                .bind::<BigInt, _>(q.limit)
+                .load(self)?,
+        };
+        let (picked, cut, full) = take_page(q, sizes);
+        if picked.is_empty() {
+            return Ok(EntryPage {
+                rows: Vec::new(),
+                cut,
+                full,
+            });
+        }
+        let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+        let rows: Vec<StoredRow> = diesel::sql_query(by_id_sql())
+            .bind::<Array<BigInt>, _>(&ids)
+            .load(self)?;
+        Ok(EntryPage {
+            rows: in_page_order(&picked, rows),
+            cut,
+            full,
+        })
     }
 
     fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
@@ -504,47 +764,25 @@ pub(crate) fn source_id(c: &mut impl GenericClient) -> Result<String> {
     Ok(row.get(0))
 }
 
-/// Every stored catalog, as (digest, encoding); the encodings over `limit`
-/// bytes stay in the database.
-pub(crate) fn stored_catalogs(
+/// The digests of the stored catalogs above `after`, in byte order, at most
+/// `limit` (keyset pagination on the primary key).
+pub(crate) fn stored_catalog_digests(
     c: &mut impl GenericClient,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, CatalogBytes)>> {
+    after: &[u8],
+    limit: i64,
+) -> Result<Vec<Vec<u8>>> {
     let rows = c.query_typed(
-        "SELECT digest, length(catalog)::bigint, \
-         CASE WHEN length(catalog) <= $1 THEN catalog END \
-         FROM oplog_catalog ORDER BY digest",
-        &[(&size_param(limit), Type::INT8)],
+        "SELECT digest FROM oplog_catalog WHERE digest > $1 ORDER BY digest LIMIT $2",
+        &[(&after, Type::BYTEA), (&limit, Type::INT8)],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), CatalogBytes::from_row(r.get(1), r.get(2))))
-        .collect())
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
-/// Entries in (aggregate, seq) order after the position `after` (exclusive),
-/// only `aggregate`'s when given, at most `limit`.
-pub(crate) fn entries_in_order(
-    c: &mut impl GenericClient,
-    aggregate: Option<&str>,
-    after: (&str, i64),
-    limit: i64,
-) -> Result<Vec<StoredRow>> {
-    let sql = format!(
-        "{SELECT_ENTRIES} WHERE ($1::text IS NULL OR e.aggregate_name = $1) \
-         AND (e.aggregate_name COLLATE \"C\", e.seq) > ($2::text COLLATE \"C\", $3::bigint) \
-         ORDER BY e.aggregate_name COLLATE \"C\", e.seq LIMIT $4"
-    );
-    let rows = c.query_typed(
-        &sql,
-        &[
-            (&aggregate, Type::TEXT),
-            (&after.0, Type::TEXT),
-            (&after.1, Type::INT8),
-            (&limit, Type::INT8),
-        ],
-    )?;
-    Ok(rows.iter().map(stored_row).collect())
+/// One page of entries in (aggregate, seq) order, as [`ListQuery`] asks:
+/// the candidates' sizes first, from the index and the values' headers,
+/// then the entries the byte budget takes, streamed.
+pub(crate) fn entries_in_order(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {
+    pg_list_entries(c, q)
 }
 
 /// The next entries of several aggregates at once: for each aggregate, those

@@ -747,11 +747,13 @@ fn verify_exits_0_when_clean_and_1_with_findings_in_text_and_json() {
             "aggregates_checked",
             "entries_checked",
             "findings",
+            "notes",
             "tables"
         ]
     );
     assert_eq!(doc["entries_checked"], 4);
     assert_eq!(doc["findings"], Value::Array(vec![]));
+    assert_eq!(doc["notes"], Value::Array(vec![]));
 
     let tampered = cli.written[1].id;
     superuser_exec(
