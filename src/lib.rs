@@ -162,6 +162,8 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};
+#[doc(hidden)]
+pub use crate::store::explain_entry_scans;
 pub use crate::store::Connection;
 pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
 pub use crate::verify::{

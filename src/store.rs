@@ -291,19 +291,30 @@ FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint";
 /// The next candidates of a page, in (aggregate, seq) order: keyset
 /// pagination on the `UNIQUE (aggregate_name, seq)` index, in the
 /// database's own collation (the index's), so that each page is an index
-/// range scan and nothing is sorted. Parameters: aggregate, seq above, limit
-/// with an aggregate; position name, position seq, seq above, limit
-/// without.
+/// range scan that starts at the position and sorts nothing. Parameters:
+/// aggregate, seq above, limit with an aggregate; position name, position
+/// seq, seq above, limit without.
+///
+/// The position is passed through scalar subqueries, which the planner
+/// cannot see into: it then assumes a fixed share of the table (a third)
+/// lies past it, enough for the index-ordered scan to be the cheapest way
+/// to the first rows. Seen as constants, a position near the end of the
+/// statistics (the last of a large aggregate followed by a few small ones,
+/// say) looks like a few rows, and the planner would rather read them all
+/// through a bitmap and sort them, reading the rest of that large aggregate
+/// for every page.
 fn sizes_sql(aggregate: bool) -> String {
     if aggregate {
         format!(
             "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
-             WHERE i.aggregate_name = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+             WHERE i.aggregate_name = $1 AND i.seq > (SELECT $2::bigint) \
+             ORDER BY i.seq LIMIT $3"
         )
     } else {
         format!(
             "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
-             WHERE (i.aggregate_name, i.seq) > ($1::text, $2::bigint) AND i.seq > $3 \
+             WHERE (i.aggregate_name, i.seq) > ((SELECT $1::text), (SELECT $2::bigint)) \
+             AND i.seq > (SELECT $3::bigint) \
              ORDER BY i.aggregate_name, i.seq LIMIT $4"
         )
     }
@@ -419,26 +430,8 @@ fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Entr
 
 /// The candidates of the page `q`, with their sizes.
 fn entry_sizes(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<EntrySize>> {
-    let rows = match q.aggregate {
-        Some(aggregate) => c.query_typed(
-            &sizes_sql(true),
-            &[
-                (&aggregate, Type::TEXT),
-                (&seq_floor(q), Type::INT8),
-                (&q.limit, Type::INT8),
-            ],
-        )?,
-        None => c.query_typed(
-            &sizes_sql(false),
-            &[
-                (&q.after.0, Type::TEXT),
-                (&q.after.1, Type::INT8),
-                (&q.after_seq, Type::INT8),
-                (&q.limit, Type::INT8),
-            ],
-        )?,
-    };
-    rows.iter()
+    sizes_rows(c, q, "")?
+        .iter()
         .map(|r| {
             Ok(EntrySize {
                 id: r.try_get(0)?,
@@ -448,6 +441,100 @@ fn entry_sizes(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<Entr
             })
         })
         .collect()
+}
+
+/// Runs the statement choosing the candidates of the page `q`, after
+/// `prefix` (`EXPLAIN` or nothing).
+fn sizes_rows(
+    c: &mut impl GenericClient,
+    q: &ListQuery<'_>,
+    prefix: &str,
+) -> Result<Vec<postgres::Row>> {
+    Ok(match q.aggregate {
+        Some(aggregate) => c.query_typed(
+            &format!("{prefix}{}", sizes_sql(true)),
+            &[
+                (&aggregate, Type::TEXT),
+                (&seq_floor(q), Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+        None => c.query_typed(
+            &format!("{prefix}{}", sizes_sql(false)),
+            &[
+                (&q.after.0, Type::TEXT),
+                (&q.after.1, Type::INT8),
+                (&q.after_seq, Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+    })
+}
+
+/// A `json` value as its text (its binary form is the text).
+struct JsonText(String);
+
+impl<'a> postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(JsonText(std::str::from_utf8(raw)?.to_string()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+}
+
+/// The plans (`EXPLAIN (FORMAT JSON)`) of the statements that read pages of
+/// the log, as [`Oplog::entries`](crate::Oplog::entries), `oplog log` and
+/// `verify` run them, each named: the page at a position and the one after
+/// it, of every aggregate and of `aggregate`. The position is the start of
+/// the log (or of `aggregate`), or `aggregate` at seq `after` when given.
+/// For tests that check that every scan of the log is an index range scan
+/// that sorts nothing.
+#[doc(hidden)]
+pub fn explain_entry_scans(
+    client: &mut postgres::Client,
+    aggregate: &str,
+    after: Option<i64>,
+) -> Result<Vec<(String, String)>> {
+    let mut plans = Vec::new();
+    let explain = "EXPLAIN (FORMAT JSON) ";
+    let start = match after {
+        Some(seq) => (aggregate.to_string(), seq),
+        None => (String::new(), 0),
+    };
+    for (scope, aggregate) in [
+        ("every aggregate", None),
+        ("one aggregate", Some(aggregate)),
+    ] {
+        let mut after = start.clone();
+        for page in ["page", "next page"] {
+            let q = ListQuery {
+                aggregate,
+                after_seq: 0,
+                after: (&after.0, after.1),
+                limit: 256,
+                max_bytes: 8 << 20,
+            };
+            let plan: JsonText = sizes_rows(client, &q, explain)?[0].try_get(0)?;
+            plans.push((format!("candidates, {scope}, {page}"), plan.0));
+            let (picked, _, _) = take_page(&q, entry_sizes(client, &q)?);
+            let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+            let plan: JsonText = client.query_typed(
+                &format!("{explain}{}", by_id_sql()),
+                &[(&ids, Type::INT8_ARRAY)],
+            )?[0]
+                .try_get(0)?;
+            plans.push((format!("entries, {scope}, {page}"), plan.0));
+            if let Some(last) = picked.last() {
+                after = (last.aggregate_name.clone(), last.seq);
+            }
+        }
+    }
+    Ok(plans)
 }
 
 /// The entries `picked`, in its order, streamed: each row is converted as

@@ -4,7 +4,7 @@
 //! read and judged once; and what can never be replayed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use postgres::Transaction;
 
@@ -19,10 +19,10 @@ use crate::queue::Operation;
 use crate::replica::{self, ReplicatedTable};
 use crate::sql::TableName;
 use crate::store::private::Sealed as _;
-use crate::store::{self, ListQuery, Pager};
+use crate::store::{self, ListQuery, Pager, StoredRow};
 
 /// Most entries read per page.
-const PAGE_ENTRIES: i64 = 256;
+const PAGE_ENTRIES: i64 = 1000;
 
 /// A page's byte budget (entries' data, key ids and metadata as stored):
 /// a page holds at most this plus one entry.
@@ -177,6 +177,10 @@ impl Catalogs {
     }
 }
 
+/// An entry read, with the catalog it names (or what is wrong with that
+/// catalog).
+type Resolved = (StoredRow, std::result::Result<Arc<TypeCatalog>, String>);
+
 /// Feeds every entry (or `aggregate`'s) to `check` in (aggregate, seq)
 /// order, a page at a time, and opens each: decrypts, authenticates and
 /// decodes it with the catalog it names, and checks that replay can apply
@@ -184,14 +188,40 @@ impl Catalogs {
 /// not opened: its messages cannot be decoded until the catalog is
 /// restored.
 ///
-/// A page is at most [`PAGE_ENTRIES`] entries and [`PAGE_BYTES`] plus one
-/// entry; one page and one opened entry are held at a time.
+/// A reading thread reads the pages and the catalogs their entries name
+/// while this one opens and checks the page before, so that the database's
+/// work and the decryption overlap. The two hand pages over without a
+/// queue, so at most two pages are held: the one being checked and the one
+/// just read, each at most [`PAGE_ENTRIES`] entries and [`PAGE_BYTES`] plus
+/// one entry.
 pub(super) fn read_log(
     oplog: &Oplog,
     tx: &mut Transaction<'_>,
     aggregate: Option<&str>,
     catalogs: &mut Catalogs,
     check: &mut LogCheck,
+) -> Result<()> {
+    let (pages, received) = mpsc::sync_channel::<Vec<Resolved>>(0);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_pages(oplog, tx, aggregate, catalogs, &pages));
+        let checked = check_pages(oplog, received, check);
+        // The reader stops at its next page once the receiving end is gone,
+        // so joining it cannot wait for the rest of the log.
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        checked.and(read)
+    })
+}
+
+/// Reads the pages and resolves the catalogs their entries name, handing
+/// each page to `pages` until the log ends or nobody receives.
+fn read_pages(
+    oplog: &Oplog,
+    tx: &mut Transaction<'_>,
+    aggregate: Option<&str>,
+    catalogs: &mut Catalogs,
+    pages: &mpsc::SyncSender<Vec<Resolved>>,
 ) -> Result<()> {
     let mut pager = Pager::new(PAGE_ENTRIES, PAGE_BYTES);
     let mut after = (String::new(), 0i64);
@@ -211,7 +241,25 @@ pub(super) fn read_log(
         if let Some(row) = page.rows.last() {
             after = (row.aggregate_name.clone(), row.seq);
         }
+        let mut resolved = Vec::with_capacity(page.rows.len());
         for row in page.rows {
+            let catalog = catalogs.resolve(oplog, tx, row.catalog.as_deref())?;
+            resolved.push((row, catalog));
+        }
+        if pages.send(resolved).is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
+/// Checks and opens the entries of every page received, in order.
+fn check_pages(
+    oplog: &Oplog,
+    received: mpsc::Receiver<Vec<Resolved>>,
+    check: &mut LogCheck,
+) -> Result<()> {
+    for page in received {
+        for (row, catalog) in page {
             check.entry(&row);
             let (aggregate, seq, id) = (row.aggregate_name.clone(), row.seq, row.id);
             let finding = |kind, detail| Finding {
@@ -221,7 +269,7 @@ pub(super) fn read_log(
                 entry_id: Some(id),
                 detail,
             };
-            match catalogs.resolve(oplog, tx, row.catalog.as_deref())? {
+            match catalog {
                 Err(problem) => check.push(finding(FindingKind::Catalog, problem)),
                 Ok(catalog) => match oplog.open_with(row, catalog) {
                     Err(e) => {
@@ -236,10 +284,8 @@ pub(super) fn read_log(
                 },
             }
         }
-        if last {
-            return Ok(());
-        }
     }
+    Ok(())
 }
 
 /// Why replay can never apply `entry`, when it cannot: an operation whose

@@ -9,6 +9,7 @@ mod follow;
 mod keys;
 mod replay;
 mod roles;
+mod scans;
 mod security;
 mod support;
 mod verify;
