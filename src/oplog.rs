@@ -503,11 +503,11 @@ pub struct Entries<'a, C: Connection> {
 
 impl<C: Connection> Entries<'_, C> {
     /// Most entries read per page.
-    pub const PAGE_ENTRIES: i64 = 256;
+    pub const PAGE_ENTRIES: i64 = crate::store::PAGE_ENTRIES;
 
     /// The byte budget of a page: the sizes of the entries' data, key ids
     /// and metadata as stored, plus a fixed amount per entry.
-    pub const PAGE_BYTES: u64 = 8 << 20;
+    pub const PAGE_BYTES: u64 = crate::store::PAGE_BYTES;
 
     /// Lists at most `n` entries (no more are read than that).
     pub fn limit(mut self, n: u64) -> Self {

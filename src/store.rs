@@ -156,6 +156,14 @@ pub struct EntrySize {
 /// fixed-size columns and what holding a row costs.
 const ROW_OVERHEAD: u64 = 512;
 
+/// Most entries in a page of the log, as the readers of the log page it.
+pub(crate) const PAGE_ENTRIES: i64 = 1000;
+
+/// The byte budget of a page of the log (entries' data, key ids and
+/// metadata as stored, plus [`ROW_OVERHEAD`] each): a page holds at most
+/// this plus one entry.
+pub(crate) const PAGE_BYTES: u64 = 8 << 20;
+
 /// How many of the entries of `sizes` (bytes each, in order) a page with a
 /// budget of `max_bytes` takes: every entry whose predecessors in the page
 /// hold fewer bytes than the budget, so always the first one, and at most
@@ -516,8 +524,8 @@ pub fn explain_entry_scans(
                 aggregate,
                 after_seq: 0,
                 after: (&after.0, after.1),
-                limit: 256,
-                max_bytes: 8 << 20,
+                limit: PAGE_ENTRIES,
+                max_bytes: PAGE_BYTES,
             };
             let plan: JsonText = sizes_rows(client, &q, explain)?[0].try_get(0)?;
             plans.push((format!("candidates, {scope}, {page}"), plan.0));
@@ -995,4 +1003,89 @@ pub(crate) fn rewrap_entries(
         ],
     )?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a page counts for an entry of `size` bytes.
+    fn counted(size: i64) -> u64 {
+        u64::try_from(size).unwrap() + ROW_OVERHEAD
+    }
+
+    #[test]
+    fn a_page_takes_entries_while_the_bytes_before_them_are_under_its_budget() {
+        let budget = 3 * counted(100);
+        // Exactly the budget: the entry that reaches it is the last.
+        assert_eq!(page_len([100, 100, 100, 100], budget), 3);
+        // One entry over the budget at most: the one that crosses it.
+        assert_eq!(page_len([100, 100, 1_000_000, 100], budget), 3);
+        // The first entry is always taken, however large.
+        assert_eq!(page_len([60 << 20, 100], budget), 1);
+        assert_eq!(page_len([60 << 20], 0), 1);
+        assert_eq!(page_len([], budget), 0);
+        // Small entries fill a page up to the budget.
+        assert_eq!(page_len(vec![0; 50], 10 * counted(0)), 10);
+        // A negative size (which PostgreSQL never gives) counts as empty.
+        assert_eq!(page_len([-5, -5], counted(0)), 1);
+    }
+
+    #[test]
+    fn after_a_page_cut_short_by_bytes_fewer_entries_are_asked_for() {
+        let mut pager = Pager::new(1000, 8 << 20);
+        assert_eq!(pager.candidates(None), 1000);
+        assert_eq!(pager.candidates(Some(7)), 7);
+        // Large entries: the budget let one through; ask for two next.
+        pager.after_page(1, true);
+        assert_eq!(pager.candidates(None), 2);
+        pager.after_page(2, true);
+        assert_eq!(pager.candidates(None), 4);
+        // Small entries again: the candidates grow back, doubling, to the
+        // most a page holds.
+        for _ in 0..20 {
+            pager.after_page(4, false);
+        }
+        assert_eq!(pager.candidates(None), 1000);
+        // Never fewer than one.
+        pager.after_page(0, true);
+        assert_eq!(pager.candidates(None), 1);
+        assert_eq!(Pager::new(0, 1).candidates(None), 1);
+    }
+
+    fn row(id: i64, seq: i64) -> StoredRow {
+        StoredRow {
+            id,
+            entry_uuid: String::new(),
+            aggregate_name: "a".into(),
+            seq,
+            format: 1,
+            key_id: String::new(),
+            data: Vec::new(),
+            digest: Vec::new(),
+            chain: Vec::new(),
+            created_us: 0,
+            meta_keys: Vec::new(),
+            meta_values: Vec::new(),
+            catalog: None,
+        }
+    }
+
+    #[test]
+    fn entries_read_by_id_are_put_back_in_page_order() {
+        let picked: Vec<EntrySize> = [(30, 1), (10, 2), (20, 3)]
+            .iter()
+            .map(|&(id, seq)| EntrySize {
+                id,
+                aggregate_name: "a".into(),
+                seq,
+                bytes: 0,
+            })
+            .collect();
+        // Ids out of seq order, as a sequence with a cache hands them out;
+        // an entry trimmed between the two statements is left out.
+        let rows = vec![row(20, 3), row(30, 1)];
+        let seqs: Vec<i64> = in_page_order(&picked, rows).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+    }
 }

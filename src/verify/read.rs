@@ -19,14 +19,7 @@ use crate::queue::Operation;
 use crate::replica::{self, ReplicatedTable};
 use crate::sql::TableName;
 use crate::store::private::Sealed as _;
-use crate::store::{self, ListQuery, Pager, StoredRow};
-
-/// Most entries read per page.
-const PAGE_ENTRIES: i64 = 1000;
-
-/// A page's byte budget (entries' data, key ids and metadata as stored):
-/// a page holds at most this plus one entry.
-const PAGE_BYTES: u64 = 8 << 20;
+use crate::store::{self, ListQuery, Pager, StoredRow, PAGE_BYTES, PAGE_ENTRIES};
 
 /// Most decoded catalogs kept at once; others are read again when an entry
 /// names them.
@@ -385,4 +378,96 @@ fn without_verify_advice(detail: String) -> String {
         .find_map(|advice| detail.strip_suffix(advice))
         .map(str::to_string)
         .unwrap_or(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(type_name: &str, op: OpType, field_mask: &[&str], null_mask: &[&str]) -> Operation {
+        Operation {
+            type_name: type_name.into(),
+            value: Vec::new(),
+            op,
+            field_mask: field_mask.iter().map(|s| s.to_string()).collect(),
+            null_mask: null_mask.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn entry(operations: Vec<Operation>) -> Entry {
+        Entry {
+            id: 1,
+            uuid: uuid::Uuid::nil(),
+            aggregate: "agg".into(),
+            seq: 1,
+            format: 1,
+            key_id: "k".into(),
+            created_at_micros: 0,
+            metadata: Default::default(),
+            chain: Vec::new(),
+            operations,
+            catalog: Arc::new(catalog()),
+        }
+    }
+
+    const USER: &str = "demo.v1.User";
+
+    /// The demo's types, and one registered without a table.
+    fn catalog() -> TypeCatalog {
+        let mut catalog = TypeCatalog::demo();
+        catalog
+            .register("google.protobuf.Timestamp")
+            .expect("the crate's descriptors include Timestamp");
+        catalog
+    }
+
+    #[test]
+    fn an_entry_is_unreplayable_at_its_first_operation_replay_cannot_apply() {
+        let fine = entry(vec![
+            op(USER, OpType::Create, &[], &[]),
+            op(USER, OpType::Update, &["email"], &["phone"]),
+            op(USER, OpType::Delete, &[], &[]),
+        ]);
+        assert_eq!(unreplayable(&fine), None);
+
+        let cases = [
+            (
+                op(USER, OpType::Update, &["emial"], &[]),
+                r#"operation #1 (demo.v1.User): mask path "emial" is not a field of the message"#,
+            ),
+            (
+                op(USER, OpType::Update, &["email"], &["phone.number"]),
+                r#"operation #1 (demo.v1.User): mask path "phone.number" is nested; replay maps top-level fields only"#,
+            ),
+            (
+                op("google.protobuf.Timestamp", OpType::Create, &[], &[]),
+                "operation #1 (google.protobuf.Timestamp): the type has no table in the catalog the entry names",
+            ),
+            (
+                op(USER, OpType::Unspecified, &[], &[]),
+                "operation #1 (demo.v1.User): the operation type is unspecified",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let found = unreplayable(&entry(vec![op(USER, OpType::Create, &[], &[]), bad]))
+                .unwrap_or_default();
+            assert!(
+                found.starts_with("replay can never apply this entry: ")
+                    && found.contains(expected),
+                "{found}"
+            );
+        }
+
+        let many = entry(vec![
+            op(USER, OpType::Update, &["a"], &[]),
+            op(USER, OpType::Update, &["b"], &[]),
+            op(USER, OpType::Update, &["c"], &[]),
+        ]);
+        let found = unreplayable(&many).unwrap_or_default();
+        assert!(
+            found.contains("operation #0")
+                && found.ends_with("(and 2 more operations that cannot be applied)"),
+            "{found}"
+        );
+    }
 }
