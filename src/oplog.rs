@@ -526,11 +526,9 @@ impl<C: Connection> Entries<'_, C> {
             max_bytes: self.pager.max_bytes(),
         })?;
         self.pager.after_page(page.rows.len(), page.cut);
-        if page.is_last() || page.rows.is_empty() {
-            self.done = true;
-        }
-        if let Some(last) = page.rows.last() {
-            self.position = (last.aggregate_name.clone(), last.seq);
+        self.done = page.is_last();
+        if let Some(end) = page.end {
+            self.position = end;
         }
         self.page.extend(page.rows);
         Ok(())
@@ -544,7 +542,9 @@ impl<C: Connection> Iterator for Entries<'_, C> {
         if self.remaining == Some(0) {
             return None;
         }
-        if self.page.is_empty() && !self.done {
+        // A page whose entries were all trimmed between picking and reading
+        // them is empty without being the last.
+        while self.page.is_empty() && !self.done {
             if let Err(e) = self.read_page() {
                 self.done = true;
                 return Some(Err(e));

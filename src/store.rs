@@ -124,6 +124,11 @@ pub struct ListQuery<'a> {
 pub struct EntryPage {
     /// The entries, in (aggregate, seq) order.
     pub rows: Vec<StoredRow>,
+    /// The (aggregate, seq) of the last entry the page picked, which the
+    /// next page starts after. An entry picked and then trimmed before it
+    /// was read (outside a transaction) is not in `rows`, but the page
+    /// still ends there.
+    pub end: Option<(String, i64)>,
     /// Entries were left out because the byte budget was reached.
     pub cut: bool,
     /// As many entries were considered as the limit allowed: more may follow.
@@ -133,7 +138,7 @@ pub struct EntryPage {
 impl EntryPage {
     /// True when the scan has reached the end of the log.
     pub fn is_last(&self) -> bool {
-        !self.cut && !self.full
+        self.end.is_none() || (!self.cut && !self.full)
     }
 }
 
@@ -364,6 +369,16 @@ fn take_page(q: &ListQuery<'_>, mut sizes: Vec<EntrySize>) -> (Vec<EntrySize>, b
     (sizes, cut, full)
 }
 
+/// The page of the entries `picked` (read as `rows`).
+fn entry_page(picked: &[EntrySize], rows: Vec<StoredRow>, cut: bool, full: bool) -> EntryPage {
+    EntryPage {
+        rows: in_page_order(picked, rows),
+        end: picked.last().map(|p| (p.aggregate_name.clone(), p.seq)),
+        cut,
+        full,
+    }
+}
+
 const COMMITTED: &str = "SELECT id FROM oplog_entry WHERE entry_uuid = $1::text::uuid";
 
 pub(crate) mod private {
@@ -433,7 +448,7 @@ fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Entr
     let sizes = entry_sizes(c, q)?;
     let (picked, cut, full) = take_page(q, sizes);
     let rows = entries_by_id(c, &picked)?;
-    Ok(EntryPage { rows, cut, full })
+    Ok(entry_page(&picked, rows, cut, full))
 }
 
 /// The candidates of the page `q`, with their sizes.
@@ -545,8 +560,8 @@ pub fn explain_entry_scans(
     Ok(plans)
 }
 
-/// The entries `picked`, in its order, streamed: each row is converted as
-/// it arrives and its buffer dropped, so that a page is never held twice.
+/// The entries `picked`, in no order, streamed: each row is converted as it
+/// arrives and its buffer dropped, so that a page is never held twice.
 fn entries_by_id(c: &mut impl GenericClient, picked: &[EntrySize]) -> Result<Vec<StoredRow>> {
     if picked.is_empty() {
         return Ok(Vec::new());
@@ -557,7 +572,7 @@ fn entries_by_id(c: &mut impl GenericClient, picked: &[EntrySize]) -> Result<Vec
     while let Some(row) = stream.next()? {
         rows.push(try_stored_row(&row)?);
     }
-    Ok(in_page_order(picked, rows))
+    Ok(rows)
 }
 
 /// Reads rows of entries selected with [`SELECT_ENTRIES`]'s columns.
@@ -763,21 +778,13 @@ impl private::Sealed for PgConnection {
         };
         let (picked, cut, full) = take_page(q, sizes);
         if picked.is_empty() {
-            return Ok(EntryPage {
-                rows: Vec::new(),
-                cut,
-                full,
-            });
+            return Ok(entry_page(&picked, Vec::new(), cut, full));
         }
         let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
         let rows: Vec<StoredRow> = diesel::sql_query(by_id_sql())
             .bind::<Array<BigInt>, _>(&ids)
             .load(self)?;
-        Ok(EntryPage {
-            rows: in_page_order(&picked, rows),
-            cut,
-            full,
-        })
+        Ok(entry_page(&picked, rows, cut, full))
     }
 
     fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {

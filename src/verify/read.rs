@@ -230,9 +230,9 @@ fn read_pages(
             },
         )?;
         pager.after_page(page.rows.len(), page.cut);
-        let last = page.is_last() || page.rows.is_empty();
-        if let Some(row) = page.rows.last() {
-            after = (row.aggregate_name.clone(), row.seq);
+        let last = page.is_last();
+        if let Some(end) = page.end {
+            after = end;
         }
         let mut resolved = Vec::with_capacity(page.rows.len());
         for row in page.rows {
