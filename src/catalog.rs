@@ -122,6 +122,36 @@ impl TypeInfo {
     }
 }
 
+/// Why replay could never apply an operation on `info`'s type with these
+/// masks, if it could not: the type has no table, or a mask path is not a
+/// top-level field of the message (replay maps fields onto columns by
+/// name, and nested paths have no column).
+pub(crate) fn unreplayable(
+    type_name: &str,
+    info: &TypeInfo,
+    field_mask: &[String],
+    null_mask: &[String],
+) -> Option<String> {
+    if info.table().is_none() {
+        return Some(format!(
+            "type {type_name:?} has no table, so its operations could never be replayed; set the (oplog.v1.table) option or register it with TypeCatalog::register_table"
+        ));
+    }
+    for path in field_mask.iter().chain(null_mask) {
+        if path.contains('.') {
+            return Some(format!(
+                "mask path {path:?} of type {type_name:?} is nested; replay maps top-level fields onto columns, so name the top-level field"
+            ));
+        }
+        if info.descriptor().get_field_by_name(path).is_none() {
+            return Some(format!(
+                "mask path {path:?} is not a field of type {type_name:?}"
+            ));
+        }
+    }
+    None
+}
+
 /// Type name -> message type, with table and primary key for replay.
 #[derive(Debug, Clone)]
 pub struct TypeCatalog {

@@ -1,6 +1,7 @@
 //! Opening connections from a URL: the one place where the library turns a
 //! connection string into a rust-postgres client, so that every connection
-//! it opens checks the string the same way.
+//! it opens (and [`migrate_url`](crate::migrate_url)'s diesel connection)
+//! checks the string the same way.
 
 use postgres::{Client, NoTls};
 
@@ -8,9 +9,19 @@ use crate::error::{Error, Result};
 
 /// Checks that `url` is a PostgreSQL connection string: a `postgres://` or
 /// `postgresql://` URL, or `key=value` settings. Any other scheme
-/// (`mysql://`, `http://`) is refused with its name instead of the driver's
-/// parse error.
-pub(crate) fn check_url(url: &str) -> Result<()> {
+/// (`mysql://`, `http://`) is refused with its name ([`Error::Config`])
+/// instead of the driver's parse error ("unexpected EOF").
+///
+/// Only the scheme is checked here; the driver parses the rest when it
+/// connects.
+///
+/// ```
+/// assert!(oplog::check_url("postgres://app@db.internal:5432/app").is_ok());
+/// assert!(oplog::check_url("host=/run/postgresql user=app").is_ok());
+/// let refused = oplog::check_url("mysql://root@db/app").unwrap_err();
+/// assert!(refused.to_string().contains("\"mysql\" is not PostgreSQL's"));
+/// ```
+pub fn check_url(url: &str) -> Result<()> {
     let Some((scheme, _)) = url.split_once("://") else {
         return Ok(());
     };
@@ -30,8 +41,18 @@ pub(crate) fn check_url(url: &str) -> Result<()> {
     }
 }
 
-/// Connects to the database at `url`.
-pub(crate) fn connect(url: &str) -> Result<Client> {
+/// Connects to the database at `url`, as every connection the library
+/// opens from a URL does: the URL is checked with [`check_url`] first, and
+/// the connection is made without TLS (use a Unix socket or a local
+/// network, or connect yourself with a TLS connector and pass the client
+/// to the functions that take one).
+///
+/// ```no_run
+/// let mut client = oplog::connect("postgres://postgres@127.0.0.1/app")?;
+/// let heads = oplog::heads(&mut client, None)?;
+/// # Ok::<(), oplog::Error>(())
+/// ```
+pub fn connect(url: &str) -> Result<Client> {
     check_url(url)?;
     Ok(Client::connect(url, NoTls)?)
 }

@@ -1,6 +1,17 @@
 //! The consumer registry on the source: which replicas follow the log and
 //! how far each has applied every aggregate, so that trimming never deletes
 //! what a replica still needs, and lag can be read on the source.
+//!
+//! A consumer belongs to the database role that registered it (its
+//! `owner`): row-level security lets only members of that role, and the
+//! tables' owner, move, replace or remove its positions, so that one
+//! reader cannot make trimming delete what another reader's replica needs.
+//!
+//! [`register`] is what a follower does before anything else: it replaces
+//! every position of the consumer with the replica's own, in a transaction
+//! that first waits for the trims in flight, so that once it returns no
+//! trim can delete past what the replica has. [`report`] moves positions
+//! forward as the replica applies entries.
 
 use std::time::Duration;
 
@@ -15,6 +26,10 @@ use crate::error::{Error, Result};
 pub struct ConsumerInfo {
     /// Consumer name.
     pub name: String,
+    /// The database role that registered it, the only one (with the
+    /// tables' owner) that may change its positions; `None` for a consumer
+    /// registered before owners were recorded, until it registers again.
+    pub owner: Option<String>,
     /// Aggregates with entries it has not applied.
     pub aggregates_behind: i64,
     /// Entries it has not applied, over every aggregate.
@@ -50,27 +65,70 @@ fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Registers `name` (or notes that it is alive) with the positions it has
-/// applied. Positions are set, not merged: the replica is the truth, and a
-/// replica rebuilt from scratch must hold trimming back again.
+/// Registers `name` as a consumer (again, when it already is) with exactly
+/// the positions it has applied: `positions` replace every position stored
+/// for it, and an aggregate left out counts as position 0, as for a replica
+/// that has applied nothing. One transaction, which first waits for the
+/// trims in flight (they hold a SHARE lock on the positions until they
+/// commit) and holds off new ones until it commits, so that once this
+/// returns no trim deletes past `positions`.
+///
+/// The consumer is owned by the connection's role; registering a consumer
+/// that another role owns fails with SQLSTATE 42501.
+pub fn register(c: &mut impl GenericClient, name: &str, positions: &[(String, i64)]) -> Result<()> {
+    validate_name(name)?;
+    let (names, seqs) = split(positions);
+    let mut tx = c.transaction()?;
+    tx.batch_execute("LOCK TABLE oplog_consumer_position IN ROW EXCLUSIVE MODE")?;
+    tx.execute_typed(
+        "INSERT INTO oplog_consumer (name) VALUES ($1) ON CONFLICT (name) DO UPDATE \
+         SET registered_at = now(), seen_at = now(), \
+             owner = coalesce(oplog_consumer.owner, current_user)",
+        &[(&name, Type::TEXT)],
+    )?;
+    tx.execute_typed(
+        "DELETE FROM oplog_consumer_position WHERE consumer = $1",
+        &[(&name, Type::TEXT)],
+    )?;
+    if !names.is_empty() {
+        tx.execute_typed(
+            "INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq) \
+             SELECT $1, u.a, u.s FROM unnest($2::text[], $3::bigint[]) AS u(a, s)",
+            &[
+                (&name, Type::TEXT),
+                (&names, Type::TEXT_ARRAY),
+                (&seqs, Type::INT8_ARRAY),
+            ],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Notes that the registered consumer `name` is alive and has applied
+/// `positions`, which only move forward here (a position lower than the
+/// stored one is left alone: [`register`] is how a consumer goes back).
+/// `progressed` says whether it applied anything since its last report.
 pub(crate) fn report(
     c: &mut impl GenericClient,
     name: &str,
     positions: &[(String, i64)],
     progressed: bool,
 ) -> Result<()> {
-    let names: Vec<&str> = positions.iter().map(|p| p.0.as_str()).collect();
-    let seqs: Vec<i64> = positions.iter().map(|p| p.1).collect();
+    let (names, seqs) = split(positions);
     c.execute_typed(
         "INSERT INTO oplog_consumer (name) VALUES ($1) ON CONFLICT (name) DO UPDATE \
-         SET seen_at = now(), progressed_at = CASE WHEN $2 THEN now() ELSE oplog_consumer.progressed_at END",
+         SET seen_at = now(), \
+             progressed_at = CASE WHEN $2 THEN now() ELSE oplog_consumer.progressed_at END, \
+             owner = coalesce(oplog_consumer.owner, current_user)",
         &[(&name, Type::TEXT), (&progressed, Type::BOOL)],
     )?;
     if !names.is_empty() {
         c.execute_typed(
             "INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq) \
              SELECT $1, u.a, u.s FROM unnest($2::text[], $3::bigint[]) AS u(a, s) \
-             ON CONFLICT (consumer, aggregate_name) DO UPDATE SET seq = excluded.seq, updated_at = now()",
+             ON CONFLICT (consumer, aggregate_name) DO UPDATE SET seq = excluded.seq, updated_at = now() \
+             WHERE oplog_consumer_position.seq < excluded.seq",
             &[
                 (&name, Type::TEXT),
                 (&names, Type::TEXT_ARRAY),
@@ -81,12 +139,17 @@ pub(crate) fn report(
     Ok(())
 }
 
+/// Positions as two parallel arrays, for `unnest`.
+fn split(positions: &[(String, i64)]) -> (Vec<&str>, Vec<i64>) {
+    positions.iter().map(|(a, s)| (a.as_str(), *s)).unzip()
+}
+
 /// Every registered consumer with its lag; `stalled_after` decides which
 /// count as stalled.
 pub fn consumers(c: &mut impl GenericClient, stalled_after: Duration) -> Result<Vec<ConsumerInfo>> {
     let stall = seconds(stalled_after);
     let rows = c.query_typed(
-        "SELECT c.name,
+        "SELECT c.name, c.owner,
                 count(t.name) FILTER (WHERE t.version > coalesce(p.seq, 0)),
                 coalesce(sum(greatest(t.version - coalesce(p.seq, 0), 0)), 0)::bigint,
                 coalesce(max(extract(epoch FROM now() - (
@@ -98,21 +161,22 @@ pub fn consumers(c: &mut impl GenericClient, stalled_after: Duration) -> Result<
          FROM oplog_consumer c
          LEFT JOIN oplog_ticket t ON t.version > 0
          LEFT JOIN oplog_consumer_position p ON p.consumer = c.name AND p.aggregate_name = t.name
-         GROUP BY c.name, c.seen_at, c.progressed_at
+         GROUP BY c.name, c.owner, c.seen_at, c.progressed_at
          ORDER BY c.name",
         &[],
     )?;
     Ok(rows
         .iter()
         .map(|r| {
-            let entries_behind: i64 = r.get(2);
-            let progressed_s_ago: f64 = r.get(5);
+            let entries_behind: i64 = r.get(3);
+            let progressed_s_ago: f64 = r.get(6);
             ConsumerInfo {
                 name: r.get(0),
-                aggregates_behind: r.get(1),
+                owner: r.get(1),
+                aggregates_behind: r.get(2),
                 entries_behind,
-                lag_s: r.get(3),
-                seen_s_ago: r.get(4),
+                lag_s: r.get(4),
+                seen_s_ago: r.get(5),
                 progressed_s_ago,
                 stalled: entries_behind > 0 && progressed_s_ago > stall,
             }
@@ -151,7 +215,9 @@ pub fn lag(c: &mut impl GenericClient, consumer: &str) -> Result<Vec<AggregateLa
 }
 
 /// Unregisters `name`, so that it no longer holds trimming back. Returns
-/// false when no such consumer was registered.
+/// false when nothing was removed: no such consumer is registered, or it
+/// belongs to a role the connection's role is not a member of (row-level
+/// security leaves it alone; [`consumers`] shows its owner).
 pub fn remove_consumer(c: &mut impl GenericClient, name: &str) -> Result<bool> {
     let n = c.execute_typed(
         "DELETE FROM oplog_consumer WHERE name = $1",

@@ -310,13 +310,27 @@ impl Keyring {
         Zeroizing::new(text)
     }
 
-    /// Reads a keyring file, refusing one that group or others can read.
+    /// Reads a keyring file, refusing one that group or others can read,
+    /// anything that is not a regular file (a FIFO, a device, a directory),
+    /// and a file over 1 MiB.
+    ///
+    /// The file is opened without blocking and judged by what was opened,
+    /// not by a second look at the path: a FIFO cannot hang the open, and
+    /// the path cannot be swapped between the checks and the read.
     pub fn load(path: &Path) -> Result<Self> {
         let io = |source| Error::Io {
             context: format!("cannot read key file {}", path.display()),
             source,
         };
-        let meta = fs::metadata(path).map_err(io)?;
+        let file = open_nonblocking(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(Error::Keyring(format!(
+                "key file {} is {}, not a regular file; pass the path of the keyring file itself",
+                path.display(),
+                file_kind(&meta.file_type())
+            )));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -331,27 +345,26 @@ impl Keyring {
         }
         if meta.len() > MAX_KEY_FILE_BYTES {
             return Err(Error::Keyring(format!(
-                "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES}; check the path",
+                "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES} (1 MiB); check the path",
                 path.display(),
                 meta.len()
             )));
         }
-        // Read at most one byte past the limit, in case the file grew since
-        // its size was read.
         // Capacity for the whole file, so that the text holding key
         // material is never reallocated (which would leave a copy behind
-        // that is not zeroed).
+        // that is not zeroed). At most one byte past the limit is read, in
+        // case the file grew since its size was read.
         let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
         let mut text = Zeroizing::new(String::with_capacity(capacity));
-        fs::File::open(path)
-            .and_then(|f| {
-                use std::io::Read;
-                f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text)
-            })
-            .map_err(io)?;
+        {
+            use std::io::Read;
+            file.take(MAX_KEY_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(io)?;
+        }
         if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
             return Err(Error::Keyring(format!(
-                "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes; check the path",
+                "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes (1 MiB); check the path",
                 path.display()
             )));
         }
@@ -362,13 +375,39 @@ impl Keyring {
     }
 
     /// Writes the keyring to `path` with mode 0600, replacing the file
-    /// atomically (write to a temporary file beside it, then rename).
+    /// atomically: the keyring goes to a temporary file in the same
+    /// directory, which is then renamed over the file.
+    ///
+    /// When `path` is a symbolic link, the file it points to is replaced
+    /// (in that file's directory) and the link stays, so a key file kept
+    /// elsewhere and linked into place is updated where it lives. Anything
+    /// at the path other than a regular file (a directory, a FIFO, a
+    /// device) is refused, never replaced.
     pub fn save(&self, path: &Path) -> Result<()> {
         let io = |source| Error::Io {
             context: format!("cannot write key file {}", path.display()),
             source,
         };
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let target = resolve_links(path).map_err(io)?;
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(Error::Keyring(format!(
+                    "{} is {}, not a key file; it is left as it is: choose another path",
+                    describe_target(path, &target),
+                    file_kind(&meta.file_type())
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let dir = match target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -380,16 +419,104 @@ impl Keyring {
             let mut file = options.open(&tmp)?;
             file.write_all(self.to_json().as_bytes())?;
             file.sync_all()?;
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, &target)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(io)
+        result.map_err(io)?;
+        // Make the rename itself durable. The file is in place whether or
+        // not this succeeds, so a failure here is not reported as a failed
+        // save.
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     fn key(&self, id: &str) -> Option<&DataKey> {
         self.keys.iter().find(|k| k.id == id)
+    }
+}
+
+/// Most symbolic links followed to find the file a key file path names, as
+/// Linux's own limit.
+const MAX_LINKS: usize = 40;
+
+/// The path a key file is written to: `path` itself, or, when it is a
+/// symbolic link, the file it points to (following further links). A
+/// relative link is taken relative to the link's directory, as the system
+/// does; the target need not exist.
+fn resolve_links(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = fs::read_link(&current)?;
+                current = match current.parent() {
+                    Some(dir) if link.is_relative() => dir.join(link),
+                    _ => link,
+                };
+            }
+            Ok(_) => return Ok(current),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(current),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "more than {MAX_LINKS} symbolic links in a row"
+    )))
+}
+
+/// `path`, and where it leads when that is elsewhere.
+fn describe_target(path: &Path, target: &Path) -> String {
+    if path == target {
+        path.display().to_string()
+    } else {
+        format!("{} (a link to {})", path.display(), target.display())
+    }
+}
+
+/// Opens `path` for reading without waiting: a FIFO with no writer would
+/// otherwise block the open itself.
+fn open_nonblocking(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(nix::libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// What kind of file `kind` is, in words, for errors about files that are
+/// not regular files.
+fn file_kind(kind: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
     }
 }
 
@@ -599,6 +726,114 @@ mod tests {
             err.contains("over the limit") && err.contains("check the path"),
             "{err}"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A directory of its own under the system's temporary directory.
+    #[cfg(unix)]
+    fn temp_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("oplog-keys-{}", uuid::Uuid::new_v4()));
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn load_refuses_fifos_devices_and_directories_without_blocking() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        let fifo = dir.join("keys.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Mode 0600, so that only the kind of file can refuse it.
+        fs::set_permissions(&fifo, fs::Permissions::from_mode(0o600)).unwrap();
+        // No writer ever opens the FIFO: a blocking open would hang here.
+        let err = Keyring::load(&fifo).unwrap_err().to_string();
+        assert!(
+            err.contains("is a FIFO, not a regular file") && err.contains("keys.fifo"),
+            "{err}"
+        );
+        let err = Keyring::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is a character device, not a regular file"),
+            "{err}"
+        );
+        let err = Keyring::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("is a directory, not a regular file"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_through_a_symlink_replaces_its_target_and_keeps_the_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        fs::create_dir(dir.join("real")).unwrap();
+        fs::create_dir(dir.join("links")).unwrap();
+        let target = dir.join("real").join("keys.json");
+        let link = dir.join("links").join("keys.json");
+        // A relative link, taken relative to the link's own directory.
+        std::os::unix::fs::symlink("../real/keys.json", &link).unwrap();
+        let mut ring = Keyring::generate();
+        ring.save(&target).unwrap();
+        ring.rotate();
+        ring.save(&link).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("../real/keys.json")
+        );
+        let loaded = Keyring::load(&target).unwrap();
+        assert_eq!(loaded.key_id(), ring.key_id());
+        assert_eq!(loaded.key_ids().count(), 2);
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temporary file is left in either directory.
+        for sub in ["real", "links"] {
+            let names: Vec<_> = fs::read_dir(dir.join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["keys.json"], "{sub}");
+        }
+        // A dangling link: the file it names is created.
+        fs::remove_file(&target).unwrap();
+        ring.save(&link).unwrap();
+        assert_eq!(Keyring::load(&target).unwrap().key_id(), ring.key_id());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn save_never_replaces_what_is_not_a_regular_file() {
+        let dir = temp_dir();
+        let fifo = dir.join("keys.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = Keyring::generate().save(&fifo).unwrap_err().to_string();
+        assert!(
+            err.contains("is a FIFO, not a key file") && err.contains("choose another path"),
+            "{err}"
+        );
+        let link = dir.join("link.json");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let err = Keyring::generate().save(&link).unwrap_err().to_string();
+        assert!(err.contains("(a link to "), "{err}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
         fs::remove_dir_all(&dir).unwrap();
     }
 

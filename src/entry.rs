@@ -290,14 +290,45 @@ impl NewEntry {
             )));
         }
         self.metadata.validate()?;
-        // Every type must be registered, so that everything written can be
-        // decoded, listed and replayed later.
-        match self.queue.type_names().find(|t| !catalog.contains(t)) {
-            Some(type_name) => Err(Error::UnknownType {
+        // Every type must be registered with a table, and every mask path
+        // must name a field, so that everything written can be decoded,
+        // listed and replayed later: an entry that cannot be replayed would
+        // stop every replica at it.
+        for type_name in self.queue.type_names() {
+            let info = catalog.get(type_name).ok_or_else(|| Error::UnknownType {
                 type_name: type_name.to_string(),
-            }),
-            None => Ok(()),
+            })?;
+            if let Some(reason) = crate::catalog::unreplayable(type_name, info, &[], &[]) {
+                return Err(Error::InvalidOperation {
+                    index: self.first_index_of(type_name),
+                    type_name: type_name.to_string(),
+                    reason,
+                });
+            }
         }
+        for update in self.queue.updates() {
+            let Some(info) = catalog.get(&update.type_name) else {
+                continue;
+            };
+            if let Some(reason) = crate::catalog::unreplayable(
+                &update.type_name,
+                info,
+                &update.field_mask,
+                &update.null_mask,
+            ) {
+                return Err(Error::InvalidOperation {
+                    index: update.index,
+                    type_name: update.type_name.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The position of the first operation of `type_name` in the queue.
+    fn first_index_of(&self, type_name: &str) -> usize {
+        self.queue.position_of(type_name).unwrap_or(0)
     }
 }
 

@@ -260,6 +260,7 @@ impl Follower {
                 aggregate: None,
                 batch_size: self.options.batch_size,
                 skip: self.options.skip.clone(),
+                ..ReplayOptions::default()
             },
         )?;
         replayer.set_stop(self.stop.clone());
@@ -292,7 +293,7 @@ impl Follower {
             .into_iter()
             .map(|(a, c)| (a, c.seq))
             .collect();
-        consumer::report(&mut control, &name, &positions, false)?;
+        consumer::register(&mut control, &name, &positions)?;
         events(&FollowEvent::Following { consumer: &name });
 
         let mut lag_checked = Instant::now();

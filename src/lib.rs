@@ -144,7 +144,10 @@ mod verify;
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
 };
-pub use crate::consumer::{consumers, lag, remove_consumer, AggregateLag, ConsumerInfo};
+pub use crate::connect::{check_url, connect};
+pub use crate::consumer::{
+    consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
+};
 pub use crate::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,

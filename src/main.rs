@@ -1,9 +1,18 @@
 //! The `oplog` command-line tool: create, rotate, rewrap and remove keys,
 //! migrate the schema, read, replay, verify and anchor the log, follow and
-//! trim it, grant least privileges, measure rates, and run the demo.
+//! trim it (passing over, on record, an entry that can never apply: `replay
+//! --skip AGGREGATE:SEQ --reason TEXT`, and the same for `follow`), grant
+//! least privileges, measure rates, and run the demo.
 //!
 //! Exit status: 0 on success, 1 when a check finds problems, 2 for any usage
-//! or runtime error, which is reported as one line on standard error.
+//! or runtime error, which is reported as one line on standard error. The
+//! status says what the command did and found even when nobody reads its
+//! output (`oplog verify | head -1`).
+//!
+//! The binary reads only the type catalogs stored in the database, never
+//! types compiled into it; file arguments must be regular files of bounded
+//! size; every database URL must be PostgreSQL's (`postgres://` or
+//! `key=value` settings).
 //!
 //! This file holds the argument grammar and maps results to exit codes; the
 //! modules under `cli/` present what the library returns.
@@ -58,11 +67,14 @@ enum Command {
     Log(LogArgs),
 
     /// Apply the log to suffixed tables in this database or to a replica
-    /// database, exactly once: re-running continues from the checkpoint.
+    /// database, exactly once: re-running continues from the checkpoint. An
+    /// entry that can never apply stops its aggregate there until passed
+    /// over with --skip.
     Replay(ReplayArgs),
 
     /// Keep a replica up to date until Ctrl-C or SIGTERM (the checkpoint
-    /// is kept), or until caught up; registers it as a consumer.
+    /// is kept), or until caught up; registers it as a consumer. An entry
+    /// that can never apply stops it until passed over with --skip.
     Follow(FollowArgs),
 
     /// List the replicas registered as consumers, with their lag.
@@ -154,6 +166,34 @@ enum BenchCommand {
     /// after a burst), against built-in logical replication of the same
     /// table in the same run.
     Follow(BenchFollowArgs),
+    /// Verify a large and a small log (cost per entry as the log grows),
+    /// replay the large one (verify against replay; replay of many pending
+    /// aggregates against multi-row INSERTs), and the memory `verify`,
+    /// `log` and `replay` need for entries near the size limit.
+    Verify(BenchVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchVerifyArgs {
+    /// Entries in the large log.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Entries in the small log.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    small_entries: u64,
+
+    /// Aggregates each log is spread over.
+    #[arg(long, value_name = "K", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
+
+    /// Entries near the size limit for the memory measurement (0 skips it).
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    big_entries: u64,
+
+    /// Size of each of those entries, in MiB (at most 63).
+    #[arg(long, value_name = "MIB", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=63))]
+    big_entry_mib: u64,
 }
 
 #[derive(Debug, Args)]
@@ -202,14 +242,15 @@ struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["into", "suffix"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(true).args(["into", "suffix"])))]
 struct ReplayArgs {
     /// Replica database to apply the log to; missing tables are created
     /// there from the source's definitions.
     #[arg(long, value_name = "URL")]
     into: Option<String>,
 
-    /// Apply to tables named <table><SUFFIX> in this database instead.
+    /// Apply to tables named <table><SUFFIX>: in this database, or with
+    /// --into in the replica database.
     #[arg(long, value_name = "SUFFIX")]
     suffix: Option<String>,
 
@@ -220,6 +261,61 @@ struct ReplayArgs {
     /// Most entries applied in one replica transaction.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+
+    #[command(flatten)]
+    skip: SkipArgs,
+}
+
+/// Entries the operator passes over instead of applying.
+#[derive(Debug, Args)]
+struct SkipArgs {
+    /// Pass over the entry SEQ of AGGREGATE, without its changes, when that
+    /// aggregate stops there (an entry that can never apply). The replica
+    /// records the skip with --reason, and `verify --against` reports it.
+    /// Repeat for several entries.
+    #[arg(
+        long = "skip",
+        value_name = "AGGREGATE:SEQ",
+        requires = "reason",
+        value_parser = parse_skip
+    )]
+    specs: Vec<String>,
+
+    /// Why the entries given with --skip are passed over; recorded with
+    /// each of them.
+    #[arg(long, value_name = "TEXT", requires = "specs", value_parser = parse_reason)]
+    reason: Option<String>,
+}
+
+impl SkipArgs {
+    /// The skips, each with the reason. Both were checked while parsing
+    /// the arguments, so this fails only if those checks and the library's
+    /// ever disagree.
+    fn skips(&self) -> Result<Vec<oplog::Skip>, Failure> {
+        let reason = self.reason.as_deref().unwrap_or_default();
+        self.specs
+            .iter()
+            .map(|spec| oplog::Skip::parse(spec, reason).map_err(Failure::from))
+            .collect()
+    }
+}
+
+/// Checks an `AGGREGATE:SEQ` given to --skip (with a placeholder reason:
+/// --reason is checked on its own).
+fn parse_skip(spec: &str) -> Result<String, String> {
+    match oplog::Skip::parse(spec, "-") {
+        Ok(_) => Ok(spec.to_string()),
+        Err(oplog::Error::Config(reason)) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// Checks that --reason says something.
+fn parse_reason(reason: &str) -> Result<String, String> {
+    if reason.trim().is_empty() {
+        return Err("the reason must say why the entries are passed over".into());
+    }
+    Ok(reason.to_string())
 }
 
 impl ReplayArgs {
@@ -269,6 +365,9 @@ struct FollowArgs {
     /// Most entries applied in one replica transaction.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+
+    #[command(flatten)]
+    skip: SkipArgs,
 }
 
 #[derive(Debug, Args)]
@@ -453,8 +552,12 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             ctx,
             out,
             args.target(),
-            args.aggregate.clone(),
-            usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+            oplog::ReplayOptions {
+                aggregate: args.aggregate.clone(),
+                batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+                skip: args.skip.skips()?,
+                ..oplog::ReplayOptions::default()
+            },
         ),
         Command::Follow(args) => cli::follow::run(
             ctx,
@@ -470,6 +573,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 wait_for_lock: !args.no_wait,
                 batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
                 lag_warning: args.lag_warning,
+                skip: args.skip.skips()?,
                 ..oplog::FollowOptions::default()
             },
         ),
@@ -542,6 +646,17 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 entries: count(a.entries),
                 aggregates: count(a.aggregates),
                 batch_size: count(a.batch_size),
+            },
+        ),
+        Command::Bench(BenchCommand::Verify(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Verify {
+                entries: count(a.entries),
+                small_entries: count(a.small_entries),
+                aggregates: count(a.aggregates),
+                big_entries: count(a.big_entries),
+                big_entry_bytes: count(a.big_entry_mib) << 20,
             },
         ),
         Command::Demo(a) => cli::demo::run(

@@ -482,11 +482,13 @@ fn write_value(out: &mut String, conv: &Conv, value: &Value) -> Result<(), Strin
                 return Err(format!("invalid Duration ({seconds} s, {nanos} ns)"));
             }
             let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+            // Microseconds, truncated toward zero as the drivers do
+            // (PostgreSQL would round the nanoseconds instead).
             let _ = write!(
                 out,
-                "\"{sign}{}.{:09} seconds\"",
+                "\"{sign}{}.{:06} seconds\"",
                 seconds.unsigned_abs(),
-                nanos.unsigned_abs()
+                nanos.unsigned_abs() / 1000
             );
             Ok(())
         }
@@ -609,9 +611,38 @@ fn seconds_nanos(m: &DynamicMessage) -> Result<(i64, i32), String> {
 const MIN_SECONDS: i64 = -62_135_596_800;
 const MAX_SECONDS: i64 = 253_402_300_799;
 
-/// `seconds` and `nanos` since the Unix epoch as RFC 3339 in UTC.
+/// PostgreSQL's epoch, 2000-01-01 00:00:00 UTC, in seconds since the Unix
+/// epoch.
+const PG_EPOCH: i64 = 946_684_800;
+
+/// `seconds` and `nanos` since the Unix epoch at PostgreSQL's precision,
+/// as the drivers store them: microseconds since 2000-01-01, truncated
+/// toward zero (rust-postgres and diesel from `SystemTime`, chrono and
+/// `time` values alike). After 2000 that drops the nanoseconds; before
+/// 2000 it moves a time with a fraction of a microsecond up to the next
+/// microsecond.
+fn driver_micros(seconds: i64, nanos: i32) -> (i64, i32) {
+    let micros = nanos / 1000;
+    if seconds >= PG_EPOCH || nanos % 1000 == 0 {
+        (seconds, micros)
+    } else if micros + 1 == 1_000_000 {
+        (seconds + 1, 0)
+    } else {
+        (seconds, micros + 1)
+    }
+}
+
+/// `seconds` and `nanos` since the Unix epoch as RFC 3339 in UTC, with the
+/// microseconds a driver would have stored ([`driver_micros`]): a replica
+/// gets exactly what the source's application wrote.
 pub(crate) fn rfc3339(seconds: i64, nanos: i32) -> Result<String, String> {
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
+        return Err(format!(
+            "Timestamp ({seconds} s, {nanos} ns) is outside 0001-01-01 to 9999-12-31"
+        ));
+    }
+    let (seconds, micros) = driver_micros(seconds, nanos);
+    if seconds > MAX_SECONDS {
         return Err(format!(
             "Timestamp ({seconds} s, {nanos} ns) is outside 0001-01-01 to 9999-12-31"
         ));
@@ -620,7 +651,7 @@ pub(crate) fn rfc3339(seconds: i64, nanos: i32) -> Result<String, String> {
     let secs = seconds.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     Ok(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
@@ -759,25 +790,70 @@ mod tests {
         let cols = [("created_at", "timestamptz", 'D')];
         assert_eq!(
             row("demo.v1.Account", &account.encode_to_vec(), &cols),
-            r#"{"created_at":"2023-11-14T22:13:20.000000005Z"}"#
+            r#"{"created_at":"2023-11-14T22:13:20.000000Z"}"#
         );
         let unset = Account::default();
         assert_eq!(
             row("demo.v1.Account", &unset.encode_to_vec(), &cols),
             r#"{"created_at":null}"#
         );
-        assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(-1, 0).unwrap(), "1969-12-31T23:59:59.000000000Z");
+        assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(-1, 0).unwrap(), "1969-12-31T23:59:59.000000Z");
         assert_eq!(
             rfc3339(MIN_SECONDS, 0).unwrap(),
-            "0001-01-01T00:00:00.000000000Z"
+            "0001-01-01T00:00:00.000000Z"
         );
         assert_eq!(
             rfc3339(MAX_SECONDS, 999_999_999).unwrap(),
-            "9999-12-31T23:59:59.999999999Z"
+            "9999-12-31T23:59:59.999999Z"
         );
         assert!(rfc3339(MAX_SECONDS + 1, 0).is_err());
         assert!(rfc3339(0, -1).is_err());
+    }
+
+    #[test]
+    fn sub_microsecond_times_are_truncated_toward_2000_as_the_drivers_store_them() {
+        // After 2000-01-01 the nanoseconds are dropped.
+        assert_eq!(
+            rfc3339(1_700_000_000, 123_456_789).unwrap(),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            rfc3339(PG_EPOCH, 999).unwrap(),
+            "2000-01-01T00:00:00.000000Z"
+        );
+        // Before it, toward 2000 is up.
+        assert_eq!(rfc3339(-1, 500).unwrap(), "1969-12-31T23:59:59.000001Z");
+        assert_eq!(
+            rfc3339(PG_EPOCH - 1, 999_999_500).unwrap(),
+            "2000-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            rfc3339(PG_EPOCH - 1, 999_998_000).unwrap(),
+            "1999-12-31T23:59:59.999998Z"
+        );
+        // The driver's own arithmetic, for comparison: microseconds since
+        // 2000 truncated toward zero.
+        let driver = |seconds: i64, nanos: i64| {
+            let rel = i128::from(seconds - PG_EPOCH) * 1_000_000_000 + i128::from(nanos);
+            let micros = rel / 1000; // Rust integer division truncates toward zero.
+            let (s, us) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+            (
+                i64::try_from(s).unwrap() + PG_EPOCH,
+                i32::try_from(us).unwrap(),
+            )
+        };
+        for (s, n) in [
+            (1_700_000_000, 123_456_789),
+            (-1, 500),
+            (PG_EPOCH - 1, 999_999_500),
+            (PG_EPOCH - 86_400, 1),
+            (0, 999_999_999),
+            (PG_EPOCH, 0),
+        ] {
+            let nanos = i32::try_from(n).unwrap();
+            assert_eq!(driver_micros(s, nanos), driver(s, n), "({s}, {n})");
+        }
     }
 
     #[test]

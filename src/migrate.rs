@@ -34,9 +34,12 @@ pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
     Ok(versions)
 }
 
-/// Connects to `url` and applies every pending migration.
+/// Connects to `url` and applies every pending migration. The URL is
+/// checked as [`connect`](fn@crate::connect) checks it, so that another
+/// database's URL is refused by name.
 pub fn migrate_url(url: &str) -> Result<Vec<String>> {
     use diesel::Connection as _;
+    crate::connect::check_url(url)?;
     let mut conn = PgConnection::establish(url)
         .map_err(|e| Error::Migration(format!("cannot connect: {e}")))?;
     migrate(&mut conn)

@@ -91,8 +91,9 @@ const CATALOG_CACHE_SIZE: usize = 64;
 #[derive(Default)]
 struct StoredCatalogs(Mutex<HashMap<Vec<u8>, Arc<TypeCatalog>>>);
 
-/// Most aggregates whose last ticket position is remembered.
-const TICKET_CACHE_SIZE: usize = 4096;
+/// Most aggregates whose last ticket position is remembered (about 150
+/// bytes each).
+const TICKET_CACHE_SIZE: usize = 65_536;
 
 /// The ticket position (version and chain head) each aggregate had after this
 /// process last wrote to it. A pessimistic write guesses from it and seals
@@ -115,7 +116,11 @@ impl TicketCache {
     fn put(&self, aggregate: &str, ticket: TicketRow) {
         if let Ok(mut map) = self.0.lock() {
             if map.len() >= TICKET_CACHE_SIZE && !map.contains_key(aggregate) {
-                map.clear();
+                // Forget one aggregate, not all: a process writing to more
+                // aggregates than the cache holds keeps most of its hits.
+                if let Some(victim) = map.keys().next().cloned() {
+                    map.remove(&victim);
+                }
             }
             map.insert(aggregate.to_string(), ticket);
         }
@@ -308,7 +313,8 @@ impl Oplog {
         if !conn.in_transaction() {
             return Err(Error::NotInTransaction);
         }
-        entry.validate(&self.catalog)
+        entry.validate(&self.catalog)?;
+        entry.queue.check_limits(&self.limits)
     }
 
     /// Seals `entry` as the successor of `ticket` and appends it. The inner

@@ -139,6 +139,21 @@ pub struct Queue {
     /// Distinct type names, in order of first appearance, so a writer can
     /// check them against its catalog without decoding the frames again.
     types: Vec<String>,
+    /// The position of each type's first operation.
+    first: Vec<usize>,
+    /// The largest frame so far, in bytes.
+    largest_frame: usize,
+    /// The UPDATEs' positions, types and mask paths, for the same reason.
+    updates: Vec<MaskedUpdate>,
+}
+
+/// An UPDATE in a queue, as far as checking its masks needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MaskedUpdate {
+    pub index: usize,
+    pub type_name: String,
+    pub field_mask: Vec<String>,
+    pub null_mask: Vec<String>,
 }
 
 fn mask(paths: &[String]) -> Option<prost_types::FieldMask> {
@@ -175,6 +190,14 @@ impl Queue {
             type_name: op.type_name.clone(),
             reason,
         })?;
+        if op.op == OpType::Update {
+            self.updates.push(MaskedUpdate {
+                index: self.count,
+                type_name: op.type_name.clone(),
+                field_mask: op.field_mask.clone(),
+                null_mask: op.null_mask.clone(),
+            });
+        }
         let any = AnyOperation {
             type_name: op.type_name,
             operation_type: op.op as i32,
@@ -188,20 +211,60 @@ impl Queue {
             type_name: any.type_name.clone(),
             reason: format!("encoded size {len} does not fit a frame"),
         })?;
+        self.largest_frame = self.largest_frame.max(len);
         self.buf.reserve(PREFIX + len);
         self.buf.extend_from_slice(&prefix.to_le_bytes());
         any.encode(&mut self.buf)
             .expect("a Vec grows to fit the encoded message");
-        self.count += 1;
         if !self.types.contains(&any.type_name) {
             self.types.push(any.type_name);
+            self.first.push(self.count);
         }
+        self.count += 1;
         Ok(())
     }
 
     /// The distinct type names in the queue, in order of first appearance.
     pub fn type_names(&self) -> impl Iterator<Item = &str> {
         self.types.iter().map(String::as_str)
+    }
+
+    /// Checks the queue against the limits its readers decode with, so that
+    /// nothing is written that they would refuse to read.
+    pub fn check_limits(&self, limits: &Limits) -> Result<()> {
+        for (what, actual, limit) in [
+            (
+                "queue size in bytes",
+                self.buf.len(),
+                limits.max_queue_bytes,
+            ),
+            ("operation count", self.count, limits.max_operations),
+            (
+                "largest operation in bytes",
+                self.largest_frame,
+                limits.max_frame_bytes,
+            ),
+        ] {
+            if actual > limit {
+                return Err(Error::LimitExceeded {
+                    what,
+                    actual,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The position of the first operation of `type_name`, if any.
+    pub(crate) fn position_of(&self, type_name: &str) -> Option<usize> {
+        let i = self.types.iter().position(|t| t == type_name)?;
+        self.first.get(i).copied()
+    }
+
+    /// The queue's UPDATEs with their masks.
+    pub(crate) fn updates(&self) -> &[MaskedUpdate] {
+        &self.updates
     }
 
     /// Appends `msg` with operation `op` and no masks (CREATE, DELETE,
@@ -328,6 +391,46 @@ mod tests {
             id: id.into(),
             email: format!("{id}@example.com"),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_queue_is_checked_against_the_limits_its_readers_decode_with() {
+        let mut q = Queue::new();
+        let mut big = user("big");
+        big.avatar = vec![7; 1000];
+        q.add(&big, OpType::Create).unwrap();
+        q.add(&user("small"), OpType::Create).unwrap();
+        let roomy = Limits::default();
+        q.check_limits(&roomy).unwrap();
+        Queue::decode_with(q.as_bytes(), &roomy, |_| true).unwrap();
+        for (limits, what) in [
+            (
+                Limits {
+                    max_frame_bytes: 999,
+                    ..roomy
+                },
+                "largest operation",
+            ),
+            (
+                Limits {
+                    max_queue_bytes: 1000,
+                    ..roomy
+                },
+                "queue size",
+            ),
+            (
+                Limits {
+                    max_operations: 1,
+                    ..roomy
+                },
+                "operation count",
+            ),
+        ] {
+            let err = q.check_limits(&limits).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+            // What the writer refuses is exactly what a reader refuses.
+            assert!(Queue::decode_with(q.as_bytes(), &limits, |_| true).is_err());
         }
     }
 

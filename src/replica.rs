@@ -85,14 +85,88 @@ impl Target {
         connect(url)
     }
 
+    /// Connects to the target database, and refuses a replica database that
+    /// is the source database itself under its own table names: applying
+    /// the log there would apply it to the live tables (rows deleted since
+    /// would come back). Suffixed tables in the source database are a
+    /// target of their own and stay allowed: a replica database that turns
+    /// out to be the source is returned as [`Target::Suffix`]. `source` is
+    /// a connection to the source.
+    pub(crate) fn open(&self, source: &mut Client, source_url: &str) -> Result<(Target, Client)> {
+        let mut dest = self.connect(source_url)?;
+        let Target::Database { suffix, .. } = self else {
+            return Ok((self.clone(), dest));
+        };
+        if !same_database(source, &mut dest)? {
+            return Ok((self.clone(), dest));
+        }
+        if suffix.is_empty() {
+            return Err(Error::Config(
+                "the replica database is the source database itself: replaying into it would \
+                 apply the log to the live tables; give another database, or a table suffix"
+                    .into(),
+            ));
+        }
+        Ok((Target::Suffix(suffix.clone()), dest))
+    }
+
     /// True when the target is the source database itself.
     pub fn is_source(&self) -> bool {
         matches!(self, Target::Suffix(_))
     }
 }
 
-/// The replica's checkpoint table, and the table of entries it passed over
-/// ([`SkippedEntry`]); created on the target when missing.
+/// Whether two connections are to the same database of the same server.
+/// Advisory locks belong to a database: `a` takes one under a random key,
+/// and `b` can take it too unless it is in the same database. Any role may
+/// take advisory locks, and nothing is written.
+pub(crate) fn same_database(a: &mut Client, b: &mut Client) -> Result<bool> {
+    const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+    const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+    for _ in 0..8 {
+        let key: i64 = rand::random();
+        let held: bool = a.query_typed_one(TRY_LOCK, &[(&key, Type::INT8)])?.get(0);
+        if !held {
+            // Someone else holds this key: pick another.
+            continue;
+        }
+        let taken: bool = b.query_typed_one(TRY_LOCK, &[(&key, Type::INT8)])?.get(0);
+        if taken {
+            b.query_typed_one(UNLOCK, &[(&key, Type::INT8)])?;
+        }
+        a.query_typed_one(UNLOCK, &[(&key, Type::INT8)])?;
+        return Ok(!taken);
+    }
+    Err(Error::Config(
+        "cannot tell whether the replica is the source database: every advisory lock key tried was held".into(),
+    ))
+}
+
+/// Serialises the setting up of replicas in one database: creating the
+/// checkpoint tables and the replicated tables. Two followers or replayers
+/// starting at once on a fresh replica would otherwise both create the same
+/// table, and one would fail on the catalog's unique keys.
+pub(crate) fn lock_setup(tx: &mut postgres::Transaction<'_>) -> Result<()> {
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock(hashtextextended('oplog-replica-setup', 0))",
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Creates the checkpoint tables on the target when missing, one setup at
+/// a time.
+pub(crate) fn set_up(dest: &mut Client) -> Result<()> {
+    let mut tx = dest.transaction()?;
+    lock_setup(&mut tx)?;
+    tx.batch_execute(CHECKPOINT_DDL)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The replica's checkpoint table, the table of entries it passed over
+/// ([`SkippedEntry`]), and where each aggregate last stopped (the entry a
+/// skip may pass over); created on the target when missing.
 pub(crate) const CHECKPOINT_DDL: &str = "\
 CREATE TABLE IF NOT EXISTS oplog_checkpoint (
     source           text NOT NULL,
@@ -114,6 +188,14 @@ CREATE TABLE IF NOT EXISTS oplog_skipped (
     error          text NOT NULL,
     skipped_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source, aggregate_name, seq)
+);
+CREATE TABLE IF NOT EXISTS oplog_stopped (
+    source         text NOT NULL,
+    aggregate_name text NOT NULL,
+    seq            bigint NOT NULL CHECK (seq > 0),
+    error          text NOT NULL,
+    stopped_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, aggregate_name)
 )";
 
 /// An entry the operator chose to pass over instead of applying (see
@@ -131,6 +213,22 @@ pub struct SkippedEntry {
     pub reason: String,
     /// Why the entry could not be applied.
     pub error: String,
+}
+
+/// Where the replica keyed `key` last stopped, by aggregate: the seq of the
+/// entry that could not be applied, and why.
+pub(crate) fn stops(
+    c: &mut impl GenericClient,
+    key: &str,
+) -> Result<HashMap<String, (i64, String)>> {
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq, error FROM oplog_stopped WHERE source = $1",
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 /// The entries the replica keyed `key` passed over, in (aggregate, seq)

@@ -2,7 +2,9 @@
 //! keys to the active key, so that the older keys can be destroyed.
 //!
 //! [`Oplog::rewrap`] walks the entries that are not under the wrapper's
-//! active key in id order, a bounded batch per transaction. Each entry is
+//! active key in id order, a bounded batch per transaction, reading the
+//! entry ids in bounded ranges so that every page is an index range scan
+//! however few entries are left under older keys. Each entry is
 //! decrypted with the associated data naming its old key, its digest is
 //! checked, and the same plaintext is encrypted under the associated data
 //! naming the active key; the migration's `oplog_rewrap` function then
@@ -86,6 +88,9 @@ pub fn key_usage(client: &mut Client) -> Result<Vec<KeyUsage>> {
         .collect())
 }
 
+/// The fewest entry ids a rewrap page looks through.
+const MIN_WINDOW: i64 = 10_000;
+
 /// A count from the database, which is never negative.
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
@@ -131,15 +136,25 @@ impl Oplog {
             keys: Vec::new(),
             elapsed: Duration::ZERO,
         };
+        // Entries written after this under an older key (by a writer
+        // without the new key file) are left for the next run and counted
+        // in `remaining`.
+        let last_id = store::last_entry_id(client)?;
+        let window = limit.saturating_mul(16).max(MIN_WINDOW);
         let mut after = 0i64;
-        loop {
+        while after < last_id {
+            let upto = after.saturating_add(window).min(last_id);
             let mut tx = client.transaction()?;
-            let rows = store::lock_entries_not_under_key(&mut tx, &report.key_id, after, limit)?;
-            let Some(last) = rows.last() else {
-                break;
-            };
-            after = last.id;
+            let rows =
+                store::lock_entries_not_under_key(&mut tx, &report.key_id, after, upto, limit)?;
             let full = i64::try_from(rows.len()).is_ok_and(|n| n >= limit);
+            after = match rows.last() {
+                Some(last) if full => last.id,
+                _ => upto,
+            };
+            if rows.is_empty() {
+                continue;
+            }
             let mut ids = Vec::with_capacity(rows.len());
             let mut data = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -188,9 +203,6 @@ impl Oplog {
                 batches: report.batches,
                 elapsed: start.elapsed(),
             });
-            if !full {
-                break;
-            }
         }
         report.remaining = count(store::count_not_under_key(client, &report.key_id)?);
         report.keys = key_usage(client)?;

@@ -1,25 +1,31 @@
 //! Least privilege: the grants each kind of user of the log needs, and no
 //! more.
 //!
-//! - **Writer** (the application): appends entries through `oplog_append`.
-//!   It may read and advance tickets, insert entries, metadata and catalogs,
-//!   and read entries back (the keys, not the database, protect payloads).
-//!   It may not update or delete entries, truncate, trim, or change the
-//!   schema: it cannot rewrite history, only add to it.
+//! - **Writer** (the application): appends entries through `oplog_append`,
+//!   which runs with the owner's rights and adds exactly the next entry of
+//!   an aggregate with its own metadata. It may read tickets, entries,
+//!   metadata and catalogs, create tickets by name (at version 0), and store
+//!   catalogs that match their digest. It may not insert entries or
+//!   metadata directly, move a ticket, update or delete anything, truncate,
+//!   trim, or change the schema: it cannot rewrite history, only add to it.
 //! - **Reader** (`log`, `verify`, `replay` and `follow` on the source):
-//!   reads everything, and maintains the consumer registry so trimming knows
-//!   what its replica needs.
+//!   reads everything, and registers consumers so trimming knows what its
+//!   replica needs. A consumer belongs to the role that registered it: row
+//!   level security lets only that role move, replace or remove its
+//!   positions.
 //! - **Trimmer** (`trim`): reads what trimming decides on, and may run
-//!   `oplog_trim`, which deletes under its own rules (never past a consumer)
-//!   with the rights of the role that migrated. It has no DELETE privilege
-//!   of its own.
+//!   `oplog_trim`, which deletes under its own rules (a prefix, older than
+//!   the retention age and the owner's floor, never past a consumer) with
+//!   the rights of the role that migrated. It has no DELETE privilege of its
+//!   own.
 //! - **Keys** (`keys rewrap`, `keys remove`): reads entries and may change
 //!   exactly their `key_id` and `data`, which the entry trigger allows only
 //!   through `oplog_rewrap`.
 //!
 //! The migrating role owns the tables and stays the only one that can alter
-//! them. Grants are per database and per role; [`grants`] gives the SQL,
-//! [`grant`] runs it.
+//! them, set the retention floor (`oplog_trim_policy`) or manage another
+//! role's consumer. Grants are per database and per role; [`grants`] gives
+//! the SQL, [`grant`] runs it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,34 +75,35 @@ impl fmt::Display for Role {
     }
 }
 
+/// The one function a writer appends through.
+const APPEND: &str = "oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean)";
+
 /// The statements that give database role `name` what `role` needs in the
 /// current database; `name` is quoted.
 pub fn grants(role: Role, name: &str) -> String {
     let to = ident(name);
     let lines: Vec<String> = match role {
         Role::Writer => vec![
-            format!("GRANT SELECT, INSERT ON oplog_ticket TO {to}"),
-            format!("GRANT UPDATE (version, chain) ON oplog_ticket TO {to}"),
-            format!("GRANT SELECT, INSERT ON oplog_entry TO {to}"),
-            format!("GRANT SELECT, INSERT ON oplog_metadata TO {to}"),
-            format!("GRANT SELECT, INSERT ON oplog_catalog TO {to}"),
             format!(
-                "GRANT EXECUTE ON FUNCTION oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean) TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog TO {to}"
             ),
+            format!("GRANT INSERT (name) ON oplog_ticket TO {to}"),
+            format!("GRANT INSERT ON oplog_catalog TO {to}"),
+            format!("GRANT EXECUTE ON FUNCTION {APPEND} TO {to}"),
         ],
         Role::Reader => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy TO {to}"
             ),
             format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
             format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),
         ],
         Role::Trimmer => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_trim_point, oplog_consumer, oplog_consumer_position TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_trim_point, oplog_trim_policy, oplog_consumer, oplog_consumer_position TO {to}"
             ),
             format!("GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {to}"),
-            format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint) TO {to}"),
+            format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint, interval) TO {to}"),
         ],
         Role::Keys => vec![
             format!("GRANT SELECT ON oplog_entry, oplog_metadata, oplog_catalog TO {to}"),
@@ -125,18 +132,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_writer_gets_no_update_or_delete_of_entries_and_names_are_quoted() {
+    fn the_writer_gets_no_direct_writes_of_entries_or_tickets_and_names_are_quoted() {
         let sql = grants(Role::Writer, "app\"; DROP TABLE x; --");
         assert!(sql.contains("TO \"app\"\"; DROP TABLE x; --\""), "{sql}");
         for line in sql.lines() {
             if line.contains("oplog_entry") || line.contains("oplog_metadata") {
+                assert!(line.starts_with("GRANT SELECT ON "), "{line}");
+            }
+            if line.contains("oplog_ticket") {
+                assert!(!line.contains("UPDATE"), "{line}");
                 assert!(
-                    !line.contains("UPDATE") && !line.contains("DELETE"),
+                    !line.contains("INSERT") || line.contains("INSERT (name) ON oplog_ticket"),
                     "{line}"
                 );
             }
         }
         assert!(!grants(Role::Trimmer, "t").contains("DELETE"));
+        assert!(!grants(Role::Trimmer, "t").contains("oplog_trim(text, bigint, bigint)"));
         assert_eq!("reader".parse::<Role>().unwrap(), Role::Reader);
         assert!("admin".parse::<Role>().is_err());
     }

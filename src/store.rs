@@ -11,7 +11,6 @@ use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
 use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 use std::collections::HashMap;
 
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 use uuid::Uuid;
@@ -447,7 +446,8 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
 fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {
     let sizes = entry_sizes(c, q)?;
     let (picked, cut, full) = take_page(q, sizes);
-    let rows = entries_by_id(c, &picked)?;
+    let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+    let rows = entries_by_id(c, &ids)?;
     Ok(entry_page(&picked, rows, cut, full))
 }
 
@@ -560,21 +560,6 @@ pub fn explain_entry_scans(
     Ok(plans)
 }
 
-/// The entries `picked`, in no order, streamed: each row is converted as it
-/// arrives and its buffer dropped, so that a page is never held twice.
-fn entries_by_id(c: &mut impl GenericClient, picked: &[EntrySize]) -> Result<Vec<StoredRow>> {
-    if picked.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
-    let mut stream = c.query_typed_raw(&by_id_sql(), [(&ids, Type::INT8_ARRAY)])?;
-    let mut rows = Vec::with_capacity(picked.len());
-    while let Some(row) = stream.next()? {
-        rows.push(try_stored_row(&row)?);
-    }
-    Ok(rows)
-}
-
 /// Reads rows of entries selected with [`SELECT_ENTRIES`]'s columns.
 pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
     StoredRow {
@@ -592,25 +577,6 @@ pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
         meta_values: r.get(11),
         catalog: r.get(12),
     }
-}
-
-/// [`stored_row`], failing instead of panicking on a value of another type.
-fn try_stored_row(r: &postgres::Row) -> Result<StoredRow> {
-    Ok(StoredRow {
-        id: r.try_get(0)?,
-        entry_uuid: r.try_get(1)?,
-        aggregate_name: r.try_get(2)?,
-        seq: r.try_get(3)?,
-        format: r.try_get(4)?,
-        key_id: r.try_get(5)?,
-        data: r.try_get(6)?,
-        digest: r.try_get(7)?,
-        chain: r.try_get(8)?,
-        created_us: r.try_get(9)?,
-        meta_keys: r.try_get(10)?,
-        meta_values: r.try_get(11)?,
-        catalog: r.try_get(12)?,
-    })
 }
 
 fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> Result<()> {
@@ -887,45 +853,111 @@ pub(crate) fn entries_in_order(c: &mut impl GenericClient, q: &ListQuery<'_>) ->
     pg_list_entries(c, q)
 }
 
-/// The next entries of several aggregates at once: for each aggregate, those
-/// with `after < seq <= upto`, in seq order, at most `per_aggregate` of them
-/// (looked for among the next `per_aggregate` seqs: a log without holes has
-/// them all there); all of them merged in id order (which within an
-/// aggregate is seq order), at most `limit`.
-pub(crate) fn pending_entries(
+/// A pending entry's place and size, read without its payload, so that a
+/// reader can choose how many entries fit a batch before fetching them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingRef {
+    /// The aggregate's index in the list asked about, from 0.
+    pub slot: usize,
+    pub id: i64,
+    pub seq: i64,
+    /// The entry's stored size: ciphertext plus metadata, in bytes.
+    pub bytes: i64,
+}
+
+/// For each aggregate `aggregates[i]`, the entries with
+/// `after[i] < seq <= upto[i]`, in seq order, at most `limits[i]` of them
+/// (looked for among the next `limits[i]` seqs: a log without holes has
+/// them all there), in (i, seq) order. Each aggregate's entries
+/// come from the `(aggregate_name, seq)` index; sizes come from the toast
+/// headers, so no payload is read.
+pub(crate) fn pending_refs(
     c: &mut impl GenericClient,
     aggregates: &[&str],
     after: &[i64],
     upto: &[i64],
-    per_aggregate: i64,
-    limit: i64,
-) -> Result<Vec<StoredRow>> {
-    // The ids are chosen first, from narrow index rows, so that only the
-    // entries returned are read in full and get their metadata.
-    let sql = format!(
-        "WITH picked AS (
-    SELECT x.id FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS p(aggregate_name, after_seq, upto_seq)
-    CROSS JOIN LATERAL (
-        SELECT i.id FROM oplog_entry i
-        WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
-          AND i.seq <= least(p.upto_seq, p.after_seq + $5)
-        ORDER BY i.seq LIMIT $5
-    ) x
-    ORDER BY x.id LIMIT $4
-)
-{SELECT_ENTRIES} JOIN picked ON picked.id = e.id ORDER BY e.id"
-    );
+    limits: &[i64],
+) -> Result<Vec<PendingRef>> {
     let rows = c.query_typed(
-        &sql,
+        PENDING_REFS,
         &[
             (&aggregates, Type::TEXT_ARRAY),
             (&after, Type::INT8_ARRAY),
             (&upto, Type::INT8_ARRAY),
-            (&limit, Type::INT8),
-            (&per_aggregate, Type::INT8),
+            (&limits, Type::INT8_ARRAY),
         ],
     )?;
-    Ok(rows.iter().map(stored_row).collect())
+    let mut refs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let slot: i64 = r.get(0);
+        refs.push(PendingRef {
+            slot: usize::try_from(slot.saturating_sub(1)).unwrap_or(usize::MAX),
+            id: r.get(1),
+            seq: r.get(2),
+            bytes: r.get(3),
+        });
+    }
+    // At most a batch of rows: ordered here rather than by a sort node in
+    // the plan, which reads as sorting the entry table.
+    refs.sort_unstable_by_key(|r| (r.slot, r.seq));
+    Ok(refs)
+}
+
+pub(crate) const PENDING_REFS: &str = "\
+SELECT p.slot, x.id, x.seq, x.bytes
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS p(aggregate_name, after_seq, upto_seq, lim, slot)
+CROSS JOIN LATERAL (
+    SELECT i.id, i.seq,
+           octet_length(i.data)::bigint + coalesce((
+               SELECT sum(octet_length(m.key) + octet_length(m.value))
+               FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint AS bytes
+    FROM oplog_entry i
+    WHERE i.aggregate_name = p.aggregate_name AND i.seq > p.after_seq
+      AND i.seq <= least(p.upto_seq, p.after_seq + p.lim)
+    ORDER BY i.seq LIMIT p.lim
+) x";
+
+/// The entries with these ids, in full, in no particular order; rows are
+/// converted as they arrive, so a page is held once.
+pub(crate) fn entries_by_id(c: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<StoredRow>> {
+    use postgres::fallible_iterator::FallibleIterator;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::INT8_ARRAY)];
+    let mut rows = c.query_typed_raw(&by_id_sql(), params)?;
+    let mut out = Vec::with_capacity(ids.len());
+    while let Some(row) = rows.next()? {
+        out.push(stored_row(&row));
+    }
+    Ok(out)
+}
+
+/// Where an entry sits in its aggregate's chain, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntryPosition {
+    pub id: i64,
+    pub chain: Vec<u8>,
+    /// When it was written, in microseconds since the Unix epoch.
+    pub created_us: i64,
+}
+
+/// The id, chain value and creation time of `aggregate`'s entry `seq`.
+pub(crate) fn entry_position(
+    c: &mut impl GenericClient,
+    aggregate: &str,
+    seq: i64,
+) -> Result<Option<EntryPosition>> {
+    let row = c.query_typed_opt(
+        "SELECT id, chain, (extract(epoch FROM created_at) * 1000000)::bigint \
+         FROM oplog_entry WHERE aggregate_name = $1 AND seq = $2",
+        &[(&aggregate, Type::TEXT), (&seq, Type::INT8)],
+    )?;
+    Ok(row.map(|r| EntryPosition {
+        id: r.get(0),
+        chain: r.get(1),
+        created_us: r.get(2),
+    }))
 }
 
 /// The smallest seq of `aggregate` at or above `from`, if any.
@@ -962,25 +994,38 @@ pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> R
     Ok(row.get(0))
 }
 
-/// The next entries above id `after` encrypted under a key other than
-/// `key_id`, in id order, at most `limit`, locked until the end of the
+/// The highest entry id, 0 when there is none.
+pub(crate) fn last_entry_id(c: &mut impl GenericClient) -> Result<i64> {
+    let row = c.query_typed_one("SELECT coalesce(max(id), 0) FROM oplog_entry", &[])?;
+    Ok(row.get(0))
+}
+
+/// The entries with ids in `after < id <= upto` encrypted under a key other
+/// than `key_id`, in id order, at most `limit`, locked until the end of the
 /// transaction (the lock an UPDATE of them takes anyway, which writers of
 /// new entries never wait for).
+///
+/// The id range keeps each page an index range scan of at most
+/// `upto - after` entries: with only `key_id <> $1` and a LIMIT, the
+/// planner reads the whole table and sorts it once most entries are under
+/// the active key, at every page.
 pub(crate) fn lock_entries_not_under_key(
     c: &mut impl GenericClient,
     key_id: &str,
     after: i64,
+    upto: i64,
     limit: i64,
 ) -> Result<Vec<StoredRow>> {
     let sql = format!(
-        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 ORDER BY e.id LIMIT $3 \
-         FOR NO KEY UPDATE OF e"
+        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 AND e.id <= $3 \
+         ORDER BY e.id LIMIT $4 FOR NO KEY UPDATE OF e"
     );
     let rows = c.query_typed(
         &sql,
         &[
             (&key_id, Type::TEXT),
             (&after, Type::INT8),
+            (&upto, Type::INT8),
             (&limit, Type::INT8),
         ],
     )?;

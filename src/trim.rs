@@ -8,9 +8,15 @@
 //! transaction each, and moves the aggregate's trim point (seq and chain
 //! value) in the same transaction, so that verification goes on proving
 //! the remaining log and a follower that needs a trimmed entry is told that
-//! coverage is lost. It enforces the consumer rule itself, whatever the
-//! caller asks. Writers are never blocked: trimming locks only the entries
-//! it deletes.
+//! coverage is lost.
+//!
+//! The function enforces every rule itself, whatever its caller asks: the
+//! prefix, the consumers' positions, and the retention age, which is never
+//! shorter than the floor the tables' owner sets in `oplog_trim_policy`
+//! (`UPDATE oplog_trim_policy SET min_age = interval '30 days'`). A batch
+//! waits for consumer registrations in flight and reads the positions they
+//! wrote. Writers are never blocked: trimming locks only the entries it
+//! deletes.
 
 use std::time::Duration;
 
@@ -77,6 +83,10 @@ pub struct TrimReport {
     pub deleted: i64,
     /// Aggregates with something to trim, or held back by a consumer.
     pub aggregates: Vec<AggregateTrim>,
+    /// The retention floor the tables' owner set (`oplog_trim_policy`), in
+    /// seconds: entries younger than this are kept whatever
+    /// [`TrimOptions::older_than`] says.
+    pub min_age_s: f64,
     /// Consumers that are behind and have not advanced for
     /// [`TrimOptions::stalled_after`]; remove one with
     /// [`remove_consumer`](crate::remove_consumer) to let trimming go on.
@@ -93,10 +103,19 @@ pub fn trim(
     if options.batch < 1 {
         return Err(Error::InvalidEntry("trim batch must be at least 1".into()));
     }
-    let older_than = options.older_than.as_secs_f64();
+    // Ages beyond what a timestamp can go back keep everything; the clamp
+    // only keeps the value within what an interval can hold.
+    let older_than = options.older_than.as_secs_f64().min(MAX_AGE_S);
+    let min_age_s: Option<f64> = conn
+        .query_typed_opt(
+            "SELECT extract(epoch FROM min_age)::float8 FROM oplog_trim_policy",
+            &[],
+        )?
+        .map(|r| r.get(0));
     let mut report = TrimReport {
         dry_run: options.dry_run,
         deleted: 0,
+        min_age_s: min_age_s.unwrap_or(0.0),
         aggregates: Vec::new(),
         stalled: consumer::consumers(conn, options.stalled_after)?
             .into_iter()
@@ -106,15 +125,13 @@ pub fn trim(
     for ticket in store::tickets(conn, options.aggregate.as_deref())? {
         let name = ticket.name;
         let bound = conn.query_typed_one(
-            "SELECT b.o_from, b.o_to, b.o_needed, \
+            "SELECT b.o_from, b.o_to, b.o_needed, b.o_held_back, \
                     (SELECT count(*) FROM oplog_entry e WHERE e.aggregate_name = $1 \
-                       AND e.seq > b.o_from AND e.seq <= b.o_to), \
-                    (SELECT coalesce(max(e.seq), b.o_from) FROM oplog_entry e WHERE e.aggregate_name = $1 \
-                       AND e.seq > b.o_from AND e.created_at < now() - $2::float8 * interval '1 second') \
+                       AND e.seq > b.o_from AND e.seq <= b.o_to) \
              FROM oplog_trim_bound($1, $2::float8 * interval '1 second') AS b",
             &[(&name, Type::TEXT), (&older_than, Type::FLOAT8)],
         )?;
-        let (from, to, needed, count, old): (i64, i64, Option<i64>, i64, i64) = (
+        let (from, to, needed, held_back, count): (i64, i64, Option<i64>, bool, i64) = (
             bound.get(0),
             bound.get(1),
             bound.get(2),
@@ -122,7 +139,7 @@ pub fn trim(
             bound.get(4),
         );
         // A consumer kept entries that age alone would have let go.
-        let held_back_at = needed.filter(|n| *n < old);
+        let held_back_at = needed.filter(|_| held_back);
         if to <= from && held_back_at.is_none() {
             continue;
         }
@@ -138,11 +155,12 @@ pub fn trim(
             let mut at = from;
             while at < to {
                 let row = conn.query_typed_one(
-                    "SELECT o_deleted, o_trim_seq FROM oplog_trim($1, $2, $3)",
+                    "SELECT o_deleted, o_trim_seq FROM oplog_trim($1, $2, $3, $4::float8 * interval '1 second')",
                     &[
                         (&name, Type::TEXT),
                         (&to, Type::INT8),
                         (&options.batch, Type::INT8),
+                        (&older_than, Type::FLOAT8),
                     ],
                 )?;
                 let (deleted, trim_seq): (i64, i64) = (row.get(0), row.get(1));
@@ -161,3 +179,8 @@ pub fn trim(
     }
     Ok(report)
 }
+
+/// The longest retention age passed to the database, in seconds (about
+/// 6,300 years): longer than any timestamp can go back, short enough for
+/// an interval.
+const MAX_AGE_S: f64 = 2e11;

@@ -51,12 +51,17 @@ use crate::retry::RetryPolicy;
 
 mod follow;
 mod replay;
+mod verify;
 
 pub use follow::{
     follow, FollowBenchConfig, FollowBenchReport, Replication, FOLLOW_TARGET_CATCH_UP_RATIO,
     FOLLOW_TARGET_P99_MS,
 };
 pub use replay::{replay, ReplayBenchConfig, ReplayBenchReport, REPLAY_TARGET_RATIO};
+pub use verify::{
+    verify_bench, VerifyBenchConfig, VerifyBenchReport, VERIFY_REPLAY_TARGET_RATIO,
+    VERIFY_TARGET_COST_RATIO, VERIFY_TARGET_MAX_RSS_MB, VERIFY_TARGET_RATIO,
+};
 
 /// Server URL used when `DATABASE_URL` is not set.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

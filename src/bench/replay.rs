@@ -140,7 +140,13 @@ pub fn replay(cfg: &ReplayBenchConfig) -> Result<ReplayBenchReport> {
     }
     let source = Scratch::create(&cfg.url)?;
     let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
-    let users = load(&source, &oplog, cfg)?;
+    let users = load(
+        &source,
+        &oplog,
+        cfg.entries,
+        cfg.aggregates,
+        cfg.payload_bytes,
+    )?;
 
     let before = baseline(&cfg.url, &users, cfg.batch_size)?;
     let replica = Scratch::empty(&cfg.url)?;
@@ -192,12 +198,19 @@ pub fn replay(cfg: &ReplayBenchConfig) -> Result<ReplayBenchReport> {
     })
 }
 
-/// Bulk-loads the log: the users created, one entry each.
-fn load(source: &Scratch, oplog: &Oplog, cfg: &ReplayBenchConfig) -> Result<Vec<User>> {
-    let avatar = vec![0x5a; cfg.payload_bytes];
-    let users: Vec<User> = (0..cfg.entries).map(|_| user(&avatar)).collect();
+/// Bulk-loads the log: `entries` users created, one entry each, over
+/// `aggregates` aggregates in turn; returns the users.
+pub(super) fn load(
+    source: &Scratch,
+    oplog: &Oplog,
+    entries: usize,
+    aggregates: usize,
+    payload_bytes: usize,
+) -> Result<Vec<User>> {
+    let avatar = vec![0x5a; payload_bytes];
+    let users: Vec<User> = (0..entries).map(|_| user(&avatar)).collect();
     let mut client = source.connect()?;
-    let aggregates: Vec<String> = (0..cfg.aggregates).map(|a| format!("bench-{a}")).collect();
+    let aggregates: Vec<String> = (0..aggregates).map(|a| format!("bench-{a:05}")).collect();
     // (seq, chain) of each aggregate's last entry.
     let mut heads: Vec<(i64, Vec<u8>)> = Vec::new();
     for (a, name) in aggregates.iter().enumerate().take(users.len()) {
@@ -309,7 +322,7 @@ impl Bulk {
 
 /// Inserts `users` into a fresh database's `demo_user` with multi-row
 /// INSERTs of `batch` rows, one transaction each; returns the time taken.
-fn baseline(url: &str, users: &[User], batch: usize) -> Result<Duration> {
+pub(super) fn baseline(url: &str, users: &[User], batch: usize) -> Result<Duration> {
     let db = Scratch::empty(url)?;
     let mut client = db.connect()?;
     client.batch_execute(demo::SCHEMA)?;

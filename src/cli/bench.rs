@@ -4,7 +4,9 @@
 
 use std::fmt::Display;
 
-use oplog::bench::{self, FollowBenchConfig, ReplayBenchConfig, WriteBenchConfig};
+use oplog::bench::{
+    self, FollowBenchConfig, ReplayBenchConfig, VerifyBenchConfig, WriteBenchConfig,
+};
 use oplog::cluster::{Cluster, ClusterOptions};
 use serde::Serialize;
 
@@ -49,6 +51,20 @@ pub enum Scenario {
         /// Writers notify followers at commit.
         notify: bool,
     },
+    /// Verify a large and a small log, replay the large one, and the
+    /// memory of the commands over entries near the size limit.
+    Verify {
+        /// Entries in the large log.
+        entries: usize,
+        /// Entries in the small log.
+        small_entries: usize,
+        /// Aggregates.
+        aggregates: usize,
+        /// Entries near the size limit.
+        big_entries: usize,
+        /// Their size in bytes.
+        big_entry_bytes: usize,
+    },
     /// Replay into an empty replica against multi-row INSERTs.
     Replay {
         /// Entries in the log.
@@ -70,6 +86,9 @@ struct Server {
 impl Server {
     fn for_context(ctx: &Context) -> Result<Server, Failure> {
         if let Some(url) = ctx.optional_database_url() {
+            // The benchmarks connect on their own; the URL is checked here
+            // as every connection of the binary checks it.
+            oplog::check_url(url)?;
             return Ok(Server {
                 url: url.to_string(),
                 cluster: None,
@@ -122,6 +141,25 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
                 ..FollowBenchConfig::default()
             };
             print(out, &server, &bench::follow(&cfg)?)
+        }
+        Scenario::Verify {
+            entries,
+            small_entries,
+            aggregates,
+            big_entries,
+            big_entry_bytes,
+        } => {
+            let cfg = VerifyBenchConfig {
+                url: server.url.clone(),
+                entries,
+                small_entries,
+                aggregates,
+                big_entries,
+                big_entry_bytes,
+                program: std::env::current_exe().ok(),
+                ..VerifyBenchConfig::default()
+            };
+            print(out, &server, &bench::verify_bench(&cfg)?)
         }
         Scenario::Replay {
             entries,

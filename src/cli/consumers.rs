@@ -14,13 +14,14 @@ pub fn list(ctx: &Context, out: &mut Output, stalled_after: Duration) -> Result<
             out.json_line(c)?;
         } else {
             out.line(format_args!(
-                "{}: {} entries behind in {} aggregates, lag {:.1} s, seen {:.0} s ago, advanced {:.0} s ago{}",
+                "{}: {} entries behind in {} aggregates, lag {:.1} s, seen {:.0} s ago, advanced {:.0} s ago, registered by {}{}",
                 c.name,
                 c.entries_behind,
                 c.aggregates_behind,
                 c.lag_s,
                 c.seen_s_ago,
                 c.progressed_s_ago,
+                c.owner.as_deref().unwrap_or("an unrecorded role"),
                 if c.stalled { " (stalled)" } else { "" }
             ))?;
         }
@@ -32,9 +33,18 @@ pub fn list(ctx: &Context, out: &mut Output, stalled_after: Duration) -> Result<
 pub fn remove(ctx: &Context, out: &mut Output, name: &str) -> Result<(), Failure> {
     let mut client = ctx.connect()?;
     if !oplog::remove_consumer(&mut client, name).map_err(read_failure)? {
-        return Err(Failure::msg(format!(
-            "no consumer named {name:?}; `oplog consumers` lists them"
-        )));
+        // Nothing removed: either there is no such consumer, or it belongs
+        // to a role this one is not a member of.
+        let listed = oplog::consumers(&mut client, Duration::MAX).map_err(read_failure)?;
+        return Err(Failure::msg(
+            match listed.iter().find(|c| c.name == name) {
+                Some(c) => format!(
+                    "consumer {name:?} was registered by role {}; only that role or the owner of the oplog tables may remove it",
+                    c.owner.as_deref().unwrap_or("(unrecorded)")
+                ),
+                None => format!("no consumer named {name:?}; `oplog consumers` lists them"),
+            },
+        ));
     }
     if out.json() {
         return out.json_line(&serde_json::json!({ "removed": name }));

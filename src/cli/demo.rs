@@ -62,10 +62,8 @@ pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Fail
     if report.is_clean() {
         return Ok(());
     }
-    match out.flush() {
-        Ok(()) | Err(Failure::BrokenPipe) => Err(Failure::Found),
-        Err(other) => Err(other),
-    }
+    out.flush()?;
+    Err(Failure::Found)
 }
 
 /// A progress line on standard error, redrawn in place, only when standard

@@ -11,6 +11,9 @@ pub fn run(ctx: &Context, out: &mut Output, aggregate: Option<&str>) -> Result<(
     let mut client = ctx.connect()?;
     let heads = oplog::heads(&mut client, aggregate).map_err(read_failure)?;
     for head in &heads {
+        if out.closed() {
+            break;
+        }
         if out.json() {
             out.json_line(head)?;
         } else {

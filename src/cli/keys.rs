@@ -38,12 +38,26 @@ pub fn generate(out: &mut Output, path: Option<&Path>, force: bool) -> Result<()
         return out.raw(&ring.to_json());
     };
     // `Keyring::save` replaces the file; losing a key makes every entry it
-    // encrypted unreadable, so replacing one takes an explicit --force.
-    if !force && path.symlink_metadata().is_ok() {
-        return Err(Failure::msg(format!(
-            "key file {} already exists; pass --force to replace it (the keys in it would be lost)",
-            path.display()
-        )));
+    // encrypted unreadable, so replacing one takes an explicit --force. A
+    // symbolic link is refused too, even a dangling one: with --force the
+    // keyring is written to the file it points to, as `keys rotate` does.
+    match path.symlink_metadata() {
+        Ok(meta) if !force && meta.file_type().is_symlink() => {
+            let to = std::fs::read_link(path)
+                .map(|to| format!(" to {}", to.display()))
+                .unwrap_or_default();
+            return Err(Failure::msg(format!(
+                "key file {} is a symbolic link{to}; pass --force to write the keyring to the file it points to (any keys there would be lost)",
+                path.display()
+            )));
+        }
+        Ok(_) if !force => {
+            return Err(Failure::msg(format!(
+                "key file {} already exists; pass --force to replace it (the keys in it would be lost)",
+                path.display()
+            )));
+        }
+        _ => {}
     }
     ring.save(path)?;
     if out.json() {

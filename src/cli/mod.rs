@@ -30,12 +30,9 @@ const EXIT_FOUND: u8 = 1;
 /// Exit status of a usage or runtime error.
 const EXIT_ERROR: u8 = 2;
 
-/// Why a command stopped early.
+/// Why a command did not succeed.
 #[derive(Debug)]
 pub enum Failure {
-    /// The reader of standard output went away (for example `| head`).
-    /// Nothing is left to say to anyone, so the process exits quietly.
-    BrokenPipe,
     /// An error reported as `oplog: error: <message>`, exit status 2.
     Error(String),
     /// A check ran and found problems, which it has printed: exit status 1,
@@ -91,7 +88,6 @@ pub fn read_failure(e: oplog::Error) -> Failure {
 /// Prints `failure` (if there is anything to say) and returns the exit code.
 pub fn report(failure: &Failure) -> ExitCode {
     match failure {
-        Failure::BrokenPipe => ExitCode::SUCCESS,
         Failure::Found => ExitCode::from(EXIT_FOUND),
         Failure::Error(message) => {
             let _ = writeln!(io::stderr().lock(), "oplog: error: {}", one_line(message));
@@ -147,8 +143,13 @@ impl StatusLine {
 }
 
 /// Standard output, in text or JSON mode.
+///
+/// When the reader of standard output goes away (`oplog verify | head -1`),
+/// writing stops silently and the command goes on: its exit status comes
+/// from what it did and found, never from whether anyone read the report.
+/// Listing commands may ask [`Output::closed`] and stop early.
 pub struct Output {
-    out: BufWriter<io::StdoutLock<'static>>,
+    out: Sink,
     json: bool,
 }
 
@@ -156,7 +157,10 @@ impl Output {
     /// Buffered standard output.
     pub fn stdout(json: bool) -> Self {
         Output {
-            out: BufWriter::new(io::stdout().lock()),
+            out: Sink {
+                out: BufWriter::new(io::stdout().lock()),
+                closed: false,
+            },
             json,
         }
     }
@@ -164,6 +168,12 @@ impl Output {
     /// True when `--json` asked for JSON output.
     pub fn json(&self) -> bool {
         self.json
+    }
+
+    /// True once the reader of standard output has gone away: nothing
+    /// written from then on reaches anyone.
+    pub fn closed(&self) -> bool {
+        self.out.closed
     }
 
     /// Writes one line of text.
@@ -191,12 +201,46 @@ impl Output {
     }
 }
 
-fn write_failure(e: io::Error) -> Failure {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        Failure::BrokenPipe
-    } else {
-        Failure::msg(format!("cannot write to standard output: {e}"))
+/// Buffered standard output that turns quiet once its reader is gone: a
+/// broken pipe is remembered, and every later write succeeds without
+/// writing. Any other error stays an error.
+struct Sink {
+    out: BufWriter<io::StdoutLock<'static>>,
+    closed: bool,
+}
+
+impl Sink {
+    fn guard<T>(&mut self, quiet: T, result: io::Result<T>) -> io::Result<T> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(quiet)
+            }
+            other => other,
+        }
     }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        let result = self.out.write(buf);
+        self.guard(buf.len(), result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.out.flush();
+        self.guard((), result)
+    }
+}
+
+fn write_failure(e: io::Error) -> Failure {
+    Failure::msg(format!("cannot write to standard output: {e}"))
 }
 
 /// The global options, resolved into what commands need when they need it:
@@ -257,10 +301,11 @@ impl Context {
         })
     }
 
-    /// Connects to the database.
+    /// Connects to the database, through the library's [`oplog::connect`]
+    /// like every connection the binary opens, so that a URL of another
+    /// kind of database is refused by name.
     pub fn connect(&self) -> Result<postgres::Client, Failure> {
-        let url = self.database_url()?;
-        Ok(postgres::Client::connect(url, postgres::NoTls).map_err(oplog::Error::from)?)
+        Ok(oplog::connect(self.database_url()?)?)
     }
 
     /// A connection and an oplog that reads with the key file's keyring. The
@@ -274,9 +319,46 @@ impl Context {
 }
 
 /// An oplog for reading any application's log: every entry names the type
-/// catalog stored with it, so no types need to be compiled in. Entries
-/// written before catalogs were stored fall back to the demo types built
-/// into this binary.
+/// catalog stored with it, so no types need to be compiled in, and none
+/// are: the binary knows only the catalogs stored in the database, so the
+/// tables it compares and replays are those of the log it reads, never the
+/// demo's.
 pub fn reader(keyring: Keyring) -> Oplog {
-    Oplog::new(TypeCatalog::demo(), keyring)
+    Oplog::new(TypeCatalog::new(), keyring)
+}
+
+/// Opens an input file named on the command line, refusing anything that
+/// is not a regular file. The open does not block (a FIFO with no writer
+/// would hang it), and the check is made on the opened file, so the path
+/// cannot be swapped between the check and the read. `what` names the
+/// file in errors ("anchor file"); the caller bounds how much it reads.
+pub fn open_input(path: &Path, what: &str) -> Result<std::fs::File, Failure> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let cannot = |e: io::Error| Failure::msg(format!("cannot read {what} {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let kind = file.metadata().map_err(cannot)?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let kind = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    };
+    Err(Failure::msg(format!(
+        "{what} {} is {kind}, not a regular file; pass the path of a file",
+        path.display()
+    )))
 }

@@ -18,6 +18,8 @@ struct ReportJson<'a> {
     tables_created: &'a [String],
     aggregates: Vec<AggregateJson<'a>>,
     stopped: Vec<StoppedJson>,
+    skipped: &'a [oplog::SkippedEntry],
+    unused_skips: Vec<String>,
     elapsed_s: f64,
     entries_per_s: f64,
 }
@@ -45,23 +47,18 @@ fn rate(report: &ReplayReport) -> f64 {
     }
 }
 
-/// Replays every aggregate (or one) into `target` and prints what was
-/// applied. An aggregate that stopped at an entry makes the command fail
-/// (exit 2) after the report, naming the first such entry.
+/// Replays every aggregate (or `options.aggregate`) into `target`, passing
+/// over `options.skip`, and prints what was applied. An aggregate that
+/// stopped at an entry makes the command fail (exit 2) after the report,
+/// naming the first such entry.
 pub fn run(
     ctx: &Context,
     out: &mut Output,
     target: Target,
-    aggregate: Option<String>,
-    batch_size: usize,
+    options: ReplayOptions,
 ) -> Result<(), Failure> {
     let keyring = ctx.keyring()?;
     let oplog = super::reader(keyring);
-    let options = ReplayOptions {
-        aggregate,
-        batch_size,
-        ..ReplayOptions::default()
-    };
     let mut replayer =
         Replayer::connect(&oplog, ctx.database_url()?, target, options).map_err(read_failure)?;
     let mut status = StatusLine::new(PROGRESS_EVERY);
@@ -102,6 +99,12 @@ pub fn run(
                     error: s.error.to_string(),
                 })
                 .collect(),
+            skipped: &report.skipped,
+            unused_skips: report
+                .unused_skips
+                .iter()
+                .map(|s| format!("{}:{}", s.aggregate, s.seq))
+                .collect(),
             elapsed_s: report.elapsed.as_secs_f64(),
             entries_per_s: rate(&report),
         })?;
@@ -123,6 +126,18 @@ pub fn run(
                 a.aggregate, a.from_seq, a.to_seq
             ))?;
         }
+        for s in &report.skipped {
+            out.line(format_args!(
+                "  {}: skipped seq {} (entry {}) as asked, because {:?}: {}",
+                s.aggregate, s.seq, s.entry_id, s.reason, s.error
+            ))?;
+        }
+        for s in &report.unused_skips {
+            out.line(format_args!(
+                "  {}: seq {} applied, so it was not skipped",
+                s.aggregate, s.seq
+            ))?;
+        }
         for s in &report.stopped {
             out.line(format_args!(
                 "  {}: stopped at seq {}: {}",
@@ -139,8 +154,8 @@ pub fn run(
                 n => format!(" ({n} more aggregates stopped; see the report)"),
             };
             Err(Failure::msg(format!(
-                "replay of aggregate {:?} stopped at seq {}: {}{more}",
-                first.aggregate, first.seq, first.error
+                "replay of aggregate {:?} stopped at seq {}: {}{more}; an entry that can never apply can be passed over with --skip {}:{} --reason TEXT",
+                first.aggregate, first.seq, first.error, first.aggregate, first.seq
             )))
         }
     }

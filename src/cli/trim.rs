@@ -27,6 +27,12 @@ pub fn run(ctx: &Context, out: &mut Output, options: TrimOptions) -> Result<(), 
         }
         out.line(format_args!("{line}"))?;
     }
+    if report.min_age_s > options.older_than.as_secs_f64() {
+        out.line(format_args!(
+            "entries younger than {:.0} s are kept: the retention floor set in oplog_trim_policy is longer than --older-than",
+            report.min_age_s
+        ))?;
+    }
     for c in &report.stalled {
         out.line(format_args!(
             "stalled consumer {}: {} entries behind, no progress for {:.0} s; `oplog consumers remove {}` lets trimming go on",

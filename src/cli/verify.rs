@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use oplog::{Head, Target, VerifyOptions, VerifyReport};
 
 use super::render::word;
-use super::{read_failure, reader, Context, Failure, Output};
+use super::{open_input, read_failure, reader, Context, Failure, Output};
 
 /// What to verify, from the command line.
 pub struct Request {
@@ -51,25 +51,51 @@ pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Fail
     if report.is_clean() {
         return Ok(());
     }
-    // The exit status says what was found even when the reader of the
-    // report went away.
-    match out.flush() {
-        Ok(()) | Err(Failure::BrokenPipe) => Err(Failure::Found),
-        Err(other) => Err(other),
-    }
+    out.flush()?;
+    Err(Failure::Found)
 }
 
+/// Largest anchor file read, in bytes: a line per aggregate of about a
+/// hundred bytes, so room for hundreds of thousands of aggregates, and a
+/// bound on what a wrong path can make `verify` read and hold.
+const MAX_ANCHOR_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads heads, one JSON object per line as `oplog head --json` prints
-/// them; blank lines are skipped.
+/// them; blank lines are skipped. Only a regular file of at most
+/// [`MAX_ANCHOR_FILE_BYTES`] is read (see [`open_input`]).
 fn read_anchors(path: &Path) -> Result<Vec<Head>, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    use std::io::{BufRead, Read};
+    let file = open_input(path, "anchor file")?;
+    let over_limit = || {
         Failure::msg(format!(
-            "cannot read anchor file {}: {e}; write one with `oplog head --json > FILE`",
+            "anchor file {} is over the limit of {MAX_ANCHOR_FILE_BYTES} bytes (64 MiB); check the path, or anchor fewer aggregates per file (`oplog head --aggregate NAME --json`)",
             path.display()
         ))
-    })?;
+    };
+    if file.metadata().map(|m| m.len()).unwrap_or(0) > MAX_ANCHOR_FILE_BYTES {
+        return Err(over_limit());
+    }
+    // At most one byte past the limit is read, in case the file grew since
+    // its size was read.
+    let mut reader = std::io::BufReader::new(file.take(MAX_ANCHOR_FILE_BYTES + 1));
     let mut heads = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let mut line = String::new();
+    let mut read = 0u64;
+    for i in 0u64.. {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|e| {
+            Failure::msg(format!(
+                "cannot read anchor file {}: {e}; write one with `oplog head --json > FILE`",
+                path.display()
+            ))
+        })?;
+        if n == 0 {
+            break;
+        }
+        read += n as u64;
+        if read > MAX_ANCHOR_FILE_BYTES {
+            return Err(over_limit());
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -80,7 +106,7 @@ fn read_anchors(path: &Path) -> Result<Vec<Head>, Failure> {
                 i + 1
             ))
         };
-        let head: Head = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let head: Head = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         if head.chain_bytes().is_none() {
             return Err(bad(format!(
                 "chain {:?} is not 64 hexadecimal digits",

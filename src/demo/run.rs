@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use serde::Serialize;
 
 use super::writer::{Action, Tenant, Writer, INDEXES};
 use crate::bench::with_database;
 use crate::cleanup::{register, Registered, Task};
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::connect::{check_url, connect};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::oplog::{LockMode, Oplog};
@@ -62,7 +63,10 @@ pub struct DemoConfig {
     /// Keep the databases the demo created (and the embedded cluster,
     /// stopped) instead of removing them at the end.
     pub keep: bool,
-    /// The keyring to encrypt with; `None` generates a throwaway one.
+    /// The keyring to encrypt with; `None` generates a throwaway one, which
+    /// is refused when the database already holds a log (its readers could
+    /// not decrypt the entries this run adds). A keyring must hold the key
+    /// of the log's newest entry.
     pub keyring: Option<Keyring>,
     /// How writers redeem tickets.
     pub lock_mode: LockMode,
@@ -252,7 +256,7 @@ struct Created {
 
 impl Created {
     fn on(admin_url: &str, name: &str) -> Result<Created> {
-        let mut admin = Client::connect(admin_url, NoTls)?;
+        let mut admin = connect(admin_url)?;
         admin
             .batch_execute(&format!("CREATE DATABASE {}", ident(name)))
             .map_err(|e| {
@@ -302,6 +306,11 @@ impl Created {
 /// ```
 pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Result<DemoReport> {
     cfg.check()?;
+    // Every URL is checked before anything starts, so that a wrong replica
+    // URL is not found only after the writers have run.
+    for url in cfg.database_url.iter().chain(&cfg.into) {
+        check_url(url)?;
+    }
     let keyring = cfg.keyring.take();
     let started = Instant::now();
     let phase = |progress: &mut dyn FnMut(&DemoProgress), phase, since: Instant| {
@@ -321,7 +330,7 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
         None => {
             phase(progress, DemoPhase::Starting, started);
             let c = Cluster::start(&cfg.cluster)?;
-            let mut admin = Client::connect(&c.url(), NoTls)?;
+            let mut admin = connect(&c.url())?;
             admin.batch_execute(&format!("CREATE DATABASE {EMBEDDED_SOURCE}"))?;
             let url = with_database(&c.url(), EMBEDDED_SOURCE);
             cluster = Some(c);
@@ -330,11 +339,7 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
     };
 
     phase(progress, DemoPhase::Preparing, Instant::now());
-    let generated = keyring.is_none();
-    let oplog = Oplog::new(super::catalog(), keyring.unwrap_or_else(Keyring::generate));
-    let mut client = Client::connect(&source_url, NoTls)?;
-    crate::migrate_url(&source_url)?;
-    prepare_schema(&mut client)?;
+    let mut client = connect(&source_url)?;
     let (source_database, version): (String, String) = {
         let row = client.query_one(
             "SELECT current_database()::text, current_setting('server_version')",
@@ -345,14 +350,12 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
         let short = version.split_whitespace().next().unwrap_or("").to_string();
         (row.get(0), short)
     };
-    let earlier: i64 = client
-        .query_one("SELECT count(*) FROM oplog_entry", &[])?
-        .get(0);
-    if earlier > 0 && generated && cfg.replay {
-        return Err(Error::Config(format!(
-            "database {source_database} already holds {earlier} oplog entries written before this run, which this run's throwaway keyring cannot decrypt to replay them; pass the key file that wrote them (--key-file), run without replay (--no-replay), or use an empty database"
-        )));
-    }
+    // Before anything is created or written: entries under a key the log's
+    // readers do not hold would stay unreadable for good.
+    check_existing_log(&mut client, &source_database, keyring.as_ref())?;
+    let oplog = Oplog::new(super::catalog(), keyring.unwrap_or_else(Keyring::generate));
+    crate::migrate_url(&source_url)?;
+    prepare_schema(&mut client)?;
 
     // Tenants unique to this run, so that its writers only touch rows its
     // own entries created.
@@ -419,8 +422,7 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
         let replica_url = match (&cfg.into, &cluster) {
             (Some(url), _) => url.clone(),
             (None, Some(c)) => {
-                Client::connect(&c.url(), NoTls)?
-                    .batch_execute(&format!("CREATE DATABASE {EMBEDDED_REPLICA}"))?;
+                connect(&c.url())?.batch_execute(&format!("CREATE DATABASE {EMBEDDED_REPLICA}"))?;
                 with_database(&c.url(), EMBEDDED_REPLICA)
             }
             (None, None) => {
@@ -457,6 +459,43 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Refuses to add to a log that `keyring` cannot continue: without a
+/// keyring (a throwaway key would encrypt this run's entries, which no
+/// reader of the log could then decrypt, and this run could not replay the
+/// earlier ones), or with one that lacks the key of the log's newest entry
+/// (a different key file).
+fn check_existing_log(
+    client: &mut Client,
+    database: &str,
+    keyring: Option<&Keyring>,
+) -> Result<()> {
+    let migrated: bool = client
+        .query_one("SELECT to_regclass('oplog_entry') IS NOT NULL", &[])?
+        .get(0);
+    if !migrated {
+        return Ok(());
+    }
+    // The newest entry by id, through the primary key's index: no scan of
+    // the log, however long.
+    let Some(newest) = client.query_opt(
+        "SELECT id, key_id FROM oplog_entry ORDER BY id DESC LIMIT 1",
+        &[],
+    )?
+    else {
+        return Ok(());
+    };
+    let (id, key_id): (i64, String) = (newest.get(0), newest.get(1));
+    match keyring {
+        None => Err(Error::Config(format!(
+            "database {database} already holds an oplog (its newest entry, id {id}, is under key {key_id}); without its key file this run would write under a throwaway key that the log's readers do not hold: pass the key file that wrote the log (--key-file), or use an empty database"
+        ))),
+        Some(ring) if !ring.key_ids().any(|k| k == key_id) => Err(Error::Config(format!(
+            "database {database} already holds an oplog whose newest entry (id {id}) is under key {key_id}, which the key file does not hold; pass the key file that wrote the log (--key-file), or use an empty database"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Creates the demo tables and indexes when missing, one process at a time.
@@ -598,7 +637,7 @@ fn replay_and_verify(
     progress: &mut dyn FnMut(&DemoProgress),
 ) -> Result<()> {
     report.replica_database = Some(
-        Client::connect(replica_url, NoTls)?
+        connect(replica_url)?
             .query_one("SELECT current_database()::text", &[])?
             .get(0),
     );

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::{Client, Statement, Transaction};
 use rand::Rng;
 use uuid::Uuid;
 
@@ -274,7 +274,7 @@ impl<'a> Writer<'a> {
         mode: LockMode,
         retry: RetryPolicy,
     ) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls)?;
+        let mut client = crate::connect::connect(url)?;
         let st = Statements::prepare(&mut client)?;
         Ok(Writer {
             client,

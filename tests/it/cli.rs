@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use oplog::demo::{Account, User};
-use oplog::{Keyring, NewEntry, Oplog, TypeCatalog, Wrapper, Written};
+use oplog::{Keyring, NewEntry, Oplog, TableInfo, TypeCatalog, Wrapper, Written};
 use serde_json::{json, Value};
 
 use crate::support::{user, TestDb};
@@ -500,17 +500,41 @@ fn log_text_shows_a_block_per_entry() {
     assert!(update.contains(r#""email":"new@example.com""#), "{update}");
 }
 
+/// A pipe whose only reader has exited, as when `oplog log | head -1` has
+/// read its line: every write to it fails with EPIPE.
+pub(crate) fn closed_pipe() -> Stdio {
+    let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
+    let pipe = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    Stdio::from(pipe)
+}
+
+/// Runs `cmd` to its end, or kills it and fails the test when it has not
+/// ended within `secs` seconds (a command that blocks on its input).
+pub(crate) fn run_bounded(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} did not end within {secs} s; stderr: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn output_into_a_closed_pipe_exits_quietly() {
     let f = Fixture::new();
-    // A pipe whose only reader has exited, as when `oplog log | head -1`
-    // has read its line: every write to it fails with EPIPE.
-    let closed_pipe = || {
-        let mut reader = Command::new("true").stdin(Stdio::piped()).spawn().unwrap();
-        let pipe = reader.stdin.take().unwrap();
-        reader.wait().unwrap();
-        Stdio::from(pipe)
-    };
     for args in [
         &["log"][..],
         &["log", "--json"],
@@ -840,4 +864,470 @@ fn replay_killed_with_sigkill_and_resumed_applies_every_entry_exactly_once() {
     };
     assert_eq!(rows(&mut replica.client()), rows(&mut db.client()));
     assert_eq!(applied(), ENTRIES);
+}
+
+#[test]
+fn commands_read_only_the_catalogs_stored_in_the_database() {
+    // An application whose catalog maps demo.v1.Account onto its own table,
+    // and which has a table of its own named demo_user that no catalog of
+    // its log mentions.
+    let db = TestDb::empty();
+    oplog::migrate_url(&db.url).unwrap();
+    db.client()
+        .batch_execute(
+            "CREATE TABLE shop_account (id text PRIMARY KEY, tenant_id text NOT NULL, \
+             name text NOT NULL, plan text NOT NULL DEFAULT 'free', \
+             balance_cents bigint NOT NULL DEFAULT 0, created_at timestamptz, closed_reason text);
+             CREATE TABLE demo_user (id bigint PRIMARY KEY, nickname text);
+             INSERT INTO demo_user VALUES (1, 'not a demo user');",
+        )
+        .unwrap();
+    let mut catalog = TypeCatalog::new();
+    catalog
+        .register_table("demo.v1.Account", TableInfo::new("shop_account", &["id"]))
+        .unwrap();
+    let dir = TempDir::new();
+    let ring = Keyring::generate();
+    let keys = save_keyring(&ring, &dir.join("keys.json"));
+    let shop = Oplog::new(catalog, ring);
+    let mut client = db.client();
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute("INSERT INTO shop_account (id, tenant_id, name) VALUES ('a1', 't1', 'Acme')")
+        .unwrap();
+    let mut entry = NewEntry::new("shop-1");
+    entry
+        .create(&Account {
+            id: "a1".into(),
+            tenant_id: "t1".into(),
+            name: "Acme".into(),
+            plan: "free".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    shop.write(&mut tx, &entry).unwrap();
+    tx.commit().unwrap();
+
+    let replica = TestDb::empty();
+    let out = run_against(
+        &db.url,
+        &keys,
+        &["replay", "--into", &replica.url, "--json"],
+    );
+    let report: Value = serde_json::from_str(&success(&out)).unwrap();
+    assert_eq!(report["tables_created"], json!(["shop_account"]));
+
+    // Only the stored catalog's table is compared: the application's own
+    // demo_user is none of the log's business, and there is no demo_account.
+    let out = run_against(
+        &db.url,
+        &keys,
+        &["verify", "--against", &replica.url, "--json"],
+    );
+    let report: Value = serde_json::from_str(&success(&out)).unwrap();
+    let tables: Vec<&str> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(tables, ["shop_account"], "{report}");
+    let stdout = success(&run_against(
+        &db.url,
+        &keys,
+        &["verify", "--against", &replica.url],
+    ));
+    assert!(!stdout.contains("demo_"), "{stdout}");
+    assert!(stdout.ends_with("clean\n"), "{stdout}");
+
+    // The log is read with the catalog stored with it.
+    let out = run_against(&db.url, &keys, &["log", "--json"]);
+    let entry: Value = serde_json::from_str(&success(&out)).unwrap();
+    assert_eq!(entry["messages"][0]["message"]["name"], "Acme");
+}
+
+/// Makes a FIFO at `path` with mode 0600, so that only its kind can refuse it.
+pub(crate) fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success());
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn key_and_anchor_files_must_be_regular_files_of_bounded_size() {
+    let f = Fixture::new();
+    let fifo = f.dir.join("pipe");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    let url = f.db.url.as_str();
+
+    // Nobody ever writes to the FIFO: reading it would wait for ever.
+    for args in [
+        &["log", "--database-url", url][..],
+        &["verify", "--database-url", url],
+        &["keys", "rotate"],
+    ] {
+        let out = run_bounded(oplog_cmd().args(args).args(["--key-file", fifo]), 20);
+        failure(&out, &["key file", fifo, "is a FIFO, not a regular file"]);
+    }
+    let out = run_bounded(
+        oplog_cmd().args([
+            "keys",
+            "rotate",
+            "--key-file",
+            f.dir.join("").to_str().unwrap(),
+        ]),
+        20,
+    );
+    failure(&out, &["is a directory, not a regular file"]);
+
+    let verify = |anchor: &str| {
+        run_bounded(
+            oplog_cmd().args(["verify", "--anchor", anchor]).args([
+                "--database-url",
+                url,
+                "--key-file",
+                &f.keys,
+            ]),
+            20,
+        )
+    };
+    failure(
+        &verify(fifo),
+        &["anchor file", fifo, "is a FIFO, not a regular file"],
+    );
+    // A device that never ends is refused before a byte is read.
+    failure(
+        &verify("/dev/zero"),
+        &["anchor file /dev/zero is a character device, not a regular file"],
+    );
+    // A regular file over the limit: the limit is in the error.
+    let big = f.dir.join("big.anchor");
+    fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    failure(
+        &verify(big.to_str().unwrap()),
+        &["anchor file", "over the limit of 67108864 bytes (64 MiB)"],
+    );
+
+    // Nothing was changed: the key file is as it was, the FIFO a FIFO.
+    assert_eq!(
+        Keyring::load(Path::new(&f.keys)).unwrap().key_ids().count(),
+        1
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(fifo).unwrap().file_type().is_fifo());
+
+    // A good anchor file still works.
+    let heads = success(&f.run(&["head", "--json"]));
+    let good = f.dir.join("heads.jsonl");
+    fs::write(&good, heads).unwrap();
+    success(&verify(good.to_str().unwrap()));
+}
+
+#[test]
+fn suffixes_over_62_bytes_are_refused_before_anything_is_created() {
+    let f = Fixture::new();
+    let replica = TestDb::empty();
+    // With the table name, any suffix over 62 bytes makes a name over
+    // PostgreSQL's 63 bytes, which it would truncate.
+    let long = format!("_{}", "s".repeat(62));
+    let tables = |db: &TestDb| -> i64 {
+        db.scalar("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
+    };
+    let (source_tables, replica_tables) = (tables(&f.db), tables(&replica));
+    for args in [
+        &["replay", "--suffix", &long][..],
+        &["replay", "--into", &replica.url, "--suffix", &long],
+        &[
+            "follow",
+            "--into",
+            &replica.url,
+            "--suffix",
+            &long,
+            "--until-caught-up",
+        ],
+        &["verify", "--suffix", &long],
+        &["verify", "--against", &replica.url, "--suffix", &long],
+    ] {
+        let out = run_bounded(
+            oplog_cmd()
+                .args(args)
+                .args(["--database-url", &f.db.url, "--key-file", &f.keys]),
+            60,
+        );
+        failure(&out, &["suffix", "is 63 bytes", "at most 62"]);
+    }
+    let checkpoint = "SELECT to_regclass('oplog_checkpoint') IS NULL";
+    assert!(
+        f.db.scalar::<bool>(checkpoint),
+        "no checkpoint table in the source"
+    );
+    assert!(replica.scalar::<bool>(checkpoint), "nor in the replica");
+    assert_eq!(tables(&f.db), source_tables);
+    assert_eq!(tables(&replica), replica_tables);
+
+    // A suffix that fits, into a replica database.
+    success(&f.run(&[
+        "replay",
+        "--into",
+        &replica.url,
+        "--suffix",
+        "_copy",
+        "--aggregate",
+        "tenant-a",
+    ]));
+    let email: String = replica.scalar("SELECT email FROM demo_user_copy WHERE id = 'u1'");
+    assert_eq!(email, "new@example.com");
+}
+
+#[test]
+fn urls_of_other_databases_are_refused_by_name_by_every_command() {
+    let f = Fixture::new();
+    let mysql = "mysql://root@127.0.0.1:3306/app";
+    let refused = ["\"mysql\" is not PostgreSQL's", "postgres://"];
+    // A keyring with an older key that `keys remove` may remove once it has
+    // checked the database.
+    let mut rotated = Keyring::load(Path::new(&f.keys)).unwrap();
+    let old = f.key_id.clone();
+    rotated.rotate();
+    let rotated = save_keyring(&rotated, &f.dir.join("rotated.json"));
+
+    // As the database.
+    for args in [
+        &["log"][..],
+        &["head"],
+        &["migrate"],
+        &["consumers"],
+        &["consumers", "remove", "replica-1"],
+        &["trim", "--older-than", "1day"],
+        &["grant", "reader", "nobody"],
+        &["keys", "rewrap"],
+        &["verify"],
+        &["replay", "--suffix", "_r"],
+        &[
+            "follow",
+            "--into",
+            &f.db.url,
+            "--suffix",
+            "_r",
+            "--until-caught-up",
+        ],
+        &["demo", "--writers", "1", "--entries", "1"],
+        &["bench", "write", "--seconds", "0.1"],
+    ] {
+        let out = run_bounded(
+            oplog_cmd()
+                .args(args)
+                .args(["--database-url", mysql, "--key-file", &f.keys]),
+            60,
+        );
+        failure(&out, &refused);
+    }
+    let out = oplog_cmd()
+        .args(["keys", "remove", &old, "--key-file", &rotated])
+        .args(["--database-url", mysql])
+        .output()
+        .unwrap();
+    failure(&out, &refused);
+    assert_eq!(
+        Keyring::load(Path::new(&rotated))
+            .unwrap()
+            .key_ids()
+            .count(),
+        2,
+        "the key stays when the database could not be checked"
+    );
+
+    // As the replica, with a good source: refused before anything is
+    // written anywhere.
+    let empty = TestDb::empty();
+    for (url, args) in [
+        (&f.db.url, &["replay", "--into", mysql][..]),
+        (&f.db.url, &["follow", "--into", mysql, "--until-caught-up"]),
+        (&f.db.url, &["verify", "--against", mysql]),
+        (
+            &empty.url,
+            &["demo", "--into", mysql, "--writers", "1", "--entries", "1"],
+        ),
+    ] {
+        let out = run_bounded(
+            oplog_cmd()
+                .args(args)
+                .args(["--database-url", url, "--key-file", &f.keys]),
+            60,
+        );
+        failure(&out, &refused);
+    }
+    assert!(f
+        .db
+        .scalar::<bool>("SELECT to_regclass('oplog_checkpoint') IS NULL"));
+    assert_eq!(f.db.scalar::<i64>("SELECT count(*) FROM oplog_consumer"), 0);
+    assert!(
+        empty.scalar::<bool>("SELECT to_regclass('oplog_entry') IS NULL"),
+        "the demo neither migrated nor wrote"
+    );
+
+    // Library users get the same check.
+    let e = oplog::migrate_url(mysql).unwrap_err().to_string();
+    assert!(e.contains("\"mysql\" is not PostgreSQL's"), "{e}");
+    let e = oplog::connect(mysql).err().unwrap().to_string();
+    assert!(e.contains("\"mysql\" is not PostgreSQL's"), "{e}");
+}
+
+/// A log of `n` aggregates with one entry each that deletes a user no
+/// table holds: every aggregate's replay stops at its entry.
+fn undeletable_log(n: usize) -> (TestDb, TempDir, String) {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let ring = Keyring::generate();
+    let keys = save_keyring(&ring, &dir.join("keys.json"));
+    let oplog = Oplog::new(TypeCatalog::demo(), ring);
+    let mut client = db.client();
+    let mut tx = client.transaction().unwrap();
+    for i in 0..n {
+        let mut entry = NewEntry::new(format!("tenant-with-a-rather-long-name-{i:05}"));
+        entry
+            .delete(&User {
+                id: format!("nobody-{i}"),
+                ..Default::default()
+            })
+            .unwrap();
+        oplog.write(&mut tx, &entry).unwrap();
+    }
+    tx.commit().unwrap();
+    (db, dir, keys)
+}
+
+#[test]
+fn the_exit_status_says_what_happened_when_nobody_reads_standard_output() {
+    let (db, _dir, keys) = undeletable_log(500);
+    let into_closed_pipe = |args: &[&str]| {
+        oplog_cmd()
+            .args(args)
+            .args(["--database-url", &db.url, "--key-file", &keys])
+            .stdout(closed_pipe())
+            .output()
+            .unwrap()
+    };
+
+    // Every aggregate stops: exit 2 and the one-line error, whether or not
+    // anyone reads the report. The report is far longer than a pipe holds,
+    // so that, as with `| head -1`, the pipe breaks while it is written.
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["replay", "--suffix", "_r", "--json"]
+        } else {
+            &["replay", "--suffix", "_r"]
+        };
+        let read = run_against(&db.url, &keys, args);
+        assert_eq!(read.status.code(), Some(2), "{}", text(&read.stderr));
+        assert!(read.stdout.len() > 64 * 1024, "{}", read.stdout.len());
+        let out = into_closed_pipe(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("stopped at seq 1") && stderr.contains("499 more aggregates stopped"),
+            "{stderr}"
+        );
+    }
+
+    // The tickets say one more entry than each aggregate holds: a finding
+    // per aggregate, exit 1 however the report is read.
+    crate::support::superuser_exec(
+        &db,
+        "UPDATE oplog_ticket SET version = version + 1 WHERE name LIKE 'tenant-%'",
+    );
+    for args in [&["verify"][..], &["verify", "--json"]] {
+        let read = run_against(&db.url, &keys, args);
+        assert_eq!(read.status.code(), Some(1), "{}", text(&read.stderr));
+        assert!(read.stdout.len() > 64 * 1024, "{}", read.stdout.len());
+        let out = into_closed_pipe(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "");
+    }
+
+    // Clean runs exit 0 into a closed pipe, quietly.
+    let f = Fixture::new();
+    for args in [
+        &["verify"][..],
+        &["verify", "--json"],
+        &["replay", "--suffix", "_r", "--aggregate", "tenant-a"],
+        &["head"],
+    ] {
+        let out = oplog_cmd()
+            .args(args)
+            .args(["--database-url", &f.db.url, "--key-file", &f.keys])
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn skip_needs_a_well_formed_entry_and_a_reason() {
+    let f = Fixture::new();
+    for command in [
+        &["replay", "--suffix", "_r"][..],
+        &[
+            "follow",
+            "--into",
+            &f.db.url,
+            "--suffix",
+            "_r",
+            "--until-caught-up",
+        ],
+    ] {
+        let run = |extra: &[&str]| f.run(&[command, extra].concat());
+        failure(&run(&["--skip", "tenant-b:1"]), &["--reason"]);
+        failure(&run(&["--reason", "row deleted by hand"]), &["--skip"]);
+        for (spec, why) in [
+            ("tenant-b", "expected AGGREGATE:SEQ"),
+            ("tenant-b:0", "SEQ must be a positive whole number"),
+            ("tenant-b:x", "SEQ must be a positive whole number"),
+            (":1", "the aggregate name must be 1 to 256 bytes"),
+        ] {
+            let out = run(&["--skip", spec, "--reason", "row deleted by hand"]);
+            failure(&out, &["--skip", spec, why]);
+        }
+        let out = run(&["--skip", "tenant-b:1", "--reason", " "]);
+        failure(&out, &["--reason", "must say why"]);
+        // One bad entry among good ones is enough to refuse them all.
+        let out = run(&[
+            "--skip",
+            "tenant-b:1",
+            "--skip",
+            "tenant-a",
+            "--reason",
+            "row deleted by hand",
+        ]);
+        failure(&out, &["expected AGGREGATE:SEQ"]);
+
+        let help = success(&f.run(&[command[0], "--help"]));
+        assert!(
+            help.contains("--skip <AGGREGATE:SEQ>") && help.contains("--reason <TEXT>"),
+            "{help}"
+        );
+    }
+    // Usage errors come before any connection: nothing was created.
+    assert!(f
+        .db
+        .scalar::<bool>("SELECT to_regclass('oplog_checkpoint') IS NULL"));
+    assert!(f
+        .db
+        .scalar::<bool>("SELECT to_regclass('demo_user_r') IS NULL"));
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oplog::{Keyring, NewEntry, OpType, Oplog, TypeCatalog};
+use oplog::{Keyring, NewEntry, OpType, Oplog, TypeCatalog, Wrapper};
 use serde_json::Value;
 
 use crate::cli::{failure, oplog_cmd, save_keyring, success, text, TempDir};
@@ -158,8 +158,11 @@ fn demo_json_writes_replays_and_verifies_into_a_replica_it_drops() {
 #[test]
 fn demo_no_replay_only_writes_and_retries_lost_races() {
     let db = TestDb::new();
+    let dir = TempDir::new();
+    let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
     let out = oplog_cmd()
-        .args(["--database-url", &db.url, "--json", "demo", "--no-replay"])
+        .args(["--database-url", &db.url, "--key-file", &keys])
+        .args(["--json", "demo", "--no-replay"])
         .args([
             "--optimistic",
             "--writers",
@@ -186,9 +189,10 @@ fn demo_no_replay_only_writes_and_retries_lost_races() {
         45
     );
 
-    // Text: a summary without a replay.
+    // Text: a summary without a replay, adding to the log with its keys.
     let out = oplog_cmd()
-        .args(["--database-url", &db.url, "demo", "--no-replay"])
+        .args(["--database-url", &db.url, "--key-file", &keys])
+        .args(["demo", "--no-replay"])
         .args(["--writers", "1", "--entries", "3"])
         .output()
         .unwrap();
@@ -364,33 +368,83 @@ fn demo_errors_are_one_line_saying_what_to_do() {
             .unwrap(),
         &["--writers"],
     );
+}
 
-    // A log written with other keys cannot be replayed with a throwaway
-    // keyring: the demo says so before writing anything.
+#[test]
+fn demo_adds_to_an_existing_log_only_with_its_key_file() {
+    // A log written by an application: one user, with its row.
     let db = TestDb::new();
-    let mut entry = NewEntry::new("tenant-x");
-    entry.create(&user("u1")).unwrap();
-    let writer = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let dir = TempDir::new();
+    let ring = Keyring::generate();
+    let key_id = ring.key_id().to_string();
+    let keys = save_keyring(&ring, &dir.join("keys.json"));
+    let other = save_keyring(&Keyring::generate(), &dir.join("other.json"));
+    let writer = Oplog::new(TypeCatalog::demo(), ring);
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
-    writer.write(&mut tx, &entry).unwrap();
+    let u = user("u1");
+    tx.execute(oplog::demo::INSERT_USER, &u.params()).unwrap();
+    let mut entry = NewEntry::new("tenant-x");
+    entry.create(&u).unwrap();
+    let id = writer.write(&mut tx, &entry).unwrap().id;
     tx.commit().unwrap();
+    let tickets = || db.scalar::<i64>("SELECT count(*) FROM oplog_ticket");
+    let before = tickets();
+    let demo = |key_file: Option<&str>, replay: bool| {
+        let mut cmd = oplog_cmd();
+        cmd.args(["--database-url", &db.url, "--json"]).args([
+            "demo",
+            "--writers",
+            "1",
+            "--entries",
+            "3",
+        ]);
+        if let Some(keys) = key_file {
+            cmd.args(["--key-file", keys]);
+        }
+        if !replay {
+            cmd.arg("--no-replay");
+        }
+        cmd.output().unwrap()
+    };
+
+    // Without a key file, the demo would write under a throwaway key that
+    // no reader of this log holds: refused, with and without replay.
+    for replay in [false, true] {
+        failure(
+            &demo(None, replay),
+            &[
+                "already holds an oplog",
+                &format!("newest entry, id {id}, is under key {key_id}"),
+                "pass the key file that wrote the log (--key-file)",
+            ],
+        );
+    }
+    // A key file without the log's key is refused as well.
     failure(
-        &oplog_cmd()
-            .args([
-                "--database-url",
-                &db.url,
-                "demo",
-                "--writers",
-                "1",
-                "--entries",
-                "1",
-            ])
-            .output()
-            .unwrap(),
-        &["already holds 1 oplog entries", "--key-file", "--no-replay"],
+        &demo(Some(&other), false),
+        &[
+            &format!("under key {key_id}, which the key file does not hold"),
+            "--key-file",
+        ],
     );
+    // Nothing was written: no entry, no ticket.
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 1);
+    assert_eq!(tickets(), before);
+
+    // With the log's own key file the demo adds to it, and its replay and
+    // verification cover the earlier entry too.
+    let report = json(&success(&demo(Some(&keys), false)));
+    assert_eq!(report["entries_written"], 3, "{report}");
+    let report = json(&success(&demo(Some(&keys), true)));
+    assert_eq!(report["replayed"], 7, "{report}");
+    assert_eq!(report["verify_findings"], 0, "{report}");
+    assert_eq!(report["replica_matches"], true, "{report}");
+    let verify = oplog_cmd()
+        .args(["verify", "--database-url", &db.url, "--key-file", &keys])
+        .output()
+        .unwrap();
+    success(&verify);
 }
 
 #[test]
@@ -460,4 +514,34 @@ fn bench_follow_json_reports_lag_and_catch_up_next_to_logical_replication() {
             "{report}"
         ),
     }
+}
+
+#[test]
+fn bench_verify_json_reports_verify_against_replay_and_the_memory_of_large_entries() {
+    let out = oplog_cmd()
+        .args(["--database-url", &admin_url(), "--json", "bench", "verify"])
+        .args([
+            "--entries",
+            "600",
+            "--small-entries",
+            "200",
+            "--aggregates",
+            "30",
+        ])
+        .args(["--big-entries", "2", "--big-entry-mib", "2"])
+        .output()
+        .unwrap();
+    let report = json(&success(&out));
+    assert_eq!(report["scenario"], "verify", "{report}");
+    assert_eq!(report["entries"], 600);
+    let rate = report["rate_per_s"].as_f64().unwrap();
+    let replay = report["baseline_per_s"].as_f64().unwrap();
+    assert!(rate > 0.0 && replay > 0.0, "{report}");
+    assert!((report["ratio"].as_f64().unwrap() - rate / replay).abs() < 1e-9);
+    let small = report["small_rate_per_s"].as_f64().unwrap();
+    assert!((report["cost_ratio"].as_f64().unwrap() - small / rate).abs() < 1e-9);
+    assert!(report["replay_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    // The children's memory was measured, and holds at least the entries
+    // they read.
+    assert!(report["max_rss_mb"].as_f64().unwrap() > 2.0, "{report}");
 }

@@ -278,7 +278,7 @@ fn entries_are_deleted_only_by_trimming_and_never_past_a_consumer() {
     .unwrap();
     let row = c
         .query_one(
-            "SELECT o_deleted, o_trim_seq FROM oplog_trim('agg', 5, 100)",
+            "SELECT o_deleted, o_trim_seq FROM oplog_trim('agg', 5, 100, interval '0')",
             &[],
         )
         .unwrap();

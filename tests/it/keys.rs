@@ -510,3 +510,94 @@ fn keys_remove_with_force_removes_a_key_still_in_use_and_says_so() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+#[test]
+fn key_commands_write_through_a_symlinked_key_file_and_keep_the_link() {
+    use std::os::unix::fs::symlink;
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    // The key file lives in a directory of its own and is linked into
+    // place, as with mounted secrets or a shared configuration.
+    std::fs::create_dir(dir.join("secrets")).unwrap();
+    let target = dir.join("secrets").join("keys.json");
+    save_keyring(&Keyring::generate(), &target);
+    let first = Keyring::load(&target).unwrap().key_id().to_string();
+    let link = dir.join("keys.json");
+    symlink("secrets/keys.json", &link).unwrap();
+    let keys = link.to_str().unwrap();
+    let is_link_to_target = || {
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+            && std::fs::read_link(&link).unwrap() == Path::new("secrets/keys.json")
+    };
+    write_users(&db, &oplog(Keyring::load(&target).unwrap()), "u", &["a"], 2);
+
+    // Rotating adds the key to the file the link points to.
+    success(&keys_cmd(keys, None, &["keys", "rotate"]));
+    assert!(is_link_to_target());
+    let ring = Keyring::load(&target).unwrap();
+    let second = ring.key_id().to_string();
+    assert_eq!(ring.key_ids().collect::<Vec<_>>(), [&first, &second]);
+    assert_eq!(mode(&target), 0o600);
+
+    // So does removing one, once the entries are re-encrypted.
+    success(&keys_cmd(keys, Some(&db), &["keys", "rewrap"]));
+    success(&keys_cmd(keys, Some(&db), &["keys", "remove", &first]));
+    assert!(is_link_to_target());
+    assert_eq!(
+        Keyring::load(&target)
+            .unwrap()
+            .key_ids()
+            .collect::<Vec<_>>(),
+        [&second]
+    );
+    success(&keys_cmd(keys, Some(&db), &["verify"]));
+
+    // Generating over the link needs --force, like over any file, and then
+    // replaces the file it points to.
+    failure(
+        &oplog_cmd()
+            .args(["keys", "generate", "--out", keys])
+            .output()
+            .unwrap(),
+        &[keys, "is a symbolic link to secrets/keys.json", "--force"],
+    );
+    assert_eq!(Keyring::load(&target).unwrap().key_id(), second);
+    success(
+        &oplog_cmd()
+            .args(["keys", "generate", "--out", keys, "--force"])
+            .output()
+            .unwrap(),
+    );
+    assert!(is_link_to_target());
+    assert_ne!(Keyring::load(&target).unwrap().key_id(), second);
+    assert_eq!(mode(&target), 0o600);
+    // Nothing else was left beside the link or the file.
+    for sub in ["", "secrets"] {
+        let names: Vec<_> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "secrets")
+            .collect();
+        assert_eq!(names, ["keys.json"], "{sub:?}");
+    }
+
+    // Something that is not a key file is never replaced, even with --force.
+    let fifo = dir.join("pipe");
+    crate::cli::mkfifo(&fifo);
+    failure(
+        &oplog_cmd()
+            .args(["keys", "generate", "--force", "--out"])
+            .arg(&fifo)
+            .output()
+            .unwrap(),
+        &["is a FIFO, not a key file"],
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}

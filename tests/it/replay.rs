@@ -5,7 +5,7 @@
 use oplog::demo::{Account, User};
 use oplog::{
     DivergenceKind, Error, Keyring, NewEntry, OpType, Operation, Oplog, ReplayOptions,
-    ReplayReport, Replayer, TableInfo, Target, TypeCatalog,
+    ReplayReport, Replayer, Skip, TableInfo, Target, TypeCatalog,
 };
 
 use crate::support::{superuser_exec, table_rows, user, TestDb};
@@ -724,4 +724,368 @@ fn a_replayed_replica_verifies_clean_until_it_falls_behind_or_is_altered() {
         .unwrap();
     assert_eq!(users.changed, 1);
     assert!(users.keys[0].key.contains("u9"), "{:?}", users.keys);
+}
+
+/// The checkpoint of `aggregate` on `replica`, 0 when none.
+fn checkpoint_of(replica: &TestDb, aggregate: &str) -> i64 {
+    replica
+        .client()
+        .query_opt(
+            "SELECT seq FROM oplog_checkpoint WHERE aggregate_name = $1",
+            &[&aggregate],
+        )
+        .unwrap()
+        .map_or(0, |r| r.get(0))
+}
+
+fn skipping(skips: &[(&str, i64)]) -> ReplayOptions {
+    ReplayOptions {
+        skip: skips
+            .iter()
+            .map(|(a, s)| Skip::parse(&format!("{a}:{s}"), "row lost on the replica").unwrap())
+            .collect(),
+        ..ReplayOptions::default()
+    }
+}
+
+#[test]
+fn an_entry_that_cannot_apply_is_passed_over_only_where_its_aggregate_stopped_and_recorded() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let target = || Target::database(&replica.url);
+    // "stuck" gets a row, then an update of a row the replica will not
+    // have, then another row; "other" just goes on.
+    let u1 = user("u1");
+    let mut e = NewEntry::new("stuck");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    assert!(replay(&log, &db, target()).is_complete());
+    replica
+        .client()
+        .execute("DELETE FROM demo_user WHERE id = 'u1'", &[])
+        .unwrap();
+    let mut changed = u1.clone();
+    changed.display_name = "renamed".into();
+    let mut e = NewEntry::new("stuck");
+    e.update(&changed, &["display_name"], &[]).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &changed));
+    let u3 = user("u3");
+    let mut e = NewEntry::new("stuck");
+    e.create(&u3).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u3));
+    let u4 = user("u4");
+    let mut e = NewEntry::new("other");
+    e.create(&u4).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u4));
+
+    // Without a recorded stop there, a skip is refused and nothing moves.
+    for (skip, why) in [
+        (("stuck", 2), "has not stopped at it"),
+        (("other", 1), "has not stopped at it"),
+    ] {
+        let err = Replayer::connect(&log, &db.url, target(), skipping(&[skip]))
+            .unwrap()
+            .run(&mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    assert_eq!(checkpoint_of(&replica, "stuck"), 1);
+    assert_eq!(
+        checkpoint_of(&replica, "other"),
+        0,
+        "refused before applying"
+    );
+
+    let first = replay(&log, &db, target());
+    assert_eq!(first.stopped.len(), 1);
+    assert_eq!(
+        (first.stopped[0].aggregate.as_str(), first.stopped[0].seq),
+        ("stuck", 2)
+    );
+    assert_eq!(checkpoint_of(&replica, "other"), 1);
+
+    // Only the entry the aggregate stopped at.
+    let err = Replayer::connect(&log, &db.url, target(), skipping(&[("stuck", 3)]))
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("stopped at seq 2"), "{err}");
+    assert_eq!(checkpoint_of(&replica, "stuck"), 1);
+    assert!(Skip::parse("stuck:2", " ").is_err(), "a reason is required");
+    assert!(Skip::parse("stuck", "why").is_err());
+    assert!(Skip::parse("stuck:0", "why").is_err());
+    assert_eq!(Skip::parse("a:b:7", "why").unwrap().aggregate, "a:b");
+
+    let report = Replayer::connect(&log, &db.url, target(), skipping(&[("stuck", 2)]))
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    assert_eq!(report.entries_applied, 1, "seq 3 applied after the skip");
+    assert_eq!(report.skipped.len(), 1);
+    let skipped = &report.skipped[0];
+    assert_eq!((skipped.aggregate.as_str(), skipped.seq), ("stuck", 2));
+    assert_eq!(skipped.reason, "row lost on the replica");
+    assert!(
+        skipped.error.contains("matched no row"),
+        "{}",
+        skipped.error
+    );
+    assert_eq!(checkpoint_of(&replica, "stuck"), 3);
+    let recorded: (i64, String, i64) = {
+        let row = replica
+            .client()
+            .query_one("SELECT seq, reason, entry_id FROM oplog_skipped", &[])
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(
+        (recorded.0, recorded.1.as_str()),
+        (2, "row lost on the replica")
+    );
+    assert_eq!(recorded.2, skipped.entry_id);
+    assert_eq!(
+        replica.scalar::<i64>("SELECT count(*) FROM oplog_stopped"),
+        0,
+        "the stop is resolved"
+    );
+    // The checkpoint chain is the skipped entry's, so seq 3 followed it.
+    let chains_agree: bool = {
+        let chain: Vec<u8> =
+            replica.scalar("SELECT chain FROM oplog_checkpoint WHERE aggregate_name = 'stuck'");
+        db.client()
+            .query_one(
+                "SELECT chain = $1 FROM oplog_entry WHERE aggregate_name = 'stuck' AND seq = 3",
+                &[&chain],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert!(chains_agree);
+
+    // Asked again (a follower restarted with the same flags): nothing to do.
+    let again = Replayer::connect(&log, &db.url, target(), skipping(&[("stuck", 2)]))
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    assert!(again.is_complete() && again.skipped.is_empty() && again.unused_skips.is_empty());
+}
+
+#[test]
+fn a_skip_is_not_used_when_the_entry_applies_after_all() {
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let u1 = user("u1");
+    let mut e = NewEntry::new("agg");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    assert!(replay(&log, &db, Target::database(&replica.url)).is_complete());
+    replica
+        .client()
+        .execute("DELETE FROM demo_user", &[])
+        .unwrap();
+    let mut changed = u1.clone();
+    changed.display_name = "renamed".into();
+    let mut e = NewEntry::new("agg");
+    e.update(&changed, &["display_name"], &[]).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &changed));
+    assert_eq!(
+        replay(&log, &db, Target::database(&replica.url))
+            .stopped
+            .len(),
+        1
+    );
+
+    // The operator restores the row instead; the skip is not needed.
+    let mut client = replica.client();
+    let mut tx = client.transaction().unwrap();
+    upsert_user(&mut tx, &u1);
+    tx.commit().unwrap();
+    let report = Replayer::connect(
+        &log,
+        &db.url,
+        Target::database(&replica.url),
+        skipping(&[("agg", 2)]),
+    )
+    .unwrap()
+    .run(&mut |_| {})
+    .unwrap();
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    assert_eq!(report.entries_applied, 1);
+    assert!(report.skipped.is_empty());
+    assert_eq!(report.unused_skips.len(), 1);
+    assert_eq!(
+        replica.scalar::<i64>("SELECT count(*) FROM oplog_skipped"),
+        0
+    );
+    assert_eq!(
+        replica.scalar::<i64>("SELECT count(*) FROM oplog_stopped"),
+        0
+    );
+}
+
+#[test]
+fn sub_microsecond_timestamps_replay_exactly_as_the_driver_stored_them() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog();
+    let times = [
+        UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+        UNIX_EPOCH + Duration::new(1_700_000_000, 999_999_999),
+        // Before PostgreSQL's epoch (2000-01-01), where truncation toward
+        // it moves the other way.
+        UNIX_EPOCH + Duration::new(946_684_799, 999_999_500),
+        UNIX_EPOCH + Duration::new(100, 1_500),
+        SystemTime::now(),
+    ];
+    let mut client = db.client();
+    for (i, at) in times.iter().enumerate() {
+        let account = Account {
+            id: format!("a{i}"),
+            tenant_id: "t".into(),
+            name: "n".into(),
+            plan: "free".into(),
+            created_at: Some(prost_types::Timestamp::from(*at)),
+            ..Default::default()
+        };
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO demo_account (id, tenant_id, name, plan, created_at) VALUES ($1, 't', 'n', 'free', $2)",
+            &[&account.id, at],
+        )
+        .unwrap();
+        let mut e = NewEntry::new("t");
+        e.create(&account).unwrap();
+        log.write(&mut tx, &e).unwrap();
+        tx.commit().unwrap();
+    }
+    // And through an UPDATE, which takes the other path into the table.
+    let later = UNIX_EPOCH + Duration::new(1_800_000_000, 987_654_321);
+    let mut tx = client.transaction().unwrap();
+    tx.execute(
+        "UPDATE demo_account SET created_at = $1 WHERE id = 'a0'",
+        &[&later],
+    )
+    .unwrap();
+    let mut e = NewEntry::new("t");
+    e.update(
+        &Account {
+            id: "a0".into(),
+            created_at: Some(prost_types::Timestamp::from(later)),
+            ..Default::default()
+        },
+        &["created_at"],
+        &[],
+    )
+    .unwrap();
+    log.write(&mut tx, &e).unwrap();
+    tx.commit().unwrap();
+
+    let report = replay(&log, &db, Target::database(&replica.url));
+    assert!(report.is_complete(), "{:?}", report.stopped);
+    let times = |url: &str| -> Vec<String> {
+        postgres::Client::connect(url, postgres::NoTls)
+            .unwrap()
+            .query(
+                "SELECT id || ' ' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+                 FROM demo_account ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(times(&replica.url), times(&db.url));
+}
+
+#[test]
+fn the_command_line_names_the_stopped_entry_and_skips_it_when_asked_with_a_reason() {
+    use crate::cli::{failure, run_against, save_keyring, success, TempDir};
+    let db = TestDb::new();
+    let replica = TestDb::empty();
+    let dir = TempDir::new();
+    let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
+    let log = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::load(std::path::Path::new(&keys)).unwrap(),
+    );
+    let u1 = user("u1");
+    let mut e = NewEntry::new("stuck");
+    e.create(&u1).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &u1));
+    success(&run_against(
+        &db.url,
+        &keys,
+        &["replay", "--into", &replica.url],
+    ));
+    replica
+        .client()
+        .execute("DELETE FROM demo_user", &[])
+        .unwrap();
+    let mut changed = u1.clone();
+    changed.display_name = "renamed".into();
+    let mut e = NewEntry::new("stuck");
+    e.update(&changed, &["display_name"], &[]).unwrap();
+    commit(&db, &log, &e, |tx| upsert_user(tx, &changed));
+
+    let out = run_against(&db.url, &keys, &["replay", "--into", &replica.url]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--skip stuck:2"), "{stderr}");
+
+    let wrong = run_against(
+        &db.url,
+        &keys,
+        &[
+            "replay",
+            "--into",
+            &replica.url,
+            "--skip",
+            "stuck:3",
+            "--reason",
+            "typo",
+        ],
+    );
+    failure(&wrong, &["refusing to skip entry stuck:3"]);
+
+    let out = run_against(
+        &db.url,
+        &keys,
+        &[
+            "follow",
+            "--into",
+            &replica.url,
+            "--until-caught-up",
+            "--skip",
+            "stuck:2",
+            "--reason",
+            "row deleted on the replica by hand",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reason: String = replica.scalar("SELECT reason FROM oplog_skipped");
+    assert_eq!(reason, "row deleted on the replica by hand");
+    let out = success(&run_against(
+        &db.url,
+        &keys,
+        &[
+            "replay",
+            "--into",
+            &replica.url,
+            "--skip",
+            "stuck:2",
+            "--reason",
+            "again",
+        ],
+    ));
+    assert!(out.contains("applied 0 entries"), "{out}");
 }

@@ -2,6 +2,9 @@
 //! database sees and does not see, what verification does not cover, and
 //! the decoding limits on what the database hands a reader.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use oplog::{
     heads, verify, Error, FindingKind, Keyring, Limits, NewEntry, Oplog, TypeCatalog, VerifyOptions,
 };
@@ -196,5 +199,134 @@ fn an_oversized_entry_is_refused_before_decryption() {
             } if *limit == limits.max_entry_bytes()
         ),
         "{err}"
+    );
+}
+
+// Scans of the log by the consumer registry, trimming and rewrapping.
+
+/// A connection whose every statement, including those inside functions,
+/// reports its executed plan (auto_explain, as JSON) into the returned
+/// list.
+fn explaining(url: &str) -> (postgres::Client, Arc<Mutex<Vec<String>>>) {
+    let plans = Arc::new(Mutex::new(Vec::new()));
+    let sink = plans.clone();
+    let mut config: postgres::Config = url.parse().unwrap();
+    config.notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_string()));
+    let mut c = config.connect(postgres::NoTls).unwrap();
+    c.batch_execute(
+        "LOAD 'auto_explain';
+         SET auto_explain.log_min_duration = 0;
+         SET auto_explain.log_nested_statements = on;
+         SET auto_explain.log_format = 'json';
+         SET auto_explain.log_level = 'notice'",
+    )
+    .unwrap();
+    (c, plans)
+}
+
+/// The problems of one plan node and its children: a sequential scan of
+/// the entries, or a sort of rows read from them. Returns whether the node
+/// passes on rows read from the entries (a subplan's rows are used for
+/// one value, not passed on).
+fn scan_problems(node: &serde_json::Value, problems: &mut Vec<String>) -> bool {
+    let kind = node["Node Type"].as_str().unwrap_or("");
+    let mut reads_entries = node["Relation Name"] == "oplog_entry";
+    if reads_entries && kind == "Seq Scan" {
+        problems.push("a sequential scan of oplog_entry".into());
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        let passed_on = scan_problems(child, problems);
+        let relation = child["Parent Relationship"].as_str().unwrap_or("");
+        reads_entries |= passed_on && relation != "SubPlan" && relation != "InitPlan";
+    }
+    if reads_entries && kind == "Sort" {
+        problems.push("a sort of oplog_entry rows".into());
+    }
+    reads_entries
+}
+
+#[test]
+fn the_registry_trimming_and_rewrapping_read_the_log_in_index_order() {
+    let db = TestDb::new();
+    let mut ring = Keyring::generate();
+    let old = Oplog::new(
+        TypeCatalog::demo(),
+        Keyring::from_json(&ring.to_json()).unwrap(),
+    );
+    write(&db, &old, "real", &[user("u1"), user("u2"), user("u3")]);
+    ring.rotate();
+    let new = Oplog::new(TypeCatalog::demo(), ring);
+    // 50,000 entries of 5,000 aggregates under the active key, written as
+    // writers would (seqs of every aggregate interleaved in id order), a
+    // day old; they are never decrypted here.
+    let mut c = db.client();
+    c.execute(
+        "INSERT INTO oplog_ticket (name, version) SELECT 'agg' || a, 10 FROM generate_series(1, 5000) a",
+        &[],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO oplog_entry (entry_uuid, aggregate_name, seq, format, key_id, data, digest, chain, created_at)
+         SELECT gen_random_uuid(), 'agg' || a, s, 1, $1, '\\x00', decode(repeat('00', 32), 'hex'),
+                decode(repeat('00', 32), 'hex'), now() - interval '1 day'
+         FROM generate_series(1, 10) s, generate_series(1, 5000) a ORDER BY s, a",
+        &[&new.wrapper().key_id()],
+    )
+    .unwrap();
+    write(&db, &old, "real", &[user("u4"), user("u5"), user("u6")]);
+    c.batch_execute(
+        "INSERT INTO oplog_consumer (name) VALUES ('r1'), ('r2');
+         INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq)
+         SELECT 'r1', 'agg' || a, 5 FROM generate_series(1, 2500) a
+         UNION ALL SELECT 'r2', 'agg' || a, 7 FROM generate_series(1, 5000) a;
+         ANALYZE",
+    )
+    .unwrap();
+
+    let (mut e, plans) = explaining(&db.url);
+    oplog::consumers(&mut e, Duration::from_secs(60)).unwrap();
+    oplog::lag(&mut e, "r1").unwrap();
+    for dry_run in [true, false] {
+        let report = oplog::trim(
+            &mut e,
+            &oplog::TrimOptions {
+                older_than: Duration::from_secs(3600),
+                aggregate: Some("agg7".into()),
+                batch: 2,
+                dry_run,
+                ..oplog::TrimOptions::default()
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(report.deleted, 5, "r1 has applied 5 of agg7");
+    }
+    let report = new.rewrap(&mut e, 1000, |_| {}).unwrap();
+    assert_eq!(report.rewrapped, 6);
+
+    let plans = plans.lock().unwrap();
+    let mut index_scans = 0;
+    let mut problems = Vec::new();
+    for notice in plans.iter() {
+        let Some(start) = notice.find('{') else {
+            continue;
+        };
+        let plan: serde_json::Value = serde_json::from_str(&notice[start..]).unwrap();
+        let query = plan["Query Text"].as_str().unwrap_or("").to_string();
+        // Counting the entries under each key is a whole-log aggregate that
+        // runs once per rewrap command (before and after), not per page.
+        if query.contains("GROUP BY key_id") || query.contains("FROM oplog_entry WHERE key_id <>") {
+            continue;
+        }
+        let mut found = Vec::new();
+        scan_problems(&plan["Plan"], &mut found);
+        problems.extend(found.into_iter().map(|p| format!("{p} in: {query}")));
+        index_scans += notice.matches("\"Index Name\": \"oplog_entry_").count();
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        index_scans > 0,
+        "no plan read the entries: {} plans",
+        plans.len()
     );
 }

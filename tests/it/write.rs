@@ -507,7 +507,8 @@ fn a_missing_or_altered_stored_catalog_is_a_clear_error() {
     // The trigger keeps catalogs immutable; a superuser can still alter one.
     superuser_exec(
         &db,
-        "UPDATE oplog_catalog SET catalog = catalog || '\\x00'::bytea",
+        "ALTER TABLE oplog_catalog DROP CONSTRAINT oplog_catalog_digest_matches; \
+         UPDATE oplog_catalog SET catalog = catalog || '\\x00'::bytea",
     );
     let err = read_error(&db, &stranger);
     assert!(
@@ -716,4 +717,69 @@ fn pessimistic_writers_with_stale_ticket_positions_recover() {
         db.scalar::<Vec<u8>>("SELECT chain FROM oplog_ticket WHERE name = 'agg'"),
         chains[5]
     );
+}
+
+#[test]
+fn entries_that_could_never_be_replayed_are_refused_at_write_time() {
+    let db = TestDb::new();
+    let log = oplog();
+    let mut client = db.client();
+    let u = user("u1");
+    // A typo in a field mask, in a null path, and a nested path: replay
+    // maps top-level fields onto columns, so none of them could apply.
+    for (fields, nulls, path) in [
+        (&["emial"][..], &[][..], "emial"),
+        (&[][..], &["phnoe"][..], "phnoe"),
+        (&["avatar.size"][..], &[][..], "avatar.size"),
+    ] {
+        let mut entry = NewEntry::new("tenant-1");
+        entry.create(&u).unwrap();
+        entry.update(&u, fields, nulls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        let err = log.write(&mut tx, &entry).unwrap_err();
+        match &err {
+            Error::InvalidOperation {
+                index, type_name, ..
+            } => {
+                assert_eq!(*index, 1, "{err}");
+                assert_eq!(type_name, "demo.v1.User");
+            }
+            other => panic!("expected an invalid operation, got {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains(path) && text.contains("demo.v1.User"),
+            "{text}"
+        );
+    }
+
+    // A type registered without a table.
+    let mut catalog = TypeCatalog::demo();
+    catalog.register("oplog.v1.AnyOperation").unwrap();
+    let tableless = Oplog::new(catalog, Keyring::generate());
+    let mut entry = NewEntry::new("tenant-1");
+    entry.create(&u).unwrap();
+    entry
+        .create(&oplog::proto::AnyOperation::default())
+        .unwrap();
+    let mut tx = client.transaction().unwrap();
+    let err = tableless.write(&mut tx, &entry).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("oplog.v1.AnyOperation") && text.contains("has no table"),
+        "{text}"
+    );
+    assert!(
+        matches!(err, Error::InvalidOperation { index: 1, .. }),
+        "{err}"
+    );
+    drop(tx);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 0);
+
+    // A correct mask still writes.
+    let mut entry = NewEntry::new("tenant-1");
+    entry.update(&u, &["email"], &["phone"]).unwrap();
+    let mut tx = client.transaction().unwrap();
+    log.write(&mut tx, &entry).unwrap();
+    tx.commit().unwrap();
 }

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,14 +34,18 @@ use postgres::{Client, Transaction};
 use crate::catalog::TypeCatalog;
 use crate::connect::connect;
 use crate::entry::{Entry, GENESIS_CHAIN};
-use crate::error::{DivergenceKind, Error, Result};
-use crate::mapping::{self, FieldPlan};
-use crate::oplog::{expected_chain, row_ref, Oplog};
-use crate::proto::OpType;
-use crate::replica::{self, Checkpoint, Target, CHECKPOINT_DDL};
-use crate::schema;
-use crate::sql::{ident, TableName};
+use crate::error::{Error, Result};
+use crate::mapping;
+use crate::oplog::Oplog;
+use crate::replica::{self, Checkpoint, SkippedEntry, Target};
+use crate::sql::TableName;
 use crate::store;
+
+mod apply;
+mod reader;
+
+use apply::{Group, Run, RunKind, TablePlan};
+use reader::{Position, Reader};
 
 /// How a replay runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,17 +54,23 @@ pub struct ReplayOptions {
     pub aggregate: Option<String>,
     /// Most entries applied in one target transaction.
     pub batch_size: usize,
+    /// Most bytes of entries (ciphertext and metadata) read for one
+    /// transaction; a batch always holds at least one entry, so an entry
+    /// larger than this is applied alone.
+    pub max_batch_bytes: usize,
     /// Entries to pass over instead of applying, each only when its
     /// aggregate stops at it.
     pub skip: Vec<Skip>,
 }
 
 impl Default for ReplayOptions {
-    /// Every aggregate, 1,000 entries per transaction, nothing skipped.
+    /// Every aggregate, 1,000 entries or 16 MiB per transaction, nothing
+    /// skipped.
     fn default() -> Self {
         ReplayOptions {
             aggregate: None,
             batch_size: 1000,
+            max_batch_bytes: 16 << 20,
             skip: Vec::new(),
         }
     }
@@ -176,6 +186,11 @@ pub struct ReplayReport {
     pub aggregates: Vec<AggregateReplay>,
     /// Aggregates that stopped at an entry; empty when everything applied.
     pub stopped: Vec<Stopped>,
+    /// Entries passed over at the operator's request ([`Skip`]), recorded
+    /// on the replica.
+    pub skipped: Vec<SkippedEntry>,
+    /// Skips asked for that were not needed: the entry applied after all.
+    pub unused_skips: Vec<Skip>,
     /// How long the run took.
     pub elapsed: Duration,
 }
@@ -217,6 +232,8 @@ pub struct Replayer {
     plans: HashMap<(Option<Vec<u8>>, String), Arc<TablePlan>>,
     last_plan: Option<(Option<Vec<u8>>, String, Arc<TablePlan>)>,
     stop: Option<Arc<AtomicBool>>,
+    /// Aggregates with a stop recorded on the replica, once read.
+    recorded_stops: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -238,13 +255,13 @@ struct AggState {
 }
 
 /// An entry checked and opened, ready to apply.
-struct Item {
-    entry: Entry,
-    catalog: Option<Vec<u8>>,
+pub(super) struct Item {
+    pub(super) entry: Entry,
+    pub(super) catalog: Option<Vec<u8>>,
 }
 
 /// Why a batch did not apply.
-enum ApplyError {
+pub(super) enum ApplyError {
     /// An entry of the batch cannot be applied; the error names it.
     Entry(Error),
     /// Another replayer moved the checkpoints, or the target asked for a
@@ -271,13 +288,13 @@ impl Replayer {
     ) -> Result<Replayer> {
         target.validate()?;
         if options.batch_size == 0 {
-            return Err(Error::InvalidEntry("batch size must be at least 1".into()));
+            return Err(Error::Config("batch size must be at least 1".into()));
         }
         let source = connect(source_url)?;
         let mut meta = connect(source_url)?;
         let source_id = store::source_id(&mut meta)?;
-        let mut dest = target.connect(source_url)?;
-        dest.batch_execute(CHECKPOINT_DDL)?;
+        let (target, mut dest) = target.open(&mut meta, source_url)?;
+        replica::set_up(&mut dest)?;
         let key = target.checkpoint_key(&source_id);
         Ok(Replayer {
             oplog: oplog.clone(),
@@ -290,6 +307,7 @@ impl Replayer {
             plans: HashMap::new(),
             last_plan: None,
             stop: None,
+            recorded_stops: None,
         })
     }
 
@@ -358,12 +376,37 @@ impl Replayer {
         let mut report = ReplayReport::default();
         let aggregate = self.options.aggregate.clone();
         let tickets = store::tickets(&mut self.meta, aggregate.as_deref())?;
+        let mut skips = self.check_skips()?;
         let mut states = self.load_states(&tickets, &mut report)?;
         let total: u64 = states.values().map(|s| gap(s.upto, s.from)).sum();
         let mut restarts = 0;
         loop {
             match self.pipeline(&mut states, &mut report, started, total, progress)? {
-                Flow::Done => break,
+                Flow::Done => {
+                    // Aggregates that stopped at an entry the operator asked
+                    // to pass over: record the skip, and go on with them.
+                    let mut resumed = HashSet::new();
+                    let mut i = 0;
+                    while i < report.stopped.len() {
+                        let s = &report.stopped[i];
+                        let Some(at) = skips
+                            .iter()
+                            .position(|k| k.aggregate == s.aggregate && k.seq == s.seq)
+                        else {
+                            i += 1;
+                            continue;
+                        };
+                        let skip = skips.remove(at);
+                        let stopped = report.stopped.remove(i);
+                        report.skipped.push(self.skip_entry(&skip, &stopped.error)?);
+                        resumed.insert(skip.aggregate);
+                    }
+                    if resumed.is_empty() {
+                        break;
+                    }
+                    states = self.load_states(&tickets, &mut ReplayReport::default())?;
+                    states.retain(|name, _| resumed.contains(name));
+                }
                 Flow::Moved if restarts < MAX_RESTARTS => {
                     // Another replayer moved this replica's checkpoints:
                     // start again from where they are now.
@@ -384,9 +427,199 @@ impl Replayer {
             }
         }
         report.aggregates.retain(|a| a.to_seq != a.from_seq);
+        report.unused_skips = skips;
+        self.record_stops(&report)?;
         report.tables_created.sort();
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The skips asked for that are still to do, each checked: the replica
+    /// has recorded its aggregate as stopped at exactly that entry, its
+    /// checkpoint is right before it, and the entry exists in the log.
+    /// Skips already recorded on the replica are done and left out (a
+    /// follower given the same skip again on every pass). Anything else is
+    /// refused before a single entry is applied.
+    fn check_skips(&mut self) -> Result<Vec<Skip>> {
+        if self.options.skip.is_empty() {
+            return Ok(Vec::new());
+        }
+        let checkpoints = self.checkpoints()?;
+        let done = replica::skipped_entries(&mut self.dest, &self.key)?.unwrap_or_default();
+        let stops = replica::stops(&mut self.dest, &self.key)?;
+        let mut todo = Vec::new();
+        for skip in &self.options.skip {
+            let refuse = |why: String| {
+                Err(Error::Config(format!(
+                    "refusing to skip entry {}:{}: {why}",
+                    skip.aggregate, skip.seq
+                )))
+            };
+            if self
+                .options
+                .aggregate
+                .as_ref()
+                .is_some_and(|a| *a != skip.aggregate)
+            {
+                return refuse("this replay is of another aggregate".into());
+            }
+            if done
+                .iter()
+                .any(|d| d.aggregate == skip.aggregate && d.seq == skip.seq)
+            {
+                continue;
+            }
+            let applied = checkpoints.get(&skip.aggregate).map_or(0, |c| c.seq);
+            match stops.get(&skip.aggregate) {
+                Some((seq, _)) if *seq == skip.seq && applied + 1 == skip.seq => {}
+                Some((seq, _)) => {
+                    return refuse(format!(
+                        "the replica has applied the aggregate up to seq {applied} and stopped at seq {seq}; only the entry an aggregate stopped at can be skipped"
+                    ))
+                }
+                None => {
+                    return refuse(format!(
+                        "the replica has not stopped at it (it has applied the aggregate up to seq {applied}); a skip passes over the entry an aggregate stopped at, so run without it first"
+                    ))
+                }
+            }
+            if store::next_seq(&mut self.meta, &skip.aggregate, skip.seq)? != Some(skip.seq) {
+                return refuse(
+                    "the entry is missing from the log (trimmed or deleted); a skip passes over an entry that exists"
+                        .into(),
+                );
+            }
+            todo.push(skip.clone());
+        }
+        Ok(todo)
+    }
+
+    /// Passes over `skip`'s entry, which stopped its aggregate with `error`:
+    /// moves the checkpoint past it (to its seq and chain value) and records
+    /// the skip, in one replica transaction.
+    fn skip_entry(&mut self, skip: &Skip, error: &Error) -> Result<SkippedEntry> {
+        let at = store::entry_position(&mut self.meta, &skip.aggregate, skip.seq)?.ok_or_else(|| {
+            Error::Config(format!(
+                "refusing to skip entry {}:{}: the entry is missing from the log (trimmed or deleted)",
+                skip.aggregate, skip.seq
+            ))
+        })?;
+        let skipped = SkippedEntry {
+            aggregate: skip.aggregate.clone(),
+            seq: skip.seq,
+            entry_id: at.id,
+            reason: skip.reason.clone(),
+            error: error.to_string(),
+        };
+        let key = self.key.clone();
+        let mut tx = self.dest.transaction()?;
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[(&key, Type::TEXT)],
+        )?;
+        let applied: Option<i64> = tx
+            .query_typed_opt(
+                "SELECT seq FROM oplog_checkpoint WHERE source = $1 AND aggregate_name = $2",
+                &[(&key, Type::TEXT), (&skip.aggregate, Type::TEXT)],
+            )?
+            .map(|r| r.get(0));
+        if applied.unwrap_or(0) + 1 != skip.seq {
+            return Err(Error::ReplicaBusy(format!(
+                "another replayer moved this replica's checkpoint of aggregate {:?} while entry {} was being skipped; run one replayer per replica",
+                skip.aggregate, skip.seq
+            )));
+        }
+        tx.execute_typed(
+            "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'epoch'::timestamptz + $6 * interval '1 microsecond') \
+             ON CONFLICT (source, aggregate_name) DO UPDATE SET seq = excluded.seq, chain = excluded.chain, \
+             entry_id = excluded.entry_id, entry_created_at = excluded.entry_created_at, applied_at = now()",
+            &[
+                (&key, Type::TEXT),
+                (&skip.aggregate, Type::TEXT),
+                (&skip.seq, Type::INT8),
+                (&at.chain, Type::BYTEA),
+                (&at.id, Type::INT8),
+                (&at.created_us, Type::INT8),
+            ],
+        )?;
+        tx.execute_typed(
+            "INSERT INTO oplog_skipped (source, aggregate_name, seq, entry_id, chain, reason, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                (&key, Type::TEXT),
+                (&skip.aggregate, Type::TEXT),
+                (&skip.seq, Type::INT8),
+                (&at.id, Type::INT8),
+                (&at.chain, Type::BYTEA),
+                (&skipped.reason, Type::TEXT),
+                (&skipped.error, Type::TEXT),
+            ],
+        )?;
+        tx.execute_typed(
+            "DELETE FROM oplog_stopped WHERE source = $1 AND aggregate_name = $2",
+            &[(&key, Type::TEXT), (&skip.aggregate, Type::TEXT)],
+        )?;
+        tx.commit()?;
+        Ok(skipped)
+    }
+
+    /// Records on the replica where aggregates stopped (the entries a later
+    /// [`Skip`] may pass over), and forgets the stops of aggregates that
+    /// advanced past them.
+    fn record_stops(&mut self, report: &ReplayReport) -> Result<()> {
+        let stopped: Vec<&Stopped> = report
+            .stopped
+            .iter()
+            .filter(|s| !matches!(s.error, Error::ReplicaAhead { .. }))
+            .collect();
+        // Which aggregates have a stop recorded, read once per replayer:
+        // a pass that only advances aggregates that never stopped writes
+        // nothing more.
+        if self.recorded_stops.is_none() {
+            let found = replica::stops(&mut self.dest, &self.key)?;
+            self.recorded_stops = Some(found.into_keys().collect());
+        }
+        let recorded = self.recorded_stops.get_or_insert_with(HashSet::new);
+        let cleared: Vec<&str> = report
+            .aggregates
+            .iter()
+            .map(|a| a.aggregate.as_str())
+            .chain(report.skipped.iter().map(|s| s.aggregate.as_str()))
+            .chain(report.unused_skips.iter().map(|s| s.aggregate.as_str()))
+            .chain(stopped.iter().map(|s| s.aggregate.as_str()))
+            .filter(|name| recorded.contains(*name))
+            .collect();
+        if cleared.is_empty() && stopped.is_empty() {
+            return Ok(());
+        }
+        for name in &cleared {
+            recorded.remove(*name);
+        }
+        recorded.extend(stopped.iter().map(|s| s.aggregate.clone()));
+        let names: Vec<&str> = stopped.iter().map(|s| s.aggregate.as_str()).collect();
+        let seqs: Vec<i64> = stopped.iter().map(|s| s.seq).collect();
+        let errors: Vec<String> = stopped.iter().map(|s| s.error.to_string()).collect();
+        let key = self.key.clone();
+        let mut tx = self.dest.transaction()?;
+        tx.execute_typed(
+            "DELETE FROM oplog_stopped WHERE source = $1 AND aggregate_name = ANY($2)",
+            &[(&key, Type::TEXT), (&cleared, Type::TEXT_ARRAY)],
+        )?;
+        if !names.is_empty() {
+            tx.execute_typed(
+                "INSERT INTO oplog_stopped (source, aggregate_name, seq, error) \
+                 SELECT $1, u.a, u.s, u.e FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(a, s, e)",
+                &[
+                    (&key, Type::TEXT),
+                    (&names, Type::TEXT_ARRAY),
+                    (&seqs, Type::INT8_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Applies batches as the reading thread delivers them, until every
@@ -407,21 +640,26 @@ impl Replayer {
             source: std::io::ErrorKind::NotConnected.into(),
         })?;
         let dropped = Arc::new(Mutex::new(HashSet::new()));
-        let reader = Reader {
-            oplog: self.oplog.clone(),
+        let reader = Reader::new(
+            self.oplog.clone(),
             source,
-            positions: states
+            states
                 .iter()
                 .map(|(name, s)| {
                     (
                         name.clone(),
-                        (s.applied.seq, s.applied.chain.clone(), s.upto),
+                        Position {
+                            seq: s.applied.seq,
+                            chain: s.applied.chain.clone(),
+                            upto: s.upto,
+                        },
                     )
                 })
                 .collect(),
-            limit: i64::try_from(self.options.batch_size).unwrap_or(i64::MAX),
-            dropped: dropped.clone(),
-        };
+            self.options.batch_size,
+            u64::try_from(self.options.max_batch_bytes).unwrap_or(u64::MAX),
+            dropped.clone(),
+        );
         let (sender, batches) = mpsc::sync_channel(PREFETCH);
         let handle = thread::spawn(move || reader.produce(sender));
         let mut flow = Ok(Flow::Done);
@@ -747,141 +985,9 @@ enum Flow {
 }
 
 /// Checked, decrypted entries and the aggregates that stopped after them.
-type Batch = (Vec<Item>, Vec<Stopped>);
+pub(super) type Batch = (Vec<Item>, Vec<Stopped>);
 
-/// The reading side of a run: fetches each aggregate's next entries in seq
-/// order, checks seq and chain, decrypts and decodes.
-struct Reader {
-    oplog: Oplog,
-    source: Client,
-    /// Per aggregate: last seq read, its chain value, and the seq to read up to.
-    positions: BTreeMap<String, (i64, Vec<u8>, i64)>,
-    limit: i64,
-    /// Aggregates the applying side stopped; no need to read them further.
-    dropped: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Reader {
-    /// Sends batches until done, the receiver hangs up, or reading fails;
-    /// gives the connection back.
-    fn produce(mut self, sender: SyncSender<Result<Batch>>) -> Client {
-        loop {
-            match self.next_batch() {
-                Ok(None) => break,
-                Ok(Some(batch)) => {
-                    if sender.send(Ok(batch)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    let _ = sender.send(Err(e));
-                    break;
-                }
-            }
-        }
-        self.source
-    }
-
-    /// The error for `aggregate`'s missing seq, saying whether trimming took
-    /// it (read only now: gaps are rare, and the trim point may have moved
-    /// since the run started).
-    fn gap_error(&mut self, aggregate: &str, missing: i64, found: Option<i64>) -> Result<Error> {
-        let trimmed_through = store::trim_points(&mut self.source, Some(aggregate))?
-            .remove(aggregate)
-            .map(|t| t.0);
-        Ok(Error::Gap {
-            aggregate: aggregate.to_string(),
-            missing,
-            found,
-            trimmed_through,
-        })
-    }
-
-    fn next_batch(&mut self) -> Result<Option<Batch>> {
-        if let Ok(dropped) = self.dropped.lock() {
-            self.positions.retain(|name, _| !dropped.contains(name));
-        }
-        self.positions.retain(|_, (seq, _, upto)| seq < upto);
-        if self.positions.is_empty() {
-            return Ok(None);
-        }
-        let names: Vec<&str> = self.positions.keys().map(String::as_str).collect();
-        let after: Vec<i64> = self.positions.values().map(|p| p.0).collect();
-        let upto: Vec<i64> = self.positions.values().map(|p| p.2).collect();
-        // Each aggregate's share of the batch, so that no more rows are read
-        // than are applied.
-        let share = (self.limit / i64::try_from(names.len()).unwrap_or(1)).max(1);
-        let rows =
-            store::pending_entries(&mut self.source, &names, &after, &upto, share, self.limit)?;
-        let present: HashSet<&str> = rows.iter().map(|r| r.aggregate_name.as_str()).collect();
-        let mut stopped = Vec::new();
-        // An aggregate with entries to read and none among the next seqs
-        // has lost its next entry.
-        let absent: Vec<(String, i64)> = self
-            .positions
-            .iter()
-            .filter(|(name, _)| !present.contains(name.as_str()))
-            .map(|(name, p)| (name.clone(), p.0 + 1))
-            .collect();
-        for (name, missing) in absent {
-            let found = store::next_seq(&mut self.source, &name, missing)?;
-            stopped.push(Stopped {
-                error: self.gap_error(&name, missing, found)?,
-                aggregate: name.clone(),
-                seq: missing,
-            });
-            self.positions.remove(&name);
-        }
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some((prev_seq, prev_chain, _)) = self.positions.get(&row.aggregate_name) else {
-                continue;
-            };
-            let seq = prev_seq + 1;
-            // No expected chain when the seq itself is wrong: a gap.
-            let expected = (row.seq == seq).then(|| expected_chain(&row, prev_chain));
-            let failure = match expected {
-                None => Some(self.gap_error(&row.aggregate_name, seq, Some(row.seq))?),
-                Some(Ok(chain)) if chain.as_slice() == row.chain.as_slice() => None,
-                Some(Ok(_)) => Some(Error::ChainMismatch {
-                    entry: row_ref(&row),
-                }),
-                Some(Err(e)) => Some(e),
-            };
-            let aggregate = row.aggregate_name.clone();
-            let failure = match failure {
-                Some(e) => Some(e),
-                None => {
-                    let catalog = row.catalog.clone();
-                    let chain = row.chain.clone();
-                    match self.oplog.open(&mut self.source, row) {
-                        Ok(entry) => {
-                            if let Some(p) = self.positions.get_mut(&aggregate) {
-                                p.0 = seq;
-                                p.1 = chain;
-                            }
-                            items.push(Item { entry, catalog });
-                            None
-                        }
-                        Err(e) if is_fatal(&e) => return Err(e),
-                        Err(e) => Some(e),
-                    }
-                }
-            };
-            if let Some(error) = failure {
-                self.positions.remove(&aggregate);
-                stopped.push(Stopped {
-                    aggregate,
-                    seq,
-                    error,
-                });
-            }
-        }
-        Ok(Some((items, stopped)))
-    }
-}
-
-fn gap(upto: i64, from: i64) -> u64 {
+pub(super) fn gap(upto: i64, from: i64) -> u64 {
     u64::try_from(upto.saturating_sub(from)).unwrap_or(0)
 }
 
@@ -894,7 +1000,7 @@ fn at_entry(e: &Entry, op: usize, error: Error) -> Error {
 
 /// Connection and server failures stop the whole run; anything else
 /// concerns one entry.
-fn is_fatal(e: &Error) -> bool {
+pub(super) fn is_fatal(e: &Error) -> bool {
     match e {
         Error::Postgres(pg) => pg.as_db_error().is_none() || pg.is_closed(),
         Error::Io { .. } => true,
@@ -966,349 +1072,4 @@ fn write_checkpoints(
         ],
     )?;
     Ok(())
-}
-
-/// How one message type is written to its target table.
-#[derive(Debug)]
-struct TablePlan {
-    type_name: String,
-    table: TableName,
-    sql_table: String,
-    fields: Vec<FieldPlan>,
-    pk: Vec<usize>,
-    copy: postgres::Statement,
-    delete_sql: String,
-    created: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RunKind {
-    Insert,
-    Update { set: Vec<usize>, null: Vec<usize> },
-    Delete,
-}
-
-impl TablePlan {
-    fn build(
-        catalog: &TypeCatalog,
-        type_name: &str,
-        target: &Target,
-        source: &mut Client,
-        dest: &mut Client,
-    ) -> Result<TablePlan> {
-        let info = catalog.get(type_name).ok_or_else(|| Error::UnknownType {
-            type_name: type_name.to_string(),
-        })?;
-        let table = info.table().ok_or_else(|| Error::Mapping {
-            type_name: type_name.to_string(),
-            table: "(none)".into(),
-            reason: "the type has no table; set the (oplog.v1.table) option or use TypeCatalog::register_table".into(),
-        })?;
-        let source_table = TableName::parse(&table.table, "")?;
-        let target_table = TableName::parse(&table.table, target.table_suffix())?;
-        let mut created = false;
-        if !schema::exists(dest, &target_table)? {
-            match target {
-                Target::Suffix(_) => {
-                    if !schema::exists(source, &source_table)? {
-                        return Err(Error::Catalog(format!(
-                            "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
-                        )));
-                    }
-                    schema::create_like(dest, &source_table, &target_table)?;
-                }
-                Target::Database { .. } => {
-                    schema::create_in_replica(source, dest, &source_table, &target_table)?
-                }
-            }
-            created = true;
-        }
-        let columns = schema::columns(dest, &target_table)?;
-        let mapping_error = |reason: String| Error::Mapping {
-            type_name: type_name.to_string(),
-            table: target_table.to_string(),
-            reason,
-        };
-        let mut fields = Vec::new();
-        for field in info.descriptor().fields() {
-            let column = columns
-                .iter()
-                .find(|c| c.name == field.name())
-                .ok_or_else(|| {
-                    mapping_error(format!(
-                        "field {:?} has no column {:?}; add the column or remove the field",
-                        field.name(),
-                        field.name()
-                    ))
-                })?;
-            let conv = mapping::plan(&field, column).map_err(mapping_error)?;
-            fields.push(FieldPlan::new(field, conv, mapping::is_json(column)));
-        }
-        let mut pk = Vec::new();
-        for column in &table.primary_key {
-            let i = fields
-                .iter()
-                .position(|f| f.name() == column)
-                .ok_or_else(|| mapping_error(format!("primary key {column:?} is not a field")))?;
-            pk.push(i);
-        }
-        let sql_table = target_table.sql();
-        let cols = fields
-            .iter()
-            .map(|f| ident(f.name()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // COPY writes identity columns as given, like OVERRIDING SYSTEM
-        // VALUE, and is the fastest way into a table.
-        let copy = dest.prepare(&format!("COPY {sql_table} ({cols}) FROM STDIN"))?;
-        let mut plan = TablePlan {
-            type_name: type_name.to_string(),
-            table: target_table,
-            sql_table,
-            fields,
-            pk,
-            copy,
-            delete_sql: String::new(),
-            created,
-        };
-        plan.delete_sql = format!(
-            "DELETE FROM {} AS t USING {} WHERE {} RETURNING s.\"?ord\"",
-            plan.sql_table,
-            plan.rows_sql(),
-            plan.key_match()
-        );
-        Ok(plan)
-    }
-
-    /// The batch parameter as rows of the table type, numbered from 1.
-    fn rows_sql(&self) -> String {
-        format!(
-            "(SELECT j.o AS \"?ord\", r.* FROM json_array_elements($1::json) WITH ORDINALITY AS j(v, o) \
-             CROSS JOIN LATERAL json_populate_record(NULL::{}, j.v) AS r) AS s",
-            self.sql_table
-        )
-    }
-
-    fn key_match(&self) -> String {
-        self.pk
-            .iter()
-            .map(|&i| {
-                let c = ident(self.fields[i].name());
-                format!("t.{c} = s.{c}")
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    fn update_sql(&self, set: &[usize], null: &[usize]) -> String {
-        let assignments = set
-            .iter()
-            .map(|&i| {
-                let c = ident(self.fields[i].name());
-                format!("{c} = s.{c}")
-            })
-            .chain(
-                null.iter()
-                    .map(|&i| format!("{} = NULL", ident(self.fields[i].name()))),
-            )
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "UPDATE {} AS t SET {assignments} FROM {} WHERE {} RETURNING s.\"?ord\"",
-            self.sql_table,
-            self.rows_sql(),
-            self.key_match()
-        )
-    }
-
-    fn field_index(&self, path: &str) -> Result<usize> {
-        if path.contains('.') {
-            return Err(Error::Mapping {
-                type_name: self.type_name.clone(),
-                table: self.table.to_string(),
-                reason: format!("mask path {path:?} is nested; replay maps top-level fields only"),
-            });
-        }
-        self.fields
-            .iter()
-            .position(|f| f.name() == path)
-            .ok_or_else(|| Error::Mapping {
-                type_name: self.type_name.clone(),
-                table: self.table.to_string(),
-                reason: format!("mask path {path:?} is not a field of the message"),
-            })
-    }
-
-    fn kind(&self, op: OpType, field_mask: &[String], null_mask: &[String]) -> Result<RunKind> {
-        Ok(match op {
-            OpType::Create | OpType::CreateItems => RunKind::Insert,
-            OpType::Delete | OpType::DeleteItems => RunKind::Delete,
-            OpType::Update => RunKind::Update {
-                set: field_mask
-                    .iter()
-                    .map(|p| self.field_index(p))
-                    .collect::<Result<_>>()?,
-                null: null_mask
-                    .iter()
-                    .map(|p| self.field_index(p))
-                    .collect::<Result<_>>()?,
-            },
-            OpType::Unspecified => {
-                return Err(Error::Mapping {
-                    type_name: self.type_name.clone(),
-                    table: self.table.to_string(),
-                    reason: "operation type is unspecified".into(),
-                })
-            }
-        })
-    }
-}
-
-/// The runs of one table, in log order.
-struct Group {
-    runs: Vec<Run>,
-}
-
-/// Consecutive operations of one kind on one table: one statement.
-struct Run {
-    plan: Arc<TablePlan>,
-    kind: RunKind,
-    /// COPY text for an insert, a JSON array (without its closing bracket)
-    /// otherwise.
-    json: String,
-    /// (item, operation) of each row, in order.
-    origins: Vec<(usize, usize)>,
-    /// Row keys, for UPDATE and DELETE.
-    keys: Vec<String>,
-}
-
-impl Run {
-    fn new(plan: Arc<TablePlan>, kind: RunKind) -> Run {
-        // Inserts are COPY text; updates and deletes a JSON array.
-        let data = match kind {
-            RunKind::Insert => String::new(),
-            _ => String::from("["),
-        };
-        Run {
-            plan,
-            kind,
-            json: data,
-            origins: Vec::new(),
-            keys: Vec::new(),
-        }
-    }
-
-    fn push(
-        &mut self,
-        item: usize,
-        op: usize,
-        key: Option<String>,
-        msg: &prost_reflect::DynamicMessage,
-    ) -> Result<(), String> {
-        if self.kind == RunKind::Insert {
-            // Inserts go through COPY: every field, one line per row.
-            mapping::write_copy_row(&mut self.json, &self.plan.fields, msg)?;
-            self.origins.push((item, op));
-            return Ok(());
-        }
-        if !self.origins.is_empty() {
-            self.json.push(',');
-        }
-        let fields: Vec<usize> = match &self.kind {
-            RunKind::Update { set, .. } => {
-                let mut f = self.plan.pk.clone();
-                f.extend(set.iter().filter(|i| !self.plan.pk.contains(i)));
-                f
-            }
-            RunKind::Delete | RunKind::Insert => self.plan.pk.clone(),
-        };
-        mapping::write_row(&mut self.json, &self.plan.fields, &fields, msg)?;
-        self.origins.push((item, op));
-        if let Some(key) = key {
-            self.keys.push(key);
-        }
-        Ok(())
-    }
-
-    fn execute(&self, tx: &mut Transaction<'_>, items: &[Item]) -> Result<(), ApplyError> {
-        let json = format!("{}]", self.json);
-        let copy = |tx: &mut Transaction<'_>| -> Result<u64, postgres::Error> {
-            let mut writer = tx.copy_in(&self.plan.copy)?;
-            // A write error means the server ended the COPY; finishing says why.
-            let _ = std::io::Write::write_all(&mut writer, self.json.as_bytes());
-            writer.finish()
-        };
-        let table = self.plan.table.to_string();
-        let first = self.origins.first().map_or(0, |o| o.0);
-        let db_error = |e: postgres::Error| {
-            if e.as_db_error().is_none() || e.is_closed() {
-                return ApplyError::Fatal(e.into());
-            }
-            if e.code()
-                .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
-            {
-                return ApplyError::Moved;
-            }
-            let entry = items[first].entry.entry_ref();
-            let detail = e
-                .as_db_error()
-                .and_then(|d| d.detail())
-                .unwrap_or("")
-                .to_string();
-            if e.code().is_some_and(|c| c.code() == "23505") && self.kind == RunKind::Insert {
-                return ApplyError::Entry(Error::Divergence {
-                    entry,
-                    kind: DivergenceKind::CreateFoundRow,
-                    table: table.clone(),
-                    key: detail,
-                });
-            }
-            ApplyError::Entry(Error::Apply {
-                entry,
-                table: table.clone(),
-                reason: Error::from(e).to_string(),
-            })
-        };
-        match &self.kind {
-            RunKind::Insert => {
-                copy(tx).map_err(db_error)?;
-                Ok(())
-            }
-            RunKind::Update { set, null } => {
-                let sql = self.plan.update_sql(set, null);
-                let rows = tx
-                    .query_typed(&sql, &[(&json, Type::TEXT)])
-                    .map_err(db_error)?;
-                self.check_matched(&rows, items, DivergenceKind::UpdateMatchedNoRow)
-            }
-            RunKind::Delete => {
-                let rows = tx
-                    .query_typed(&self.plan.delete_sql, &[(&json, Type::TEXT)])
-                    .map_err(db_error)?;
-                self.check_matched(&rows, items, DivergenceKind::DeleteMatchedNoRow)
-            }
-        }
-    }
-
-    /// Every row of an UPDATE or DELETE must have matched one row.
-    fn check_matched(
-        &self,
-        rows: &[postgres::Row],
-        items: &[Item],
-        kind: DivergenceKind,
-    ) -> Result<(), ApplyError> {
-        let matched: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-        for (n, &(item, _)) in self.origins.iter().enumerate() {
-            let ordinal = i64::try_from(n + 1).unwrap_or(i64::MAX);
-            if !matched.contains(&ordinal) {
-                return Err(ApplyError::Entry(Error::Divergence {
-                    entry: items[item].entry.entry_ref(),
-                    kind,
-                    table: self.plan.table.to_string(),
-                    key: self.keys.get(n).cloned().unwrap_or_default(),
-                }));
-            }
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,378 @@
+//! The applying side of a replay: how each message type maps onto its
+//! target table, and how a batch's operations become a few statements.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use postgres::types::Type;
+use postgres::{Client, Transaction};
+
+use super::{ApplyError, Item};
+use crate::catalog::TypeCatalog;
+use crate::error::{DivergenceKind, Error, Result};
+use crate::mapping::{self, FieldPlan};
+use crate::proto::OpType;
+use crate::replica::{self, Target};
+use crate::schema;
+use crate::sql::{ident, TableName};
+
+/// How one message type is written to its target table.
+#[derive(Debug)]
+pub(super) struct TablePlan {
+    pub(super) type_name: String,
+    pub(super) table: TableName,
+    pub(super) sql_table: String,
+    pub(super) fields: Vec<FieldPlan>,
+    pub(super) pk: Vec<usize>,
+    pub(super) copy: postgres::Statement,
+    pub(super) delete_sql: String,
+    pub(super) created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RunKind {
+    Insert,
+    Update { set: Vec<usize>, null: Vec<usize> },
+    Delete,
+}
+
+impl TablePlan {
+    pub(super) fn build(
+        catalog: &TypeCatalog,
+        type_name: &str,
+        target: &Target,
+        source: &mut Client,
+        dest: &mut Client,
+    ) -> Result<TablePlan> {
+        let info = catalog.get(type_name).ok_or_else(|| Error::UnknownType {
+            type_name: type_name.to_string(),
+        })?;
+        let table = info.table().ok_or_else(|| Error::Mapping {
+            type_name: type_name.to_string(),
+            table: "(none)".into(),
+            reason: "the type has no table; set the (oplog.v1.table) option or use TypeCatalog::register_table".into(),
+        })?;
+        let source_table = TableName::parse(&table.table, "")?;
+        let target_table = TableName::parse(&table.table, target.table_suffix())?;
+        let mut created = false;
+        if !schema::exists(dest, &target_table)? {
+            // Another replayer may be creating it too: one at a time, and
+            // look again once it is our turn.
+            let mut tx = dest.transaction()?;
+            replica::lock_setup(&mut tx)?;
+            if !schema::exists(&mut tx, &target_table)? {
+                match target {
+                    Target::Suffix(_) => {
+                        if !schema::exists(source, &source_table)? {
+                            return Err(Error::Catalog(format!(
+                                "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
+                            )));
+                        }
+                        schema::create_like(&mut tx, &source_table, &target_table)?;
+                    }
+                    Target::Database { .. } => {
+                        schema::create_in_replica(source, &mut tx, &source_table, &target_table)?
+                    }
+                }
+                created = true;
+            }
+            tx.commit()?;
+        }
+        let columns = schema::columns(dest, &target_table)?;
+        let mapping_error = |reason: String| Error::Mapping {
+            type_name: type_name.to_string(),
+            table: target_table.to_string(),
+            reason,
+        };
+        let mut fields = Vec::new();
+        for field in info.descriptor().fields() {
+            let column = columns
+                .iter()
+                .find(|c| c.name == field.name())
+                .ok_or_else(|| {
+                    mapping_error(format!(
+                        "field {:?} has no column {:?}; add the column or remove the field",
+                        field.name(),
+                        field.name()
+                    ))
+                })?;
+            let conv = mapping::plan(&field, column).map_err(mapping_error)?;
+            fields.push(FieldPlan::new(field, conv, mapping::is_json(column)));
+        }
+        let mut pk = Vec::new();
+        for column in &table.primary_key {
+            let i = fields
+                .iter()
+                .position(|f| f.name() == column)
+                .ok_or_else(|| mapping_error(format!("primary key {column:?} is not a field")))?;
+            pk.push(i);
+        }
+        let sql_table = target_table.sql();
+        let cols = fields
+            .iter()
+            .map(|f| ident(f.name()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // COPY writes identity columns as given, like OVERRIDING SYSTEM
+        // VALUE, and is the fastest way into a table.
+        let copy = dest.prepare(&format!("COPY {sql_table} ({cols}) FROM STDIN"))?;
+        let mut plan = TablePlan {
+            type_name: type_name.to_string(),
+            table: target_table,
+            sql_table,
+            fields,
+            pk,
+            copy,
+            delete_sql: String::new(),
+            created,
+        };
+        plan.delete_sql = format!(
+            "DELETE FROM {} AS t USING {} WHERE {} RETURNING s.\"?ord\"",
+            plan.sql_table,
+            plan.rows_sql(),
+            plan.key_match()
+        );
+        Ok(plan)
+    }
+
+    /// The batch parameter as rows of the table type, numbered from 1.
+    fn rows_sql(&self) -> String {
+        format!(
+            "(SELECT j.o AS \"?ord\", r.* FROM json_array_elements($1::json) WITH ORDINALITY AS j(v, o) \
+             CROSS JOIN LATERAL json_populate_record(NULL::{}, j.v) AS r) AS s",
+            self.sql_table
+        )
+    }
+
+    fn key_match(&self) -> String {
+        self.pk
+            .iter()
+            .map(|&i| {
+                let c = ident(self.fields[i].name());
+                format!("t.{c} = s.{c}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    fn update_sql(&self, set: &[usize], null: &[usize]) -> String {
+        let assignments = set
+            .iter()
+            .map(|&i| {
+                let c = ident(self.fields[i].name());
+                format!("{c} = s.{c}")
+            })
+            .chain(
+                null.iter()
+                    .map(|&i| format!("{} = NULL", ident(self.fields[i].name()))),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE {} AS t SET {assignments} FROM {} WHERE {} RETURNING s.\"?ord\"",
+            self.sql_table,
+            self.rows_sql(),
+            self.key_match()
+        )
+    }
+
+    fn field_index(&self, path: &str) -> Result<usize> {
+        if path.contains('.') {
+            return Err(Error::Mapping {
+                type_name: self.type_name.clone(),
+                table: self.table.to_string(),
+                reason: format!("mask path {path:?} is nested; replay maps top-level fields only"),
+            });
+        }
+        self.fields
+            .iter()
+            .position(|f| f.name() == path)
+            .ok_or_else(|| Error::Mapping {
+                type_name: self.type_name.clone(),
+                table: self.table.to_string(),
+                reason: format!("mask path {path:?} is not a field of the message"),
+            })
+    }
+
+    pub(super) fn kind(
+        &self,
+        op: OpType,
+        field_mask: &[String],
+        null_mask: &[String],
+    ) -> Result<RunKind> {
+        Ok(match op {
+            OpType::Create | OpType::CreateItems => RunKind::Insert,
+            OpType::Delete | OpType::DeleteItems => RunKind::Delete,
+            OpType::Update => RunKind::Update {
+                set: field_mask
+                    .iter()
+                    .map(|p| self.field_index(p))
+                    .collect::<Result<_>>()?,
+                null: null_mask
+                    .iter()
+                    .map(|p| self.field_index(p))
+                    .collect::<Result<_>>()?,
+            },
+            OpType::Unspecified => {
+                return Err(Error::Mapping {
+                    type_name: self.type_name.clone(),
+                    table: self.table.to_string(),
+                    reason: "operation type is unspecified".into(),
+                })
+            }
+        })
+    }
+}
+
+/// The runs of one table, in log order.
+pub(super) struct Group {
+    pub(super) runs: Vec<Run>,
+}
+
+/// Consecutive operations of one kind on one table: one statement.
+pub(super) struct Run {
+    pub(super) plan: Arc<TablePlan>,
+    pub(super) kind: RunKind,
+    /// COPY text for an insert, a JSON array (without its closing bracket)
+    /// otherwise.
+    pub(super) json: String,
+    /// (item, operation) of each row, in order.
+    pub(super) origins: Vec<(usize, usize)>,
+    /// Row keys, for UPDATE and DELETE.
+    pub(super) keys: Vec<String>,
+}
+
+impl Run {
+    pub(super) fn new(plan: Arc<TablePlan>, kind: RunKind) -> Run {
+        // Inserts are COPY text; updates and deletes a JSON array.
+        let data = match kind {
+            RunKind::Insert => String::new(),
+            _ => String::from("["),
+        };
+        Run {
+            plan,
+            kind,
+            json: data,
+            origins: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(
+        &mut self,
+        item: usize,
+        op: usize,
+        key: Option<String>,
+        msg: &prost_reflect::DynamicMessage,
+    ) -> Result<(), String> {
+        if self.kind == RunKind::Insert {
+            // Inserts go through COPY: every field, one line per row.
+            mapping::write_copy_row(&mut self.json, &self.plan.fields, msg)?;
+            self.origins.push((item, op));
+            return Ok(());
+        }
+        if !self.origins.is_empty() {
+            self.json.push(',');
+        }
+        let fields: Vec<usize> = match &self.kind {
+            RunKind::Update { set, .. } => {
+                let mut f = self.plan.pk.clone();
+                f.extend(set.iter().filter(|i| !self.plan.pk.contains(i)));
+                f
+            }
+            RunKind::Delete | RunKind::Insert => self.plan.pk.clone(),
+        };
+        mapping::write_row(&mut self.json, &self.plan.fields, &fields, msg)?;
+        self.origins.push((item, op));
+        if let Some(key) = key {
+            self.keys.push(key);
+        }
+        Ok(())
+    }
+
+    pub(super) fn execute(
+        &self,
+        tx: &mut Transaction<'_>,
+        items: &[Item],
+    ) -> Result<(), ApplyError> {
+        let json = format!("{}]", self.json);
+        let copy = |tx: &mut Transaction<'_>| -> Result<u64, postgres::Error> {
+            let mut writer = tx.copy_in(&self.plan.copy)?;
+            // A write error means the server ended the COPY; finishing says why.
+            let _ = std::io::Write::write_all(&mut writer, self.json.as_bytes());
+            writer.finish()
+        };
+        let table = self.plan.table.to_string();
+        let first = self.origins.first().map_or(0, |o| o.0);
+        let db_error = |e: postgres::Error| {
+            if e.as_db_error().is_none() || e.is_closed() {
+                return ApplyError::Fatal(e.into());
+            }
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "40001" | "40P01"))
+            {
+                return ApplyError::Moved;
+            }
+            let entry = items[first].entry.entry_ref();
+            let detail = e
+                .as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or("")
+                .to_string();
+            if e.code().is_some_and(|c| c.code() == "23505") && self.kind == RunKind::Insert {
+                return ApplyError::Entry(Error::Divergence {
+                    entry,
+                    kind: DivergenceKind::CreateFoundRow,
+                    table: table.clone(),
+                    key: detail,
+                });
+            }
+            ApplyError::Entry(Error::Apply {
+                entry,
+                table: table.clone(),
+                reason: Error::from(e).to_string(),
+            })
+        };
+        match &self.kind {
+            RunKind::Insert => {
+                copy(tx).map_err(db_error)?;
+                Ok(())
+            }
+            RunKind::Update { set, null } => {
+                let sql = self.plan.update_sql(set, null);
+                let rows = tx
+                    .query_typed(&sql, &[(&json, Type::TEXT)])
+                    .map_err(db_error)?;
+                self.check_matched(&rows, items, DivergenceKind::UpdateMatchedNoRow)
+            }
+            RunKind::Delete => {
+                let rows = tx
+                    .query_typed(&self.plan.delete_sql, &[(&json, Type::TEXT)])
+                    .map_err(db_error)?;
+                self.check_matched(&rows, items, DivergenceKind::DeleteMatchedNoRow)
+            }
+        }
+    }
+
+    /// Every row of an UPDATE or DELETE must have matched one row.
+    fn check_matched(
+        &self,
+        rows: &[postgres::Row],
+        items: &[Item],
+        kind: DivergenceKind,
+    ) -> Result<(), ApplyError> {
+        let matched: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        for (n, &(item, _)) in self.origins.iter().enumerate() {
+            let ordinal = i64::try_from(n + 1).unwrap_or(i64::MAX);
+            if !matched.contains(&ordinal) {
+                return Err(ApplyError::Entry(Error::Divergence {
+                    entry: items[item].entry.entry_ref(),
+                    kind,
+                    table: self.plan.table.to_string(),
+                    key: self.keys.get(n).cloned().unwrap_or_default(),
+                }));
+            }
+        }
+        Ok(())
+    }
+}
