@@ -31,6 +31,10 @@ pub fn run(
         entries = entries.limit(u64::try_from(limit).unwrap_or(0));
     }
     for (i, entry) in entries.enumerate() {
+        // Nobody reads the rest: stop reading the log.
+        if out.closed() {
+            break;
+        }
         let entry = entry.map_err(read_failure)?;
         let view = EntryView::decode(&entry)?;
         if out.json() {
