@@ -155,7 +155,7 @@ pub use crate::entry::{
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result};
 pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
 pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
-pub use crate::oplog::{LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
+pub use crate::oplog::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};
 pub use crate::replay::{
@@ -165,6 +165,8 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 pub use crate::retry::{Retried, RetryPolicy};
 pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};
+#[doc(hidden)]
+pub use crate::store::explain_entry_scans;
 pub use crate::store::Connection;
 pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
 pub use crate::verify::{

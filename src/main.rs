@@ -469,7 +469,7 @@ enum KeysCommand {
 #[derive(Debug, Args)]
 struct LogArgs {
     /// Only entries of this aggregate, in seq order (default: every
-    /// aggregate, in insertion order).
+    /// aggregate, in (aggregate, seq) order).
     #[arg(long, value_name = "NAME")]
     aggregate: Option<String>,
 

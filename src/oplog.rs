@@ -1,7 +1,7 @@
 //! The write and read API: [`Oplog`] ties a type catalog and a wrapper to
 //! the tickets and entries in the database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use crate::crypto::Wrapper;
 use crate::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
 use crate::error::{EntryRef, Error, Result};
 use crate::queue::Limits;
-use crate::store::{Appended, Connection, InsertRow, ListQuery, StoredRow, TicketRow};
+use crate::store::{Appended, Connection, InsertRow, ListQuery, Pager, StoredRow, TicketRow};
 
 /// Name of the ticket seeded by the migrations. Writing every entry to the
 /// aggregate named `global` puts the whole log in one total order.
@@ -390,7 +390,11 @@ impl Oplog {
 
     /// Lists entries, decrypted and decoded: those of `aggregate` with a seq
     /// above `after_seq` in seq order, or (with `None`) those of every
-    /// aggregate in insertion order; at most `limit`.
+    /// aggregate with a seq above `after_seq`, in (aggregate, seq) order
+    /// (aggregates in the database's collation); at most `limit`.
+    ///
+    /// Everything listed is held in memory at once: to go through a large
+    /// log, use [`Oplog::entries`], which reads a bounded page at a time.
     pub fn list(
         &self,
         conn: &mut impl Connection,
@@ -398,12 +402,43 @@ impl Oplog {
         after_seq: i64,
         limit: Option<i64>,
     ) -> Result<Vec<Entry>> {
-        let rows = conn.list_entries(&ListQuery {
-            aggregate,
+        let mut entries = self.entries(conn, aggregate, after_seq);
+        if let Some(limit) = limit {
+            entries = entries.limit(u64::try_from(limit).unwrap_or(0));
+        }
+        entries.collect()
+    }
+
+    /// The entries [`Oplog::list`] lists, decrypted and decoded one at a
+    /// time as the iterator is advanced, and read a page at a time: a page
+    /// is at most [`Entries::PAGE_ENTRIES`] entries and about
+    /// [`Entries::PAGE_BYTES`] (one entry more than that at most), so memory
+    /// stays bounded whatever the size of the log. Each page is one keyset
+    /// step along the `(aggregate_name, seq)` index.
+    ///
+    /// Pages are read by separate statements: on a connection outside a
+    /// transaction each sees the log as it is then, so run it in a
+    /// `REPEATABLE READ` transaction for one consistent view.
+    ///
+    /// An entry that cannot be opened is an `Err` item, and the listing
+    /// goes on after it; a failed read of a page ends it.
+    pub fn entries<'a, C: Connection>(
+        &'a self,
+        conn: &'a mut C,
+        aggregate: Option<&str>,
+        after_seq: i64,
+    ) -> Entries<'a, C> {
+        Entries {
+            oplog: self,
+            conn,
+            aggregate: aggregate.map(str::to_string),
             after_seq,
-            limit: limit.unwrap_or(i64::MAX),
-        })?;
-        rows.into_iter().map(|row| self.open(conn, row)).collect()
+            position: (String::new(), 0),
+            remaining: None,
+            pager: Pager::new(Entries::<C>::PAGE_ENTRIES, Entries::<C>::PAGE_BYTES),
+            page: VecDeque::new(),
+            done: false,
+        }
     }
 
     /// The id of the entry with this UUID if it committed, else `None`. Ask
@@ -415,9 +450,20 @@ impl Oplog {
     /// Decrypts, authenticates and decodes a stored entry with the catalog
     /// it names.
     pub(crate) fn open(&self, conn: &mut impl Connection, row: StoredRow) -> Result<Entry> {
-        let entry_ref = || row_ref(&row);
+        row_parts(&row)?;
+        let catalog = self.catalog_for(conn, row.catalog.as_deref(), || row_ref(&row))?;
+        self.open_with(row, catalog)
+    }
+
+    /// The catalog entries that name none are read with: this oplog's own.
+    pub(crate) fn own_catalog(&self) -> Arc<TypeCatalog> {
+        self.catalog.clone()
+    }
+
+    /// Decrypts, authenticates and decodes a stored entry with `catalog`,
+    /// which the caller found for the digest the entry names.
+    pub(crate) fn open_with(&self, row: StoredRow, catalog: Arc<TypeCatalog>) -> Result<Entry> {
         let (uuid, metadata) = row_parts(&row)?;
-        let catalog = self.catalog_for(conn, row.catalog.as_deref(), entry_ref)?;
         let header = row_header(&row, uuid, &metadata);
         let operations = entry::open(
             self.wrapper.as_ref(),
@@ -441,6 +487,92 @@ impl Oplog {
             catalog,
             operations,
         })
+    }
+}
+
+/// Entries read a page at a time and opened one at a time; see
+/// [`Oplog::entries`].
+pub struct Entries<'a, C: Connection> {
+    oplog: &'a Oplog,
+    conn: &'a mut C,
+    aggregate: Option<String>,
+    after_seq: i64,
+    /// The (aggregate, seq) of the last entry read.
+    position: (String, i64),
+    /// Entries still to list, when limited.
+    remaining: Option<u64>,
+    pager: Pager,
+    page: VecDeque<StoredRow>,
+    /// The log has no more entries to read, or reading failed.
+    done: bool,
+}
+
+impl<C: Connection> Entries<'_, C> {
+    /// Most entries read per page.
+    pub const PAGE_ENTRIES: i64 = crate::store::PAGE_ENTRIES;
+
+    /// The byte budget of a page: the sizes of the entries' data, key ids
+    /// and metadata as stored, plus a fixed amount per entry.
+    pub const PAGE_BYTES: u64 = crate::store::PAGE_BYTES;
+
+    /// Lists at most `n` entries (no more are read than that).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.remaining = Some(n);
+        self
+    }
+
+    /// Reads the next page into `self.page`.
+    fn read_page(&mut self) -> Result<()> {
+        let limit = self.pager.candidates(self.remaining);
+        let page = self.conn.list_entries(&ListQuery {
+            aggregate: self.aggregate.as_deref(),
+            after_seq: self.after_seq,
+            after: (&self.position.0, self.position.1),
+            limit,
+            max_bytes: self.pager.max_bytes(),
+        })?;
+        self.pager.after_page(page.rows.len(), page.cut);
+        self.done = page.is_last();
+        if let Some(end) = page.end {
+            self.position = end;
+        }
+        self.page.extend(page.rows);
+        Ok(())
+    }
+}
+
+impl<C: Connection> Iterator for Entries<'_, C> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        // A page whose entries were all trimmed between picking and reading
+        // them is empty without being the last.
+        while self.page.is_empty() && !self.done {
+            if let Err(e) = self.read_page() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        let row = self.page.pop_front()?;
+        if let Some(n) = self.remaining.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+        Some(self.oplog.open(self.conn, row))
+    }
+}
+
+impl<C: Connection> std::fmt::Debug for Entries<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("aggregate", &self.aggregate)
+            .field("after_seq", &self.after_seq)
+            .field("position", &self.position)
+            .field("remaining", &self.remaining)
+            .field("buffered", &self.page.len())
+            .finish()
     }
 }
 

@@ -14,9 +14,7 @@ use postgres::{Client, GenericClient};
 use crate::catalog::TypeCatalog;
 use crate::connect::connect;
 use crate::error::{Error, Result};
-use crate::oplog::Oplog;
 use crate::sql::{validate_suffix, TableName};
-use crate::store;
 
 /// Where a replay writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,23 +321,33 @@ pub(crate) struct ReplicatedTable {
     pub type_names: Vec<String>,
 }
 
-/// Every table the log's types map onto: from every catalog stored in the
-/// source database, and `oplog`'s own catalog. A stored catalog that does
-/// not decode (altered, or over the size limit) is left out here; the log
-/// check reports it at every entry that names it.
-pub(crate) fn replicated_tables(
-    oplog: &Oplog,
-    source: &mut Client,
-) -> Result<Vec<ReplicatedTable>> {
-    let mut catalogs = vec![oplog.catalog().clone()];
-    let max = oplog.limits().max_catalog_bytes;
-    for (digest, stored) in store::stored_catalogs(source, max)? {
-        if let Ok(catalog) = TypeCatalog::from_stored(&digest, &stored, max) {
-            catalogs.push(catalog);
+impl ReplicatedTable {
+    /// Adds the type names and columns of `other`, the same table as
+    /// another catalog maps it; the primary key stays the first one's.
+    pub(crate) fn merge(&mut self, other: ReplicatedTable) {
+        for name in other.type_names {
+            if !self.type_names.contains(&name) {
+                self.type_names.push(name);
+            }
+        }
+        for column in other.columns {
+            if !self.columns.contains(&column) {
+                self.columns.push(column);
+            }
         }
     }
+}
+
+/// Every table the types of `catalogs` map onto, by name, each with the
+/// union of the columns its types set. Only the catalogs given count: a
+/// caller passes those the log's entries were written with, so that a
+/// catalog stored but never used (or one compiled into the reader) adds no
+/// table.
+pub(crate) fn replicated_tables<'a>(
+    catalogs: impl IntoIterator<Item = &'a TypeCatalog>,
+) -> Result<Vec<ReplicatedTable>> {
     let mut tables: BTreeMap<TableName, ReplicatedTable> = BTreeMap::new();
-    for catalog in &catalogs {
+    for catalog in catalogs {
         for name in catalog.type_names() {
             let Some(info) = catalog.get(name) else {
                 continue;
@@ -348,20 +356,20 @@ pub(crate) fn replicated_tables(
                 continue;
             };
             let parsed = TableName::parse(&table.table, "")?;
-            let entry = tables
-                .entry(parsed.clone())
-                .or_insert_with(|| ReplicatedTable {
-                    table: parsed,
-                    primary_key: table.primary_key.clone(),
-                    columns: Vec::new(),
-                    type_names: Vec::new(),
-                });
-            if !entry.type_names.iter().any(|t| t == name) {
-                entry.type_names.push(name.to_string());
-            }
-            for field in info.descriptor().fields() {
-                if !entry.columns.iter().any(|c| c == field.name()) {
-                    entry.columns.push(field.name().to_string());
+            let found = ReplicatedTable {
+                table: parsed.clone(),
+                primary_key: table.primary_key.clone(),
+                columns: info
+                    .descriptor()
+                    .fields()
+                    .map(|f| f.name().to_string())
+                    .collect(),
+                type_names: vec![name.to_string()],
+            };
+            match tables.get_mut(&parsed) {
+                Some(known) => known.merge(found),
+                None => {
+                    tables.insert(parsed, found);
                 }
             }
         }

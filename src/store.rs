@@ -9,6 +9,8 @@
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
 use diesel::{PgConnection, QueryableByName, RunQueryDsl};
+use std::collections::HashMap;
+
 use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 use uuid::Uuid;
@@ -98,12 +100,143 @@ pub struct StoredRow {
     pub catalog: Option<Vec<u8>>,
 }
 
-/// Which entries to list.
+/// Which entries to list: one page of a scan in (aggregate, seq) order.
 #[derive(Debug, Clone)]
 pub struct ListQuery<'a> {
+    /// Only this aggregate's entries.
     pub aggregate: Option<&'a str>,
+    /// Only entries with a seq above this one.
     pub after_seq: i64,
+    /// Where the previous page ended: the page starts after this (aggregate,
+    /// seq), exclusive. `("", 0)` starts at the beginning, since aggregate
+    /// names are never empty.
+    pub after: (&'a str, i64),
+    /// Most entries to consider for the page.
     pub limit: i64,
+    /// The page's byte budget: entries are taken while the bytes before
+    /// them are under it, so a page holds at most the budget plus one entry.
+    pub max_bytes: u64,
+}
+
+/// One page of entries in (aggregate, seq) order.
+#[derive(Debug, Default)]
+pub struct EntryPage {
+    /// The entries, in (aggregate, seq) order.
+    pub rows: Vec<StoredRow>,
+    /// The (aggregate, seq) of the last entry the page picked, which the
+    /// next page starts after. An entry picked and then trimmed before it
+    /// was read (outside a transaction) is not in `rows`, but the page
+    /// still ends there.
+    pub end: Option<(String, i64)>,
+    /// Entries were left out because the byte budget was reached.
+    pub cut: bool,
+    /// As many entries were considered as the limit allowed: more may follow.
+    pub full: bool,
+}
+
+impl EntryPage {
+    /// True when the scan has reached the end of the log.
+    pub fn is_last(&self) -> bool {
+        self.end.is_none() || (!self.cut && !self.full)
+    }
+}
+
+/// An entry's place in the log and the bytes reading it costs, read without
+/// its data: `octet_length` of a stored (toasted) value reads only its
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct EntrySize {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub aggregate_name: String,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = BigInt)]
+    pub bytes: i64,
+}
+
+/// Bytes counted for each entry besides its data, key id and metadata: its
+/// fixed-size columns and what holding a row costs.
+const ROW_OVERHEAD: u64 = 512;
+
+/// Most entries in a page of the log, as the readers of the log page it.
+pub(crate) const PAGE_ENTRIES: i64 = 1000;
+
+/// The byte budget of a page of the log (entries' data, key ids and
+/// metadata as stored, plus [`ROW_OVERHEAD`] each): a page holds at most
+/// this plus one entry.
+pub(crate) const PAGE_BYTES: u64 = 8 << 20;
+
+/// How many of the entries of `sizes` (bytes each, in order) a page with a
+/// budget of `max_bytes` takes: every entry whose predecessors in the page
+/// hold fewer bytes than the budget, so always the first one, and at most
+/// one entry beyond the budget.
+pub fn page_len(sizes: impl IntoIterator<Item = i64>, max_bytes: u64) -> usize {
+    let mut before: u64 = 0;
+    let mut taken = 0;
+    for size in sizes {
+        if taken > 0 && before >= max_bytes {
+            break;
+        }
+        let bytes = u64::try_from(size)
+            .unwrap_or(0)
+            .saturating_add(ROW_OVERHEAD);
+        before = before.saturating_add(bytes);
+        taken += 1;
+    }
+    taken
+}
+
+/// How a scan of the log pages: at most `max_rows` entries and about
+/// `max_bytes` per page (one entry more than the budget at most, so that a
+/// page is never empty), asking for fewer candidates after pages that the
+/// budget cut short, so that a log of large entries is not read ahead
+/// `max_rows` entries at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pager {
+    max_rows: i64,
+    max_bytes: u64,
+    next_rows: i64,
+}
+
+impl Pager {
+    /// A pager of at most `max_rows` entries (at least 1) and `max_bytes`
+    /// per page.
+    pub fn new(max_rows: i64, max_bytes: u64) -> Self {
+        let max_rows = max_rows.max(1);
+        Pager {
+            max_rows,
+            max_bytes,
+            next_rows: max_rows,
+        }
+    }
+
+    /// The byte budget of a page.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How many entries the next page considers, at most `remaining`.
+    pub fn candidates(&self, remaining: Option<u64>) -> i64 {
+        match remaining {
+            Some(n) => self.next_rows.min(i64::try_from(n).unwrap_or(i64::MAX)),
+            None => self.next_rows,
+        }
+    }
+
+    /// Adapts the number of candidates to the page just read: twice the
+    /// entries the budget let through when it cut the page, growing back
+    /// (doubling) to `max_rows` otherwise.
+    pub fn after_page(&mut self, taken: usize, cut: bool) {
+        let taken = i64::try_from(taken).unwrap_or(i64::MAX);
+        self.next_rows = if cut {
+            taken.saturating_mul(2)
+        } else {
+            self.next_rows.saturating_mul(2)
+        }
+        .clamp(1, self.max_rows);
+    }
 }
 
 const READ_TICKET: &str = "SELECT version, chain FROM oplog_ticket WHERE name = $1";
@@ -161,14 +294,87 @@ LEFT JOIN LATERAL (
     FROM oplog_metadata WHERE entry_id = e.id
 ) m ON true";
 
-fn list_sql(q: &ListQuery<'_>) -> String {
-    match q.aggregate {
-        Some(_) => format!(
-            "{SELECT_ENTRIES} WHERE e.aggregate_name = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
-        ),
-        None => {
-            format!("{SELECT_ENTRIES} WHERE $1::text IS NULL AND e.seq > $2 ORDER BY e.id LIMIT $3")
+/// The bytes an entry costs to read, computed from the sizes PostgreSQL
+/// keeps in each value's header, so that no large value is read to size it.
+const ENTRY_BYTES: &str = "octet_length(i.data)::bigint + octet_length(i.key_id) \
++ coalesce((SELECT sum(octet_length(m.key) + octet_length(m.value)) \
+FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint";
+
+/// The next candidates of a page, in (aggregate, seq) order: keyset
+/// pagination on the `UNIQUE (aggregate_name, seq)` index, in the
+/// database's own collation (the index's), so that each page is an index
+/// range scan that starts at the position and sorts nothing. Parameters:
+/// aggregate, seq above, limit with an aggregate; position name, position
+/// seq, seq above, limit without.
+///
+/// The position is passed through scalar subqueries, which the planner
+/// cannot see into: it then assumes a fixed share of the table (a third)
+/// lies past it, enough for the index-ordered scan to be the cheapest way
+/// to the first rows. Seen as constants, a position near the end of the
+/// statistics (the last of a large aggregate followed by a few small ones,
+/// say) looks like a few rows, and the planner would rather read them all
+/// through a bitmap and sort them, reading the rest of that large aggregate
+/// for every page.
+fn sizes_sql(aggregate: bool) -> String {
+    if aggregate {
+        format!(
+            "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
+             WHERE i.aggregate_name = $1 AND i.seq > (SELECT $2::bigint) \
+             ORDER BY i.seq LIMIT $3"
+        )
+    } else {
+        format!(
+            "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
+             WHERE (i.aggregate_name, i.seq) > ((SELECT $1::text), (SELECT $2::bigint)) \
+             AND i.seq > (SELECT $3::bigint) \
+             ORDER BY i.aggregate_name, i.seq LIMIT $4"
+        )
+    }
+}
+
+/// The entries of a page, by id (in no order; the caller puts them back in
+/// the page's).
+fn by_id_sql() -> String {
+    format!("{SELECT_ENTRIES} WHERE e.id = ANY($1)")
+}
+
+/// The seq a page of `q` starts after, with an aggregate.
+fn seq_floor(q: &ListQuery<'_>) -> i64 {
+    q.after_seq.max(q.after.1)
+}
+
+/// Puts `rows` (read by id) back in the order of `picked`. An entry picked
+/// but not read (trimmed between the two statements, outside a
+/// transaction) is left out.
+fn in_page_order(picked: &[EntrySize], rows: Vec<StoredRow>) -> Vec<StoredRow> {
+    let place: HashMap<i64, usize> = picked.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
+    let mut slots: Vec<Option<StoredRow>> = Vec::new();
+    slots.resize_with(picked.len(), || None);
+    for row in rows {
+        if let Some(&i) = place.get(&row.id) {
+            slots[i] = Some(row);
         }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// The entries `sizes` lets `pager` take, with whether the page was cut
+/// and full, for [`EntryPage`].
+fn take_page(q: &ListQuery<'_>, mut sizes: Vec<EntrySize>) -> (Vec<EntrySize>, bool, bool) {
+    let full = i64::try_from(sizes.len()).is_ok_and(|n| n >= q.limit);
+    let taken = page_len(sizes.iter().map(|s| s.bytes), q.max_bytes);
+    let cut = taken < sizes.len();
+    sizes.truncate(taken);
+    (sizes, cut, full)
+}
+
+/// The page of the entries `picked` (read as `rows`).
+fn entry_page(picked: &[EntrySize], rows: Vec<StoredRow>, cut: bool, full: bool) -> EntryPage {
+    EntryPage {
+        rows: in_page_order(picked, rows),
+        end: picked.last().map(|p| (p.aggregate_name.clone(), p.seq)),
+        cut,
+        full,
     }
 }
 
@@ -183,7 +389,7 @@ pub(crate) mod private {
         fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>>;
         fn seed_ticket(&mut self, name: &str) -> Result<()>;
         fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
-        fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>>;
+        fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
         fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
@@ -237,16 +443,121 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
     Ok(appended(row.get(0), row.get(1), row.get(2), row.get(3)))
 }
 
-fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
-    let rows = c.query_typed(
-        &list_sql(q),
-        &[
-            (&q.aggregate, Type::TEXT),
-            (&q.after_seq, Type::INT8),
-            (&q.limit, Type::INT8),
-        ],
-    )?;
-    Ok(rows.iter().map(stored_row).collect())
+fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {
+    let sizes = entry_sizes(c, q)?;
+    let (picked, cut, full) = take_page(q, sizes);
+    let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+    let rows = entries_by_id(c, &ids)?;
+    Ok(entry_page(&picked, rows, cut, full))
+}
+
+/// The candidates of the page `q`, with their sizes.
+fn entry_sizes(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<EntrySize>> {
+    sizes_rows(c, q, "")?
+        .iter()
+        .map(|r| {
+            Ok(EntrySize {
+                id: r.try_get(0)?,
+                aggregate_name: r.try_get(1)?,
+                seq: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Runs the statement choosing the candidates of the page `q`, after
+/// `prefix` (`EXPLAIN` or nothing).
+fn sizes_rows(
+    c: &mut impl GenericClient,
+    q: &ListQuery<'_>,
+    prefix: &str,
+) -> Result<Vec<postgres::Row>> {
+    Ok(match q.aggregate {
+        Some(aggregate) => c.query_typed(
+            &format!("{prefix}{}", sizes_sql(true)),
+            &[
+                (&aggregate, Type::TEXT),
+                (&seq_floor(q), Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+        None => c.query_typed(
+            &format!("{prefix}{}", sizes_sql(false)),
+            &[
+                (&q.after.0, Type::TEXT),
+                (&q.after.1, Type::INT8),
+                (&q.after_seq, Type::INT8),
+                (&q.limit, Type::INT8),
+            ],
+        )?,
+    })
+}
+
+/// A `json` value as its text (its binary form is the text).
+struct JsonText(String);
+
+impl<'a> postgres::types::FromSql<'a> for JsonText {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(JsonText(std::str::from_utf8(raw)?.to_string()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSON
+    }
+}
+
+/// The plans (`EXPLAIN (FORMAT JSON)`) of the statements that read pages of
+/// the log, as [`Oplog::entries`](crate::Oplog::entries), `oplog log` and
+/// `verify` run them, each named: the page at a position and the one after
+/// it, of every aggregate and of `aggregate`. The position is the start of
+/// the log (or of `aggregate`), or `aggregate` at seq `after` when given.
+/// For tests that check that every scan of the log is an index range scan
+/// that sorts nothing.
+#[doc(hidden)]
+pub fn explain_entry_scans(
+    client: &mut postgres::Client,
+    aggregate: &str,
+    after: Option<i64>,
+) -> Result<Vec<(String, String)>> {
+    let mut plans = Vec::new();
+    let explain = "EXPLAIN (FORMAT JSON) ";
+    let start = match after {
+        Some(seq) => (aggregate.to_string(), seq),
+        None => (String::new(), 0),
+    };
+    for (scope, aggregate) in [
+        ("every aggregate", None),
+        ("one aggregate", Some(aggregate)),
+    ] {
+        let mut after = start.clone();
+        for page in ["page", "next page"] {
+            let q = ListQuery {
+                aggregate,
+                after_seq: 0,
+                after: (&after.0, after.1),
+                limit: PAGE_ENTRIES,
+                max_bytes: PAGE_BYTES,
+            };
+            let plan: JsonText = sizes_rows(client, &q, explain)?[0].try_get(0)?;
+            plans.push((format!("candidates, {scope}, {page}"), plan.0));
+            let (picked, _, _) = take_page(&q, entry_sizes(client, &q)?);
+            let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+            let plan: JsonText = client.query_typed(
+                &format!("{explain}{}", by_id_sql()),
+                &[(&ids, Type::INT8_ARRAY)],
+            )?[0]
+                .try_get(0)?;
+            plans.push((format!("entries, {scope}, {page}"), plan.0));
+            if let Some(last) = picked.last() {
+                after = (last.aggregate_name.clone(), last.seq);
+            }
+        }
+    }
+    Ok(plans)
 }
 
 /// Reads rows of entries selected with [`SELECT_ENTRIES`]'s columns.
@@ -309,7 +620,7 @@ macro_rules! impl_postgres {
             fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended> {
                 pg_append(self, row, wait)
             }
-            fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
+            fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
                 pg_list_entries(self, q)
             }
             fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
@@ -417,12 +728,29 @@ impl private::Sealed for PgConnection {
         })
     }
 
-    fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<Vec<StoredRow>> {
-        Ok(diesel::sql_query(list_sql(q))
-            .bind::<Nullable<Text>, _>(q.aggregate)
-            .bind::<BigInt, _>(q.after_seq)
-            .bind::<BigInt, _>(q.limit)
-            .load(self)?)
+    fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
+        let sizes: Vec<EntrySize> = match q.aggregate {
+            Some(aggregate) => diesel::sql_query(sizes_sql(true))
+                .bind::<Text, _>(aggregate)
+                .bind::<BigInt, _>(seq_floor(q))
+                .bind::<BigInt, _>(q.limit)
+                .load(self)?,
+            None => diesel::sql_query(sizes_sql(false))
+                .bind::<Text, _>(q.after.0)
+                .bind::<BigInt, _>(q.after.1)
+                .bind::<BigInt, _>(q.after_seq)
+                .bind::<BigInt, _>(q.limit)
+                .load(self)?,
+        };
+        let (picked, cut, full) = take_page(q, sizes);
+        if picked.is_empty() {
+            return Ok(entry_page(&picked, Vec::new(), cut, full));
+        }
+        let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+        let rows: Vec<StoredRow> = diesel::sql_query(by_id_sql())
+            .bind::<Array<BigInt>, _>(&ids)
+            .load(self)?;
+        Ok(entry_page(&picked, rows, cut, full))
     }
 
     fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
@@ -504,47 +832,25 @@ pub(crate) fn source_id(c: &mut impl GenericClient) -> Result<String> {
     Ok(row.get(0))
 }
 
-/// Every stored catalog, as (digest, encoding); the encodings over `limit`
-/// bytes stay in the database.
-pub(crate) fn stored_catalogs(
+/// The digests of the stored catalogs above `after`, in byte order, at most
+/// `limit` (keyset pagination on the primary key).
+pub(crate) fn stored_catalog_digests(
     c: &mut impl GenericClient,
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, CatalogBytes)>> {
+    after: &[u8],
+    limit: i64,
+) -> Result<Vec<Vec<u8>>> {
     let rows = c.query_typed(
-        "SELECT digest, length(catalog)::bigint, \
-         CASE WHEN length(catalog) <= $1 THEN catalog END \
-         FROM oplog_catalog ORDER BY digest",
-        &[(&size_param(limit), Type::INT8)],
+        "SELECT digest FROM oplog_catalog WHERE digest > $1 ORDER BY digest LIMIT $2",
+        &[(&after, Type::BYTEA), (&limit, Type::INT8)],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), CatalogBytes::from_row(r.get(1), r.get(2))))
-        .collect())
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
-/// Entries in (aggregate, seq) order after the position `after` (exclusive),
-/// only `aggregate`'s when given, at most `limit`.
-pub(crate) fn entries_in_order(
-    c: &mut impl GenericClient,
-    aggregate: Option<&str>,
-    after: (&str, i64),
-    limit: i64,
-) -> Result<Vec<StoredRow>> {
-    let sql = format!(
-        "{SELECT_ENTRIES} WHERE ($1::text IS NULL OR e.aggregate_name = $1) \
-         AND (e.aggregate_name COLLATE \"C\", e.seq) > ($2::text COLLATE \"C\", $3::bigint) \
-         ORDER BY e.aggregate_name COLLATE \"C\", e.seq LIMIT $4"
-    );
-    let rows = c.query_typed(
-        &sql,
-        &[
-            (&aggregate, Type::TEXT),
-            (&after.0, Type::TEXT),
-            (&after.1, Type::INT8),
-            (&limit, Type::INT8),
-        ],
-    )?;
-    Ok(rows.iter().map(stored_row).collect())
+/// One page of entries in (aggregate, seq) order, as [`ListQuery`] asks:
+/// the candidates' sizes first, from the index and the values' headers,
+/// then the entries the byte budget takes, streamed.
+pub(crate) fn entries_in_order(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {
+    pg_list_entries(c, q)
 }
 
 /// A pending entry's place and size, read without its payload, so that a
@@ -613,11 +919,13 @@ CROSS JOIN LATERAL (
 
 /// The entries with these ids, in full, in no particular order; rows are
 /// converted as they arrive, so a page is held once.
-pub(crate) fn entries_by_id(c: &mut postgres::Client, ids: &[i64]) -> Result<Vec<StoredRow>> {
+pub(crate) fn entries_by_id(c: &mut impl GenericClient, ids: &[i64]) -> Result<Vec<StoredRow>> {
     use postgres::fallible_iterator::FallibleIterator;
-    let sql = format!("{SELECT_ENTRIES} WHERE e.id = ANY($1)");
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::INT8_ARRAY)];
-    let mut rows = c.query_typed_raw(&sql, params)?;
+    let mut rows = c.query_typed_raw(&by_id_sql(), params)?;
     let mut out = Vec::with_capacity(ids.len());
     while let Some(row) = rows.next()? {
         out.push(stored_row(&row));
@@ -747,4 +1055,89 @@ pub(crate) fn rewrap_entries(
         ],
     )?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a page counts for an entry of `size` bytes.
+    fn counted(size: i64) -> u64 {
+        u64::try_from(size).unwrap() + ROW_OVERHEAD
+    }
+
+    #[test]
+    fn a_page_takes_entries_while_the_bytes_before_them_are_under_its_budget() {
+        let budget = 3 * counted(100);
+        // Exactly the budget: the entry that reaches it is the last.
+        assert_eq!(page_len([100, 100, 100, 100], budget), 3);
+        // One entry over the budget at most: the one that crosses it.
+        assert_eq!(page_len([100, 100, 1_000_000, 100], budget), 3);
+        // The first entry is always taken, however large.
+        assert_eq!(page_len([60 << 20, 100], budget), 1);
+        assert_eq!(page_len([60 << 20], 0), 1);
+        assert_eq!(page_len([], budget), 0);
+        // Small entries fill a page up to the budget.
+        assert_eq!(page_len(vec![0; 50], 10 * counted(0)), 10);
+        // A negative size (which PostgreSQL never gives) counts as empty.
+        assert_eq!(page_len([-5, -5], counted(0)), 1);
+    }
+
+    #[test]
+    fn after_a_page_cut_short_by_bytes_fewer_entries_are_asked_for() {
+        let mut pager = Pager::new(1000, 8 << 20);
+        assert_eq!(pager.candidates(None), 1000);
+        assert_eq!(pager.candidates(Some(7)), 7);
+        // Large entries: the budget let one through; ask for two next.
+        pager.after_page(1, true);
+        assert_eq!(pager.candidates(None), 2);
+        pager.after_page(2, true);
+        assert_eq!(pager.candidates(None), 4);
+        // Small entries again: the candidates grow back, doubling, to the
+        // most a page holds.
+        for _ in 0..20 {
+            pager.after_page(4, false);
+        }
+        assert_eq!(pager.candidates(None), 1000);
+        // Never fewer than one.
+        pager.after_page(0, true);
+        assert_eq!(pager.candidates(None), 1);
+        assert_eq!(Pager::new(0, 1).candidates(None), 1);
+    }
+
+    fn row(id: i64, seq: i64) -> StoredRow {
+        StoredRow {
+            id,
+            entry_uuid: String::new(),
+            aggregate_name: "a".into(),
+            seq,
+            format: 1,
+            key_id: String::new(),
+            data: Vec::new(),
+            digest: Vec::new(),
+            chain: Vec::new(),
+            created_us: 0,
+            meta_keys: Vec::new(),
+            meta_values: Vec::new(),
+            catalog: None,
+        }
+    }
+
+    #[test]
+    fn entries_read_by_id_are_put_back_in_page_order() {
+        let picked: Vec<EntrySize> = [(30, 1), (10, 2), (20, 3)]
+            .iter()
+            .map(|&(id, seq)| EntrySize {
+                id,
+                aggregate_name: "a".into(),
+                seq,
+                bytes: 0,
+            })
+            .collect();
+        // Ids out of seq order, as a sequence with a cache hands them out;
+        // an entry trimmed between the two statements is left out.
+        let rows = vec![row(20, 3), row(30, 1)];
+        let seqs: Vec<i64> = in_page_order(&picked, rows).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+    }
 }

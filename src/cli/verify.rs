@@ -175,6 +175,9 @@ fn write_text(out: &mut Output, report: &VerifyReport) -> Result<(), Failure> {
             out.line(format_args!("  ... and {unlisted} more"))?;
         }
     }
+    for note in &report.notes {
+        out.line(format_args!("note: {note}"))?;
+    }
     let differing = report.tables.iter().filter(|t| !t.is_clean()).count();
     if report.is_clean() {
         out.line(format_args!("clean"))

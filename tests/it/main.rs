@@ -11,6 +11,7 @@ mod plans;
 mod replay;
 mod roles;
 mod scale;
+mod scans;
 mod security;
 mod support;
 mod targets;

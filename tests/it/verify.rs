@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::process::Output;
 
 use oplog::{
-    heads, verify, DifferenceKind, FindingKind, Head, Keyring, Oplog, Target, TypeCatalog,
-    VerifyOptions, VerifyReport, Written,
+    heads, verify, DifferenceKind, FindingKind, Head, Keyring, OpType, Operation, Oplog, Queue,
+    Target, TypeCatalog, VerifyOptions, VerifyReport, Written,
 };
 use serde_json::Value;
 
@@ -384,6 +384,15 @@ fn a_trimmed_log_verifies_from_its_trim_point() {
     let report = run(&db, &options);
     assert_eq!(report.findings, []);
     assert_eq!(report.entries_checked, 2);
+    // The anchor whose entry was trimmed cannot be checked, and the report
+    // says so without counting it against the log.
+    assert!(report.is_clean());
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(
+        report.notes[0].contains("at seq 1 cannot be checked"),
+        "{}",
+        report.notes[0]
+    );
 
     // A trim point that does not lead to the next entry.
     superuser_exec(
@@ -748,11 +757,13 @@ fn verify_exits_0_when_clean_and_1_with_findings_in_text_and_json() {
             "aggregates_checked",
             "entries_checked",
             "findings",
+            "notes",
             "tables"
         ]
     );
     assert_eq!(doc["entries_checked"], 4);
     assert_eq!(doc["findings"], Value::Array(vec![]));
+    assert_eq!(doc["notes"], Value::Array(vec![]));
 
     let tampered = cli.written[1].id;
     superuser_exec(
@@ -947,4 +958,467 @@ fn verify_errors_exit_2_with_one_line() {
         .output()
         .unwrap();
     failure(&out, &["oplog migrate"]);
+}
+
+// Trim points, anchors and what the log no longer holds.
+
+#[test]
+fn newest_entries_deleted_behind_a_trim_point_written_from_the_ticket_are_found() {
+    let db = TestDb::new();
+    let w = write_users(&db, &oplog(), "agg", &["u1", "u2", "u3"]);
+    let early = heads(&mut db.client(), Some("agg")).unwrap();
+    write_users(&db, &oplog(), "agg", &["u4", "u5"]);
+    write_users(&db, &oplog(), "other", &["u6"]);
+    let anchored = VerifyOptions {
+        anchor: [early, heads(&mut db.client(), None).unwrap()].concat(),
+        ..VerifyOptions::default()
+    };
+    assert!(run(&db, &anchored).is_clean());
+
+    // The newest entries deleted, and a trim point written at the ticket
+    // with the ticket's chain, as if everything up to it had been trimmed:
+    // the ticket, the trim point and the newest anchor all agree.
+    superuser_exec(
+        &db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'agg' AND seq > 3; \
+         INSERT INTO oplog_trim_point (aggregate_name, seq, chain) \
+         SELECT name, version, chain FROM oplog_ticket WHERE name = 'agg'",
+    );
+    let report = run(&db, &anchored);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::BelowTrimPoint, "agg", 1, Some(w[0].id)),
+            at(FindingKind::BelowTrimPoint, "agg", 2, Some(w[1].id)),
+            at(FindingKind::BelowTrimPoint, "agg", 3, Some(w[2].id)),
+        ]
+    );
+    assert!(
+        report.findings[0]
+            .detail
+            .contains("seqs up to 5 were trimmed, but this entry is still in the log"),
+        "{}",
+        report.findings[0]
+    );
+    // The early anchor is matched against its entry, which is still there.
+    assert_eq!(report.notes, Vec::<String>::new());
+
+    // With the rest deleted too, the log is what trimming everything would
+    // leave: the early anchor lies below the trim point with nothing left to
+    // check it against, which the report says.
+    superuser_exec(&db, "DELETE FROM oplog_entry WHERE aggregate_name = 'agg'");
+    let report = run(&db, &anchored);
+    assert_eq!(report.findings, []);
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(
+        report.notes[0].contains("\"agg\" at seq 3 cannot be checked")
+            && report.notes[0].contains("trim point is at seq 5"),
+        "{}",
+        report.notes[0]
+    );
+}
+
+#[test]
+fn verify_with_an_anchor_reports_entries_below_a_forged_trim_point() {
+    let cli = Cli::new();
+    let mut heads = success(&cli.run(&["head", "--json"]));
+    // And an older anchor, taken after the first entry.
+    let first = Head {
+        aggregate: "tenant-a".into(),
+        seq: 1,
+        chain: oplog_hex(&cli.written[0].chain),
+    };
+    heads.push_str(&serde_json::to_string(&first).unwrap());
+    let anchor = cli.dir.join("anchor.jsonl");
+    std::fs::write(&anchor, heads).unwrap();
+    let anchor = anchor.to_str().unwrap();
+    superuser_exec(
+        &cli.db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'tenant-a' AND seq = 3; \
+         INSERT INTO oplog_trim_point (aggregate_name, seq, chain) \
+         SELECT name, version, chain FROM oplog_ticket WHERE name = 'tenant-a'",
+    );
+    let (code, doc) = cli.verify_json(&["--anchor", anchor]);
+    assert_eq!(code, Some(1), "{doc}");
+    let found: Vec<(&str, i64)> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap(), f["seq"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(found, [("below_trim_point", 1), ("below_trim_point", 2)]);
+
+    // With everything deleted, the log is what trimming all of it leaves;
+    // the older anchor has nothing left to be checked against, and the
+    // report says so.
+    superuser_exec(
+        &cli.db,
+        "DELETE FROM oplog_entry WHERE aggregate_name = 'tenant-a'",
+    );
+    let out = cli.run(&["verify", "--anchor", anchor]);
+    let stdout = success(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[1].starts_with(
+            "note: the anchor of aggregate \"tenant-a\" at seq 1 cannot be checked: its entry \
+             was trimmed and the trim point is at seq 3"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "clean");
+}
+
+// Entries replay can never apply.
+
+/// `put_len` and `put_bytes` of the entry format: a big-endian u64 length,
+/// then the bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Seals `queue` as entry `seq` of `aggregate` (without metadata), chained
+/// to `prev` and naming the stored catalog `catalog`, the way the write
+/// path seals (associated data and chain as ARCHITECTURE.md describes
+/// them), and appends it through `oplog_append`: the entry a writer with
+/// its own build of the library, one that does not check a queue against
+/// its catalog, could write. Returns its id and chain value.
+fn append_sealed(
+    db: &TestDb,
+    keys: &Keyring,
+    aggregate: &str,
+    seq: i64,
+    prev: &[u8],
+    catalog: &[u8],
+    queue: &Queue,
+) -> (i64, Vec<u8>) {
+    use oplog::Wrapper;
+    use sha2::{Digest, Sha256};
+    let uuid = uuid::Uuid::new_v4();
+    let format: i16 = 1;
+    let mut plaintext = uuid::Uuid::new_v4().as_bytes().to_vec();
+    plaintext.extend_from_slice(queue.as_bytes());
+    let digest = Sha256::digest(&plaintext).to_vec();
+    let no_metadata = 0u64.to_be_bytes();
+    let mut aad = b"oplog-aad-v1".to_vec();
+    aad.extend_from_slice(&format.to_be_bytes());
+    put_bytes(&mut aad, aggregate.as_bytes());
+    aad.extend_from_slice(&seq.to_be_bytes());
+    put_bytes(&mut aad, keys.key_id().as_bytes());
+    aad.extend_from_slice(uuid.as_bytes());
+    aad.extend_from_slice(&no_metadata);
+    put_bytes(&mut aad, catalog);
+    let data = keys.encrypt(&plaintext, &aad).unwrap();
+    let mut fields = Vec::new();
+    put_bytes(&mut fields, aggregate.as_bytes());
+    fields.extend_from_slice(&seq.to_be_bytes());
+    fields.extend_from_slice(&format.to_be_bytes());
+    fields.extend_from_slice(uuid.as_bytes());
+    fields.extend_from_slice(&no_metadata);
+    put_bytes(&mut fields, catalog);
+    let mut chain = Sha256::new();
+    chain.update(b"oplog-chain-v1");
+    chain.update(prev);
+    chain.update(&fields);
+    chain.update(&digest);
+    let chain = chain.finalize().to_vec();
+    let none: Vec<String> = Vec::new();
+    let id: Option<i64> = db
+        .client()
+        .query_one(
+            "SELECT o_entry_id FROM oplog_append($1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, true, $12, false)",
+            &[
+                &uuid.to_string(),
+                &aggregate,
+                &seq,
+                &prev,
+                &format,
+                &keys.key_id(),
+                &data,
+                &digest,
+                &chain,
+                &none,
+                &none,
+                &catalog,
+            ],
+        )
+        .unwrap()
+        .get(0);
+    (id.expect("the entry was appended"), chain)
+}
+
+#[test]
+fn entries_replay_can_never_apply_are_unreplayable_findings() {
+    let db = TestDb::new();
+    let ring = Keyring::from_json(&keys()).unwrap();
+    let mut catalog = TypeCatalog::demo();
+    catalog.register("google.protobuf.Timestamp").unwrap();
+    let log = Oplog::new(catalog, Keyring::from_json(&keys()).unwrap());
+    // A first entry written as usual stores the catalog.
+    let first = write_users(&db, &log, "agg", &["u1"]).remove(0);
+    let user = crate::support::user("u1");
+    let update = |mask: &[&str], nulls: &[&str]| {
+        let mut queue = Queue::new();
+        queue.add_update(&user, mask, nulls).unwrap();
+        queue
+    };
+    let mut tableless = Queue::new();
+    tableless
+        .push(Operation {
+            type_name: "google.protobuf.Timestamp".into(),
+            value: Vec::new(),
+            op: OpType::Create,
+            field_mask: Vec::new(),
+            null_mask: Vec::new(),
+        })
+        .unwrap();
+    let queues = [
+        update(&["emial"], &[]),
+        update(&["email"], &["avatar.size"]),
+        tableless,
+        update(&["email"], &["phone"]),
+    ];
+    let mut prev = first.chain.to_vec();
+    let mut ids = Vec::new();
+    for (seq, queue) in (2..).zip(&queues) {
+        let (id, chain) =
+            append_sealed(&db, &ring, "agg", seq, &prev, &log.catalog_digest(), queue);
+        ids.push(id);
+        prev = chain;
+    }
+    let report = check(&db);
+    assert_eq!(
+        named(&report),
+        [
+            at(FindingKind::Unreplayable, "agg", 2, Some(ids[0])),
+            at(FindingKind::Unreplayable, "agg", 3, Some(ids[1])),
+            at(FindingKind::Unreplayable, "agg", 4, Some(ids[2])),
+        ]
+    );
+    let details: Vec<&str> = report.findings.iter().map(|f| f.detail.as_str()).collect();
+    assert!(
+        details[0].contains(r#"(demo.v1.User): mask path "emial" is not a field of the message"#),
+        "{}",
+        details[0]
+    );
+    assert!(
+        details[1].contains(r#"(demo.v1.User): mask path "avatar.size" is nested"#),
+        "{}",
+        details[1]
+    );
+    assert!(
+        details[2].contains("(google.protobuf.Timestamp): the type has no table"),
+        "{}",
+        details[2]
+    );
+}
+
+// A replica's own records.
+
+#[test]
+fn every_entry_a_replica_skipped_is_a_finding() {
+    let db = TestDb::new();
+    let log = oplog();
+    let w = write_users(&db, &log, "agg", &["u1", "u2", "u3"]);
+    let replica = TestDb::new();
+    copy_rows(&db, &replica, "demo_user");
+    // Connecting a replayer creates the replica's tables of checkpoints
+    // and skipped entries.
+    let key = oplog::Replayer::connect(
+        &log,
+        &db.url,
+        Target::database(&replica.url),
+        oplog::ReplayOptions::default(),
+    )
+    .unwrap()
+    .checkpoint_key()
+    .to_string();
+    replica
+        .client()
+        .execute(
+            "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
+             VALUES ($1, 'agg', 3, $2, $3, now())",
+            &[&key, &w[2].chain.to_vec(), &w[2].id],
+        )
+        .unwrap();
+    let options = VerifyOptions {
+        against: Some(Target::database(&replica.url)),
+        ..VerifyOptions::default()
+    };
+    assert!(run(&db, &options).is_clean());
+
+    replica
+        .client()
+        .execute(
+            "INSERT INTO oplog_skipped (source, aggregate_name, seq, entry_id, chain, reason, error) \
+             VALUES ($1, 'agg', 2, $2, $3, 'replayed by hand', 'mask path \"emial\" is not a field')",
+            &[&key, &w[1].id, &w[1].chain.to_vec()],
+        )
+        .unwrap();
+    let report = run(&db, &options);
+    assert_eq!(
+        named(&report),
+        [at(FindingKind::SkippedEntry, "agg", 2, Some(w[1].id))]
+    );
+    assert!(!report.is_clean());
+    let detail = &report.findings[0].detail;
+    assert!(
+        detail.contains("replayed by hand") && detail.contains(r#"mask path "emial""#),
+        "{detail}"
+    );
+}
+
+// Catalogs.
+
+#[test]
+fn only_the_catalogs_entries_name_decide_what_is_compared() {
+    // The application's entries map users only; the reader has the demo's
+    // types compiled in (as the command line's does), and the application
+    // has a table of its own named like the demo's accounts.
+    let db = TestDb::new();
+    let mut users = TypeCatalog::new();
+    users.register("demo.v1.User").unwrap();
+    let app = Oplog::new(users, Keyring::from_json(&keys()).unwrap());
+    write_users(&db, &app, "agg", &["u1", "u2"]);
+    db.client()
+        .batch_execute(
+            "INSERT INTO demo_account (id, tenant_id, name, created_at, balance_cents) \
+             VALUES ('a1', 't1', 'Acme', '2024-01-01 12:00:00+00', 1500)",
+        )
+        .unwrap();
+    let replica = TestDb::new();
+    copy_rows(&db, &replica, "demo_user");
+    let options = VerifyOptions {
+        against: Some(Target::database(&replica.url)),
+        ..VerifyOptions::default()
+    };
+    let tables = |report: &VerifyReport| -> Vec<String> {
+        report.tables.iter().map(|t| t.table.clone()).collect()
+    };
+    let report = run(&db, &options);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(tables(&report), ["demo_user"]);
+    assert_eq!(report.notes, Vec::<String>::new());
+
+    // A catalog stored without an entry that names it, as a writer may
+    // store one: copied from a database where an entry was written with it.
+    let other = TestDb::new();
+    write_users(&other, &oplog(), "x", &["u9"]);
+    let row = other
+        .client()
+        .query_one("SELECT digest, catalog FROM oplog_catalog", &[])
+        .unwrap();
+    let (digest, bytes): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
+    db.client()
+        .execute(
+            "INSERT INTO oplog_catalog (digest, catalog) VALUES ($1, $2)",
+            &[&digest, &bytes],
+        )
+        .unwrap();
+    let report = run(&db, &options);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(tables(&report), ["demo_user"]);
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(
+        report.notes[0].starts_with("1 stored type catalog is named by no entry")
+            && report.notes[0].contains(&oplog_hex(&digest)),
+        "{}",
+        report.notes[0]
+    );
+}
+
+// Entries near the size limit.
+
+/// A wrapper that does not encrypt, so that entries of tens of megabytes
+/// take no time in unoptimised builds: the blob is a hash of the associated
+/// data, then the plaintext. It authenticates the associated data only (the
+/// entry's digest covers the plaintext).
+struct Clear;
+
+fn clear_tag(aad: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(aad).to_vec()
+}
+
+impl oplog::Wrapper for Clear {
+    fn key_id(&self) -> &str {
+        "clear"
+    }
+
+    fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> oplog::Result<Vec<u8>> {
+        let mut blob = clear_tag(aad);
+        blob.extend_from_slice(plaintext);
+        Ok(blob)
+    }
+
+    fn decrypt(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, oplog::CryptoError> {
+        match blob.split_at_checked(32) {
+            Some((tag, plaintext)) if tag == clear_tag(aad) => Ok(plaintext.to_vec()),
+            Some(_) => Err(oplog::CryptoError::Authentication),
+            None => Err(oplog::CryptoError::Malformed("shorter than its tag")),
+        }
+    }
+}
+
+#[test]
+fn entries_near_the_size_limit_are_verified_and_listed() {
+    let db = TestDb::new();
+    let log = Oplog::new(TypeCatalog::demo(), Clear);
+    let limits = oplog::Limits::default();
+    // Four users whose avatars fill a frame each: a queue just under the
+    // limit.
+    let avatar = limits.max_queue_bytes / 4 - 4096;
+    assert!(avatar + 4096 <= limits.max_frame_bytes);
+    let mut client = db.client();
+    let mut write = |aggregate: &str, users: usize, avatar: usize| {
+        let mut entry = oplog::NewEntry::new(aggregate);
+        for i in 0..users {
+            let mut user = crate::support::user(&format!("u{i}"));
+            user.avatar = vec![7; avatar];
+            entry.create(&user).unwrap();
+        }
+        assert!(entry.queue().as_bytes().len() <= limits.max_queue_bytes);
+        let mut tx = client.transaction().unwrap();
+        log.write(&mut tx, &entry).unwrap();
+        tx.commit().unwrap();
+    };
+    write("a", 1, 3);
+    write("big", 1, 3);
+    write("big", 4, avatar);
+    write("big", 1, 3);
+    write("big", 4, avatar);
+    write("big", 1, 3);
+
+    let report = verify(&log, &db.url, &VerifyOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.entries_checked, 6);
+
+    let mut client = db.client();
+    let listed: Vec<(String, i64, usize, usize)> = log
+        .entries(&mut client, None, 0)
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let user: oplog::demo::User = entry.operations[0].decode().unwrap();
+            (
+                entry.aggregate,
+                entry.seq,
+                entry.operations.len(),
+                user.avatar.len(),
+            )
+        })
+        .collect();
+    let big = |seq, users, size| ("big".to_string(), seq, users, size);
+    assert_eq!(
+        listed,
+        [
+            ("a".to_string(), 1, 1, 3),
+            big(1, 1, 3),
+            big(2, 4, avatar),
+            big(3, 1, 3),
+            big(4, 4, avatar),
+            big(5, 1, 3),
+        ]
+    );
 }
