@@ -315,7 +315,17 @@ FROM oplog_metadata m WHERE m.entry_id = i.id), 0)::bigint";
 /// say) looks like a few rows, and the planner would rather read them all
 /// through a bitmap and sort them, reading the rest of that large aggregate
 /// for every page.
-fn sizes_sql(aggregate: bool) -> String {
+///
+/// Without an aggregate, a seq floor (`$3`) narrows every aggregate's
+/// entries only when it is above 0: as a second condition the planner
+/// would estimate fewer rows past the position and prefer a bitmap scan and
+/// a sort, so when there is no floor the parameter is only tested once.
+fn sizes_sql(aggregate: bool, seq_floor: bool) -> String {
+    let floor = if seq_floor {
+        "i.seq > (SELECT $3::bigint)"
+    } else {
+        "(SELECT $3::bigint) IS NOT NULL"
+    };
     if aggregate {
         format!(
             "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
@@ -326,8 +336,7 @@ fn sizes_sql(aggregate: bool) -> String {
         format!(
             "SELECT i.id, i.aggregate_name, i.seq, {ENTRY_BYTES} AS bytes FROM oplog_entry i \
              WHERE (i.aggregate_name, i.seq) > ((SELECT $1::text), (SELECT $2::bigint)) \
-             AND i.seq > (SELECT $3::bigint) \
-             ORDER BY i.aggregate_name, i.seq LIMIT $4"
+             AND {floor} ORDER BY i.aggregate_name, i.seq LIMIT $4"
         )
     }
 }
@@ -475,7 +484,7 @@ fn sizes_rows(
 ) -> Result<Vec<postgres::Row>> {
     Ok(match q.aggregate {
         Some(aggregate) => c.query_typed(
-            &format!("{prefix}{}", sizes_sql(true)),
+            &format!("{prefix}{}", sizes_sql(true, true)),
             &[
                 (&aggregate, Type::TEXT),
                 (&seq_floor(q), Type::INT8),
@@ -483,7 +492,7 @@ fn sizes_rows(
             ],
         )?,
         None => c.query_typed(
-            &format!("{prefix}{}", sizes_sql(false)),
+            &format!("{prefix}{}", sizes_sql(false, q.after_seq > 0)),
             &[
                 (&q.after.0, Type::TEXT),
                 (&q.after.1, Type::INT8),
@@ -730,12 +739,12 @@ impl private::Sealed for PgConnection {
 
     fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
         let sizes: Vec<EntrySize> = match q.aggregate {
-            Some(aggregate) => diesel::sql_query(sizes_sql(true))
+            Some(aggregate) => diesel::sql_query(sizes_sql(true, true))
                 .bind::<Text, _>(aggregate)
                 .bind::<BigInt, _>(seq_floor(q))
                 .bind::<BigInt, _>(q.limit)
                 .load(self)?,
-            None => diesel::sql_query(sizes_sql(false))
+            None => diesel::sql_query(sizes_sql(false, q.after_seq > 0))
                 .bind::<Text, _>(q.after.0)
                 .bind::<BigInt, _>(q.after.1)
                 .bind::<BigInt, _>(q.after_seq)
