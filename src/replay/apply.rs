@@ -16,6 +16,9 @@ use crate::replica::{self, Target};
 use crate::schema;
 use crate::sql::{ident, TableName};
 
+/// Bytes handed to a COPY at a time.
+const COPY_PIECE: usize = 1 << 20;
+
 /// How one message type is written to its target table.
 #[derive(Debug)]
 pub(super) struct TablePlan {
@@ -298,8 +301,15 @@ impl Run {
         let json = format!("{}]", self.json);
         let copy = |tx: &mut Transaction<'_>| -> Result<u64, postgres::Error> {
             let mut writer = tx.copy_in(&self.plan.copy)?;
-            // A write error means the server ended the COPY; finishing says why.
-            let _ = std::io::Write::write_all(&mut writer, self.json.as_bytes());
+            // In pieces: the writer copies what it is given into its own
+            // buffer before sending it, so a run of large rows handed over
+            // at once would be held twice. A write error means the server
+            // ended the COPY; finishing says why.
+            for piece in self.json.as_bytes().chunks(COPY_PIECE) {
+                if std::io::Write::write_all(&mut writer, piece).is_err() {
+                    break;
+                }
+            }
             writer.finish()
         };
         let table = self.plan.table.to_string();

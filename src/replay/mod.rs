@@ -45,7 +45,7 @@ mod apply;
 mod reader;
 
 use apply::{Group, Run, RunKind, TablePlan};
-use reader::{Position, Reader};
+use reader::{InFlight, Position, Reader};
 
 /// How a replay runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -640,6 +640,7 @@ impl Replayer {
             source: std::io::ErrorKind::NotConnected.into(),
         })?;
         let dropped = Arc::new(Mutex::new(HashSet::new()));
+        let in_flight = Arc::new(InFlight::default());
         let reader = Reader::new(
             self.oplog.clone(),
             source,
@@ -659,18 +660,22 @@ impl Replayer {
             self.options.batch_size,
             u64::try_from(self.options.max_batch_bytes).unwrap_or(u64::MAX),
             dropped.clone(),
+            in_flight.clone(),
         );
         let (sender, batches) = mpsc::sync_channel(PREFETCH);
         let handle = thread::spawn(move || reader.produce(sender));
         let mut flow = Ok(Flow::Done);
         for batch in batches.iter() {
-            let (items, stopped) = match batch {
+            let (items, stopped, bytes) = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
                     flow = Err(e);
                     break;
                 }
             };
+            // Counted as applied once this batch is dropped, whichever way
+            // the loop goes on.
+            let _applied = Applied(&in_flight, bytes);
             let items: Vec<Item> = items
                 .into_iter()
                 .filter(|i| states.contains_key(&i.entry.aggregate))
@@ -720,7 +725,9 @@ impl Replayer {
                 break;
             }
         }
-        // Dropping the receiver stops the reader at its next batch.
+        // Closing stops a reader waiting to read ahead; dropping the
+        // receiver stops one at its next batch.
+        in_flight.close();
         drop(batches);
         match handle.join() {
             Ok(source) => self.source = Some(source),
@@ -970,6 +977,15 @@ impl Replayer {
     }
 }
 
+/// Marks a batch's bytes as no longer in flight when dropped.
+struct Applied<'a>(&'a InFlight, u64);
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
+    }
+}
+
 /// Batches the reading thread keeps ready ahead of the one being applied.
 const PREFETCH: usize = 2;
 
@@ -984,8 +1000,9 @@ enum Flow {
     Moved,
 }
 
-/// Checked, decrypted entries and the aggregates that stopped after them.
-pub(super) type Batch = (Vec<Item>, Vec<Stopped>);
+/// Checked, decrypted entries, the aggregates that stopped after them, and
+/// the bytes the entries took to read.
+pub(super) type Batch = (Vec<Item>, Vec<Stopped>, u64);
 
 pub(super) fn gap(upto: i64, from: i64) -> u64 {
     u64::try_from(upto.saturating_sub(from)).unwrap_or(0)

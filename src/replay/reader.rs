@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use postgres::Client;
 
@@ -51,6 +51,62 @@ pub(super) struct Position {
     pub upto: i64,
 }
 
+/// The bytes of the batches read and not yet applied, shared by the two
+/// sides of a run: the reader reads ahead only while they are under a
+/// budget, so that large entries are held once, not once per batch queued.
+#[derive(Debug, Default)]
+pub(super) struct InFlight {
+    /// Bytes in flight, and whether the applying side has finished.
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl InFlight {
+    /// Waits until less than `budget` is in flight (or nothing at all);
+    /// false when the applying side has finished and nothing more is
+    /// wanted.
+    fn wait_below(&self, budget: u64) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        loop {
+            let (bytes, closed) = *state;
+            if closed {
+                return false;
+            }
+            if bytes == 0 || bytes < budget {
+                return true;
+            }
+            state = match self.changed.wait(state) {
+                Ok(state) => state,
+                Err(_) => return false,
+            };
+        }
+    }
+
+    fn add(&self, bytes: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_add(bytes);
+        }
+    }
+
+    /// A batch of `bytes` was applied (or dropped).
+    pub(super) fn done(&self, bytes: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(bytes);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The applying side wants no more batches.
+    pub(super) fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.changed.notify_all();
+    }
+}
+
 pub(super) struct Reader {
     oplog: Oplog,
     source: Client,
@@ -63,6 +119,7 @@ pub(super) struct Reader {
     resume: Resume,
     /// Aggregates the applying side stopped; no need to read them further.
     dropped: Arc<Mutex<HashSet<String>>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Reader {
@@ -73,6 +130,7 @@ impl Reader {
         limit: usize,
         max_bytes: u64,
         dropped: Arc<Mutex<HashSet<String>>>,
+        in_flight: Arc<InFlight>,
     ) -> Reader {
         Reader {
             oplog,
@@ -82,16 +140,23 @@ impl Reader {
             max_bytes,
             resume: Resume::Start,
             dropped,
+            in_flight,
         }
     }
 
     /// Sends batches until done, the receiver hangs up, or reading fails;
     /// gives the connection back.
     pub(super) fn produce(mut self, sender: SyncSender<Result<Batch>>) -> Client {
+        // Read ahead while less than two batches' worth waits.
+        let budget = self.max_bytes.saturating_mul(2);
         loop {
+            if !self.in_flight.wait_below(budget) {
+                break;
+            }
             match self.next_batch() {
                 Ok(None) => break,
                 Ok(Some(batch)) => {
+                    self.in_flight.add(batch.2);
                     if sender.send(Ok(batch)).is_err() {
                         break;
                     }
@@ -157,6 +222,10 @@ impl Reader {
             },
         };
         let taken = &refs[..cut];
+        let bytes = taken
+            .iter()
+            .map(|r| u64::try_from(r.bytes).unwrap_or(0))
+            .sum();
         let mut rows: HashMap<i64, StoredRow> = {
             let ids: Vec<i64> = taken.iter().map(|r| r.id).collect();
             store::entries_by_id(&mut self.source, &ids)?
@@ -220,7 +289,11 @@ impl Reader {
                 }
             }
         }
-        Ok(Some((interleave(per_aggregate, |i| i.entry.id), stopped)))
+        Ok(Some((
+            interleave(per_aggregate, |i| i.entry.id),
+            stopped,
+            bytes,
+        )))
     }
 }
 
@@ -415,6 +488,28 @@ mod tests {
         let chosen = choose(&many, &Resume::Start, 1000, |p| *p);
         assert_eq!(chosen.iter().map(|c| c.1).sum::<usize>(), 1000);
         assert_eq!(chosen.len(), 16, "64 entries each, the last one 40");
+    }
+
+    #[test]
+    fn the_reader_waits_while_a_batch_budget_is_in_flight_and_stops_when_closed() {
+        let in_flight = Arc::new(InFlight::default());
+        assert!(in_flight.wait_below(100), "nothing in flight");
+        in_flight.add(500);
+        let waiter = {
+            let in_flight = in_flight.clone();
+            std::thread::spawn(move || in_flight.wait_below(100))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "500 bytes in flight: it waits");
+        in_flight.done(500);
+        assert!(waiter.join().unwrap(), "applied: it reads on");
+        in_flight.add(500);
+        let waiter = {
+            let in_flight = in_flight.clone();
+            std::thread::spawn(move || in_flight.wait_below(100))
+        };
+        in_flight.close();
+        assert!(!waiter.join().unwrap(), "closed: it stops");
     }
 
     #[test]
