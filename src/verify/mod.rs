@@ -368,9 +368,14 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
         target.validate()?;
     }
     let mut source = same_text(connect(source_url)?)?;
-    let mut replica_client = match &options.against {
-        Some(target @ Target::Database { .. }) => Some(same_text(target.connect(source_url)?)?),
-        _ => None,
+    // A replica database that is the source itself is refused, or read as
+    // suffixed tables of the source when it has a suffix.
+    let (against, mut replica_client) = match &options.against {
+        Some(target @ Target::Database { .. }) => match target.open(&mut source, source_url)? {
+            (suffixed @ Target::Suffix(_), _) => (Some(suffixed), None),
+            (target, client) => (Some(target), Some(same_text(client)?)),
+        },
+        other => (other.clone(), None),
     };
     let mut tx = snapshot(&mut source)?;
     let mut replica_tx = match replica_client.as_mut() {
@@ -382,7 +387,7 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
     let in_scope = |name: &str| aggregate.is_none_or(|a| a == name);
     let tickets = store::tickets(&mut tx, aggregate)?;
     let trims = store::trim_points(&mut tx, aggregate)?;
-    let (checkpoints, skipped) = match &options.against {
+    let (checkpoints, skipped) = match &against {
         Some(target) => {
             let key = target.checkpoint_key(&store::source_id(&mut tx)?);
             let conn = match replica_tx.as_mut() {
@@ -444,7 +449,7 @@ pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Resul
             .extend(check_checkpoints(checkpoints, &facts));
     }
     report.findings.extend(skipped_findings(skipped));
-    if let Some(target) = &options.against {
+    if let Some(target) = &against {
         let mut sides = match replica_tx.as_mut() {
             Some(r) => Sides::Two(&mut tx, r),
             None => Sides::One(&mut tx),

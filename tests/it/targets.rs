@@ -5,7 +5,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use oplog::{
-    Error, FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target, TypeCatalog,
+    verify, Error, FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target,
+    TypeCatalog, VerifyOptions,
 };
 
 use crate::cli::{failure, run_against, save_keyring, TempDir};
@@ -64,6 +65,17 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
             .run(&mut |_| {})
             .unwrap_err();
         assert!(matches!(&err, Error::Config(_)), "{err}");
+        // Verifying the source against itself would prove nothing.
+        let err = verify(
+            &log,
+            &source.url,
+            &VerifyOptions {
+                against: Some(Target::database(&url)),
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(&err, Error::Config(_)), "{err}");
     }
     assert!(!has_checkpoint_table(&source), "nothing may be created");
     assert_eq!(
@@ -76,6 +88,8 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
         let out = run_against(&source.url, &keys, &[command, "--into", &source.url]);
         failure(&out, &["source database itself"]);
     }
+    let out = run_against(&source.url, &keys, &["verify", "--against", &source.url]);
+    failure(&out, &["source database itself"]);
     assert!(!has_checkpoint_table(&source));
     assert_eq!(table_rows(&source.url, "demo_user"), before);
 
@@ -92,6 +106,26 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
     assert!(report.is_complete(), "{:?}", report.stopped);
     assert_eq!(report.entries_applied, 2);
     assert_eq!(table_rows(&source.url, "demo_user"), before);
+    let checked = verify(
+        &log,
+        &source.url,
+        &VerifyOptions {
+            against: Some(Target::Database {
+                url: source.url.clone(),
+                suffix: "_copy".into(),
+            }),
+            ..VerifyOptions::default()
+        },
+    )
+    .unwrap();
+    // The suffixed copy holds both rows; the source lost one since.
+    let users = checked
+        .tables
+        .iter()
+        .find(|t| t.table == "demo_user")
+        .unwrap();
+    assert_eq!(users.replica_table, "demo_user_copy");
+    assert_eq!(users.extra_in_replica, 1, "{checked:?}");
 }
 
 #[test]
