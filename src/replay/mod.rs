@@ -529,19 +529,16 @@ impl Replayer {
                 skip.aggregate, skip.seq
             )));
         }
-        tx.execute_typed(
-            "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'epoch'::timestamptz + $6 * interval '1 microsecond') \
-             ON CONFLICT (source, aggregate_name) DO UPDATE SET seq = excluded.seq, chain = excluded.chain, \
-             entry_id = excluded.entry_id, entry_created_at = excluded.entry_created_at, applied_at = now()",
-            &[
-                (&key, Type::TEXT),
-                (&skip.aggregate, Type::TEXT),
-                (&skip.seq, Type::INT8),
-                (&at.chain, Type::BYTEA),
-                (&at.id, Type::INT8),
-                (&at.created_us, Type::INT8),
-            ],
+        upsert_checkpoints(
+            &mut tx,
+            &key,
+            &[CheckpointRow {
+                aggregate: &skip.aggregate,
+                seq: skip.seq,
+                chain: &at.chain,
+                entry_id: at.id,
+                created_us: at.created_us,
+            }],
         )?;
         tx.execute_typed(
             "INSERT INTO oplog_skipped (source, aggregate_name, seq, entry_id, chain, reason, error) \
@@ -1068,11 +1065,41 @@ fn write_checkpoints(
     for item in items {
         last.insert(&item.entry.aggregate, &item.entry);
     }
-    let names: Vec<&str> = last.keys().copied().collect();
-    let seqs: Vec<i64> = last.values().map(|e| e.seq).collect();
-    let chains: Vec<&[u8]> = last.values().map(|e| e.chain.as_slice()).collect();
-    let ids: Vec<i64> = last.values().map(|e| e.id).collect();
-    let created: Vec<i64> = last.values().map(|e| e.created_at_micros).collect();
+    let rows: Vec<CheckpointRow<'_>> = last
+        .values()
+        .map(|e| CheckpointRow {
+            aggregate: &e.aggregate,
+            seq: e.seq,
+            chain: &e.chain,
+            entry_id: e.id,
+            created_us: e.created_at_micros,
+        })
+        .collect();
+    upsert_checkpoints(tx, key, &rows)?;
+    Ok(())
+}
+
+/// A checkpoint to write: the last entry applied (or passed over) of an
+/// aggregate.
+struct CheckpointRow<'a> {
+    aggregate: &'a str,
+    seq: i64,
+    chain: &'a [u8],
+    entry_id: i64,
+    created_us: i64,
+}
+
+/// Writes the replica's checkpoints of `rows`' aggregates.
+fn upsert_checkpoints(
+    tx: &mut Transaction<'_>,
+    key: &str,
+    rows: &[CheckpointRow<'_>],
+) -> Result<(), postgres::Error> {
+    let names: Vec<&str> = rows.iter().map(|r| r.aggregate).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let chains: Vec<&[u8]> = rows.iter().map(|r| r.chain).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.entry_id).collect();
+    let created: Vec<i64> = rows.iter().map(|r| r.created_us).collect();
     tx.execute_typed(
         "INSERT INTO oplog_checkpoint (source, aggregate_name, seq, chain, entry_id, entry_created_at) \
          SELECT $1, u.a, u.s, u.c, u.i, 'epoch'::timestamptz + u.t * interval '1 microsecond' \

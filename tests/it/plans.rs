@@ -12,7 +12,7 @@ use oplog::{
     TypeCatalog, VerifyOptions,
 };
 
-use crate::support::{user, TestDb};
+use crate::support::{scan_problems, user, TestDb};
 
 /// Notices that carry a plan, from every connection of this process.
 fn plans() -> &'static Mutex<Vec<String>> {
@@ -40,27 +40,6 @@ impl log::Log for PlanLogger {
 }
 
 static LOGGER: PlanLogger = PlanLogger;
-
-/// The problems of one plan node and its children: a sequential scan of
-/// the entries, or a sort of rows read from them. Returns whether the node
-/// passes on rows read from the entries (a subplan's rows are used for one
-/// value, not passed on).
-fn scan_problems(node: &serde_json::Value, problems: &mut Vec<String>) -> bool {
-    let kind = node["Node Type"].as_str().unwrap_or("");
-    let mut reads_entries = node["Relation Name"] == "oplog_entry";
-    if reads_entries && kind == "Seq Scan" {
-        problems.push("a sequential scan of oplog_entry".into());
-    }
-    for child in node["Plans"].as_array().into_iter().flatten() {
-        let passed_on = scan_problems(child, problems);
-        let relation = child["Parent Relationship"].as_str().unwrap_or("");
-        reads_entries |= passed_on && relation != "SubPlan" && relation != "InitPlan";
-    }
-    if reads_entries && kind == "Sort" {
-        problems.push("a sort of oplog_entry rows".into());
-    }
-    reads_entries
-}
 
 #[test]
 fn replay_follow_and_verify_read_the_log_in_index_order() {

@@ -136,26 +136,22 @@ fn entries_whose_ids_run_against_their_seqs_replay_in_seq_order() {
     assert!(checked.is_clean(), "{checked:?}");
 }
 
-/// Writes `per` user rows and their entries on each of `aggregates`
-/// aggregates (`tenant-00000`, ...), many entries per transaction.
-fn many_tenants(db: &TestDb, log: &Oplog, aggregates: usize, per: usize) {
+/// Writes a user row and the entry that creates it on each tenant
+/// aggregate of `tenants` (`tenant-00000`, ...), a thousand entries per
+/// transaction.
+fn write_tenants(db: &TestDb, log: &Oplog, tenants: impl IntoIterator<Item = usize>, round: &str) {
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
-    let mut in_tx = 0;
-    for round in 0..per {
-        for a in 0..aggregates {
-            let u = user(&format!("u{a}-{round}"));
-            tx.execute(oplog::demo::INSERT_USER, &u.params()).unwrap();
-            let mut entry = NewEntry::new(format!("tenant-{a:05}"));
-            entry.create(&u).unwrap();
-            log.write(&mut tx, &entry).unwrap();
-            in_tx += 1;
-            if in_tx == 1000 {
-                tx.commit().unwrap();
-                tx = client.transaction().unwrap();
-                in_tx = 0;
-            }
+    for (n, a) in tenants.into_iter().enumerate() {
+        if n > 0 && n % 1000 == 0 {
+            tx.commit().unwrap();
+            tx = client.transaction().unwrap();
         }
+        let u = user(&format!("u{a}-{round}"));
+        tx.execute(oplog::demo::INSERT_USER, &u.params()).unwrap();
+        let mut entry = NewEntry::new(format!("tenant-{a:05}"));
+        entry.create(&u).unwrap();
+        log.write(&mut tx, &entry).unwrap();
     }
     tx.commit().unwrap();
 }
@@ -165,7 +161,7 @@ fn five_thousand_tenants_replay_follow_verify_trim_and_report_lag() {
     let source = TestDb::new();
     let log = oplog();
     let tenants = 5000;
-    many_tenants(&source, &log, tenants, 1);
+    write_tenants(&source, &log, 0..tenants, "first");
     let total = tenants as u64;
 
     let replica = TestDb::empty();
@@ -201,7 +197,7 @@ fn five_thousand_tenants_replay_follow_verify_trim_and_report_lag() {
     assert!(oplog::lag(&mut client, "big").unwrap().is_empty());
 
     // New entries on some tenants: lag names exactly those.
-    many_tenants_round(&source, &log, &[3, 4999], "late");
+    write_tenants(&source, &log, [3, 4999], "late");
     let lag = oplog::lag(&mut client, "big").unwrap();
     assert_eq!(
         lag.iter().map(|l| l.aggregate.as_str()).collect::<Vec<_>>(),
@@ -246,20 +242,6 @@ fn five_thousand_tenants_replay_follow_verify_trim_and_report_lag() {
     assert_eq!(left, 2, "the entries the follower has not applied");
     let checked = verify(&log, &source.url, &VerifyOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", &checked.findings[..1]);
-}
-
-/// One more user and entry on each tenant of `tenants`.
-fn many_tenants_round(db: &TestDb, log: &Oplog, tenants: &[usize], round: &str) {
-    let mut client = db.client();
-    let mut tx = client.transaction().unwrap();
-    for a in tenants {
-        let u = user(&format!("u{a}-{round}"));
-        tx.execute(oplog::demo::INSERT_USER, &u.params()).unwrap();
-        let mut entry = NewEntry::new(format!("tenant-{a:05}"));
-        entry.create(&u).unwrap();
-        log.write(&mut tx, &entry).unwrap();
-    }
-    tx.commit().unwrap();
 }
 
 /// Limits a quarter of a megabyte wide, so that entries near them are
