@@ -116,7 +116,8 @@ pub struct VerifyBenchReport {
     /// Their size, in MiB.
     pub big_entry_mb: f64,
     /// Largest resident memory of `oplog verify`, `log` and `replay` over
-    /// them, in MiB; `None` when not measured.
+    /// them (each one's high-water mark, sampled every 5 ms), in MiB;
+    /// `None` when not measured.
     pub max_rss_mb: Option<f64>,
     /// [`VERIFY_TARGET_MAX_RSS_MB`].
     pub target_max_rss_mb: f64,
@@ -329,41 +330,62 @@ fn max_rss(cfg: &VerifyBenchConfig, program: &PathBuf) -> Result<f64> {
         }
         let replica = Scratch::empty(&cfg.url)?;
         let keys = keys.to_string_lossy().to_string();
+        let mut peak_kib = 0;
         for args in [
             vec!["verify"],
             vec!["log"],
             vec!["replay", "--into", replica.url.as_str()],
         ] {
-            let status = Command::new(program)
+            let mut child = Command::new(program)
                 .args(["--database-url", &source.url, "--key-file", &keys])
                 .args(&args)
                 .stdout(Stdio::null())
-                .status()
+                .spawn()
                 .map_err(|e| Error::Io {
                     context: format!("cannot run {}", program.display()),
                     source: e,
                 })?;
+            let (status, peak) = peak_rss_kib(&mut child)?;
             if !status.success() {
                 return Err(check_failed(format!(
                     "`oplog {}` over the large entries exited with {status}",
                     args.join(" ")
                 )));
             }
+            peak_kib = peak_kib.max(peak);
         }
-        children_max_rss_mb()
+        Ok(peak_kib as f64 / 1024.0)
     })();
     let _ = std::fs::remove_file(&keys);
     result
 }
 
-/// The largest resident memory of any child this process has waited for,
-/// in MiB.
-fn children_max_rss_mb() -> Result<f64> {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).map_err(|e| Error::Io {
-        context: "cannot read the children's resource usage".into(),
-        source: std::io::Error::from(e),
-    })?;
-    // Linux reports kilobytes.
-    Ok(usage.max_rss() as f64 / 1024.0)
+/// Waits for `child` and returns how it ended and the most resident memory
+/// it reached, in KiB: its own high-water mark (`VmHWM` in
+/// `/proc/<pid>/status`), read every few milliseconds while it runs. (The
+/// children's figure from `getrusage` would not do: a child started from
+/// this process, which holds large logs, is charged this process's memory
+/// until it execs.)
+fn peak_rss_kib(child: &mut std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            if let Some(kib) = hwm {
+                peak = peak.max(kib);
+            }
+        }
+        let waited = child.try_wait().map_err(|e| Error::Io {
+            context: "cannot wait for a benchmark child".into(),
+            source: e,
+        })?;
+        if let Some(status) = waited {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
