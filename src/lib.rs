@@ -113,6 +113,7 @@
 
 pub mod bench;
 mod catalog;
+mod chain;
 mod cleanup;
 pub mod cluster;
 mod connect;

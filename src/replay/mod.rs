@@ -32,6 +32,7 @@ use postgres::types::Type;
 use postgres::{Client, Transaction};
 
 use crate::catalog::TypeCatalog;
+use crate::chain::ChainCursor;
 use crate::connect::connect;
 use crate::entry::{Entry, GENESIS_CHAIN};
 use crate::error::{Error, Result};
@@ -647,8 +648,7 @@ impl Replayer {
                     (
                         name.clone(),
                         Position {
-                            seq: s.applied.seq,
-                            chain: s.applied.chain.clone(),
+                            chain: ChainCursor::after(0, s.applied.seq, s.applied.chain.clone()),
                             upto: s.upto,
                         },
                     )

@@ -25,8 +25,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use postgres::Client;
 
 use super::{is_fatal, Batch, Item, Stopped};
+use crate::chain::{ChainCursor, Link};
 use crate::error::{Error, Result};
-use crate::oplog::{expected_chain, row_ref, Oplog};
+use crate::oplog::{row_ref, Oplog};
 use crate::store::{self, PendingRef, StoredRow};
 
 /// Where the next batch starts among the aggregates, in name order.
@@ -43,12 +44,18 @@ enum Resume {
 /// One aggregate's read position.
 #[derive(Debug, Clone)]
 pub(super) struct Position {
-    /// The last seq read (or applied before the run).
-    pub seq: i64,
-    /// The chain value after it.
-    pub chain: Vec<u8>,
+    /// Where its chain stands: after the last seq read (or applied before
+    /// the run).
+    pub chain: ChainCursor,
     /// The seq to read up to: the ticket's version when the run started.
     pub upto: i64,
+}
+
+impl Position {
+    /// The last seq read.
+    fn seq(&self) -> i64 {
+        self.chain.next_seq().saturating_sub(1)
+    }
 }
 
 /// The bytes of the batches read and not yet applied, shared by the two
@@ -189,12 +196,12 @@ impl Reader {
         if let Ok(dropped) = self.dropped.lock() {
             self.positions.retain(|name, _| !dropped.contains(name));
         }
-        self.positions.retain(|_, p| p.seq < p.upto);
+        self.positions.retain(|_, p| p.seq() < p.upto);
         if self.positions.is_empty() {
             return Ok(None);
         }
         let shares = choose(&self.positions, &self.resume, self.limit, |p| {
-            u64::try_from(p.upto.saturating_sub(p.seq)).unwrap_or(0)
+            u64::try_from(p.upto.saturating_sub(p.seq())).unwrap_or(0)
         });
         let chosen: Vec<String> = shares.iter().map(|(name, _)| name.clone()).collect();
         let limits: Vec<i64> = shares
@@ -206,7 +213,7 @@ impl Reader {
             .filter_map(|name| self.positions.get(name))
             .collect();
         let names: Vec<&str> = chosen.iter().map(String::as_str).collect();
-        let after: Vec<i64> = positions.iter().map(|p| p.seq).collect();
+        let after: Vec<i64> = positions.iter().map(|p| p.seq()).collect();
         let upto: Vec<i64> = positions.iter().map(|p| p.upto).collect();
         let refs = store::pending_refs(&mut self.source, &names, &after, &upto, &limits)?;
         let cut = cut(&refs, self.max_bytes, self.limit);
@@ -242,7 +249,7 @@ impl Reader {
             let Some(p) = self.positions.get(name) else {
                 continue;
             };
-            let missing = p.seq.saturating_add(1);
+            let missing = p.chain.next_seq();
             let found = store::next_seq(&mut self.source, name, missing)?;
             stopped.push(Stopped {
                 error: self.gap_error(name, missing, found)?,
@@ -259,18 +266,14 @@ impl Reader {
                 // Stopped earlier in this batch.
                 continue;
             };
-            let seq = p.seq.saturating_add(1);
+            let seq = p.chain.next_seq();
             let opened = match rows.remove(&r.id) {
                 // Deleted between the two reads: trimmed meanwhile.
                 None => Err(self.gap_error(name, seq, None)?),
-                Some(row) => self.check_and_open(row, seq)?,
+                Some(row) => self.check_and_open(row)?,
             };
             match opened {
                 Ok(item) => {
-                    if let Some(p) = self.positions.get_mut(name) {
-                        p.seq = seq;
-                        p.chain.clone_from(&item.entry.chain);
-                    }
                     if current != Some(r.slot) {
                         current = Some(r.slot);
                         per_aggregate.push(Vec::new());
@@ -302,26 +305,25 @@ impl Reader {
     /// chain, then decrypts and decodes it. The inner error stops the
     /// aggregate at this entry; the outer one (the database went away)
     /// stops the run.
-    fn check_and_open(&mut self, row: StoredRow, seq: i64) -> Result<Result<Item, Error>> {
-        let Some(p) = self.positions.get(&row.aggregate_name) else {
+    fn check_and_open(&mut self, row: StoredRow) -> Result<Result<Item, Error>> {
+        let Some(p) = self.positions.get_mut(&row.aggregate_name) else {
             return Ok(Err(Error::CorruptEntry {
                 entry: row_ref(&row),
                 reason: "the entry was read for an aggregate that is not being replayed".into(),
             }));
         };
-        if row.seq != seq {
-            // No expected chain when the seq itself is wrong: a gap.
-            let aggregate = row.aggregate_name.clone();
-            return Ok(Err(self.gap_error(&aggregate, seq, Some(row.seq))?));
-        }
-        match expected_chain(&row, &p.chain) {
-            Ok(chain) if chain.as_slice() == row.chain.as_slice() => {}
-            Ok(_) => {
+        match p.chain.step(&row) {
+            Link::Follows => {}
+            Link::AfterGap { missing } => {
+                let aggregate = row.aggregate_name.clone();
+                return Ok(Err(self.gap_error(&aggregate, missing, Some(row.seq))?));
+            }
+            Link::Broken | Link::BelowStart => {
                 return Ok(Err(Error::ChainMismatch {
                     entry: row_ref(&row),
                 }))
             }
-            Err(e) => return Ok(Err(e)),
+            Link::Unreadable(e) => return Ok(Err(e)),
         }
         let catalog = row.catalog.clone();
         match self.oplog.open(&mut self.source, row) {

@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Finding, FindingKind, VerifyReport};
+use crate::chain::{ChainCursor, Link};
 use crate::entry::{hex, GENESIS_CHAIN};
-use crate::oplog::expected_chain;
 use crate::store::{StoredRow, TicketInfo};
 
 /// An aggregate as the log holds it, for checking anchors and checkpoints.
@@ -34,10 +34,8 @@ impl Facts {
 struct Current {
     name: String,
     facts: Facts,
-    /// The next seq expected.
-    next: i64,
-    /// The chain value before `next`, when known (unknown right after a gap).
-    prev: Option<Vec<u8>>,
+    /// Where the aggregate's chain stands.
+    chain: ChainCursor,
     /// Entry id and chain of the entry at the ticket's version.
     at_ticket: Option<(i64, Vec<u8>)>,
 }
@@ -87,9 +85,9 @@ impl LogCheck {
     fn start(&mut self, name: &str) -> Current {
         self.report.aggregates_checked += 1;
         let trim = self.trims.get(name).cloned();
-        let (next, prev) = match &trim {
-            Some((seq, chain)) => (seq.saturating_add(1), Some(chain.clone())),
-            None => (1, Some(GENESIS_CHAIN.to_vec())),
+        let chain = match &trim {
+            Some((seq, chain)) => ChainCursor::after(*seq, *seq, chain.clone()),
+            None => ChainCursor::after(0, 0, GENESIS_CHAIN.to_vec()),
         };
         Current {
             name: name.to_string(),
@@ -99,8 +97,7 @@ impl LogCheck {
                 last: None,
                 entries: HashMap::new(),
             },
-            next,
-            prev,
+            chain,
             at_ticket: None,
         }
     }
@@ -156,7 +153,8 @@ impl LogCheck {
         }
 
         let start = cur.facts.start();
-        if row.seq <= start {
+        let link = cur.chain.step(row);
+        if matches!(link, Link::BelowStart) {
             // Trimming deletes a prefix and moves the trim point in the same
             // transaction, so no snapshot holds an entry at or below it: the
             // trim point was written without trimming (to pass off deleted
@@ -178,43 +176,35 @@ impl LogCheck {
             self.current = Some(cur);
             return;
         }
-        if row.seq > cur.next {
-            self.push(Finding {
+        match link {
+            // The predecessor is gone, so this entry's chain cannot be
+            // checked; the gap is the finding.
+            Link::AfterGap { missing } => self.push(Finding {
                 kind: FindingKind::Gap,
                 aggregate: row.aggregate_name.clone(),
-                seq: Some(cur.next),
+                seq: Some(missing),
                 entry_id: None,
                 detail: format!(
                     "{} missing from the log (the next entry present is seq {}, entry {})",
-                    seq_range(cur.next, row.seq - 1),
+                    seq_range(missing, row.seq - 1),
                     row.seq,
                     row.id
                 ),
-            });
-            // The predecessor is gone, so this entry's chain cannot be
-            // checked; the gap is the finding.
-            cur.prev = None;
-        }
-        if let Some(prev) = &cur.prev {
+            }),
+            Link::Broken => self.push(finding(
+                FindingKind::ChainMismatch,
+                format!(
+                    "the chain value does not follow from seq {}'s: the entry was \
+                     altered, inserted or reordered",
+                    row.seq.saturating_sub(1)
+                ),
+            )),
             // A row whose UUID or metadata is malformed has no computable
             // chain; opening it reports it.
-            if let Ok(expected) = expected_chain(row, prev) {
-                if expected.as_slice() != row.chain.as_slice() {
-                    self.push(finding(
-                        FindingKind::ChainMismatch,
-                        format!(
-                            "the chain value does not follow from seq {}'s: the entry was \
-                             altered, inserted or reordered",
-                            row.seq.saturating_sub(1)
-                        ),
-                    ));
-                }
-            }
+            Link::Unreadable(_) | Link::Follows | Link::BelowStart => {}
         }
-        // Resynchronise on the stored value, so one altered entry is one
-        // finding and not one for every entry after it.
-        cur.prev = Some(row.chain.clone());
-        cur.next = row.seq.saturating_add(1);
+        // The cursor stands on the stored value now, so one altered entry
+        // is one finding and not one for every entry after it.
         cur.facts.last = Some(row.seq);
         self.current = Some(cur);
     }
@@ -251,12 +241,12 @@ impl LogCheck {
                 };
                 finding(
                     FindingKind::Gap,
-                    cur.next,
+                    cur.chain.next_seq(),
                     None,
                     format!(
                         "{} missing at the end of the log: the ticket is at version {version} \
                          but {present}",
-                        seq_range(cur.next, *version)
+                        seq_range(cur.chain.next_seq(), *version)
                     ),
                 );
             } else if *version == start {
@@ -322,6 +312,7 @@ fn seq_range(from: i64, to: i64) -> String {
 pub(super) mod tests {
     use super::*;
     use crate::entry::HASH_LEN;
+    use crate::oplog::expected_chain;
 
     type Named = (FindingKind, String, Option<i64>, Option<i64>);
 
