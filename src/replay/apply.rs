@@ -8,9 +8,9 @@ use postgres::types::Type;
 use postgres::{Client, Transaction};
 
 use super::{ApplyError, Item};
-use crate::catalog::TypeCatalog;
+use crate::catalog::{TypeCatalog, TypeInfo};
 use crate::error::{DivergenceKind, Error, Result};
-use crate::mapping::{self, FieldPlan};
+use crate::mapping::{self, Column, FieldPlan};
 use crate::proto::OpType;
 use crate::replica::{self, Target};
 use crate::schema;
@@ -19,17 +19,34 @@ use crate::sql::{ident, TableName};
 /// Bytes handed to a COPY at a time.
 const COPY_PIECE: usize = 1 << 20;
 
-/// How one message type is written to its target table.
+/// How one message type maps onto its target table: which column each
+/// field goes to and how, the primary key, and the statements that write
+/// rows. Pure: built from the catalog and the table's columns.
 #[derive(Debug)]
-pub(super) struct TablePlan {
+pub(super) struct TableMapping {
     pub(super) type_name: String,
     pub(super) table: TableName,
     pub(super) sql_table: String,
     pub(super) fields: Vec<FieldPlan>,
     pub(super) pk: Vec<usize>,
+}
+
+/// A [`TableMapping`] ready on a target: its COPY statement prepared, and
+/// whether this run created the table.
+#[derive(Debug)]
+pub(super) struct TablePlan {
+    pub(super) mapping: TableMapping,
     pub(super) copy: postgres::Statement,
     pub(super) delete_sql: String,
     pub(super) created: bool,
+}
+
+impl std::ops::Deref for TablePlan {
+    type Target = TableMapping;
+
+    fn deref(&self) -> &TableMapping {
+        &self.mapping
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +99,36 @@ impl TablePlan {
             tx.commit()?;
         }
         let columns = schema::columns(dest, &target_table)?;
+        let mapping = TableMapping::new(info, type_name, target_table, &columns)?;
+        // COPY writes identity columns as given, like OVERRIDING SYSTEM
+        // VALUE, and is the fastest way into a table.
+        let copy = dest.prepare(&mapping.copy_sql())?;
+        Ok(TablePlan {
+            delete_sql: mapping.delete_sql(),
+            mapping,
+            copy,
+            created,
+        })
+    }
+}
+
+impl TableMapping {
+    /// Maps the fields of `info`'s message onto the `columns` of
+    /// `target_table`: each field onto the column of its name, with the
+    /// conversion its kind and the column's type call for. A field without
+    /// a column, or one whose value the column cannot take, is an error
+    /// naming type, table, field and column.
+    pub(super) fn new(
+        info: &TypeInfo,
+        type_name: &str,
+        target_table: TableName,
+        columns: &[Column],
+    ) -> Result<TableMapping> {
+        let table = info.table().ok_or_else(|| Error::Mapping {
+            type_name: type_name.to_string(),
+            table: "(none)".into(),
+            reason: "the type has no table; set the (oplog.v1.table) option or use TypeCatalog::register_table".into(),
+        })?;
         let mapping_error = |reason: String| Error::Mapping {
             type_name: type_name.to_string(),
             table: target_table.to_string(),
@@ -110,32 +157,35 @@ impl TablePlan {
                 .ok_or_else(|| mapping_error(format!("primary key {column:?} is not a field")))?;
             pk.push(i);
         }
-        let sql_table = target_table.sql();
-        let cols = fields
+        Ok(TableMapping {
+            type_name: type_name.to_string(),
+            sql_table: target_table.sql(),
+            table: target_table,
+            fields,
+            pk,
+        })
+    }
+
+    /// The COPY statement that inserts rows, every field's column.
+    fn copy_sql(&self) -> String {
+        let cols = self
+            .fields
             .iter()
             .map(|f| ident(f.name()))
             .collect::<Vec<_>>()
             .join(", ");
-        // COPY writes identity columns as given, like OVERRIDING SYSTEM
-        // VALUE, and is the fastest way into a table.
-        let copy = dest.prepare(&format!("COPY {sql_table} ({cols}) FROM STDIN"))?;
-        let mut plan = TablePlan {
-            type_name: type_name.to_string(),
-            table: target_table,
-            sql_table,
-            fields,
-            pk,
-            copy,
-            delete_sql: String::new(),
-            created,
-        };
-        plan.delete_sql = format!(
+        format!("COPY {} ({cols}) FROM STDIN", self.sql_table)
+    }
+
+    /// The DELETE of the rows whose keys the batch parameter holds,
+    /// returning the ordinals that matched.
+    fn delete_sql(&self) -> String {
+        format!(
             "DELETE FROM {} AS t USING {} WHERE {} RETURNING s.\"?ord\"",
-            plan.sql_table,
-            plan.rows_sql(),
-            plan.key_match()
-        );
-        Ok(plan)
+            self.sql_table,
+            self.rows_sql(),
+            self.key_match()
+        )
     }
 
     /// The batch parameter as rows of the table type, numbered from 1.
@@ -384,5 +434,132 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(name: &str, base: &str, category: char) -> Column {
+        Column {
+            name: name.into(),
+            display: base.into(),
+            base: base.into(),
+            category,
+            is_array: false,
+            generated: false,
+        }
+    }
+
+    /// The columns of the user table, with `rename` applied to one of them.
+    fn user_columns(rename: Option<(&str, &str)>) -> Vec<Column> {
+        [
+            ("id", "text", 'S'),
+            ("tenant_id", "text", 'S'),
+            ("account_id", "text", 'S'),
+            ("email", "text", 'S'),
+            ("display_name", "text", 'S'),
+            ("phone", "text", 'S'),
+            ("age", "int4", 'N'),
+            ("active", "bool", 'B'),
+            ("avatar", "bytea", 'U'),
+        ]
+        .iter()
+        .map(|(name, base, cat)| {
+            let name = match rename {
+                Some((from, to)) if from == *name => to,
+                _ => name,
+            };
+            column(name, base, *cat)
+        })
+        .collect()
+    }
+
+    fn mapping(table: &str, columns: &[Column]) -> Result<TableMapping> {
+        let catalog = TypeCatalog::demo();
+        let info = catalog.get("demo.v1.User").unwrap();
+        TableMapping::new(
+            info,
+            "demo.v1.User",
+            TableName::parse(table, "_r").unwrap(),
+            columns,
+        )
+    }
+
+    #[test]
+    fn fields_map_onto_columns_of_their_name_and_the_statements_quote_every_name() {
+        let m = mapping("app.users", &user_columns(None)).unwrap();
+        assert_eq!(m.sql_table, "\"app\".\"users_r\"");
+        assert_eq!(m.pk.len(), 1);
+        assert_eq!(m.fields[m.pk[0]].name(), "id");
+        assert_eq!(
+            m.copy_sql(),
+            "COPY \"app\".\"users_r\" (\"id\", \"tenant_id\", \"account_id\", \"email\", \
+             \"display_name\", \"phone\", \"age\", \"active\", \"avatar\") FROM STDIN"
+        );
+        let delete = m.delete_sql();
+        assert!(
+            delete.starts_with("DELETE FROM \"app\".\"users_r\" AS t USING"),
+            "{delete}"
+        );
+        assert!(delete.contains("WHERE t.\"id\" = s.\"id\""), "{delete}");
+        let email = m.fields.iter().position(|f| f.name() == "email").unwrap();
+        let phone = m.fields.iter().position(|f| f.name() == "phone").unwrap();
+        let update = m.update_sql(&[email], &[phone]);
+        assert!(
+            update.contains("SET \"email\" = s.\"email\", \"phone\" = NULL"),
+            "{update}"
+        );
+        assert!(update.ends_with("RETURNING s.\"?ord\""), "{update}");
+    }
+
+    #[test]
+    fn a_field_without_its_column_or_a_column_of_another_kind_is_an_error_naming_both() {
+        let err = mapping("users", &user_columns(Some(("email", "mail"))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"email\"") && err.contains("users_r") && err.contains("demo.v1.User"),
+            "{err}"
+        );
+        let mut columns = user_columns(None);
+        columns[6] = column("age", "bool", 'B');
+        let err = mapping("users", &columns).unwrap_err().to_string();
+        assert!(err.contains("age"), "{err}");
+        columns[6] = column("age", "int4", 'N');
+        columns[6].generated = true;
+        let err = mapping("users", &columns).unwrap_err().to_string();
+        assert!(err.contains("generated"), "{err}");
+    }
+
+    #[test]
+    fn masks_become_column_positions_and_paths_replay_cannot_map_are_errors() {
+        let m = mapping("users", &user_columns(None)).unwrap();
+        let email = m.fields.iter().position(|f| f.name() == "email").unwrap();
+        let phone = m.fields.iter().position(|f| f.name() == "phone").unwrap();
+        let kind = m
+            .kind(OpType::Update, &["email".into()], &["phone".into()])
+            .unwrap();
+        assert_eq!(
+            kind,
+            RunKind::Update {
+                set: vec![email],
+                null: vec![phone]
+            }
+        );
+        assert_eq!(
+            m.kind(OpType::CreateItems, &[], &[]).unwrap(),
+            RunKind::Insert
+        );
+        assert_eq!(m.kind(OpType::Delete, &[], &[]).unwrap(), RunKind::Delete);
+        for (path, says) in [("emial", "not a field"), ("avatar.size", "nested")] {
+            let err = m
+                .kind(OpType::Update, &[path.into()], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(path) && err.contains(says), "{err}");
+        }
+        assert!(m.kind(OpType::Unspecified, &[], &[]).is_err());
     }
 }
