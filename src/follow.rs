@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::oplog::Oplog;
 use crate::replay::{Progress, ReplayOptions, Replayer, Skip};
 use crate::replica::Target;
+use crate::store;
 
 /// The channel writers notify on and followers listen to.
 pub const NOTIFY_CHANNEL: &str = "oplog_entry";
@@ -299,9 +300,23 @@ impl Follower {
         let mut lag_checked = Instant::now();
         let mut reported = Instant::now();
         let mut warned: std::collections::HashSet<String> = Default::default();
+        // The tickets' sum when a pass last found nothing to apply: while it
+        // stays the same nothing was appended, and an idle follower reads
+        // one row per poll instead of every ticket and checkpoint.
+        let mut idle_at: Option<(i64, String)> = None;
         loop {
             if self.stopping() {
                 return Ok(SessionEnd::Stopped);
+            }
+            let before = store::ticket_sum(&mut control)?;
+            if idle_at.as_ref() == Some(&before) {
+                if reported.elapsed() >= ALIVE_EVERY {
+                    consumer::report(&mut control, &name, &[], false)?;
+                    reported = Instant::now();
+                }
+                events(&FollowEvent::CaughtUp);
+                self.wait(&mut control)?;
+                continue;
             }
             let pass = replayer.run(&mut |p| events(&FollowEvent::Applied(p)))?;
             report.passes += 1;
@@ -309,6 +324,7 @@ impl Follower {
             if let Some(stopped) = pass.stopped.into_iter().next() {
                 return Err(stopped.error);
             }
+            idle_at = (pass.entries_applied == 0).then_some(before);
             let positions: Vec<(String, i64)> = pass
                 .aggregates
                 .iter()

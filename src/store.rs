@@ -797,6 +797,17 @@ pub(crate) struct TicketInfo {
     pub chain: Vec<u8>,
 }
 
+/// How many tickets have a redeemed version, and the sum of their
+/// versions: any append moves it (versions only grow), so an unchanged
+/// value means nothing was appended. One row, however many aggregates.
+pub(crate) fn ticket_sum(c: &mut impl GenericClient) -> Result<(i64, String)> {
+    let row = c.query_typed_one(
+        "SELECT count(*), coalesce(sum(version), 0)::text FROM oplog_ticket WHERE version > 0",
+        &[],
+    )?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Tickets with at least one redeemed version, by name; only `aggregate`'s
 /// when given.
 pub(crate) fn tickets(
