@@ -68,12 +68,11 @@
 
 mod diesel_source;
 
+pub use diesel_source::migrate;
+
 use std::collections::HashSet;
 use std::fmt;
 
-use diesel::sql_types::BigInt;
-use diesel::{PgConnection, RunQueryDsl};
-use diesel_migrations::MigrationHarness;
 use postgres::types::Type;
 use postgres::{Client, GenericClient};
 
@@ -118,7 +117,7 @@ const REPLICA_LEDGER: Ledger = Ledger {
 };
 
 /// Advisory lock key held while migrating ("oplogmig" as a big-endian i64).
-const MIGRATION_LOCK: i64 = 0x6f70_6c6f_676d_6967;
+pub(super) const MIGRATION_LOCK: i64 = 0x6f70_6c6f_676d_6967;
 
 /// Where a set of migrations records the versions applied: a table in the
 /// schema the migrations run in.
@@ -425,24 +424,6 @@ pub fn migrate_url(url: &str) -> Result<Vec<String>> {
         connected => connected?,
     };
     migrate_client(&mut client)
-}
-
-/// Applies every pending migration over diesel, as [`migrate_client`] does
-/// over rust-postgres; returns the versions applied.
-pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
-    diesel::sql_query("SELECT pg_advisory_lock($1)")
-        .bind::<BigInt, _>(MIGRATION_LOCK)
-        .execute(conn)?;
-    let result = conn
-        .run_pending_migrations(MIGRATIONS)
-        .map(|versions| versions.iter().map(|v| v.to_string()).collect())
-        .map_err(|e| Error::Migration(e.to_string()));
-    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
-        .bind::<BigInt, _>(MIGRATION_LOCK)
-        .execute(conn);
-    let versions = result?;
-    unlocked?;
-    Ok(versions)
 }
 
 #[cfg(test)]
