@@ -563,7 +563,7 @@ fn the_previous_releases_writers_and_the_next_ones_interleave_across_a_change_of
         db.scalar::<i64>(
             "SELECT max(seq) - min(seq) + 1 FROM oplog_entry WHERE aggregate_name = 'agg'"
         ),
-        total as i64
+        i64::try_from(total).unwrap()
     );
     assert_eq!(
         writers[total - 8..],
@@ -571,7 +571,7 @@ fn the_previous_releases_writers_and_the_next_ones_interleave_across_a_change_of
     );
     let report = verify(&new_log(), &db.url, &VerifyOptions::default()).unwrap();
     assert!(report.is_clean(), "{:?}", report.findings);
-    assert_eq!(report.entries_checked, total as u64);
+    assert_eq!(report.entries_checked, u64::try_from(total).unwrap());
 }
 
 // The replica's own tables.
