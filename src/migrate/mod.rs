@@ -39,8 +39,10 @@
 //!   added next to the old one in the same file, the old one becomes a thin
 //!   wrapper that calls it (with the same rights and pinned `search_path`),
 //!   and the file grants the new signature to every role that may execute
-//!   the old one. A migration of a later release drops the old signature,
-//!   once no running binary calls it.
+//!   the old one (as `roles::grants` grants both while both exist). A
+//!   migration of a later release drops the old signature, once no running
+//!   binary calls it. `tests/it/migrations.rs` runs such a change while a
+//!   writer of the previous release writes.
 //! - Likewise a migration only adds what the new functions use; what the
 //!   previous release's functions still use is dropped a release later.
 //! - A trigger needs its function when it is created: a migration that adds

@@ -424,7 +424,7 @@ fn write_as_next_release(c: &mut Client, log: &Oplog, entry: &NewEntry) {
         let written = log.write(&mut tx, entry).unwrap();
         let row = tx
             .query_one(
-                "SELECT e.entry_uuid::text, e.aggregate_name, e.seq, e.format, e.key_id, e.data, e.digest, e.chain, e.catalog, \
+                "SELECT e.entry_uuid, e.aggregate_name, e.seq, e.format, e.key_id, e.data, e.digest, e.chain, e.catalog, \
                         (SELECT p.chain FROM oplog_entry p WHERE p.aggregate_name = e.aggregate_name AND p.seq = e.seq - 1), \
                         (SELECT array_agg(m.key ORDER BY m.ordinal) FROM oplog_metadata m WHERE m.entry_id = e.id), \
                         (SELECT array_agg(m.value ORDER BY m.ordinal) FROM oplog_metadata m WHERE m.entry_id = e.id) \
@@ -433,7 +433,7 @@ fn write_as_next_release(c: &mut Client, log: &Oplog, entry: &NewEntry) {
             )
             .unwrap();
         tx.rollback().unwrap();
-        let uuid: uuid::Uuid = row.get::<_, String>(0).parse().unwrap();
+        let uuid: uuid::Uuid = row.get(0);
         let seq: i64 = row.get(2);
         let prev: Vec<u8> = row.get::<_, Option<Vec<u8>>>(9).unwrap_or_else(|| {
             assert_eq!(seq, 1, "the entry before seq {seq} is missing");
@@ -576,8 +576,8 @@ fn the_previous_releases_writers_and_the_next_ones_interleave_across_a_change_of
 
 // The replica's own tables.
 
-/// The replica's tables as the release before versioned replica migrations
-/// created them (`replica::CHECKPOINT_DDL`).
+/// The replica's tables as releases before versioned replica migrations
+/// created them, whenever a replay or follow started.
 const PREVIOUS_REPLICA_DDL: &str = "\
 CREATE TABLE IF NOT EXISTS oplog_checkpoint (
     source           text NOT NULL,
