@@ -155,7 +155,9 @@ pub use crate::entry::{
 };
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result};
 pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
-pub use crate::migrate::{migrate, migrate_url, MIGRATIONS};
+#[doc(hidden)]
+pub use crate::migrate::FunctionFile;
+pub use crate::migrate::{migrate, migrate_client, migrate_url, Migration, Migrations, MIGRATIONS};
 pub use crate::oplog::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};

@@ -154,49 +154,30 @@ pub(crate) fn lock_setup(tx: &mut postgres::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Creates the checkpoint tables on the target when missing, one setup at
-/// a time.
+/// Creates or upgrades the replica's own tables on the target: applies the
+/// replica migrations it has not applied yet (`sql/replica/`, recorded in
+/// `oplog_replica_migrations`), each in its own transaction under the setup
+/// lock. A replica that is current is only read.
+///
+/// Replicas set up before these tables were versioned have them already,
+/// as the first migration creates them: it adopts them with their rows.
 pub(crate) fn set_up(dest: &mut Client) -> Result<()> {
-    let mut tx = dest.transaction()?;
-    lock_setup(&mut tx)?;
-    tx.batch_execute(CHECKPOINT_DDL)?;
-    tx.commit()?;
-    Ok(())
+    let set = &crate::migrate::REPLICA_MIGRATIONS;
+    if set.pending(dest)?.is_empty() {
+        return Ok(());
+    }
+    loop {
+        let mut tx = dest.transaction()?;
+        lock_setup(&mut tx)?;
+        set.create_ledger(&mut tx)?;
+        let Some(next) = set.pending(&mut tx)?.first().copied() else {
+            tx.commit()?;
+            return Ok(());
+        };
+        set.apply(&mut tx, next)?;
+        tx.commit()?;
+    }
 }
-
-/// The replica's checkpoint table, the table of entries it passed over
-/// ([`SkippedEntry`]), and where each aggregate last stopped (the entry a
-/// skip may pass over); created on the target when missing.
-pub(crate) const CHECKPOINT_DDL: &str = "\
-CREATE TABLE IF NOT EXISTS oplog_checkpoint (
-    source           text NOT NULL,
-    aggregate_name   text NOT NULL,
-    seq              bigint NOT NULL CHECK (seq > 0),
-    chain            bytea NOT NULL CHECK (length(chain) = 32),
-    entry_id         bigint NOT NULL,
-    entry_created_at timestamptz NOT NULL,
-    applied_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source, aggregate_name)
-);
-CREATE TABLE IF NOT EXISTS oplog_skipped (
-    source         text NOT NULL,
-    aggregate_name text NOT NULL,
-    seq            bigint NOT NULL CHECK (seq > 0),
-    entry_id       bigint NOT NULL,
-    chain          bytea NOT NULL CHECK (length(chain) = 32),
-    reason         text NOT NULL CHECK (length(reason) > 0),
-    error          text NOT NULL,
-    skipped_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source, aggregate_name, seq)
-);
-CREATE TABLE IF NOT EXISTS oplog_stopped (
-    source         text NOT NULL,
-    aggregate_name text NOT NULL,
-    seq            bigint NOT NULL CHECK (seq > 0),
-    error          text NOT NULL,
-    stopped_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (source, aggregate_name)
-)";
 
 /// An entry the operator chose to pass over instead of applying (see
 /// [`Skip`](crate::Skip)), as the replica records it next to its

@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod follow;
 mod keys;
+mod migrations;
 mod plans;
 mod replay;
 mod roles;

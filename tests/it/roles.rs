@@ -17,12 +17,12 @@ use crate::support::{admin_url, create_users, superuser_exec, user, TestDb};
 
 /// A login role that exists while the value lives. Declare it before the
 /// databases it is granted on, so that they are dropped first.
-struct TestRole {
-    name: String,
+pub(crate) struct TestRole {
+    pub(crate) name: String,
 }
 
 impl TestRole {
-    fn new(kind: &str) -> TestRole {
+    pub(crate) fn new(kind: &str) -> TestRole {
         let name = format!(
             "oplog_{kind}_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -35,7 +35,7 @@ impl TestRole {
     }
 
     /// `url` connecting as this role instead of its user.
-    fn url(&self, url: &str) -> String {
+    pub(crate) fn url(&self, url: &str) -> String {
         let start = url.find("://").map(|i| i + 3).expect("a postgres:// URL");
         let at = url[start..]
             .find('@')
