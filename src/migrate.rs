@@ -34,13 +34,21 @@ pub fn migrate(conn: &mut PgConnection) -> Result<Vec<String>> {
     Ok(versions)
 }
 
-/// Connects to `url` and applies every pending migration. The URL is
-/// checked as [`connect`](fn@crate::connect) checks it, so that another
-/// database's URL is refused by name.
-pub fn migrate_url(url: &str) -> Result<Vec<String>> {
+/// Connects to `database` (a connection string or a
+/// [`Database`](crate::Database)) and applies every pending migration.
+///
+/// The connection is diesel's, through libpq, which reads `sslmode` and
+/// `sslrootcert` itself: the string is checked as
+/// [`Database::parse`](crate::Database::parse) checks it (another
+/// database's URL or an unknown `sslmode` is refused by name) and then
+/// given to libpq as written. A [`Database`](crate::Database) built from a
+/// `postgres::Config` is given to libpq in its `key=value` form.
+/// `sslrootcert=system` needs libpq 16 or later here.
+pub fn migrate_url(database: impl Into<crate::Database>) -> Result<Vec<String>> {
     use diesel::Connection as _;
-    crate::connect::check_url(url)?;
-    let mut conn = PgConnection::establish(url)
+    let database = database.into();
+    let conninfo = database.libpq_conninfo()?;
+    let mut conn = PgConnection::establish(&conninfo)
         .map_err(|e| Error::Migration(format!("cannot connect: {e}")))?;
     migrate(&mut conn)
 }

@@ -36,7 +36,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::{Client, Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -841,7 +841,7 @@ struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     fn connect(url: &str, shared: &'a Shared) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls)?;
+        let mut client = crate::connect::connect(url)?;
         let insert_user = client.prepare(INSERT_USER)?;
         let boundary = BoundaryStatements {
             read_ticket: client.prepare(BOUNDARY_READ_TICKET)?,
@@ -1055,7 +1055,7 @@ impl Scratch {
 
     /// A new database with nothing in it.
     fn empty(admin_url: &str) -> Result<Self> {
-        let mut admin = Client::connect(admin_url, NoTls)?;
+        let mut admin = crate::connect::connect(admin_url)?;
         let name = format!("oplog_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
         admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
         // From here on the database is dropped when `scratch` goes out of
@@ -1069,7 +1069,7 @@ impl Scratch {
     }
 
     fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.url, NoTls)?)
+        crate::connect::connect(&self.url)
     }
 }
 
