@@ -83,11 +83,9 @@ impl SslMode {
                         .into(),
                 ))
             }
-            other => {
-                return Err(Error::Config(format!(
-                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                )))
-            }
+            other => return Err(Error::Config(format!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))),
         })
     }
 
@@ -104,7 +102,9 @@ impl fmt::Display for SslMode {
 }
 
 /// Which certificate authorities a server's certificate may chain to:
-/// libpq's `sslrootcert`.
+/// libpq's `sslrootcert`. Used by `verify-ca`, `verify-full` and `require`;
+/// `prefer` never checks a certificate, since a server (or anyone between)
+/// can answer that it has no TLS and get plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
     /// The certificates in a PEM file (`sslrootcert=/path/to/ca.pem`).
@@ -313,12 +313,7 @@ impl Ready {
             .as_deref()
             .map(RootCert::parse)
             .transpose()?;
-        // libpq: `sslrootcert=system` alone means verify-full.
-        let mode = match (split.sslmode, &root_cert) {
-            (Some(mode), _) => mode,
-            (None, Some(RootCert::System)) => SslMode::VerifyFull,
-            (None, _) => SslMode::Prefer,
-        };
+        let mode = mode(split.sslmode, root_cert.as_ref());
         Ready::new(
             config,
             TlsOptions { mode, root_cert },
@@ -359,6 +354,16 @@ impl Ready {
             connector,
             libpq,
         })
+    }
+}
+
+/// The mode a connection string means: its `sslmode`, else `verify-full`
+/// with `sslrootcert=system` (libpq 16's rule), else `prefer`.
+fn mode(sslmode: Option<SslMode>, root_cert: Option<&RootCert>) -> SslMode {
+    match (sslmode, root_cert) {
+        (Some(mode), _) => mode,
+        (None, Some(RootCert::System)) => SslMode::VerifyFull,
+        (None, _) => SslMode::Prefer,
     }
 }
 
@@ -752,9 +757,10 @@ fn libpq_conninfo(config: &postgres::Config, tls: &TlsOptions) -> String {
     }
     setting("sslmode", tls.mode.as_str());
     match &tls.root_cert {
-        Some(RootCert::File(path)) => {
-            setting("sslrootcert", &String::from_utf8_lossy(path.as_os_str().as_bytes()))
-        }
+        Some(RootCert::File(path)) => setting(
+            "sslrootcert",
+            &String::from_utf8_lossy(path.as_os_str().as_bytes()),
+        ),
         Some(RootCert::System) => setting("sslrootcert", "system"),
         None => {}
     }
@@ -834,7 +840,9 @@ mod tests {
     #[test]
     fn key_value_tls_settings_are_taken_out_and_the_rest_quoted() {
         assert_eq!(
-            split(r"host=h  user = app password='it\'s' sslmode = 'verify-full' sslrootcert=/etc/my\ ca.pem options='-c a=b'"),
+            split(
+                r"host=h  user = app password='it\'s' sslmode = 'verify-full' sslrootcert=/etc/my\ ca.pem options='-c a=b'"
+            ),
             Split {
                 driver: r"host='h' user='app' password='it\'s' options='-c a=b'".into(),
                 sslmode: Some(SslMode::VerifyFull),
@@ -851,12 +859,18 @@ mod tests {
 
     #[test]
     fn both_forms_give_the_driver_the_same_settings() {
-        let url = Database::parse("postgres://app:pw@db.internal:6432/app?sslmode=require&application_name=r").unwrap();
+        let url = Database::parse(
+            "postgres://app:pw@db.internal:6432/app?sslmode=require&application_name=r",
+        )
+        .unwrap();
         let kv = Database::parse("host=db.internal port=6432 user=app password=pw dbname=app sslmode=require application_name=r").unwrap();
         for db in [&url, &kv] {
             let ready = db.get().unwrap();
             assert_eq!(ready.tls.mode, SslMode::Require);
-            assert_eq!(ready.config.get_ssl_mode(), postgres::config::SslMode::Require);
+            assert_eq!(
+                ready.config.get_ssl_mode(),
+                postgres::config::SslMode::Require
+            );
             assert_eq!(ready.config.get_ports(), &[6432]);
             assert_eq!(ready.config.get_user(), Some("app"));
             assert_eq!(ready.config.get_dbname(), Some("app"));
@@ -870,10 +884,16 @@ mod tests {
         let db = Database::parse("postgres://h/db").unwrap();
         assert_eq!(db.ssl_mode(), SslMode::Prefer);
         let ready = db.get().unwrap();
-        assert_eq!(ready.config.get_ssl_mode(), postgres::config::SslMode::Prefer);
+        assert_eq!(
+            ready.config.get_ssl_mode(),
+            postgres::config::SslMode::Prefer
+        );
         assert!(ready.connector.is_some());
         let off = Database::parse("host=h sslmode=disable").unwrap();
-        assert_eq!(off.get().unwrap().config.get_ssl_mode(), postgres::config::SslMode::Disable);
+        assert_eq!(
+            off.get().unwrap().config.get_ssl_mode(),
+            postgres::config::SslMode::Disable
+        );
         assert!(off.get().unwrap().connector.is_none());
     }
 
@@ -890,7 +910,9 @@ mod tests {
                 "invalid configuration: sslmode \"verify_full\" is not one of disable, prefer, require, verify-ca, verify-full"
             );
         }
-        let e = Database::parse("host=h sslmode=allow").unwrap_err().to_string();
+        let e = Database::parse("host=h sslmode=allow")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"allow\" is not supported"), "{e}");
     }
 
@@ -903,7 +925,10 @@ mod tests {
             let e = Database::parse(s).unwrap_err();
             assert!(matches!(e, Error::Config(_)), "{e:?}");
             let e = e.to_string();
-            assert!(e.contains("/nonexistent/ca.pem") && e.contains("cannot read"), "{e}");
+            assert!(
+                e.contains("/nonexistent/ca.pem") && e.contains("cannot read"),
+                "{e}"
+            );
         }
     }
 
@@ -911,9 +936,12 @@ mod tests {
     fn a_root_certificate_file_without_certificates_is_refused() {
         let path = std::env::temp_dir().join(format!("oplog-empty-ca-{}.pem", std::process::id()));
         std::fs::write(&path, "not a certificate\n").unwrap();
-        let e = Database::parse(&format!("host=h sslmode=verify-full sslrootcert={}", path.display()))
-            .unwrap_err()
-            .to_string();
+        let e = Database::parse(&format!(
+            "host=h sslmode=verify-full sslrootcert={}",
+            path.display()
+        ))
+        .unwrap_err()
+        .to_string();
         std::fs::remove_file(&path).unwrap();
         assert!(e.contains("holds no PEM certificate"), "{e}");
     }
@@ -942,7 +970,8 @@ mod tests {
 
     #[test]
     fn require_checks_the_chain_when_libpqs_default_root_certificate_exists() {
-        let dir = std::env::temp_dir().join(format!("oplog-root-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("oplog-root-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("root.crt");
         std::fs::write(&path, "").unwrap();
@@ -965,10 +994,16 @@ mod tests {
         let e = Database::parse("host=h sslmode=verify-ca sslrootcert=system")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sslrootcert=system needs sslmode=verify-full"), "{e}");
-        // Alone, it means verify-full, as in libpq 16.
-        let db = Database::parse("host=h sslrootcert=system").unwrap();
-        assert_eq!(db.ssl_mode(), SslMode::VerifyFull);
+        assert!(
+            e.contains("sslrootcert=system needs sslmode=verify-full"),
+            "{e}"
+        );
+        // Alone, it means verify-full, as in libpq 16; another root
+        // certificate leaves the default alone.
+        assert_eq!(mode(None, Some(&RootCert::System)), SslMode::VerifyFull);
+        let file = RootCert::File("ca.pem".into());
+        assert_eq!(mode(None, Some(&file)), SslMode::Prefer);
+        assert_eq!(mode(Some(SslMode::Require), Some(&file)), SslMode::Require);
     }
 
     #[test]
@@ -986,7 +1021,10 @@ mod tests {
         let db = Database::parse("postgres://app:hunter2@h/db?sslmode=require").unwrap();
         let debug = format!("{db:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("Require") && debug.contains("\"app\""), "{debug}");
+        assert!(
+            debug.contains("Require") && debug.contains("\"app\""),
+            "{debug}"
+        );
         let target = crate::Target::database(&db);
         assert!(!format!("{target:?}").contains("hunter2"));
         // A string that does not parse keeps its error, not its text.
@@ -994,7 +1032,10 @@ mod tests {
         let e = bad.check().unwrap_err().to_string();
         assert!(e.contains("\"bogus\"") && !e.contains("hunter2"), "{e}");
         assert!(!format!("{bad:?}").contains("hunter2"));
-        let e = Database::from("host=h password='hunter2").check().unwrap_err().to_string();
+        let e = Database::from("host=h password='hunter2")
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"password\"") && !e.contains("hunter2"), "{e}");
     }
 

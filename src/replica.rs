@@ -41,7 +41,10 @@ impl Target {
 
     /// A separate replica database, each table named as on the source with
     /// `suffix` appended.
-    pub fn database_with_suffix(database: impl Into<Database>, suffix: impl Into<String>) -> Target {
+    pub fn database_with_suffix(
+        database: impl Into<Database>,
+        suffix: impl Into<String>,
+    ) -> Target {
         Target::Database {
             database: database.into(),
             suffix: suffix.into(),

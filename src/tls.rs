@@ -16,7 +16,9 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSuppo
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::connect::SslMode;
@@ -57,7 +59,13 @@ pub(crate) fn connector(verify: &Verify) -> Result<MakeRustlsConnect> {
     };
     let verifier = Verifier {
         roots,
-        host_name: matches!(verify, Verify::Chain { host_name: true, .. }),
+        host_name: matches!(
+            verify,
+            Verify::Chain {
+                host_name: true,
+                ..
+            }
+        ),
         algorithms: provider.signature_verification_algorithms,
     };
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -241,7 +249,9 @@ fn tls_failure(e: &postgres::Error, mode: SslMode) -> Option<(TlsFailure, String
         if inner.to_string() == "server does not support TLS" {
             return Some((
                 TlsFailure::NotOffered,
-                format!("the server does not accept TLS connections, and sslmode={mode} requires TLS"),
+                format!(
+                    "the server does not accept TLS connections, and sslmode={mode} requires TLS"
+                ),
             ));
         }
         cause = c.source();

@@ -15,5 +15,6 @@ mod scans;
 mod security;
 mod support;
 mod targets;
+mod tls;
 mod verify;
 mod write;
