@@ -83,9 +83,11 @@ impl SslMode {
                         .into(),
                 ))
             }
-            other => return Err(Error::Config(format!(
+            other => {
+                return Err(Error::Config(format!(
                 "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-            ))),
+            )))
+            }
         })
     }
 
