@@ -250,6 +250,20 @@ impl Database {
         }
     }
 
+    /// A database that reports `built`'s error when used, for the
+    /// infallible conversions.
+    fn or_invalid(built: Result<Ready>) -> Database {
+        match built {
+            Ok(ready) => Database::ready(ready),
+            Err(e) => Database {
+                inner: Arc::new(Inner::Invalid(match e {
+                    Error::Config(message) => message,
+                    other => other.to_string(),
+                })),
+            },
+        }
+    }
+
     fn get(&self) -> Result<&Ready> {
         match &*self.inner {
             Inner::Ready(ready) => Ok(ready),
@@ -412,12 +426,7 @@ impl From<&str> for Database {
     /// [`Database::parse`], keeping a string that does not parse for
     /// [`Database::connect`] (and [`Database::check`]) to report.
     fn from(url: &str) -> Database {
-        match Ready::parse(url) {
-            Ok(ready) => Database::ready(ready),
-            Err(e) => Database {
-                inner: Arc::new(Inner::Invalid(e.to_string())),
-            },
-        }
+        Database::or_invalid(Ready::parse(url))
     }
 }
 
@@ -456,12 +465,7 @@ impl From<postgres::Config> for Database {
             mode,
             root_cert: None,
         };
-        match Ready::new(config, tls, Libpq::Config) {
-            Ok(ready) => Database::ready(ready),
-            Err(e) => Database {
-                inner: Arc::new(Inner::Invalid(e.to_string())),
-            },
-        }
+        Database::or_invalid(Ready::new(config, tls, Libpq::Config))
     }
 }
 
@@ -1032,6 +1036,12 @@ mod tests {
         // A string that does not parse keeps its error, not its text.
         let bad = Database::from("postgres://app:hunter2@h/db?sslmode=bogus");
         let e = bad.check().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            Database::parse("postgres://app:hunter2@h/db?sslmode=bogus")
+                .unwrap_err()
+                .to_string()
+        );
         assert!(e.contains("\"bogus\"") && !e.contains("hunter2"), "{e}");
         assert!(!format!("{bad:?}").contains("hunter2"));
         let e = Database::from("host=h password='hunter2")
