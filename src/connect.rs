@@ -665,14 +665,7 @@ fn split_key_values(s: &str) -> Result<Split> {
         match key.as_str() {
             "sslmode" => sslmode = Some(SslMode::parse(&value)?),
             "sslrootcert" => sslrootcert = Some(value),
-            _ => {
-                if !driver.is_empty() {
-                    driver.push(' ');
-                }
-                driver.push_str(&key);
-                driver.push('=');
-                quote_value(&mut driver, &value);
-            }
+            _ => push_setting(&mut driver, &key, &value),
         }
     }
     Ok(Split {
@@ -682,8 +675,14 @@ fn split_key_values(s: &str) -> Result<Split> {
     })
 }
 
-/// Appends `value` in single quotes, with `\` and `'` escaped.
-fn quote_value(out: &mut String, value: &str) {
+/// Appends `key='value'` to `key=value` settings, the value quoted with
+/// `\` and `'` escaped, as libpq and the driver read it.
+fn push_setting(out: &mut String, key: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(key);
+    out.push('=');
     out.push('\'');
     for c in value.chars() {
         if matches!(c, '\\' | '\'') {
@@ -696,79 +695,55 @@ fn quote_value(out: &mut String, value: &str) {
 
 /// libpq's `key=value` form of a driver configuration and TLS options.
 fn libpq_conninfo(config: &postgres::Config, tls: &TlsOptions) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = String::new();
-    let mut setting = |key: &str, value: &str| {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(key);
-        out.push('=');
-        quote_value(&mut out, value);
-    };
-    let join = |items: Vec<String>| items.join(",");
-    if !config.get_hosts().is_empty() {
-        setting(
-            "host",
-            &join(
-                config
-                    .get_hosts()
-                    .iter()
-                    .map(|h| match h {
-                        Host::Tcp(name) => name.clone(),
-                        Host::Unix(path) => {
-                            String::from_utf8_lossy(path.as_os_str().as_bytes()).into_owned()
-                        }
-                    })
-                    .collect(),
-            ),
-        );
+    fn list<T: ToString>(items: &[T]) -> Option<String> {
+        (!items.is_empty()).then(|| items.iter().map(T::to_string).collect::<Vec<_>>().join(","))
     }
-    if !config.get_hostaddrs().is_empty() {
-        setting(
-            "hostaddr",
-            &join(
-                config
-                    .get_hostaddrs()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            ),
-        );
-    }
-    if !config.get_ports().is_empty() {
-        setting(
-            "port",
-            &join(config.get_ports().iter().map(ToString::to_string).collect()),
-        );
-    }
-    if let Some(user) = config.get_user() {
-        setting("user", user);
-    }
-    if let Some(password) = config.get_password() {
-        setting("password", &String::from_utf8_lossy(password));
-    }
-    if let Some(dbname) = config.get_dbname() {
-        setting("dbname", dbname);
-    }
-    if let Some(options) = config.get_options() {
-        setting("options", options);
-    }
-    if let Some(name) = config.get_application_name() {
-        setting("application_name", name);
-    }
-    if let Some(timeout) = config.get_connect_timeout() {
-        // libpq counts whole seconds, and takes less than 2 as 2.
-        setting("connect_timeout", &timeout.as_secs().max(2).to_string());
-    }
-    setting("sslmode", tls.mode.as_str());
-    match &tls.root_cert {
-        Some(RootCert::File(path)) => setting(
-            "sslrootcert",
-            &String::from_utf8_lossy(path.as_os_str().as_bytes()),
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let settings = [
+        ("host", list(&hosts)),
+        ("hostaddr", list(config.get_hostaddrs())),
+        ("port", list(config.get_ports())),
+        ("user", config.get_user().map(str::to_string)),
+        (
+            "password",
+            config
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
         ),
-        Some(RootCert::System) => setting("sslrootcert", "system"),
-        None => {}
+        ("dbname", config.get_dbname().map(str::to_string)),
+        ("options", config.get_options().map(str::to_string)),
+        (
+            "application_name",
+            config.get_application_name().map(str::to_string),
+        ),
+        // libpq counts whole seconds, and takes less than 2 as 2.
+        (
+            "connect_timeout",
+            config
+                .get_connect_timeout()
+                .map(|t| t.as_secs().max(2).to_string()),
+        ),
+        ("sslmode", Some(tls.mode.as_str().to_string())),
+        (
+            "sslrootcert",
+            tls.root_cert.as_ref().map(|root| match root {
+                RootCert::File(path) => path.to_string_lossy().into_owned(),
+                RootCert::System => "system".to_string(),
+            }),
+        ),
+    ];
+    let mut out = String::new();
+    for (key, value) in settings {
+        if let Some(value) = value {
+            push_setting(&mut out, key, &value);
+        }
     }
     out
 }
