@@ -174,14 +174,16 @@ fn replay_follow_verify_and_trim_run_encrypted_under_require() {
     let replica = TestDb::empty();
     let followed = TestDb::empty();
     create_users(&source.url, &log, "tenant-a", ids("u", 3));
+    // Each step names its sessions, so that a backend of the step before
+    // that is still exiting is not counted.
+    let named = |app: &str| format!("sslmode=require&application_name={app}");
     let app = app_name();
-    let params = format!("sslmode=require&application_name={app}");
-    let src = Database::parse(&url(&source, &params)).unwrap();
+    let src = Database::parse(&url(&source, &named(&app))).unwrap();
 
     let mut replayer = Replayer::connect(
         &log,
         &src,
-        Target::database(url(&replica, &params)),
+        Target::database(url(&replica, &named(&app))),
         ReplayOptions::default(),
     )
     .unwrap();
@@ -193,11 +195,13 @@ fn replay_follow_verify_and_trim_run_encrypted_under_require() {
     drop(replayer);
 
     create_users(&source.url, &log, "tenant-a", ids("v", 2));
+    let app = app_name();
+    let src = Database::parse(&url(&source, &named(&app))).unwrap();
     let mut while_following = Vec::new();
     let followed_report = Follower::new(
         &log,
         &src,
-        Target::database(url(&followed, &params)),
+        Target::database(url(&followed, &named(&app))),
         FollowOptions {
             until_caught_up: true,
             ..FollowOptions::default()
@@ -217,7 +221,7 @@ fn replay_follow_verify_and_trim_run_encrypted_under_require() {
         &log,
         &src,
         &VerifyOptions {
-            against: Some(Target::database(url(&followed, &params))),
+            against: Some(Target::database(url(&followed, "sslmode=require"))),
             ..VerifyOptions::default()
         },
     )
