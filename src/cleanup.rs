@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
 
@@ -151,7 +150,7 @@ impl Task {
 /// Drops the database `name` (a plain identifier), ending any connections
 /// to it first.
 pub(crate) fn drop_database(admin_url: &str, name: &str) -> Result<()> {
-    let mut admin = Client::connect(admin_url, NoTls)?;
+    let mut admin = crate::connect::connect(admin_url)?;
     let quoted = crate::sql::ident(name);
     // FORCE (PostgreSQL 13 and later) ends connections a failed run may have
     // left behind; older servers take the plain form.

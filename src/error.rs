@@ -60,6 +60,25 @@ impl fmt::Display for DivergenceKind {
     }
 }
 
+/// Why a TLS connection could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server does not accept TLS, and the `sslmode` requires it.
+    NotOffered,
+    /// The server's certificate does not chain to a trusted certificate
+    /// authority (`sslrootcert`).
+    UntrustedCertificate,
+    /// The server's certificate does not name the host connected to
+    /// (`sslmode=verify-full`).
+    WrongHostName,
+    /// The server's certificate is not acceptable for another reason
+    /// (expired, not yet valid, malformed).
+    InvalidCertificate,
+    /// The TLS handshake failed otherwise.
+    Handshake,
+}
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -192,6 +211,18 @@ pub enum Error {
         attempts: u32,
         /// The last retryable error.
         last: Box<Error>,
+    },
+
+    /// A connection's TLS failed: the server refused TLS, or its
+    /// certificate was not trusted or not valid for the host.
+    #[error("TLS connection to {host} failed: {reason}")]
+    Tls {
+        /// The host (or hosts) and port connected to.
+        host: String,
+        /// What failed.
+        kind: TlsFailure,
+        /// What failed, in words.
+        reason: String,
     },
 
     /// The database (rust-postgres driver) reported an error.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
-use crate::connect::connect;
+use crate::connect::Database;
 use crate::consumer::{self, AggregateLag};
 use crate::error::{Error, Result};
 use crate::oplog::Oplog;
@@ -148,7 +148,7 @@ pub struct FollowReport {
 /// ```
 pub struct Follower {
     oplog: Oplog,
-    source_url: String,
+    source: Database,
     target: Target,
     options: FollowOptions,
     stop: Arc<AtomicBool>,
@@ -169,11 +169,18 @@ enum SessionEnd {
 }
 
 impl Follower {
-    /// A follower of the source at `source_url` into `target`.
-    pub fn new(oplog: &Oplog, source_url: &str, target: Target, options: FollowOptions) -> Self {
+    /// A follower of the source (a connection string or a [`Database`])
+    /// into `target`. Nothing connects until [`Follower::run`]; a
+    /// connection string that does not parse is reported there.
+    pub fn new(
+        oplog: &Oplog,
+        source: impl Into<Database>,
+        target: Target,
+        options: FollowOptions,
+    ) -> Self {
         Follower {
             oplog: oplog.clone(),
-            source_url: source_url.to_string(),
+            source: source.into(),
             target,
             options,
             stop: Arc::new(AtomicBool::new(false)),
@@ -251,11 +258,11 @@ impl Follower {
     ) -> Result<SessionEnd> {
         // Listen before the first pass: a notification sent while the pass
         // runs is then waiting when it ends.
-        let mut control = connect(&self.source_url)?;
+        let mut control = self.source.connect()?;
         control.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
         let mut replayer = Replayer::connect(
             &self.oplog,
-            &self.source_url,
+            &self.source,
             self.target.clone(),
             ReplayOptions {
                 aggregate: None,

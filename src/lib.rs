@@ -14,11 +14,11 @@
 //! use oplog::{demo::User, Keyring, NewEntry, Oplog, TypeCatalog};
 //!
 //! # fn main() -> oplog::Result<()> {
-//! let url = "postgres://postgres@127.0.0.1/app";
-//! oplog::migrate_url(url)?;
+//! let db = oplog::Database::parse("postgres://postgres@127.0.0.1/app")?;
+//! oplog::migrate_url(&db)?;
 //!
 //! let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
-//! let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+//! let mut client = db.connect()?;
 //! let mut tx = client.transaction()?;
 //!
 //! // The caller's own domain change...
@@ -45,33 +45,49 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use oplog::{FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target, TrimOptions, TypeCatalog, VerifyOptions};
+//! use oplog::{Database, FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target, TrimOptions, TypeCatalog, VerifyOptions};
 //!
 //! # fn main() -> oplog::Result<()> {
-//! let source = "postgres://postgres@127.0.0.1/app";
+//! let source = Database::parse("postgres://postgres@127.0.0.1/app")?;
 //! let replica = Target::database("postgres://postgres@127.0.0.1/app_replica");
 //! // Any catalog and the keys: each entry names the catalog stored with it.
 //! let oplog = Oplog::new(TypeCatalog::new(), Keyring::load("keys.json".as_ref())?);
 //!
 //! // Apply what the replica lacks, exactly once; re-running continues.
-//! let report = Replayer::connect(&oplog, source, replica.clone(), ReplayOptions::default())?
+//! let report = Replayer::connect(&oplog, &source, replica.clone(), ReplayOptions::default())?
 //!     .run(&mut |_| {})?;
 //! assert!(report.is_complete(), "{:?}", report.stopped);
 //!
 //! // Prove the log intact and the replica faithful.
-//! let checked = oplog::verify(&oplog, source, &VerifyOptions { against: Some(replica.clone()), ..VerifyOptions::default() })?;
+//! let checked = oplog::verify(&oplog, &source, &VerifyOptions { against: Some(replica.clone()), ..VerifyOptions::default() })?;
 //! assert!(checked.is_clean(), "{:?}", checked.findings);
 //!
 //! // Keep it up to date (here: until caught up) as a registered consumer,
 //! let options = FollowOptions { until_caught_up: true, ..FollowOptions::default() };
-//! Follower::new(&oplog, source, replica, options).run(&mut |_| {})?;
+//! Follower::new(&oplog, &source, replica, options).run(&mut |_| {})?;
 //!
 //! // so that trimming keeps what it has not applied yet.
-//! let mut client = postgres::Client::connect(source, postgres::NoTls)?;
 //! let options = TrimOptions { older_than: Duration::from_secs(7 * 86_400), ..TrimOptions::default() };
-//! oplog::trim(&mut client, &options, &mut |_, _| {})?;
+//! oplog::trim(&mut source.connect()?, &options, &mut |_, _| {})?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Connections and TLS
+//!
+//! A [`Database`] says where a database is and how to reach it: built from
+//! a libpq connection string (`postgres://` URL or `key=value` settings) or
+//! from a `postgres::Config` and [`TlsOptions`]. Everything that opens
+//! connections of its own takes one (or a string, which becomes one):
+//! [`Replayer::connect`], [`Follower::new`], [`verify()`], [`migrate_url`],
+//! [`Target::database`]. What runs in the caller's transaction or on the
+//! caller's connection takes a client ([`Oplog::write`], [`Oplog::list`],
+//! [`trim`], [`consumers`], [`heads`], [`key_usage`], [`Oplog::rewrap`]),
+//! which [`Database::connect`] gives.
+//!
+//! TLS is rustls, set by libpq's `sslmode` ([`SslMode`]: `disable`,
+//! `prefer`, the default, `require`, `verify-ca`, `verify-full`) and
+//! `sslrootcert` ([`RootCert`]). A TLS failure is one [`Error::Tls`]
+//! naming the host and what failed.
 //!
 //! # Guarantees
 //!
@@ -139,13 +155,14 @@ mod roles;
 mod schema;
 mod sql;
 mod store;
+mod tls;
 mod trim;
 mod verify;
 
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
 };
-pub use crate::connect::{check_url, connect};
+pub use crate::connect::{check_url, connect, Database, RootCert, SslMode, TlsOptions};
 pub use crate::consumer::{
     consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
 };
@@ -153,7 +170,7 @@ pub use crate::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
 };
-pub use crate::error::{DivergenceKind, EntryRef, Error, Result};
+pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};
 pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
 #[doc(hidden)]
 pub use crate::migrate::FunctionFile;

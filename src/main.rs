@@ -319,13 +319,10 @@ fn parse_reason(reason: &str) -> Result<String, String> {
 }
 
 impl ReplayArgs {
-    fn target(&self) -> oplog::Target {
+    fn target(&self) -> Result<oplog::Target, Failure> {
         match (&self.into, &self.suffix) {
-            (Some(url), suffix) => oplog::Target::Database {
-                url: url.clone(),
-                suffix: suffix.clone().unwrap_or_default(),
-            },
-            (None, suffix) => oplog::Target::Suffix(suffix.clone().unwrap_or_default()),
+            (Some(url), suffix) => cli::replica("--into", url, suffix.clone().unwrap_or_default()),
+            (None, suffix) => Ok(oplog::Target::Suffix(suffix.clone().unwrap_or_default())),
         }
     }
 }
@@ -551,7 +548,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
         Command::Replay(args) => cli::replay::run(
             ctx,
             out,
-            args.target(),
+            args.target()?,
             oplog::ReplayOptions {
                 aggregate: args.aggregate.clone(),
                 batch_size: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
@@ -562,10 +559,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
         Command::Follow(args) => cli::follow::run(
             ctx,
             out,
-            oplog::Target::Database {
-                url: args.into,
-                suffix: args.suffix,
-            },
+            cli::replica("--into", &args.into, args.suffix)?,
             oplog::FollowOptions {
                 name: args.name,
                 poll_interval: args.poll,

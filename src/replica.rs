@@ -12,12 +12,12 @@ use postgres::types::Type;
 use postgres::{Client, GenericClient};
 
 use crate::catalog::TypeCatalog;
-use crate::connect::connect;
+use crate::connect::Database;
 use crate::error::{Error, Result};
 use crate::sql::{validate_suffix, TableName};
 
 /// Where a replay writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// Tables named `<table><suffix>` in the source database itself
     /// (Boundary's replay).
@@ -25,19 +25,29 @@ pub enum Target {
     /// A separate replica database. Tables keep their names, with `suffix`
     /// appended (usually empty).
     Database {
-        /// Connection URL of the replica database.
-        url: String,
+        /// The replica database.
+        database: Database,
         /// Appended to every table name; usually empty.
         suffix: String,
     },
 }
 
 impl Target {
-    /// A separate replica database, tables named as on the source.
-    pub fn database(url: impl Into<String>) -> Target {
+    /// A separate replica database (a connection string or a
+    /// [`Database`]), tables named as on the source.
+    pub fn database(database: impl Into<Database>) -> Target {
+        Target::database_with_suffix(database, "")
+    }
+
+    /// A separate replica database, each table named as on the source with
+    /// `suffix` appended.
+    pub fn database_with_suffix(
+        database: impl Into<Database>,
+        suffix: impl Into<String>,
+    ) -> Target {
         Target::Database {
-            url: url.into(),
-            suffix: String::new(),
+            database: database.into(),
+            suffix: suffix.into(),
         }
     }
 
@@ -76,13 +86,13 @@ impl Target {
         }
     }
 
-    /// Connects to the target database.
-    pub(crate) fn connect(&self, source_url: &str) -> Result<Client> {
-        let url = match self {
-            Target::Suffix(_) => source_url,
-            Target::Database { url, .. } => url,
-        };
-        connect(url)
+    /// Connects to the target database: the source itself, or the
+    /// replica's.
+    pub(crate) fn connect(&self, source: &Database) -> Result<Client> {
+        match self {
+            Target::Suffix(_) => source.connect(),
+            Target::Database { database, .. } => database.connect(),
+        }
     }
 
     /// Connects to the target database, and refuses a replica database that
@@ -92,8 +102,12 @@ impl Target {
     /// target of their own and stay allowed: a replica database that turns
     /// out to be the source is returned as [`Target::Suffix`]. `source` is
     /// a connection to the source.
-    pub(crate) fn open(&self, source: &mut Client, source_url: &str) -> Result<(Target, Client)> {
-        let mut dest = self.connect(source_url)?;
+    pub(crate) fn open(
+        &self,
+        source: &mut Client,
+        source_db: &Database,
+    ) -> Result<(Target, Client)> {
+        let mut dest = self.connect(source_db)?;
         let Target::Database { suffix, .. } = self else {
             return Ok((self.clone(), dest));
         };

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use postgres::Client;
+use postgres::{Client, GenericClient};
 
 use crate::entry::{self, Header};
 use crate::error::{EntryRef, Error, Result};
@@ -77,8 +77,10 @@ pub struct KeyUsage {
 }
 
 /// How many entries each key id encrypts, by key id: a key may be removed
-/// from the keyring once no entry uses it. Needs no key.
-pub fn key_usage(client: &mut Client) -> Result<Vec<KeyUsage>> {
+/// from the keyring once no entry uses it. Needs no key. Runs on the
+/// caller's connection or transaction ([`Database::connect`](crate::Database::connect)
+/// opens one).
+pub fn key_usage(client: &mut impl GenericClient) -> Result<Vec<KeyUsage>> {
     Ok(store::key_usage(client)?
         .into_iter()
         .map(|(key_id, n)| KeyUsage {
@@ -117,6 +119,10 @@ impl Oplog {
     /// naming it, after the batches before it were committed: run `oplog
     /// verify`. An entry under a key the keyring lacks stops it with
     /// [`Error::UnknownKey`].
+    ///
+    /// It commits its own transactions, so it takes a connection, not a
+    /// transaction: the caller's, or one from
+    /// [`Database::connect`](crate::Database::connect).
     pub fn rewrap(
         &self,
         client: &mut Client,

@@ -95,6 +95,14 @@ pub struct TrimReport {
 
 /// Trims the log of the database `conn` is connected to, calling
 /// `progress` after every batch with the aggregate and its new trim point.
+/// Each batch is a transaction of its own on `conn`: pass a connection
+/// (the caller's, or one from [`Database::connect`](crate::Database::connect)).
+///
+/// ```no_run
+/// let db = oplog::Database::parse("postgres://postgres@db.internal/app?sslmode=verify-full&sslrootcert=ca.pem")?;
+/// let report = oplog::trim(&mut db.connect()?, &oplog::TrimOptions::default(), &mut |_, _| {})?;
+/// # Ok::<(), oplog::Error>(())
+/// ```
 pub fn trim(
     conn: &mut impl GenericClient,
     options: &TrimOptions,

@@ -314,7 +314,7 @@ fn write_phase(
             .map(|w| {
                 let failed = &failed;
                 s.spawn(move || -> Result<u64> {
-                    let mut client = Client::connect(url, postgres::NoTls)?;
+                    let mut client = crate::connect::connect(url)?;
                     let retry = RetryPolicy::attempts(1000);
                     let aggregate = format!("bench-{}", w % cfg.aggregates);
                     let interval = rate.map(|r| Duration::from_secs_f64(cfg.writers as f64 / r));
@@ -479,7 +479,7 @@ impl Drop for Logical {
                 self.slot
             ));
         }
-        if let Ok(mut src) = Client::connect(&self.source_url, postgres::NoTls) {
+        if let Ok(mut src) = crate::connect::connect(&self.source_url) {
             for _ in 0..50 {
                 if src
                     .execute("SELECT pg_drop_replication_slot($1)", &[&self.slot])

@@ -30,7 +30,7 @@
 //! # Ok::<(), oplog::Error>(())
 //! ```
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use uuid::Uuid;
 
 use crate::demo::{self, User};
@@ -132,7 +132,7 @@ impl Scratch {
 
     /// A new database with nothing in it.
     fn empty(admin_url: &str) -> Result<Self> {
-        let mut admin = Client::connect(admin_url, NoTls)?;
+        let mut admin = crate::connect::connect(admin_url)?;
         let name = format!("oplog_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
         admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
         // From here on the database is dropped when `scratch` goes out of
@@ -146,7 +146,7 @@ impl Scratch {
     }
 
     fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.url, NoTls)?)
+        crate::connect::connect(&self.url)
     }
 }
 

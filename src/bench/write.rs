@@ -8,7 +8,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::{Client, Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -682,7 +682,7 @@ struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     fn connect(url: &str, shared: &'a Shared) -> Result<Self> {
-        let mut client = Client::connect(url, NoTls)?;
+        let mut client = crate::connect::connect(url)?;
         let insert_user = client.prepare(INSERT_USER)?;
         let boundary = BoundaryStatements {
             read_ticket: client.prepare(BOUNDARY_READ_TICKET)?,

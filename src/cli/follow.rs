@@ -30,7 +30,7 @@ pub fn run(
 ) -> Result<(), Failure> {
     let keyring = ctx.keyring()?;
     let oplog = super::reader(keyring);
-    let mut follower = Follower::new(&oplog, ctx.database_url()?, target, options);
+    let mut follower = Follower::new(&oplog, ctx.database()?, target, options);
     let stop = follower.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C/SIGTERM handler: {e}")))?;

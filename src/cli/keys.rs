@@ -196,8 +196,8 @@ pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Res
     // The keyring's own refusals (the active key, a missing key) first:
     // they need no database. Nothing is written until every check passed.
     ring.remove(key_id)?;
-    let in_use = match ctx.database_url() {
-        Ok(_) => {
+    let in_use = match ctx.optional_database_url() {
+        Some(_) => {
             let mut client = ctx.connect()?;
             let usage = oplog::key_usage(&mut client).map_err(read_failure)?;
             Some(
@@ -207,8 +207,8 @@ pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Res
                     .map_or(0, |k| k.entries),
             )
         }
-        Err(_) if force => None,
-        Err(_) => {
+        None if force => None,
+        None => {
             return Err(Failure::msg(format!(
                 "no database URL: pass --database-url or set DATABASE_URL to check that no entry uses key {key_id}, or pass --force to remove it unchecked"
             )))

@@ -11,7 +11,7 @@ struct Migrated<'a> {
 
 /// Applies every pending migration and says which ones ran.
 pub fn run(ctx: &Context, out: &mut Output) -> Result<(), Failure> {
-    let applied = oplog::migrate_url(ctx.database_url()?)?;
+    let applied = oplog::migrate_url(ctx.database()?)?;
     if out.json() {
         return out.json_line(&Migrated { applied: &applied });
     }

@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use oplog::{Keyring, Oplog, TypeCatalog};
+use oplog::{Database, Keyring, Oplog, Target, TlsFailure, TypeCatalog};
 use serde::Serialize;
 
 pub mod bench;
@@ -70,7 +70,26 @@ impl Failure {
 
 impl From<oplog::Error> for Failure {
     fn from(e: oplog::Error) -> Self {
-        Failure::msg(e)
+        match &e {
+            oplog::Error::Tls { kind, .. } => Failure::msg(format!("{e}; {}", tls_hint(*kind))),
+            _ => Failure::msg(e),
+        }
+    }
+}
+
+/// What to do about a TLS failure, by kind.
+fn tls_hint(kind: TlsFailure) -> &'static str {
+    match kind {
+        TlsFailure::NotOffered => {
+            "enable ssl on the server, or connect with sslmode=prefer or disable on a network you trust"
+        }
+        TlsFailure::UntrustedCertificate => {
+            "set sslrootcert in the URL to a PEM file of the certificate authority that signed the server's certificate"
+        }
+        TlsFailure::WrongHostName => {
+            "connect with a host name the certificate names (set hostaddr to keep the address), or use sslmode=verify-ca"
+        }
+        _ => "check the server's certificate and the URL's sslmode and sslrootcert",
     }
 }
 
@@ -247,6 +266,10 @@ fn write_failure(e: io::Error) -> Failure {
 /// a command that does not touch the database does not require its URL.
 pub struct Context {
     database_url: Option<String>,
+    /// The one [`Database`] every command connects to, built once from
+    /// `--database-url`; a URL that does not parse is reported by the first
+    /// command that needs it.
+    database: Option<Database>,
     key_file: Option<PathBuf>,
 }
 
@@ -254,20 +277,26 @@ impl Context {
     /// Settings from the command line (or their environment variables).
     pub fn new(database_url: Option<String>, key_file: Option<PathBuf>) -> Self {
         Context {
+            database: database_url.as_deref().map(Database::from),
             database_url,
             key_file,
         }
     }
 
-    /// The database URL, which is required.
-    pub fn database_url(&self) -> Result<&str, Failure> {
-        self.database_url
-            .as_deref()
-            .ok_or_else(|| Failure::msg("no database URL: pass --database-url or set DATABASE_URL"))
+    /// The database of `--database-url`, which is required, with its TLS
+    /// settings checked (`sslmode`, `sslrootcert`).
+    pub fn database(&self) -> Result<&Database, Failure> {
+        let database = self.database.as_ref().ok_or_else(no_database_url)?;
+        database
+            .check()
+            .map_err(|e| Failure::msg(format!("--database-url: {e}")))?;
+        Ok(database)
     }
 
     /// The database URL when one was given: commands that can run on a
-    /// private cluster of their own take `None` as asking for one.
+    /// private cluster of their own take `None` as asking for one, and
+    /// build their scratch databases' URLs from it. Everything else
+    /// connects through [`Context::database`].
     pub fn optional_database_url(&self) -> Option<&str> {
         self.database_url.as_deref()
     }
@@ -301,11 +330,9 @@ impl Context {
         })
     }
 
-    /// Connects to the database, through the library's [`oplog::connect`]
-    /// like every connection the binary opens, so that a URL of another
-    /// kind of database is refused by name.
+    /// Connects to the database, with the TLS its URL asks for.
     pub fn connect(&self) -> Result<postgres::Client, Failure> {
-        Ok(oplog::connect(self.database_url()?)?)
+        Ok(self.database()?.connect()?)
     }
 
     /// A connection and an oplog that reads with the key file's keyring. The
@@ -316,6 +343,18 @@ impl Context {
         let client = self.connect()?;
         Ok((client, reader(keyring)))
     }
+}
+
+fn no_database_url() -> Failure {
+    Failure::msg("no database URL: pass --database-url or set DATABASE_URL")
+}
+
+/// A replica database given by `flag` (`--into`, `--against`), its URL
+/// checked now so that a mistake in it is reported before any work, naming
+/// the flag.
+pub fn replica(flag: &str, url: &str, suffix: String) -> Result<Target, Failure> {
+    let database = Database::parse(url).map_err(|e| Failure::msg(format!("{flag}: {e}")))?;
+    Ok(Target::database_with_suffix(database, suffix))
 }
 
 /// An oplog for reading any application's log: every entry names the type

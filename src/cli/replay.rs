@@ -60,7 +60,7 @@ pub fn run(
     let keyring = ctx.keyring()?;
     let oplog = super::reader(keyring);
     let mut replayer =
-        Replayer::connect(&oplog, ctx.database_url()?, target, options).map_err(read_failure)?;
+        Replayer::connect(&oplog, ctx.database()?, target, options).map_err(read_failure)?;
     let mut status = StatusLine::new(PROGRESS_EVERY);
     let report = replayer
         .run(&mut |p| {

@@ -28,10 +28,11 @@ pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Fail
         None => Vec::new(),
     };
     let against = match (request.against, request.suffix) {
-        (Some(url), suffix) => Some(Target::Database {
-            url,
-            suffix: suffix.unwrap_or_default(),
-        }),
+        (Some(url), suffix) => Some(super::replica(
+            "--against",
+            &url,
+            suffix.unwrap_or_default(),
+        )?),
         (None, Some(suffix)) => Some(Target::Suffix(suffix)),
         (None, None) => None,
     };
@@ -42,7 +43,7 @@ pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Fail
         ..VerifyOptions::default()
     };
     let oplog = reader(ctx.keyring()?);
-    let report = oplog::verify(&oplog, ctx.database_url()?, &options).map_err(read_failure)?;
+    let report = oplog::verify(&oplog, ctx.database()?, &options).map_err(read_failure)?;
     if out.json() {
         out.json_line(&report)?;
     } else {

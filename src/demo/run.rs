@@ -330,7 +330,7 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
         None => {
             phase(progress, DemoPhase::Starting, started);
             let c = Cluster::start(&cfg.cluster)?;
-            let mut admin = connect(&c.url())?;
+            let mut admin = connect(c.url())?;
             admin.batch_execute(&format!("CREATE DATABASE {EMBEDDED_SOURCE}"))?;
             let url = with_database(&c.url(), EMBEDDED_SOURCE);
             cluster = Some(c);
@@ -422,7 +422,7 @@ pub fn run(mut cfg: DemoConfig, progress: &mut dyn FnMut(&DemoProgress)) -> Resu
         let replica_url = match (&cfg.into, &cluster) {
             (Some(url), _) => url.clone(),
             (None, Some(c)) => {
-                connect(&c.url())?.batch_execute(&format!("CREATE DATABASE {EMBEDDED_REPLICA}"))?;
+                connect(c.url())?.batch_execute(&format!("CREATE DATABASE {EMBEDDED_REPLICA}"))?;
                 with_database(&c.url(), EMBEDDED_REPLICA)
             }
             (None, None) => {

@@ -417,11 +417,11 @@ pub fn migrate_client(client: &mut Client) -> Result<Vec<String>> {
     MIGRATIONS.run(client)
 }
 
-/// Connects to `url` and applies every pending migration over
-/// rust-postgres. The URL is checked as [`connect`](fn@crate::connect)
-/// checks it, so that another database's URL is refused by name.
-pub fn migrate_url(url: &str) -> Result<Vec<String>> {
-    let mut client = match crate::connect::connect(url) {
+/// Connects to `database` (a connection string or a
+/// [`Database`](crate::Database), with its TLS settings) and applies every
+/// pending migration over rust-postgres: no system libpq is needed.
+pub fn migrate_url(database: impl Into<crate::Database>) -> Result<Vec<String>> {
+    let mut client = match database.into().connect() {
         Err(Error::Postgres(e)) => return Err(Error::Migration(format!("cannot connect: {e}"))),
         connected => connected?,
     };

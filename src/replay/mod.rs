@@ -33,7 +33,7 @@ use postgres::{Client, Transaction};
 
 use crate::catalog::TypeCatalog;
 use crate::chain::ChainCursor;
-use crate::connect::connect;
+use crate::connect::Database;
 use crate::entry::{Entry, GENESIS_CHAIN};
 use crate::error::{Error, Result};
 use crate::mapping;
@@ -279,22 +279,23 @@ impl From<postgres::Error> for ApplyError {
 }
 
 impl Replayer {
-    /// Connects to the source and the target and makes sure the target has
-    /// its checkpoint table.
+    /// Connects to the source (a connection string or a [`Database`]) and
+    /// the target and makes sure the target has its checkpoint table.
     pub fn connect(
         oplog: &Oplog,
-        source_url: &str,
+        source: impl Into<Database>,
         target: Target,
         options: ReplayOptions,
     ) -> Result<Replayer> {
+        let source_db = source.into();
         target.validate()?;
         if options.batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
-        let source = connect(source_url)?;
-        let mut meta = connect(source_url)?;
+        let source = source_db.connect()?;
+        let mut meta = source_db.connect()?;
         let source_id = store::source_id(&mut meta)?;
-        let (target, mut dest) = target.open(&mut meta, source_url)?;
+        let (target, mut dest) = target.open(&mut meta, &source_db)?;
         replica::set_up(&mut dest)?;
         let key = target.checkpoint_key(&source_id);
         Ok(Replayer {

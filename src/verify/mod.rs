@@ -51,7 +51,7 @@ mod tables;
 
 use std::fmt;
 
-use postgres::{Client, IsolationLevel, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Transaction};
 use serde::{Deserialize, Serialize};
 
 use self::anchors::{check_anchor, AnchorCheck};
@@ -59,7 +59,7 @@ use self::checkpoints::{check_checkpoints, skipped_findings};
 use self::log::LogCheck;
 use self::read::{read_log, Catalogs};
 use self::tables::{compare_table, Sides};
-use crate::connect::connect;
+use crate::connect::Database;
 use crate::entry::{hex, parse_hex, HASH_LEN};
 use crate::error::Result;
 use crate::oplog::Oplog;
@@ -67,7 +67,7 @@ use crate::replica::{self, Target};
 use crate::store;
 
 /// What [`verify`] checks besides the log itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Only this aggregate's entries, ticket, anchors and checkpoints. A
     /// replica's tables are always compared whole: rows do not say which
@@ -346,7 +346,16 @@ impl Head {
 
 /// Every aggregate's head (or `aggregate`'s) as its ticket holds it, for
 /// aggregates with at least one redeemed version, by name. Needs no key.
-pub fn heads(client: &mut Client, aggregate: Option<&str>) -> Result<Vec<Head>> {
+///
+/// Runs on the caller's connection (a client, or a transaction whose
+/// snapshot the heads should come from); [`Database::connect`] opens one.
+///
+/// ```no_run
+/// let db = oplog::Database::parse("postgres://postgres@127.0.0.1/app?sslmode=require")?;
+/// let heads = oplog::heads(&mut db.connect()?, None)?;
+/// # Ok::<(), oplog::Error>(())
+/// ```
+pub fn heads(client: &mut impl GenericClient, aggregate: Option<&str>) -> Result<Vec<Head>> {
     Ok(store::tickets(client, aggregate)?
         .into_iter()
         .map(|t| Head {
@@ -357,21 +366,27 @@ pub fn heads(client: &mut Client, aggregate: Option<&str>) -> Result<Vec<Head>> 
         .collect())
 }
 
-/// Verifies the log in the database at `source_url` (decrypting with
-/// `oplog`'s wrapper) and, with [`VerifyOptions::against`], a replica of it.
+/// Verifies the log in the database `source` (a connection string or a
+/// [`Database`]), decrypting with `oplog`'s wrapper, and, with
+/// [`VerifyOptions::against`], a replica of it.
 ///
 /// Problems are reported in the [`VerifyReport`], all of them; `Err` means
 /// the check could not run (connection, missing tables, a table without the
 /// columns its catalog declares as primary key).
-pub fn verify(oplog: &Oplog, source_url: &str, options: &VerifyOptions) -> Result<VerifyReport> {
+pub fn verify(
+    oplog: &Oplog,
+    source: impl Into<Database>,
+    options: &VerifyOptions,
+) -> Result<VerifyReport> {
+    let source_db = source.into();
     if let Some(target) = &options.against {
         target.validate()?;
     }
-    let mut source = same_text(connect(source_url)?)?;
+    let mut source = same_text(source_db.connect()?)?;
     // A replica database that is the source itself is refused, or read as
     // suffixed tables of the source when it has a suffix.
     let (against, mut replica_client) = match &options.against {
-        Some(target @ Target::Database { .. }) => match target.open(&mut source, source_url)? {
+        Some(target @ Target::Database { .. }) => match target.open(&mut source, &source_db)? {
             (suffixed @ Target::Suffix(_), _) => (Some(suffixed), None),
             (target, client) => (Some(target), Some(same_text(client)?)),
         },

@@ -16,5 +16,6 @@ mod scans;
 mod security;
 mod support;
 mod targets;
+mod tls;
 mod verify;
 mod write;

@@ -95,10 +95,7 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
 
     // Suffixed tables in the source database stay a target of their own,
     // whichever way they are named.
-    let suffixed = Target::Database {
-        url: source.url.clone(),
-        suffix: "_copy".into(),
-    };
+    let suffixed = Target::database_with_suffix(&source.url, "_copy");
     let report = Replayer::connect(&log, &source.url, suffixed, ReplayOptions::default())
         .unwrap()
         .run(&mut |_| {})
@@ -110,10 +107,7 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
         &log,
         &source.url,
         &VerifyOptions {
-            against: Some(Target::Database {
-                url: source.url.clone(),
-                suffix: "_copy".into(),
-            }),
+            against: Some(Target::database_with_suffix(&source.url, "_copy")),
             ..VerifyOptions::default()
         },
     )

@@ -667,10 +667,7 @@ fn checkpoints_behind_ahead_or_on_another_chain_are_findings() {
     );
     // Another replica's checkpoints (another key) are not this one's.
     let suffixed = VerifyOptions {
-        against: Some(Target::Database {
-            url: replica.url.clone(),
-            suffix: "_x".into(),
-        }),
+        against: Some(Target::database_with_suffix(&replica.url, "_x")),
         ..VerifyOptions::default()
     };
     let found = named(&run(&db, &suffixed));
