@@ -162,7 +162,7 @@ pub use crate::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
 pub use crate::replica::{Checkpoint, SkippedEntry, Target};
-pub use crate::retry::{Retried, RetryPolicy};
+pub use crate::retry::{Retried, RetryPolicy, Retryable};
 pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};
 #[doc(hidden)]

@@ -140,17 +140,11 @@ impl WriteBenchConfig {
 }
 
 fn invalid(context: String) -> Error {
-    Error::Io {
-        context: format!("invalid benchmark configuration: {context}"),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    }
+    Error::Config(format!("benchmark: {context}"))
 }
 
 fn check_failed(context: String) -> Error {
-    Error::Io {
-        context: format!("benchmark check failed: {context}"),
-        source: std::io::ErrorKind::Other.into(),
-    }
+    Error::Benchmark(context)
 }
 
 /// Checks that every commit counted left exactly one entry and one ticket
@@ -931,7 +925,7 @@ impl<'a> Writer<'a> {
                     &shared.avatar,
                 )?,
             }
-            Ok(())
+            Ok::<_, Error>(())
         })?;
         Ok(done.attempts)
     }
@@ -1150,7 +1144,7 @@ mod tests {
         for cfg in bad {
             let err = cfg.check().unwrap_err();
             assert!(
-                err.to_string().contains("invalid benchmark configuration"),
+                matches!(&err, Error::Config(m) if m.starts_with("benchmark: ")),
                 "{err}"
             );
         }
