@@ -112,6 +112,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+#[cfg(feature = "build")]
+#[path = "protos.rs"]
+pub mod build;
 mod catalog;
 mod cleanup;
 pub mod cluster;
