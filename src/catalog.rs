@@ -153,6 +153,10 @@ pub(crate) fn unreplayable(
 }
 
 /// Type name -> message type, with table and primary key for replay.
+///
+/// How each field of a registered type maps onto a column of its table is
+/// described in the crate documentation, [Messages onto
+/// tables](crate#messages-onto-tables).
 #[derive(Debug, Clone)]
 pub struct TypeCatalog {
     pool: DescriptorPool,
