@@ -408,11 +408,86 @@ mod tests {
         let err = fast(5)
             .run(|_| -> Result<()> {
                 calls += 1;
-                Err(Error::InvalidEntry("x".into()))
+                Err(Error::Config("x".into()))
             })
             .unwrap_err();
         assert_eq!(calls, 1);
-        assert!(matches!(err, Error::InvalidEntry(_)));
+        assert!(matches!(err, Error::Config(_)));
+    }
+
+    /// A caller's own error: a domain rule, or the oplog.
+    #[derive(Debug)]
+    enum Domain {
+        Rule,
+        Oplog(Error),
+    }
+
+    impl Retryable for Domain {
+        fn is_retryable(&self) -> bool {
+            matches!(self, Domain::Oplog(e) if e.is_retryable())
+        }
+    }
+
+    #[test]
+    fn a_callers_error_is_retried_only_when_it_wraps_a_retryable_one() {
+        let mut calls = 0;
+        let err = fast(5)
+            .run(|_| -> Result<(), Domain> {
+                calls += 1;
+                Err(Domain::Rule)
+            })
+            .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(matches!(err, Domain::Rule));
+
+        let got = fast(5)
+            .run(|n| {
+                if n < 3 {
+                    Err(Domain::Oplog(lost_race()))
+                } else {
+                    Ok(n)
+                }
+            })
+            .unwrap();
+        assert_eq!(got.attempts, 3);
+
+        // Out of attempts, the last error comes back as it was.
+        let err = fast(2)
+            .run(|_| -> Result<(), Domain> { Err(Domain::Oplog(lost_race())) })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Domain::Oplog(Error::TicketAlreadyRedeemed { .. })
+        ));
+    }
+
+    /// An error whose cause is another.
+    #[derive(Debug)]
+    struct Wrapped(Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transfer failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn boxed_errors_are_retryable_when_a_cause_is() {
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(lost_race());
+        assert!(boxed.is_retryable());
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Wrapped(lost_race()));
+        assert!(boxed.is_retryable());
+        let boxed: Box<dyn std::error::Error> = Box::new(Wrapped(Error::Config("x".into())));
+        assert!(!boxed.is_retryable());
+        let boxed: Box<dyn std::error::Error> =
+            Box::new(std::io::Error::from(std::io::ErrorKind::Other));
+        assert!(!boxed.is_retryable());
     }
 
     #[test]
