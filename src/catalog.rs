@@ -153,6 +153,10 @@ pub(crate) fn unreplayable(
 }
 
 /// Type name -> message type, with table and primary key for replay.
+///
+/// How each field of a registered type maps onto a column of its table is
+/// described in the crate documentation, [Messages onto
+/// tables](crate#messages-onto-tables).
 #[derive(Debug, Clone)]
 pub struct TypeCatalog {
     pool: DescriptorPool,
@@ -304,15 +308,13 @@ impl TypeCatalog {
         bytes: &[u8],
         max_bytes: usize,
     ) -> Result<TypeCatalog> {
-        let hex = crate::entry::hex(digest);
-        let bad = |reason: String| Error::Catalog(format!("stored catalog {hex}: {reason}"));
+        let bad = |reason: String| Error::stored_catalog(digest, reason);
         if bytes.len() > max_bytes {
             return Err(oversized(digest, bytes.len(), max_bytes));
         }
         if Sha256::digest(bytes).as_slice() != digest {
             return Err(bad(
-                "content does not match its digest (modified in the database); run `oplog verify`"
-                    .into(),
+                "content does not match its digest (modified in the database)".into(),
             ));
         }
         let stored =
@@ -567,10 +569,10 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// The error for a stored catalog of `size` bytes, over the limit.
 pub(crate) fn oversized(digest: &[u8], size: usize, limit: usize) -> Error {
-    Error::Catalog(format!(
-        "stored catalog {}: {size} bytes is over the limit of {limit}; raise max_catalog_bytes in Limits if this catalog is trusted",
-        crate::entry::hex(digest)
-    ))
+    Error::stored_catalog(
+        digest,
+        format!("{size} bytes is over the limit of {limit}; raise max_catalog_bytes in Limits if this catalog is trusted"),
+    )
 }
 
 /// Appends `file` after its dependencies (depth first, in declaration

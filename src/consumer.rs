@@ -229,7 +229,7 @@ pub fn remove_consumer(c: &mut impl GenericClient, name: &str) -> Result<bool> {
 /// Checks a consumer name: 1 to 256 bytes.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 256 {
-        return Err(Error::InvalidEntry(format!(
+        return Err(Error::Config(format!(
             "consumer name {name:?} must be 1 to 256 bytes"
         )));
     }

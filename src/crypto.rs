@@ -231,7 +231,7 @@ impl Keyring {
         };
         if index == self.active {
             return Err(Error::Keyring(format!(
-                "key {id:?} is the active key; rotate to a new key (`oplog keys rotate`) and re-encrypt the entries (`oplog keys rewrap`) before removing it"
+                "key {id:?} is the active key; rotate to a new key and re-encrypt the entries under it (Oplog::rewrap) before removing it"
             )));
         }
         self.keys.remove(index);
@@ -543,9 +543,7 @@ impl Wrapper for Keyring {
         let tag = key
             .cipher
             .encrypt_in_place_detached(&nonce, aad, &mut blob[header_len..])
-            .map_err(|_| {
-                Error::Keyring("encryption failed: payload too large for AES-GCM".into())
-            })?;
+            .map_err(|_| Error::Encryption("the payload is too large for AES-GCM".into()))?;
         blob.extend_from_slice(&tag);
         Ok(blob)
     }

@@ -1,9 +1,13 @@
 //! The crate's one error type.
 //!
 //! Every fallible function returns [`Result`]. Messages are lowercase, name the
-//! entry, frame, key or table concerned, and say what to do next. Conditions a
-//! caller may retry are recognised with [`Error::is_retryable`], never by
-//! matching on message text.
+//! entry, frame, key or table concerned, and say what the library's caller can
+//! do next in the library's own terms (a type to register, a limit to raise,
+//! a replica to rebuild). They name no command of the `oplog` binary: the
+//! binary adds its own hints when it prints them. Each variant means one kind
+//! of failure, so that callers can tell them apart by variant; conditions a
+//! caller may retry are recognised with [`Error::is_retryable`] (or the
+//! [`Retryable`](crate::Retryable) trait), never by matching on message text.
 
 use std::fmt;
 
@@ -123,9 +127,22 @@ pub enum Error {
         type_name: String,
     },
 
-    /// The type catalog was given conflicting or invalid registrations.
+    /// The type catalog was given conflicting or invalid registrations or
+    /// descriptors.
     #[error("type catalog: {0}")]
     Catalog(String),
+
+    /// A type catalog stored in the database cannot be used: its content
+    /// does not match its digest (it was modified in the database), it is
+    /// over [`Limits::max_catalog_bytes`](crate::Limits::max_catalog_bytes),
+    /// or it does not decode into valid descriptors and registrations.
+    #[error("stored type catalog {digest}: {reason}")]
+    StoredCatalog {
+        /// The catalog's digest, in hexadecimal.
+        digest: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A message could not be decoded as the type it claims to be.
     #[error("message of type {type_name:?} does not decode: {reason}")]
@@ -138,7 +155,9 @@ pub enum Error {
 
     /// Ciphertext failed authentication: wrong key, tampered data, data moved
     /// from another entry, or edited metadata. Says nothing about the plaintext.
-    #[error("{entry} failed authentication (tampered, moved or re-labelled ciphertext, or wrong key); run `oplog verify`")]
+    #[error(
+        "{entry} failed authentication (tampered, moved or re-labelled ciphertext, or wrong key)"
+    )]
     Decryption {
         /// The entry that failed.
         entry: EntryRef,
@@ -154,7 +173,7 @@ pub enum Error {
     },
 
     /// No key with this id is in the keyring.
-    #[error("key {key_id:?} is not in the keyring{}: add the key that wrote it to the key file", entry_context(.entry))]
+    #[error("key {key_id:?} is not in the keyring{}; add the key that wrote it to the keyring", entry_context(.entry))]
     UnknownKey {
         /// The missing key id.
         key_id: String,
@@ -162,9 +181,16 @@ pub enum Error {
         entry: Option<EntryRef>,
     },
 
-    /// A keyring file or key is invalid.
+    /// A keyring file or key is invalid, or a change to the keyring was
+    /// refused (removing the active key, for example).
     #[error("keyring: {0}")]
     Keyring(String),
+
+    /// The [`Wrapper`](crate::Wrapper) could not encrypt an entry (for a
+    /// wrapper backed by a key service: the service refused or could not be
+    /// reached); the message says why. Nothing was written.
+    #[error("encryption failed: {0}")]
+    Encryption(String),
 
     /// An entry has a format version this build does not read.
     #[error(
@@ -179,7 +205,8 @@ pub enum Error {
         supported: i16,
     },
 
-    /// An entry as built is invalid (empty aggregate, empty queue, bad metadata).
+    /// An entry as built is invalid (empty or overlong aggregate name, empty
+    /// queue, bad metadata key).
     #[error("invalid entry: {0}")]
     InvalidEntry(String),
 
@@ -191,6 +218,14 @@ pub enum Error {
         name: String,
         /// The version this transaction held.
         version: i64,
+    },
+
+    /// An aggregate's ticket is at the largest version a `bigint` holds, so
+    /// no entry can follow.
+    #[error("ticket {name:?} is at the largest version, {}; no further entry can be written to this aggregate", i64::MAX)]
+    TicketExhausted {
+        /// Ticket name.
+        name: String,
     },
 
     /// The ticket row does not exist.
@@ -263,7 +298,7 @@ pub enum Error {
 
     /// An entry's chain value does not follow from its predecessor: an entry
     /// was inserted, deleted, reordered or altered.
-    #[error("{entry}: chain value does not follow from the previous entry (inserted, deleted, reordered or altered entries); run `oplog verify`")]
+    #[error("{entry}: chain value does not follow from the previous entry (inserted, deleted, reordered or altered entries)")]
     ChainMismatch {
         /// The first entry whose chain does not follow.
         entry: EntryRef,
@@ -271,7 +306,9 @@ pub enum Error {
 
     /// The target of a replay does not hold what the log says it should:
     /// an UPDATE or DELETE matched no row, or a CREATE found its row present.
-    #[error("replica diverged at {entry}: {kind} on table {table} for key {key}; compare with `oplog verify --against` and rebuild the replica")]
+    #[error(
+        "replica diverged at {entry}: {kind} on table {table} for key {key}; rebuild the replica"
+    )]
     Divergence {
         /// The entry being applied.
         entry: EntryRef,
@@ -326,10 +363,30 @@ pub enum Error {
     #[error("{0}")]
     Cluster(String),
 
-    /// A configuration (of the demo, for example) makes no sense; the
-    /// message says which setting.
+    /// A setting or argument given to the library is out of range or
+    /// malformed (a batch size of zero, an unknown role kind, an overlong
+    /// consumer name or table suffix, a ticket passed for another
+    /// aggregate, a replay target that is the source itself); the message
+    /// says which.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A thread the library started panicked (a bug: please report it with
+    /// its message). What it was doing is not finished; what it committed
+    /// stays committed.
+    #[error("{thread} panicked: {message}")]
+    Panicked {
+        /// Which thread, and what it was doing.
+        thread: String,
+        /// The panic's message, when it had one.
+        message: String,
+    },
+
+    /// A benchmark's check of its own results failed (the replica does not
+    /// hold what was written, for example), so its figures would mean
+    /// nothing; the message says what did not hold.
+    #[error("benchmark check failed: {0}")]
+    Benchmark(String),
 
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
@@ -372,7 +429,7 @@ fn gap_advice(trimmed_through: &Option<i64>, missing: i64) -> String {
         Some(t) if *t >= missing => format!(
             "coverage lost: entries up to seq {t} were trimmed; rebuild this replica from a copy of the source, or register it as a consumer before trimming"
         ),
-        _ => "entries were deleted from the log; run `oplog verify`".to_string(),
+        _ => "entries were deleted from the log".to_string(),
     }
 }
 
@@ -383,25 +440,42 @@ fn entry_context(entry: &Option<EntryRef>) -> String {
     }
 }
 
-/// SQLSTATE codes that mean "run the transaction again".
-const RETRYABLE_SQLSTATES: [&str; 2] = ["40001", "40P01"];
-
 impl Error {
     /// True when running the whole transaction again may succeed: a lost
     /// ticket race, a serialization failure (40001) or a deadlock (40P01).
     pub fn is_retryable(&self) -> bool {
+        use crate::retry::Retryable;
         match self {
             Error::TicketAlreadyRedeemed { .. } => true,
-            Error::Postgres(e) => e
-                .code()
-                .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.code())),
-            Error::Diesel(diesel::result::Error::DatabaseError(kind, info)) => {
-                matches!(
-                    kind,
-                    diesel::result::DatabaseErrorKind::SerializationFailure
-                ) || is_deadlock_message(info.message())
-            }
+            Error::Postgres(e) => e.is_retryable(),
+            Error::Diesel(e) => e.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// The error for a thread that panicked with `payload`, keeping the
+    /// panic's message when it has one.
+    pub(crate) fn panicked(
+        thread: impl Into<String>,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        Error::Panicked {
+            thread: thread.into(),
+            message,
+        }
+    }
+
+    /// The error for a stored catalog, named by `digest`, that cannot be
+    /// used.
+    pub(crate) fn stored_catalog(digest: &[u8], reason: impl Into<String>) -> Self {
+        Error::StoredCatalog {
+            digest: crate::entry::hex(digest),
+            reason: reason.into(),
         }
     }
 
@@ -456,9 +530,173 @@ fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// diesel does not expose the SQLSTATE of a deadlock; PostgreSQL's message for
-/// 40P01 is fixed ("deadlock detected") in every locale-independent build we
-/// support, so this is the one place where the text is consulted.
-fn is_deadlock_message(message: &str) -> bool {
-    message.starts_with("deadlock detected")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> EntryRef {
+        EntryRef {
+            id: Some(7),
+            aggregate: "tenant-a".into(),
+            seq: 3,
+        }
+    }
+
+    /// One value of every variant that the library builds from its own
+    /// words (the drivers' errors carry the drivers' words).
+    fn samples() -> Vec<Error> {
+        let text = || "what went wrong".to_string();
+        vec![
+            Error::InvalidOperation {
+                index: 0,
+                type_name: "t".into(),
+                reason: text(),
+            },
+            Error::CorruptQueue {
+                frame: 1,
+                offset: 9,
+                reason: text(),
+            },
+            Error::LimitExceeded {
+                what: "queue",
+                actual: 2,
+                limit: 1,
+            },
+            Error::UnknownType {
+                type_name: "t".into(),
+            },
+            Error::Catalog(text()),
+            Error::StoredCatalog {
+                digest: "ab".into(),
+                reason: text(),
+            },
+            Error::BadMessage {
+                type_name: "t".into(),
+                reason: text(),
+            },
+            Error::Decryption { entry: entry() },
+            Error::MalformedCiphertext {
+                entry: entry(),
+                reason: "too short",
+            },
+            Error::UnknownKey {
+                key_id: "k1".into(),
+                entry: Some(entry()),
+            },
+            Error::Keyring(text()),
+            Error::Encryption(text()),
+            Error::UnsupportedFormat {
+                entry: entry(),
+                found: 9,
+                supported: 1,
+            },
+            Error::InvalidEntry(text()),
+            Error::TicketAlreadyRedeemed {
+                name: "a".into(),
+                version: 1,
+            },
+            Error::TicketExhausted { name: "a".into() },
+            Error::TicketNotFound { name: "a".into() },
+            Error::NotInTransaction,
+            Error::RetriesExhausted {
+                attempts: 3,
+                last: Box::new(Error::Decryption { entry: entry() }),
+            },
+            Error::Migration(text()),
+            Error::CorruptEntry {
+                entry: entry(),
+                reason: text(),
+            },
+            Error::Gap {
+                aggregate: "a".into(),
+                missing: 4,
+                found: Some(6),
+                trimmed_through: None,
+            },
+            Error::Gap {
+                aggregate: "a".into(),
+                missing: 4,
+                found: Some(6),
+                trimmed_through: Some(5),
+            },
+            Error::ChainMismatch { entry: entry() },
+            Error::Divergence {
+                entry: entry(),
+                kind: DivergenceKind::UpdateMatchedNoRow,
+                table: "users".into(),
+                key: "(id=u1)".into(),
+            },
+            Error::Mapping {
+                type_name: "t".into(),
+                table: "users".into(),
+                reason: text(),
+            },
+            Error::Apply {
+                entry: entry(),
+                table: "users".into(),
+                reason: text(),
+            },
+            Error::ReplicaAhead {
+                aggregate: "a".into(),
+                checkpoint: 5,
+                ticket: 4,
+            },
+            Error::ReplicaBusy(text()),
+            Error::Config(text()),
+            Error::Panicked {
+                thread: "a thread".into(),
+                message: text(),
+            },
+            Error::Benchmark(text()),
+            Error::Io {
+                context: "reading".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn messages_name_no_command_line_tool() {
+        for e in samples() {
+            let message = e.to_string();
+            assert!(
+                !message.contains("`oplog") && !message.contains("oplog verify"),
+                "{message}"
+            );
+            assert!(!message.contains(" --"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_gap_says_whether_trimming_explains_it() {
+        let gap = |trimmed_through| Error::Gap {
+            aggregate: "a".into(),
+            missing: 4,
+            found: None,
+            trimmed_through,
+        };
+        assert!(gap(None)
+            .to_string()
+            .ends_with("entries were deleted from the log"));
+        assert!(gap(Some(3))
+            .to_string()
+            .ends_with("entries were deleted from the log"));
+        assert!(gap(Some(4))
+            .to_string()
+            .contains("coverage lost: entries up to seq 4 were trimmed"));
+    }
+
+    #[test]
+    fn a_panic_keeps_its_message() {
+        let payload = std::thread::spawn(|| panic!("boom {}", 42))
+            .join()
+            .unwrap_err();
+        let e = Error::panicked("a worker", &*payload);
+        assert_eq!(e.to_string(), "a worker panicked: boom 42");
+        let payload = std::thread::spawn(|| std::panic::panic_any(7u8))
+            .join()
+            .unwrap_err();
+        let e = Error::panicked("a worker", &*payload);
+        assert_eq!(e.to_string(), "a worker panicked: (no message)");
+    }
 }

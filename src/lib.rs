@@ -117,17 +117,66 @@
 //!   reordered or inserted, a truncated tail against an exported head
 //!   ([`heads`]), and any difference between a replica and its source.
 //!
+//! # Messages onto tables
+//!
+//! Replay applies an entry's operations to tables without code for each
+//! type: a registered message type has a table (from its `(oplog.v1.table)`
+//! option, see [Own types](#own-types), or from
+//! [`TypeCatalog::register_table`]), and each field maps onto the column of
+//! the same name; columns that no field names keep their defaults. When
+//! replay first uses a table it checks every field against its column's
+//! type: a field without a column, or in a column it cannot be stored in,
+//! stops the aggregate with [`Error::Mapping`], naming the type, the field
+//! and the column. What fits where:
+//!
+//! | field | column | stored as |
+//! | --- | --- | --- |
+//! | `bool` | `boolean` | itself |
+//! | integers (`int32`, `int64`, `uint32`, `uint64`, `sint*`, `fixed*`, `sfixed*`) | `smallint`, `integer`, `bigint`, `numeric`, `real`, `double precision` | the number (a `uint64` above `bigint`'s range needs `numeric`) |
+//! | `float`, `double` | `real`, `double precision`, `numeric` | the number; NaN and ±infinity as PostgreSQL spells them |
+//! | `string` | text types (`text`, `varchar`, `char`, `citext`, …), enum types, `uuid`, date and time types, `interval`, network types, `numeric`, `xml` | the text, which PostgreSQL parses as the column's type |
+//! | `bytes` | `bytea` | the bytes |
+//! | enum | `smallint`, `integer`, `bigint`, `numeric` | the value's number |
+//! | enum | text types | the value's name (`ORDER_STATE_PLACED`) |
+//! | enum | a PostgreSQL enum type | the value's name, which must be one of the type's labels |
+//! | `google.protobuf.Timestamp` | `timestamptz`, `timestamp` (as UTC), `date` | the instant at the microsecond the drivers store: microseconds since 2000-01-01 truncated toward 2000-01-01, so after 2000 the nanoseconds are dropped and before 2000 a fraction of a microsecond moves the time up to the next one; years 1 to 9999 |
+//! | `google.protobuf.Duration` | `interval` | seconds and microseconds, truncated toward zero |
+//! | wrapper types (`google.protobuf.Int64Value`, `StringValue`, …) | whatever their `value` field fits | the value; NULL when not set |
+//! | `repeated` of any of the above | an array of a type the element fits (`text[]`, `bigint[]`, …) | an array |
+//! | other message types, `map` | `json`, `jsonb` | a JSON document: messages in protobuf's JSON mapping with proto field names and every field, maps as objects |
+//! | any field but `bytes` | `json`, `jsonb` | its JSON: numbers, strings, booleans, enum value names, timestamps as RFC 3339 strings, durations as `"<seconds> seconds"`, arrays for `repeated` |
+//!
+//! A field with presence (proto3 `optional`, a message field, a `oneof`
+//! member) that is not set is NULL; a field without presence that is not
+//! set is its default (0, `""`, `false`, the enum's first value). An UPDATE
+//! sets the columns of its field mask and NULLs those of its null mask; a
+//! DELETE matches the primary key.
+//!
+//! # Own types
+//!
+//! A service's own `.proto` files are compiled in its build script with
+//! `oplog::build::compile_protos` (the `build` feature), which needs no
+//! system `protoc` and lets them `import "oplog/v1/options.proto"`; their
+//! descriptor set goes to
+//! [`TypeCatalog::add_file_descriptor_set`], and each type to
+//! [`TypeCatalog::register`]. `examples/own-types` in the repository is a
+//! complete service built that way.
+//!
 //! # Locking modes
 //!
 //! [`LockMode::Pessimistic`] ([`Oplog::write`]) locks the ticket at write
 //! time and waits for it; [`LockMode::Optimistic`] ([`Oplog::ticket`] then
 //! [`Oplog::write_with_ticket`]) fails with the retryable
 //! [`Error::TicketAlreadyRedeemed`] when it loses a race. [`RetryPolicy`]
-//! runs a transaction again on any retryable error.
+//! runs a transaction again on any retryable error; its closure returns
+//! [`Error`] or the caller's own error type ([`Retryable`]).
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
+#[cfg(feature = "build")]
+#[path = "protos.rs"]
+pub mod build;
 mod catalog;
 mod chain;
 mod cleanup;
@@ -182,7 +231,7 @@ pub use crate::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
 pub use crate::replica::{Checkpoint, SkippedEntry, Target};
-pub use crate::retry::{Retried, RetryPolicy};
+pub use crate::retry::{Retried, RetryPolicy, Retryable};
 pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::roles::{grant, grants, Role};
 #[doc(hidden)]

@@ -6,25 +6,14 @@
 //! type it cannot be stored in, is an error naming the type, the field and
 //! the column. Rows are written as JSON objects that PostgreSQL turns into
 //! the table's row type with `json_populate_record(set)`, so the server does
-//! the final, type-exact parsing:
+//! the final, type-exact parsing; COPY is given the same values in its text
+//! format.
 //!
-//! | field | column | JSON |
-//! | --- | --- | --- |
-//! | integers | integer, numeric, floating point, json | number |
-//! | float, double | floating point, numeric, json | number (`"NaN"`, `"Infinity"` as strings) |
-//! | bool | boolean, json | `true` / `false` |
-//! | string | text types, enums, uuid, date/time, network, numeric, json, xml | string |
-//! | bytes | bytea | `"\x…"` (hex) |
-//! | enum | integer, numeric | number |
-//! | enum | text types, enums, json | value name |
-//! | `google.protobuf.Timestamp` | timestamptz, timestamp, date, json | RFC 3339 string |
-//! | `google.protobuf.Duration` | interval, json | `"<seconds> seconds"` |
-//! | wrapper types (`Int64Value`, …) | as their value | as their value, or null |
-//! | other messages, maps | json, jsonb | object |
-//! | repeated | array of a matching type, json, jsonb | array |
-//!
-//! A field with presence (proto3 `optional`, message fields, oneof members)
-//! that is not set is NULL.
+//! What fits in which column, and as what, is the table in the crate
+//! documentation ("Messages onto tables", in `lib.rs`), which is the one
+//! description users read: change it with [`plan`] and the writers here.
+//! The replay test `every_field_kind_replays_into_its_column_type` applies
+//! one field of each kind to a column of each kind it lists.
 //!
 //! Architecture invariant: this module knows nothing about connections; it
 //! is given column types and produces JSON text.

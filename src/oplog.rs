@@ -213,13 +213,15 @@ impl Oplog {
             return Ok(found);
         }
         let max = self.limits.max_catalog_bytes;
-        let stored = conn.load_catalog(digest, max)?.ok_or_else(|| Error::CorruptEntry {
-            entry: entry(),
-            reason: format!(
-                "its type catalog {} is not stored in oplog_catalog; restore it or run `oplog verify`",
-                crate::entry::hex(digest)
-            ),
-        })?;
+        let stored = conn
+            .load_catalog(digest, max)?
+            .ok_or_else(|| Error::CorruptEntry {
+                entry: entry(),
+                reason: format!(
+                    "its type catalog {} is not stored in oplog_catalog; restore it from a backup",
+                    crate::entry::hex(digest)
+                ),
+            })?;
         let catalog = Arc::new(TypeCatalog::from_stored(digest, &stored, max)?);
         if let Ok(mut map) = self.stored.0.lock() {
             if map.len() >= CATALOG_CACHE_SIZE {
@@ -287,7 +289,7 @@ impl Oplog {
         entry: &NewEntry,
     ) -> Result<Written> {
         if ticket.name != entry.aggregate {
-            return Err(Error::InvalidEntry(format!(
+            return Err(Error::Config(format!(
                 "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
                 ticket.name, entry.aggregate
             )));
@@ -327,12 +329,12 @@ impl Oplog {
         ticket: &TicketRow,
         wait: bool,
     ) -> Result<Result<Written, Option<TicketRow>>> {
-        let seq = ticket.version.checked_add(1).ok_or_else(|| {
-            Error::InvalidEntry(format!(
-                "ticket {:?} is at the largest version",
-                entry.aggregate
-            ))
-        })?;
+        let seq = ticket
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::TicketExhausted {
+                name: entry.aggregate.clone(),
+            })?;
         let key_id = self.wrapper.key_id();
         let header = Header {
             aggregate: &entry.aggregate,

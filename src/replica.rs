@@ -69,7 +69,7 @@ impl Target {
     pub(crate) fn validate(&self) -> Result<()> {
         validate_suffix(self.table_suffix())?;
         if matches!(self, Target::Suffix(s) if s.is_empty()) {
-            return Err(Error::Catalog(
+            return Err(Error::Config(
                 "a replay into the source database needs a non-empty table suffix".into(),
             ));
         }

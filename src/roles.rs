@@ -57,7 +57,7 @@ impl FromStr for Role {
             "reader" => Ok(Role::Reader),
             "trimmer" => Ok(Role::Trimmer),
             "keys" => Ok(Role::Keys),
-            other => Err(Error::InvalidEntry(format!(
+            other => Err(Error::Config(format!(
                 "unknown role kind {other:?}; use writer, reader, trimmer or keys"
             ))),
         }

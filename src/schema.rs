@@ -119,16 +119,23 @@ pub(crate) fn create_like(
 
 /// Creates `target` in the replica database (`replica`) from `source`'s
 /// definition in the source database, with the schema and enum types it
-/// needs; does nothing when `target` exists.
+/// needs; does nothing when `target` exists. Errors name `type_name`, the
+/// message type stored in the table.
 pub(crate) fn create_in_replica(
     source_db: &mut impl GenericClient,
     replica: &mut impl GenericClient,
+    type_name: &str,
     source: &TableName,
     target: &TableName,
 ) -> Result<()> {
+    let unmapped = |reason: String| Error::Mapping {
+        type_name: type_name.to_string(),
+        table: target.to_string(),
+        reason,
+    };
     let defs = column_defs(source_db, source)?;
     if defs.is_empty() {
-        return Err(Error::Catalog(format!(
+        return Err(unmapped(format!(
             "table {source} does not exist in the source database, so the replica's {target} cannot be created from it; create {target} on the replica"
         )));
     }
@@ -162,7 +169,7 @@ pub(crate) fn create_in_replica(
     ));
     replica.batch_execute(&ddl).map_err(|e| {
         let e = Error::from(e);
-        Error::Catalog(format!(
+        unmapped(format!(
             "cannot create {target} on the replica from the source's definition: {e}; create the table (and any type or extension it needs) on the replica yourself"
         ))
     })?;

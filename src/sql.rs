@@ -80,7 +80,7 @@ pub const MAX_SUFFIX: usize = 62;
 /// most [`MAX_SUFFIX`] bytes.
 pub fn validate_suffix(suffix: &str) -> Result<()> {
     if suffix.len() > MAX_SUFFIX {
-        return Err(Error::Catalog(format!(
+        return Err(Error::Config(format!(
             "table suffix {suffix:?} is {} bytes; PostgreSQL names hold at most 63 bytes, so a suffix may have at most {MAX_SUFFIX}",
             suffix.len()
         )));
@@ -92,7 +92,7 @@ pub fn validate_suffix(suffix: &str) -> Result<()> {
     {
         Ok(())
     } else {
-        Err(Error::Catalog(format!(
+        Err(Error::Config(format!(
             "table suffix {suffix:?} may only hold letters, digits and underscores"
         )))
     }

@@ -109,7 +109,7 @@ pub fn trim(
     progress: &mut dyn FnMut(&str, i64),
 ) -> Result<TrimReport> {
     if options.batch < 1 {
-        return Err(Error::InvalidEntry("trim batch must be at least 1".into()));
+        return Err(Error::Config("trim batch must be at least 1".into()));
     }
     // Ages beyond what a timestamp can go back keep everything; the clamp
     // only keeps the value within what an interval can hold.

@@ -31,7 +31,7 @@ use super::{check_failed, invalid, user, Scratch};
 use crate::catalog::TypeCatalog;
 use crate::crypto::Keyring;
 use crate::entry::NewEntry;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::follow::{FollowOptions, Follower};
 use crate::oplog::Oplog;
 use crate::replica::Target;
@@ -254,7 +254,7 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
     match followed {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(check_failed("the follower panicked".into())),
+        Err(payload) => return Err(Error::panicked("the benchmark's follower", &*payload)),
     }
     let commits = commits.lock().map(|m| m.clone()).unwrap_or_default();
     let burst_window = burst_ended.duration_since(burst_started);
@@ -338,7 +338,7 @@ fn write_phase(
                             let mut entry = NewEntry::new(aggregate.as_str());
                             entry.create(&u)?;
                             oplog.write(tx, &entry)?;
-                            Ok(())
+                            Ok::<_, Error>(())
                         })?;
                         let at = SystemTime::now()
                             .duration_since(UNIX_EPOCH)
@@ -362,8 +362,8 @@ fn write_phase(
                     failed.store(true, Ordering::Relaxed);
                     failure.get_or_insert(e);
                 }
-                Err(_) => {
-                    failure.get_or_insert(check_failed("a writer panicked".into()));
+                Err(payload) => {
+                    failure.get_or_insert(Error::panicked("a benchmark writer", &*payload));
                 }
             }
         }

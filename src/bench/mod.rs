@@ -62,17 +62,11 @@ pub use verify::{
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn invalid(context: String) -> Error {
-    Error::Io {
-        context: format!("invalid benchmark configuration: {context}"),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    }
+    Error::Config(format!("benchmark: {context}"))
 }
 
 fn check_failed(context: String) -> Error {
-    Error::Io {
-        context: format!("benchmark check failed: {context}"),
-        source: std::io::ErrorKind::Other.into(),
-    }
+    Error::Benchmark(context)
 }
 
 /// The `q`th percentile (nearest rank) of `sorted`, or zero when it is empty.

@@ -772,7 +772,7 @@ impl<'a> Writer<'a> {
                     &shared.avatar,
                 )?,
             }
-            Ok(())
+            Ok::<_, Error>(())
         })?;
         Ok(done.attempts)
     }
@@ -890,7 +890,7 @@ mod tests {
         for cfg in bad {
             let err = cfg.check().unwrap_err();
             assert!(
-                err.to_string().contains("invalid benchmark configuration"),
+                matches!(&err, Error::Config(m) if m.starts_with("benchmark: ")),
                 "{err}"
             );
         }

@@ -195,6 +195,11 @@ pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Res
     let mut ring = ctx.keyring()?;
     // The keyring's own refusals (the active key, a missing key) first:
     // they need no database. Nothing is written until every check passed.
+    if key_id == ring.key_id() {
+        return Err(Failure::msg(format!(
+            "key {key_id:?} is the active key; rotate to a new key (`oplog keys rotate`) and re-encrypt the entries under it (`oplog keys rewrap`) before removing it"
+        )));
+    }
     ring.remove(key_id)?;
     let in_use = match ctx.optional_database_url() {
         Some(_) => {

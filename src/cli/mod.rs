@@ -70,10 +70,44 @@ impl Failure {
 
 impl From<oplog::Error> for Failure {
     fn from(e: oplog::Error) -> Self {
-        match &e {
-            oplog::Error::Tls { kind, .. } => Failure::msg(format!("{e}; {}", tls_hint(*kind))),
-            _ => Failure::msg(e),
-        }
+        Failure::msg(with_hint(&e))
+    }
+}
+
+/// `e`'s message, followed by what to do about it with this tool when there
+/// is something to say. The library reports what happened in its own
+/// terms; the commands and options that help are the binary's to name.
+pub fn with_hint(e: &oplog::Error) -> String {
+    match hint(e) {
+        Some(hint) => format!("{e}; {hint}"),
+        None => e.to_string(),
+    }
+}
+
+/// The command-line hint for `e`, by its kind.
+fn hint(e: &oplog::Error) -> Option<&'static str> {
+    use oplog::Error;
+    const VERIFY: &str = "run `oplog verify` to find every entry affected";
+    match e {
+        // Evidence of tampering or damage: verify reports all of it at once.
+        Error::Decryption { .. }
+        | Error::MalformedCiphertext { .. }
+        | Error::ChainMismatch { .. }
+        | Error::CorruptEntry { .. }
+        | Error::StoredCatalog { .. } => Some(VERIFY),
+        // A hole that trimming does not explain: entries were deleted.
+        Error::Gap {
+            missing,
+            trimmed_through,
+            ..
+        } if trimmed_through.is_none_or(|t| t < *missing) => Some(VERIFY),
+        Error::Divergence { .. } => Some(
+            "compare the replica with its source with `oplog verify --against URL` to list every difference",
+        ),
+        Error::UnknownKey { .. } => Some("pass a key file that holds it with --key-file"),
+        Error::RetriesExhausted { last, .. } => hint(last),
+        Error::Tls { kind, .. } => Some(tls_hint(*kind)),
+        _ => None,
     }
 }
 
@@ -400,4 +434,70 @@ pub fn open_input(path: &Path, what: &str) -> Result<std::fs::File, Failure> {
         "{what} {} is {kind}, not a regular file; pass the path of a file",
         path.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> oplog::EntryRef {
+        oplog::EntryRef {
+            id: Some(7),
+            aggregate: "a".into(),
+            seq: 4,
+        }
+    }
+
+    fn gap(trimmed_through: Option<i64>) -> oplog::Error {
+        oplog::Error::Gap {
+            aggregate: "a".into(),
+            missing: 4,
+            found: None,
+            trimmed_through,
+        }
+    }
+
+    #[test]
+    fn evidence_of_tampering_points_to_verify() {
+        for e in [
+            oplog::Error::Decryption { entry: entry() },
+            oplog::Error::ChainMismatch { entry: entry() },
+            gap(None),
+            gap(Some(3)),
+        ] {
+            let message = with_hint(&e);
+            assert_eq!(
+                message,
+                format!("{e}; run `oplog verify` to find every entry affected")
+            );
+        }
+        // Entries trimmed away are no evidence of anything: the library's
+        // message already says what to do.
+        assert_eq!(with_hint(&gap(Some(4))), gap(Some(4)).to_string());
+    }
+
+    #[test]
+    fn hints_name_the_option_or_command_that_helps() {
+        let missing_key = oplog::Error::UnknownKey {
+            key_id: "k1".into(),
+            entry: Some(entry()),
+        };
+        assert!(with_hint(&missing_key).ends_with("with --key-file"));
+        let diverged = oplog::Error::Divergence {
+            entry: entry(),
+            kind: oplog::DivergenceKind::DeleteMatchedNoRow,
+            table: "users".into(),
+            key: "(id=u1)".into(),
+        };
+        assert!(with_hint(&diverged).contains("`oplog verify --against URL`"));
+        // Retries that ran out keep the hint of their last error.
+        let exhausted = oplog::Error::RetriesExhausted {
+            attempts: 3,
+            last: Box::new(oplog::Error::Decryption { entry: entry() }),
+        };
+        assert!(with_hint(&exhausted).ends_with("run `oplog verify` to find every entry affected"));
+        // Errors the command line cannot help with are left as they are.
+        let config = oplog::Error::Config("trim batch must be at least 1".into());
+        assert_eq!(with_hint(&config), config.to_string());
+    }
 }

@@ -141,7 +141,9 @@ pub fn run(
         for s in &report.stopped {
             out.line(format_args!(
                 "  {}: stopped at seq {}: {}",
-                s.aggregate, s.seq, s.error
+                s.aggregate,
+                s.seq,
+                super::with_hint(&s.error)
             ))?;
         }
     }
@@ -155,7 +157,11 @@ pub fn run(
             };
             Err(Failure::msg(format!(
                 "replay of aggregate {:?} stopped at seq {}: {}{more}; an entry that can never apply can be passed over with --skip {}:{} --reason TEXT",
-                first.aggregate, first.seq, first.error, first.aggregate, first.seq
+                first.aggregate,
+                first.seq,
+                super::with_hint(&first.error),
+                first.aggregate,
+                first.seq
             )))
         }
     }

@@ -594,12 +594,8 @@ fn write(
         let results: Vec<Result<(BTreeMap<Action, u64>, u64)>> = handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Io {
-                        context: "demo: a writer thread panicked".into(),
-                        source: std::io::ErrorKind::Other.into(),
-                    })
-                })
+                h.join()
+                    .unwrap_or_else(|payload| Err(Error::panicked("a demo writer", &*payload)))
             })
             .collect();
         (results, elapsed)

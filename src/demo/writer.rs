@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::demo::{Account, Invoice, InvoiceStatus, User};
 use crate::entry::NewEntry;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oplog::{LockMode, Oplog};
 use crate::retry::RetryPolicy;
 
@@ -326,7 +326,7 @@ impl<'a> Writer<'a> {
                 Some(ticket) => oplog.write_with_ticket(tx, ticket, &entry)?,
                 None => oplog.write(tx, &entry)?,
             };
-            Ok((action, entry.len()))
+            Ok::<_, Error>((action, entry.len()))
         })?;
         Ok(Done {
             action: done.value.0,

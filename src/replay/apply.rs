@@ -84,15 +84,21 @@ impl TablePlan {
                 match target {
                     Target::Suffix(_) => {
                         if !schema::exists(source, &source_table)? {
-                            return Err(Error::Catalog(format!(
-                                "table {source_table} (of type {type_name:?}) does not exist, so {target_table} cannot be created like it"
-                            )));
+                            return Err(Error::Mapping {
+                                type_name: type_name.to_string(),
+                                table: target_table.to_string(),
+                                reason: format!("table {source_table} does not exist, so {target_table} cannot be created like it"),
+                            });
                         }
                         schema::create_like(&mut tx, &source_table, &target_table)?;
                     }
-                    Target::Database { .. } => {
-                        schema::create_in_replica(source, &mut tx, &source_table, &target_table)?
-                    }
+                    Target::Database { .. } => schema::create_in_replica(
+                        source,
+                        &mut tx,
+                        type_name,
+                        &source_table,
+                        &target_table,
+                    )?,
                 }
                 created = true;
             }

@@ -634,9 +634,9 @@ impl Replayer {
         if states.is_empty() {
             return Ok(Flow::Done);
         }
-        let source = self.source.take().ok_or_else(|| Error::Io {
-            context: "replay: the source connection was lost by an earlier run".into(),
-            source: std::io::ErrorKind::NotConnected.into(),
+        let source = self.source.take().ok_or_else(|| Error::Panicked {
+            thread: "the reading thread of an earlier run of this replayer".into(),
+            message: "its source connection was lost with it; connect a new replayer".into(),
         })?;
         let dropped = Arc::new(Mutex::new(HashSet::new()));
         let in_flight = Arc::new(InFlight::default());
@@ -729,12 +729,7 @@ impl Replayer {
         drop(batches);
         match handle.join() {
             Ok(source) => self.source = Some(source),
-            Err(_) => {
-                return Err(Error::Io {
-                    context: "replay: the reading thread panicked".into(),
-                    source: std::io::ErrorKind::Other.into(),
-                })
-            }
+            Err(payload) => return Err(Error::panicked("replay's reading thread", &*payload)),
         }
         flow
     }

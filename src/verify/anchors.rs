@@ -36,8 +36,7 @@ pub(super) fn check_anchor(head: &Head, facts: Option<&Facts>) -> AnchorCheck {
         return mismatch(
             None,
             format!(
-                "the anchored chain {:?} is not 64 hexadecimal digits; export anchors with \
-                 `oplog head --json`",
+                "the anchored chain {:?} is not 64 hexadecimal digits",
                 head.chain
             ),
         );

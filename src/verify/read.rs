@@ -91,7 +91,7 @@ impl Catalogs {
             )),
             Some(stored) => TypeCatalog::from_stored(digest, &stored, self.max_bytes)
                 .map(Arc::new)
-                .map_err(|e| without_verify_advice(e.to_string())),
+                .map_err(|e| e.to_string()),
         };
         self.judged
             .insert(digest.to_vec(), loaded.as_ref().err().cloned());
@@ -347,7 +347,7 @@ fn opening_finding(e: Error) -> Result<(FindingKind, String)> {
         Error::UnknownKey { key_id, .. } => (
             FindingKind::UnknownKey,
             format!(
-                "key {key_id:?} is not in the keyring; add the key that wrote it to the key file"
+                "key {key_id:?} is not in the keyring; add the key that wrote it to the keyring"
             ),
         ),
         Error::MalformedCiphertext { reason, .. } => (
@@ -362,22 +362,13 @@ fn opening_finding(e: Error) -> Result<(FindingKind, String)> {
         ),
         Error::CorruptEntry { reason, .. } => (FindingKind::Corrupt, reason),
         Error::Catalog(reason) => (FindingKind::Catalog, reason),
+        e @ Error::StoredCatalog { .. } => (FindingKind::Catalog, e.to_string()),
         e @ (Error::Postgres(_) | Error::Diesel(_) | Error::Io { .. } | Error::Migration(_)) => {
             return Err(e)
         }
         other => (FindingKind::Corrupt, other.to_string()),
     };
-    Ok((kind, without_verify_advice(detail)))
-}
-
-/// `detail` without the advice to run `oplog verify` that the library's
-/// error messages end with: a finding is where that advice leads.
-fn without_verify_advice(detail: String) -> String {
-    ["; run `oplog verify`", " or run `oplog verify`"]
-        .iter()
-        .find_map(|advice| detail.strip_suffix(advice))
-        .map(str::to_string)
-        .unwrap_or(detail)
+    Ok((kind, detail))
 }
 
 #[cfg(test)]

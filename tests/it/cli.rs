@@ -630,12 +630,17 @@ fn a_wrong_key_is_an_error_naming_the_entry() {
     let f = Fixture::new();
     let first = format!("entry {} (aggregate \"tenant-a\", seq 1)", f.written[0].id);
 
-    // Another keyring does not hold the key the entries were written with.
+    // Another keyring does not hold the key the entries were written with;
+    // the command line says which option brings it.
     let other = save_keyring(&Keyring::generate(), &f.dir.join("other.json"));
     let out = run(&["log", "--database-url", &f.db.url, "--key-file", &other]);
     failure(
         &out,
-        &[&format!("key {:?} is not in the keyring", f.key_id), &first],
+        &[
+            &format!("key {:?} is not in the keyring", f.key_id),
+            &first,
+            "pass a key file that holds it with --key-file",
+        ],
     );
 
     // A key with the right id but the wrong material fails authentication.
@@ -649,7 +654,14 @@ fn a_wrong_key_is_an_error_naming_the_entry() {
         "--key-file",
         &forged,
     ]);
-    failure(&out, &[&first, "failed authentication"]);
+    failure(
+        &out,
+        &[
+            &first,
+            "failed authentication",
+            "run `oplog verify` to find every entry affected",
+        ],
+    );
 }
 
 #[test]

@@ -164,8 +164,8 @@ fn an_oversized_stored_catalog_is_refused_without_being_read() {
     let reader = Oplog::new(accounts, Keyring::from_json(&keys).unwrap()).with_limits(limits);
     let err = reader.list(&mut db.client(), None, 0, None).unwrap_err();
     assert!(
-        matches!(&err, Error::Catalog(m) if m.contains(&format!("{stored} bytes is over the limit of 1000"))
-            && m.contains("max_catalog_bytes")),
+        matches!(&err, Error::StoredCatalog { reason, .. } if reason.contains(&format!("{stored} bytes is over the limit of 1000"))
+            && reason.contains("max_catalog_bytes")),
         "{err}"
     );
     let report = verify(&reader, &db.url, &VerifyOptions::default()).unwrap();

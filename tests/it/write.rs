@@ -783,3 +783,164 @@ fn entries_that_could_never_be_replayed_are_refused_at_write_time() {
     log.write(&mut tx, &entry).unwrap();
     tx.commit().unwrap();
 }
+
+/// A service's own error: a rule of its domain, or the oplog below it.
+#[derive(Debug)]
+enum SignupError {
+    EmailTaken(String),
+    Oplog(Error),
+}
+
+impl From<Error> for SignupError {
+    fn from(e: Error) -> Self {
+        SignupError::Oplog(e)
+    }
+}
+
+impl oplog::Retryable for SignupError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, SignupError::Oplog(e) if e.is_retryable())
+    }
+}
+
+#[test]
+fn a_retried_transaction_returns_the_callers_own_error_at_once() {
+    let db = TestDb::new();
+    let log = oplog();
+    let mut client = db.client();
+    let mut calls = 0;
+    let outcome = RetryPolicy::attempts(5).postgres(&mut client, |tx| {
+        calls += 1;
+        insert_user(tx, &user("u1"))?;
+        log.write(tx, &create_entry("tenant-1", &user("u1")))?;
+        // The domain rule fails after the writes: nothing of them stays.
+        Err::<(), _>(SignupError::EmailTaken(user("u1").email))
+    });
+    match outcome {
+        Err(SignupError::EmailTaken(email)) => assert_eq!(email, user("u1").email),
+        other => panic!("expected the domain error, got {other:?}"),
+    }
+    assert_eq!(calls, 1, "a domain error is not retried");
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 0);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM demo_user"), 0);
+}
+
+#[test]
+fn a_lost_ticket_race_wrapped_in_the_callers_error_is_retried() {
+    let db = TestDb::new();
+    let log = oplog();
+    log.ensure_ticket(&mut db.client(), "hot").unwrap();
+    let mut client = db.client();
+    let mut other = db.client();
+    let done = RetryPolicy::attempts(5)
+        .postgres(&mut client, |tx| {
+            let ticket = log.ticket(tx, "hot")?;
+            if ticket.version() == 0 {
+                // Another writer redeems the ticket between this
+                // transaction's read and its write, once.
+                let mut rival = other.transaction().map_err(Error::from)?;
+                log.write(&mut rival, &create_entry("hot", &user("rival")))?;
+                rival.commit().map_err(Error::from)?;
+            }
+            let u = user("u1");
+            insert_user(tx, &u)?;
+            let written = log.write_with_ticket(tx, &ticket, &create_entry("hot", &u))?;
+            Ok::<_, SignupError>(written.seq)
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.value, 2);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM demo_user"), 1);
+
+    // When every attempt loses, the caller's error comes back as it was last
+    // returned, still retryable.
+    let mut attempts = 0;
+    let err = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_micros(10),
+        max_delay: Duration::from_micros(50),
+    }
+    .postgres(&mut client, |tx| {
+        attempts += 1;
+        let ticket = log.ticket(tx, "hot")?;
+        let mut rival = other.transaction().map_err(Error::from)?;
+        log.write(
+            &mut rival,
+            &create_entry("hot", &user(&format!("r{attempts}"))),
+        )?;
+        rival.commit().map_err(Error::from)?;
+        log.write_with_ticket(tx, &ticket, &create_entry("hot", &user("never")))?;
+        Ok::<_, SignupError>(())
+    })
+    .unwrap_err();
+    assert_eq!(attempts, 3);
+    assert!(
+        matches!(
+            &err,
+            SignupError::Oplog(Error::TicketAlreadyRedeemed { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn arguments_out_of_range_are_configuration_errors() {
+    let db = TestDb::new();
+    let log = oplog();
+    let mut client = db.client();
+    log.ensure_ticket(&mut client, "a").unwrap();
+
+    let options = oplog::TrimOptions {
+        batch: 0,
+        ..oplog::TrimOptions::default()
+    };
+    let err = oplog::trim(&mut client, &options, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("trim batch")),
+        "{err}"
+    );
+
+    let err = "admin".parse::<oplog::Role>().unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("\"admin\"")),
+        "{err}"
+    );
+
+    let err = oplog::register_consumer(&mut client, &"c".repeat(257), &[]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("consumer name")),
+        "{err}"
+    );
+
+    // A ticket read for one aggregate cannot order another's entry.
+    let mut tx = client.transaction().unwrap();
+    let ticket = log.ticket(&mut tx, "a").unwrap();
+    let err = log
+        .write_with_ticket(&mut tx, &ticket, &create_entry("b", &user("u1")))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("does not order")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_ticket_at_the_largest_version_is_exhausted() {
+    let db = TestDb::new();
+    let log = oplog();
+    log.ensure_ticket(&mut db.client(), "full").unwrap();
+    superuser_exec(
+        &db,
+        "UPDATE oplog_ticket SET version = 9223372036854775807 WHERE name = 'full'",
+    );
+    let mut client = db.client();
+    let mut tx = client.transaction().unwrap();
+    let err = log
+        .write(&mut tx, &create_entry("full", &user("u1")))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TicketExhausted { name } if name == "full"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+}
