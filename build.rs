@@ -11,33 +11,52 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
-const PROTOS: &[&str] = &[
+/// The crate's own types: the descriptors every catalog starts from.
+const CORE: &[&str] = &[
     "proto/oplog/v1/oplog.proto",
     "proto/oplog/v1/options.proto",
     "proto/oplog/v1/catalog.proto",
-    "proto/demo/v1/demo.proto",
 ];
 
+/// The demo's domain, compiled only with the `cli` feature.
+const DEMO: &[&str] = &["proto/demo/v1/demo.proto"];
+
+/// The types the unit tests write (included only in test builds).
+const TEST: &[&str] = &["proto/test/v1/types.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    for proto in PROTOS {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    embed_sql(&out)?;
+    compile(CORE, &out, "descriptors.bin", false)?;
+    if env::var_os("CARGO_FEATURE_CLI").is_some() {
+        compile(DEMO, &out.join("demo"), "descriptors.bin", true)?;
+    }
+    compile(TEST, &out.join("test"), "descriptors.bin", true)?;
+    Ok(())
+}
+
+/// Compiles `protos` (and what they import) with protox into `dir`: the
+/// encoded descriptor set as `set`, which keeps custom options such as
+/// `oplog.v1.table` that prost_types' structs would drop, and the Rust of
+/// each package. With `on_core`, the crate's own `oplog.v1` types come from
+/// `crate::proto` instead of being generated again.
+fn compile(protos: &[&str], dir: &Path, set: &str, on_core: bool) -> Result<(), Box<dyn Error>> {
+    for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?;
-    let out = PathBuf::from(env::var("OUT_DIR")?);
-    embed_sql(&out)?;
-    // The encoded set keeps custom options (such as `oplog.v1.table`), which
-    // prost_types' structs would drop.
-    fs::write(
-        out.join("descriptors.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
-    prost_build::Config::new()
-        .enable_type_names()
-        .compile_fds(compiler.file_descriptor_set())?;
+        .open_files(protos)?;
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join(set), compiler.encode_file_descriptor_set())?;
+    let mut config = prost_build::Config::new();
+    config.enable_type_names().out_dir(dir);
+    if on_core {
+        config.extern_path(".oplog.v1", "crate::proto");
+    }
+    config.compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ impl Fixture {
             .collect();
         Fixture {
             ring: Keyring::generate(),
-            catalog: TypeCatalog::demo(),
+            catalog: oplog::demo::user_catalog(),
             limits: Limits::default(),
             users,
         }

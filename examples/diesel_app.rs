@@ -12,7 +12,7 @@ use diesel::connection::SimpleConnection;
 use diesel::sql_types::Text;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use oplog::demo::User;
-use oplog::{Keyring, NewEntry, Oplog, RetryPolicy, TypeCatalog};
+use oplog::{Keyring, NewEntry, Oplog, RetryPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")
@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     oplog::migrate(&mut conn)?;
     conn.batch_execute(oplog::demo::SCHEMA)?;
 
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
         tenant_id: "t-diesel".into(),

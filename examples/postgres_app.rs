@@ -10,7 +10,7 @@
 //! the local server.
 
 use oplog::demo::{Account, User};
-use oplog::{Keyring, NewEntry, Oplog, RetryPolicy, TypeCatalog};
+use oplog::{Keyring, NewEntry, Oplog, RetryPolicy};
 use postgres::{Client, NoTls};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client = Client::connect(&url, NoTls)?;
     client.batch_execute(oplog::demo::SCHEMA)?;
 
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let aggregate = format!("tenant-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let retry = RetryPolicy::default();
 

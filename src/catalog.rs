@@ -180,16 +180,6 @@ impl TypeCatalog {
         }
     }
 
-    /// A catalog with the `demo.v1` types registered, as used by the demo,
-    /// the examples and the tests.
-    pub fn demo() -> Self {
-        let mut catalog = TypeCatalog::new();
-        for name in ["demo.v1.Account", "demo.v1.User"] {
-            catalog.register(name).expect("demo types are valid");
-        }
-        catalog
-    }
-
     /// Adds the descriptors of an encoded `FileDescriptorSet` (as written by
     /// prost-build's `file_descriptor_set_path` or `protoc
     /// --descriptor_set_out`), so their types can be registered.
@@ -608,20 +598,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn demo_types_carry_their_table_options() {
-        let catalog = TypeCatalog::demo();
-        let user = catalog.get("demo.v1.User").unwrap();
-        assert_eq!(user.table(), Some(&TableInfo::new("demo_user", &["id"])));
+    fn registered_types_carry_their_table_options() {
+        let catalog = crate::testing::catalog();
+        let user = catalog.get("test.v1.User").unwrap();
+        assert_eq!(user.table(), Some(&TableInfo::new("test_user", &["id"])));
         assert_eq!(
             catalog.type_names().collect::<Vec<_>>(),
-            ["demo.v1.Account", "demo.v1.User"]
+            ["test.v1.Account", "test.v1.User"]
         );
     }
 
     #[test]
     fn duplicate_registration_is_an_error() {
-        let mut catalog = TypeCatalog::demo();
-        let err = catalog.register("demo.v1.User").unwrap_err();
+        let mut catalog = crate::testing::catalog();
+        let err = catalog.register("test.v1.User").unwrap_err();
         assert!(err.to_string().contains("already registered"), "{err}");
     }
 
@@ -650,9 +640,9 @@ mod tests {
             ("users", ""),
             ("1users", "id"),
         ] {
-            let mut catalog = TypeCatalog::new();
+            let mut catalog = crate::testing::unregistered();
             let err = catalog
-                .register_table("demo.v1.User", TableInfo::new(table, &[pk]))
+                .register_table("test.v1.User", TableInfo::new(table, &[pk]))
                 .unwrap_err();
             assert!(matches!(err, Error::Catalog(_)), "{table:?}/{pk:?}: {err}");
         }
@@ -660,33 +650,33 @@ mod tests {
 
     #[test]
     fn primary_key_must_be_a_field_and_tables_unique() {
-        let mut catalog = TypeCatalog::new();
+        let mut catalog = crate::testing::unregistered();
         let err = catalog
-            .register_table("demo.v1.User", TableInfo::new("users", &["nope"]))
+            .register_table("test.v1.User", TableInfo::new("users", &["nope"]))
             .unwrap_err();
         assert!(err.to_string().contains("not a field"), "{err}");
         catalog
-            .register_table("demo.v1.User", TableInfo::new("app.users", &["id"]))
+            .register_table("test.v1.User", TableInfo::new("app.users", &["id"]))
             .unwrap();
         let err = catalog
-            .register_table("demo.v1.Account", TableInfo::new("app.users", &["id"]))
+            .register_table("test.v1.Account", TableInfo::new("app.users", &["id"]))
             .unwrap_err();
         assert!(err.to_string().contains("already the table of"), "{err}");
     }
 
     #[test]
     fn stored_catalog_round_trips_with_tables_and_a_stable_digest() {
-        let catalog = TypeCatalog::demo();
+        let catalog = crate::testing::catalog();
         let encoded = catalog.encode();
-        assert_eq!(encoded, TypeCatalog::demo().encode(), "deterministic");
+        assert_eq!(encoded, crate::testing::catalog().encode(), "deterministic");
         let decoded =
             TypeCatalog::decode_stored(&encoded.digest, &encoded.bytes, MAX_CATALOG_BYTES).unwrap();
         assert_eq!(
             decoded.type_names().collect::<Vec<_>>(),
             catalog.type_names().collect::<Vec<_>>()
         );
-        let user = decoded.get("demo.v1.User").unwrap();
-        assert_eq!(user.table(), Some(&TableInfo::new("demo_user", &["id"])));
+        let user = decoded.get("test.v1.User").unwrap();
+        assert_eq!(user.table(), Some(&TableInfo::new("test_user", &["id"])));
         assert_eq!(user.descriptor().fields().count(), 9);
         // Only the files the registered types need are stored.
         assert!(decoded
@@ -702,7 +692,7 @@ mod tests {
 
     #[test]
     fn stored_catalog_is_checked_against_its_digest_and_validated() {
-        let encoded = TypeCatalog::demo().encode();
+        let encoded = crate::testing::catalog().encode();
         let mut tampered = encoded.bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
@@ -716,7 +706,7 @@ mod tests {
         // A catalog whose registration names a hostile table is refused even
         // when its digest is right.
         let mut stored = StoredCatalog::decode(encoded.bytes.as_slice()).unwrap();
-        stored.types[1].table = "demo_user\"; DROP TABLE x; --".into();
+        stored.types[1].table = "test_user\"; DROP TABLE x; --".into();
         let bytes = stored.encode_to_vec();
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let err = TypeCatalog::decode_stored(&digest, &bytes, MAX_CATALOG_BYTES).unwrap_err();
@@ -854,7 +844,7 @@ mod tests {
         let found = include_bytes!(
             "../fuzz/regressions/descriptor_set/crash-d6cc5aafffc9360bb621605920fc4baa025429f8"
         );
-        let mut catalog = TypeCatalog::new();
+        let mut catalog = crate::testing::unregistered();
         let err = catalog
             .add_file_descriptor_set(found)
             .unwrap_err()
@@ -863,9 +853,9 @@ mod tests {
         // The refused set left the catalog as it was.
         assert_eq!(
             catalog.pool().files().count(),
-            TypeCatalog::new().pool().files().count()
+            crate::testing::unregistered().pool().files().count()
         );
-        catalog.register("demo.v1.User").unwrap();
+        catalog.register("test.v1.User").unwrap();
 
         // The same input as a stored catalog's descriptors.
         let stored = StoredCatalog {

@@ -485,7 +485,7 @@ fn open_nonblocking(path: &Path) -> std::io::Result<fs::File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(nix::libc::O_NONBLOCK);
+        options.custom_flags(libc::O_NONBLOCK);
     }
     options.open(path)
 }

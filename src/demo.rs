@@ -2,13 +2,17 @@
 //! runner behind `oplog demo`.
 //!
 //! [`Account`] and [`User`] are what the examples, the tests and the
-//! benchmarks write; [`TypeCatalog::demo`](crate::TypeCatalog::demo)
-//! registers those two. [`catalog`] adds [`Invoice`] (an enum stored as a
-//! PostgreSQL enum, a timestamp that is NULL until set) for [`run`]: many
+//! benchmarks write ([`catalog_of`] registers a choice of types). [`catalog`]
+//! adds [`Invoice`] (an enum stored as a
+//! PostgreSQL enum, a timestamp that is NULL until set) for `oplog demo`: many
 //! concurrent writers doing realistic domain transactions, each with its
 //! entry, then a replay into a replica and a verification of both.
 
-include!(concat!(env!("OUT_DIR"), "/demo.v1.rs"));
+include!(concat!(env!("OUT_DIR"), "/demo/demo.v1.rs"));
+
+/// The encoded descriptor set of the `demo.v1` types (with what they
+/// import), for [`TypeCatalog::add_file_descriptor_set`](crate::TypeCatalog::add_file_descriptor_set).
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo/descriptors.bin"));
 
 mod run;
 mod writer;
@@ -18,13 +22,27 @@ pub use run::{
     DEFAULT_AGGREGATES, DEFAULT_ENTRIES, DEFAULT_WRITERS,
 };
 
+/// A catalog of the demo types `names` (fully qualified).
+pub fn catalog_of(names: &[&str]) -> crate::TypeCatalog {
+    let mut catalog = crate::TypeCatalog::new();
+    catalog
+        .add_file_descriptor_set(DESCRIPTOR_SET)
+        .expect("the demo's descriptors are valid");
+    for name in names {
+        catalog.register(name).expect("the demo's types are valid");
+    }
+    catalog
+}
+
+/// [`Account`] and [`User`]: what the examples, the tests and the
+/// benchmarks write.
+pub fn user_catalog() -> crate::TypeCatalog {
+    catalog_of(&["demo.v1.Account", "demo.v1.User"])
+}
+
 /// The demo catalog of `oplog demo`: [`Account`], [`User`] and [`Invoice`].
 pub fn catalog() -> crate::TypeCatalog {
-    let mut catalog = crate::TypeCatalog::demo();
-    catalog
-        .register("demo.v1.Invoice")
-        .expect("the demo's Invoice type is valid");
-    catalog
+    catalog_of(&["demo.v1.Account", "demo.v1.User", "demo.v1.Invoice"])
 }
 
 /// The columns of `demo_user` that [`User::params`] fills, in its order.

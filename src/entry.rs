@@ -565,7 +565,7 @@ impl Entry {
 mod tests {
     use super::*;
     use crate::crypto::Keyring;
-    use crate::demo::User;
+    use crate::testing::User;
     use proptest::prelude::*;
 
     fn header<'a>(meta: &'a Metadata, key_id: &'a str, uuid: Uuid) -> Header<'a> {
@@ -611,7 +611,7 @@ mod tests {
         let (ring, meta, uuid, _, s) = sealed_entry();
         let ops = open(
             &ring,
-            &TypeCatalog::demo(),
+            &crate::testing::catalog(),
             &Limits::default(),
             &header(&meta, ring.key_id(), uuid),
             Some(1),
@@ -626,7 +626,7 @@ mod tests {
     fn open_as(ring: &Keyring, h: &Header<'_>, s: &Sealed) -> Result<Vec<Operation>> {
         open(
             ring,
-            &TypeCatalog::demo(),
+            &crate::testing::catalog(),
             &Limits::default(),
             h,
             Some(1),
@@ -774,7 +774,7 @@ mod tests {
             }
             let h = header(&meta, ring.key_id(), uuid);
             let s = seal(&ring, &h, &queue, &GENESIS_CHAIN).unwrap();
-            let ops = open(&ring, &TypeCatalog::demo(), &Limits::default(), &h, None, &s.data, &s.digest).unwrap();
+            let ops = open(&ring, &crate::testing::catalog(), &Limits::default(), &h, None, &s.data, &s.digest).unwrap();
             let got: Vec<String> = ops.iter().map(|o| o.decode::<User>().unwrap().id).collect();
             prop_assert_eq!(got, ids);
         }

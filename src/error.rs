@@ -265,6 +265,7 @@ pub enum Error {
     Postgres(#[from] postgres::Error),
 
     /// The database (diesel driver) reported an error.
+    #[cfg(feature = "diesel")]
     #[error("database: {0}")]
     Diesel(#[from] diesel::result::Error),
 
@@ -448,6 +449,7 @@ impl Error {
         match self {
             Error::TicketAlreadyRedeemed { .. } => true,
             Error::Postgres(e) => e.is_retryable(),
+            #[cfg(feature = "diesel")]
             Error::Diesel(e) => e.is_retryable(),
             _ => false,
         }

@@ -135,7 +135,8 @@ pub struct FollowReport {
 /// ```no_run
 /// use oplog::{FollowOptions, Follower, Keyring, Oplog, Target, TypeCatalog};
 ///
-/// let oplog = Oplog::new(TypeCatalog::demo(), Keyring::load("keys.json".as_ref())?);
+/// // Any catalog and the keys: each entry names the catalog stored with it.
+/// let oplog = Oplog::new(TypeCatalog::new(), Keyring::load("keys.json".as_ref())?);
 /// let mut follower = Follower::new(
 ///     &oplog,
 ///     "postgres://postgres@127.0.0.1/app",

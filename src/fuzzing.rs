@@ -40,11 +40,11 @@ fn keyring() -> Keyring {
     Keyring::from_key("fuzz-key", [7; 32]).expect("the fuzzing key id is valid")
 }
 
-/// The keyring and demo catalog, built once: decoding the descriptor pool
+/// The keyring and the test types' catalog, built once: decoding the descriptor pool
 /// for every input would make the entry target a hundred times slower.
 fn fixtures() -> &'static (Keyring, TypeCatalog) {
     static FIXTURES: std::sync::OnceLock<(Keyring, TypeCatalog)> = std::sync::OnceLock::new();
-    FIXTURES.get_or_init(|| (keyring(), TypeCatalog::demo()))
+    FIXTURES.get_or_init(|| (keyring(), crate::testing::catalog()))
 }
 
 /// Reads the fields of an entry header from the front of `data`, each
@@ -85,7 +85,7 @@ const DECODE_MESSAGES: u8 = 16;
 /// Opens an entry built from `data` the way the read path opens a row:
 /// decryption with the associated data of its header, the digest check,
 /// the salt, the queue, and (with flag 16) every message decoded with the
-/// demo catalog.
+/// test types' catalog.
 ///
 /// Layout: `flags | seq (8 bytes, big-endian) | aggregate (length-prefixed)
 /// | metadata pair count | pairs (each a length-prefixed key and value) |
@@ -186,13 +186,13 @@ pub fn keyring_json(data: &[u8]) -> Result<()> {
 /// near misses, so that the fuzzer starts from the formats' interesting
 /// parts.
 pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
-    let user = crate::demo::User {
+    let user = crate::testing::User {
         id: "u1".into(),
         email: "a@example.com".into(),
         phone: Some("+1 555".into()),
         ..Default::default()
     };
-    let account = crate::demo::Account {
+    let account = crate::testing::Account {
         id: "a1".into(),
         ..Default::default()
     };
@@ -251,12 +251,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         entry(0, &[], b"short"),
     ];
 
-    let demo = TypeCatalog::demo().encode().bytes;
-    let mut one_type = TypeCatalog::new();
+    let both = crate::testing::catalog().encode().bytes;
+    let mut one_type = crate::testing::unregistered();
     one_type
-        .register("demo.v1.Account")
-        .expect("a demo type registers");
-    let catalogs = vec![demo, one_type.encode().bytes, b"\x0a\x02\x0a\x00".to_vec()];
+        .register("test.v1.Account")
+        .expect("a test type registers");
+    let catalogs = vec![both, one_type.encode().bytes, b"\x0a\x02\x0a\x00".to_vec()];
 
     let stored = crate::proto::StoredCatalog::decode(one_type.encode().bytes.as_slice())
         .expect("an encoded catalog decodes");

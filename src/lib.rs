@@ -11,21 +11,38 @@
 //! # Example
 //!
 //! ```no_run
-//! use oplog::{demo::User, Keyring, NewEntry, Oplog, TypeCatalog};
+//! use oplog::{Keyring, NewEntry, Oplog, TypeCatalog};
+//! # #[derive(Clone, PartialEq, prost::Message)]
+//! # struct User {
+//! #     #[prost(string, tag = "1")]
+//! #     id: String,
+//! #     #[prost(string, tag = "2")]
+//! #     email: String,
+//! # }
+//! # impl prost::Name for User {
+//! #     const NAME: &'static str = "User";
+//! #     const PACKAGE: &'static str = "app.v1";
+//! # }
+//! # const DESCRIPTOR_SET: &[u8] = &[];
 //!
 //! # fn main() -> oplog::Result<()> {
 //! let db = oplog::Database::parse("postgres://postgres@127.0.0.1/app")?;
 //! oplog::migrate_url(&db)?;
 //!
-//! let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+//! // The service's own types, compiled by its build script with
+//! // `oplog::build` (the descriptor set names each type's table).
+//! let mut catalog = TypeCatalog::new();
+//! catalog.add_file_descriptor_set(DESCRIPTOR_SET)?;
+//! catalog.register("app.v1.User")?;
+//! let oplog = Oplog::new(catalog, Keyring::generate());
 //! let mut client = db.connect()?;
 //! let mut tx = client.transaction()?;
 //!
 //! // The caller's own domain change...
-//! tx.execute("INSERT INTO demo_user (id, tenant_id, account_id, email) VALUES ('u1', 't1', 'a1', 'a@example.com')", &[])?;
+//! tx.execute("INSERT INTO app_user (id, email) VALUES ('u1', 'a@example.com')", &[])?;
 //!
 //! // ...and the entry that records it, in the same transaction.
-//! let user = User { id: "u1".into(), tenant_id: "t1".into(), account_id: "a1".into(), email: "a@example.com".into(), ..Default::default() };
+//! let user = User { id: "u1".into(), email: "a@example.com".into() };
 //! let mut entry = NewEntry::new("tenant-t1");
 //! entry.metadata("actor", "alice").create(&user)?;
 //! let written = oplog.write(&mut tx, &entry)?;
@@ -38,8 +55,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With diesel, pass the `PgConnection` from inside `conn.transaction(..)`:
-//! the same [`Oplog::write`] serves both drivers.
+//! With diesel (the `diesel` feature), pass the `PgConnection` from inside
+//! `conn.transaction(..)`: the same [`Oplog::write`] serves both drivers.
 //!
 //! # Replay, follow, verify, trim
 //!
@@ -170,20 +187,47 @@
 //! [`Error::TicketAlreadyRedeemed`] when it loses a race. [`RetryPolicy`]
 //! runs a transaction again on any retryable error; its closure returns
 //! [`Error`] or the caller's own error type ([`Retryable`]).
+//!
+//! # Cargo features
+//!
+//! A service depends on the library alone:
+//!
+//! ```toml
+//! oplog = { version = "0.1", default-features = false }                     # rust-postgres
+//! oplog = { version = "0.1", default-features = false, features = ["diesel"] } # and diesel
+//! ```
+//!
+//! - `diesel`: diesel's `PgConnection` as a second driver ([`Connection`],
+//!   `RetryPolicy::diesel`, `migrate`) and [`MIGRATIONS`] as a diesel
+//!   migration source. diesel links the system's libpq; without this
+//!   feature nothing needs a system library, and [`migrate_url`] /
+//!   [`migrate_client`] apply the same migrations over rust-postgres.
+//! - `build`: `oplog::build`, for build scripts (see Own types).
+//! - `cli` (on by default, with `diesel`): the `oplog` command and its
+//!   tooling (the demo, the benchmarks, throwaway clusters). No part of
+//!   the library's API; a library build without it compiles neither clap,
+//!   ctrlc nor nix.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod bench;
 #[cfg(feature = "build")]
 #[path = "protos.rs"]
 pub mod build;
 mod catalog;
 mod chain;
+#[cfg(feature = "cli")]
 mod cleanup;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cluster;
 mod connect;
 mod consumer;
 mod crypto;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod demo;
 mod entry;
 mod error;
@@ -204,9 +248,16 @@ mod roles;
 mod schema;
 mod sql;
 mod store;
+#[cfg(any(test, feature = "fuzzing"))]
+mod testing;
 mod tls;
 mod trim;
 mod verify;
+
+/// The README's Rust examples, compiled as doc tests.
+#[cfg(all(doctest, feature = "diesel"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
 
 pub use crate::catalog::{
     validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
@@ -221,9 +272,11 @@ pub use crate::entry::{
 };
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};
 pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
+#[cfg(feature = "diesel")]
+pub use crate::migrate::migrate;
 #[doc(hidden)]
 pub use crate::migrate::FunctionFile;
-pub use crate::migrate::{migrate, migrate_client, migrate_url, Migration, Migrations, MIGRATIONS};
+pub use crate::migrate::{migrate_client, migrate_url, Migration, Migrations, MIGRATIONS};
 pub use crate::oplog::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
 pub use crate::queue::{Limits, Operation, Queue};

@@ -665,8 +665,8 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TypeCatalog;
-    use crate::demo::{Account, User};
+
+    use crate::testing::{Account, User};
     use prost::Message;
 
     fn column(name: &str, base: &str, category: char) -> Column {
@@ -681,7 +681,7 @@ mod tests {
     }
 
     fn field(type_name: &str, name: &str) -> FieldDescriptor {
-        TypeCatalog::demo()
+        crate::testing::catalog()
             .get(type_name)
             .unwrap()
             .descriptor()
@@ -691,7 +691,7 @@ mod tests {
 
     #[test]
     fn compatible_columns_are_accepted_and_others_named() {
-        let age = field("demo.v1.User", "age");
+        let age = field("test.v1.User", "age");
         assert!(plan(&age, &column("age", "int4", 'N')).is_ok());
         assert!(plan(&age, &column("age", "numeric", 'N')).is_ok());
         let err = plan(&age, &column("age", "text", 'S')).unwrap_err();
@@ -699,25 +699,25 @@ mod tests {
             err.contains("field \"age\" (int32)") && err.contains("column \"age\" of type text"),
             "{err}"
         );
-        let avatar = field("demo.v1.User", "avatar");
+        let avatar = field("test.v1.User", "avatar");
         assert!(plan(&avatar, &column("avatar", "bytea", 'U')).is_ok());
         assert!(plan(&avatar, &column("avatar", "text", 'S')).is_err());
-        let created = field("demo.v1.Account", "created_at");
+        let created = field("test.v1.Account", "created_at");
         assert!(plan(&created, &column("created_at", "timestamptz", 'D')).is_ok());
         assert!(plan(&created, &column("created_at", "jsonb", 'U')).is_ok());
         assert!(plan(&created, &column("created_at", "int8", 'N')).is_err());
         let mut generated = column("email", "text", 'S');
         generated.generated = true;
-        assert!(plan(&field("demo.v1.User", "email"), &generated)
+        assert!(plan(&field("test.v1.User", "email"), &generated)
             .unwrap_err()
             .contains("generated"));
         let mut array = column("email", "text", 'S');
         array.is_array = true;
-        assert!(plan(&field("demo.v1.User", "email"), &array).is_err());
+        assert!(plan(&field("test.v1.User", "email"), &array).is_err());
     }
 
     fn row(type_name: &str, bytes: &[u8], columns: &[(&str, &str, char)]) -> String {
-        let catalog = TypeCatalog::demo();
+        let catalog = crate::testing::catalog();
         let msg = catalog.decode_dynamic(type_name, bytes).unwrap();
         let plans: Vec<FieldPlan> = columns
             .iter()
@@ -748,7 +748,7 @@ mod tests {
             ..Default::default()
         };
         let json = row(
-            "demo.v1.User",
+            "test.v1.User",
             &user.encode_to_vec(),
             &[
                 ("id", "text", 'S'),
@@ -778,12 +778,12 @@ mod tests {
         };
         let cols = [("created_at", "timestamptz", 'D')];
         assert_eq!(
-            row("demo.v1.Account", &account.encode_to_vec(), &cols),
+            row("test.v1.Account", &account.encode_to_vec(), &cols),
             r#"{"created_at":"2023-11-14T22:13:20.000000Z"}"#
         );
         let unset = Account::default();
         assert_eq!(
-            row("demo.v1.Account", &unset.encode_to_vec(), &cols),
+            row("test.v1.Account", &unset.encode_to_vec(), &cols),
             r#"{"created_at":null}"#
         );
         assert_eq!(rfc3339(0, 0).unwrap(), "1970-01-01T00:00:00.000000Z");

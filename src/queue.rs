@@ -383,7 +383,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::{Account, User};
+    use crate::testing::{Account, User};
     use proptest::prelude::*;
 
     fn user(id: &str) -> User {
@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8]) -> Result<Vec<Operation>> {
-        Queue::decode(bytes, &TypeCatalog::demo(), &Limits::default())
+        Queue::decode(bytes, &crate::testing::catalog(), &Limits::default())
     }
 
     #[test]
@@ -454,7 +454,7 @@ mod tests {
         q.add(&user("u2"), OpType::Delete).unwrap();
         assert_eq!(
             q.type_names().collect::<Vec<_>>(),
-            ["demo.v1.User", "demo.v1.Account"]
+            ["test.v1.User", "test.v1.Account"]
         );
         let ops = decode(q.as_bytes()).unwrap();
         assert_eq!(ops.len(), 4);
@@ -490,7 +490,7 @@ mod tests {
         let mut q = Queue::new();
         let err = q
             .push(Operation {
-                type_name: "demo.v1.User".into(),
+                type_name: "test.v1.User".into(),
                 value: vec![],
                 op: OpType::Create,
                 field_mask: vec!["email".into()],
@@ -516,7 +516,7 @@ mod tests {
             .to_string()
             .contains("empty type name"));
         assert!(q
-            .push(op("demo.v1.User", OpType::Unspecified))
+            .push(op("test.v1.User", OpType::Unspecified))
             .unwrap_err()
             .to_string()
             .contains("unspecified"));
@@ -598,7 +598,7 @@ mod tests {
             max_operations: 1,
             ..Limits::default()
         };
-        let err = Queue::decode(&bytes, &TypeCatalog::demo(), &tight).unwrap_err();
+        let err = Queue::decode(&bytes, &crate::testing::catalog(), &tight).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -613,7 +613,7 @@ mod tests {
             max_queue_bytes: 3,
             ..Limits::default()
         };
-        let err = Queue::decode(&bytes, &TypeCatalog::demo(), &tight).unwrap_err();
+        let err = Queue::decode(&bytes, &crate::testing::catalog(), &tight).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -635,13 +635,13 @@ mod tests {
             .decode::<Account>()
             .unwrap_err()
             .to_string()
-            .contains("demo.v1.Account"));
+            .contains("test.v1.Account"));
     }
 
     fn arb_op() -> impl Strategy<Value = Operation> {
         let paths = prop::collection::vec("[a-z_]{1,8}", 0..4);
         (
-            prop::sample::select(vec!["demo.v1.User", "demo.v1.Account"]),
+            prop::sample::select(vec!["test.v1.User", "test.v1.Account"]),
             prop::collection::vec(any::<u8>(), 0..64),
             0usize..5,
             paths.clone(),

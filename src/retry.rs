@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "diesel")]
 use diesel::{Connection as _, PgConnection};
 use rand::Rng;
 
@@ -132,6 +133,7 @@ impl Retryable for postgres::Error {
     }
 }
 
+#[cfg(feature = "diesel")]
 impl Retryable for diesel::result::Error {
     fn is_retryable(&self) -> bool {
         match self {
@@ -167,10 +169,8 @@ fn any_cause_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
             e.is_retryable()
         } else if let Some(e) = c.downcast_ref::<postgres::Error>() {
             Retryable::is_retryable(e)
-        } else if let Some(e) = c.downcast_ref::<diesel::result::Error>() {
-            Retryable::is_retryable(e)
         } else {
-            false
+            diesel_retryable(c)
         };
         if retryable {
             return true;
@@ -180,9 +180,23 @@ fn any_cause_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// True when `e` is a retryable diesel error.
+#[cfg(feature = "diesel")]
+fn diesel_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<diesel::result::Error>()
+        .is_some_and(Retryable::is_retryable)
+}
+
+/// Without the diesel driver, no error is a diesel error.
+#[cfg(not(feature = "diesel"))]
+fn diesel_retryable(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}
+
 /// diesel does not expose the SQLSTATE of a deadlock; PostgreSQL's message for
 /// 40P01 is fixed ("deadlock detected") in every locale-independent build we
 /// support, so this is the one place where the text is consulted.
+#[cfg(feature = "diesel")]
 fn is_deadlock_message(message: &str) -> bool {
     message.starts_with("deadlock detected")
 }
@@ -321,6 +335,7 @@ impl RetryPolicy {
     /// a retryable failure rolls back and runs it again, any other error
     /// rolls back and is returned. `body` returns [`Error`] or the caller's
     /// own error type, as with [`RetryPolicy::postgres`].
+    #[cfg(feature = "diesel")]
     pub fn diesel<T, E>(
         &self,
         conn: &mut PgConnection,
@@ -339,6 +354,7 @@ impl RetryPolicy {
     }
 }
 
+#[cfg(feature = "diesel")]
 /// What failed in a diesel transaction: the caller's closure, or diesel
 /// at `BEGIN`, `COMMIT` or `ROLLBACK` (diesel's `transaction` needs an
 /// error type it can build from its own, which the caller's need not be).
@@ -347,6 +363,7 @@ enum Failed<E> {
     Driver(diesel::result::Error),
 }
 
+#[cfg(feature = "diesel")]
 impl<E> From<diesel::result::Error> for Failed<E> {
     fn from(e: diesel::result::Error) -> Self {
         Failed::Driver(e)

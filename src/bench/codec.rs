@@ -8,7 +8,7 @@ use crate::entry::{self, Header, NewEntry, FORMAT_VERSION};
 use crate::error::Result;
 use crate::queue::{Limits, Operation};
 
-/// An entry sealed exactly as [`Oplog::write`] seals it, without the
+/// An entry sealed exactly as [`Oplog::write`](crate::Oplog::write) seals it, without the
 /// database: what the codec benchmarks and the baseline measure.
 #[derive(Debug, Clone)]
 pub struct SealedEntry {

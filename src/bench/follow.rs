@@ -28,7 +28,6 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{check_failed, invalid, user, Scratch};
-use crate::catalog::TypeCatalog;
 use crate::crypto::Keyring;
 use crate::entry::NewEntry;
 use crate::error::{Error, Result};
@@ -221,7 +220,8 @@ pub fn follow(cfg: &FollowBenchConfig) -> Result<FollowBenchReport> {
         Err(why) => (None, Some(why)),
     };
 
-    let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate()).with_notify(cfg.notify);
+    let oplog =
+        Oplog::new(crate::demo::user_catalog(), Keyring::generate()).with_notify(cfg.notify);
     let commits: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
     let mut follower = Follower::new(
         &oplog,

@@ -6,17 +6,17 @@
 //! drops it when the run ends, whether it succeeded or not. Each writer has
 //! its own connection. Every scenario inserts the same domain row (a
 //! `demo_user`, through a prepared statement) and runs its transactions
-//! through the same [`RetryPolicy`], so the scenarios differ only in how the
+//! through the same [`RetryPolicy`](crate::RetryPolicy), so the scenarios differ only in how the
 //! oplog entry is written. A rate counts the commits that finish within the
 //! scenario's window; after each scenario the log is checked to hold exactly
 //! one entry per commit, so every commit counted did useful work.
 //!
 //! - [`write()`]: one writer. The bare domain transaction against the same
-//!   transaction plus one entry written with [`Oplog::write`]: what the log
+//!   transaction plus one entry written with [`Oplog::write`](crate::Oplog::write): what the log
 //!   costs a transaction.
 //! - [`contention`]: many writers, all on one aggregate. The pessimistic
-//!   mode ([`Oplog::write`]), the optimistic mode ([`Oplog::ticket`] then
-//!   [`Oplog::write_with_ticket`]) and, as the baseline, Boundary's statement
+//!   mode ([`Oplog::write`](crate::Oplog::write)), the optimistic mode ([`Oplog::ticket`](crate::Oplog::ticket) then
+//!   [`Oplog::write_with_ticket`](crate::Oplog::write_with_ticket)) and, as the baseline, Boundary's statement
 //!   sequence written out by hand: read the ticket version at the start,
 //!   insert the entry and one metadata row per statement, and
 //!   compare-and-swap the ticket at the end.

@@ -24,7 +24,6 @@ use crate::error::Result;
 use crate::oplog::Oplog;
 use crate::replay::{ReplayOptions, Replayer};
 use crate::replica::Target;
-use crate::TypeCatalog;
 
 /// The smallest ratio of replay to baseline rows per second aimed for.
 pub const REPLAY_TARGET_RATIO: f64 = 0.5;
@@ -139,7 +138,7 @@ pub fn replay(cfg: &ReplayBenchConfig) -> Result<ReplayBenchReport> {
         ));
     }
     let source = Scratch::create(&cfg.url)?;
-    let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let oplog = Oplog::new(crate::demo::user_catalog(), Keyring::generate());
     let users = load(
         &source,
         &oplog,

@@ -24,7 +24,6 @@ use crate::oplog::Oplog;
 use crate::replay::{ReplayOptions, Replayer};
 use crate::replica::Target;
 use crate::verify::{verify, VerifyOptions};
-use crate::TypeCatalog;
 
 /// Largest ratio of verify's cost per entry on the large log to its cost
 /// on the small one: linear means 1.
@@ -205,7 +204,7 @@ pub fn verify_bench(cfg: &VerifyBenchConfig) -> Result<VerifyBenchReport> {
             "entries, small entries and aggregates must be at least 1".into(),
         ));
     }
-    let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let oplog = Oplog::new(crate::demo::user_catalog(), Keyring::generate());
 
     let small = Scratch::create(&cfg.url)?;
     load(
@@ -313,7 +312,7 @@ fn max_rss(cfg: &VerifyBenchConfig, program: &PathBuf) -> Result<f64> {
     let ring = Keyring::generate();
     ring.save(&keys)?;
     let result = (|| {
-        let oplog = Oplog::new(TypeCatalog::demo(), Keyring::load(&keys)?);
+        let oplog = Oplog::new(crate::demo::user_catalog(), Keyring::load(&keys)?);
         let mut client = source.connect()?;
         let quarter = cfg.big_entry_bytes / 4;
         for n in 0..cfg.big_entries {

@@ -12,7 +12,6 @@ use postgres::{Client, Statement, Transaction};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::catalog::TypeCatalog;
 use crate::crypto::Keyring;
 use crate::demo::User;
 use crate::entry::{NewEntry, FORMAT_VERSION, GENESIS_CHAIN};
@@ -572,7 +571,7 @@ struct Shared {
 
 impl Shared {
     fn new(cfg: &WriteBenchConfig) -> Self {
-        let oplog = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+        let oplog = Oplog::new(crate::demo::user_catalog(), Keyring::generate());
         Shared {
             notifying: oplog.clone().with_notify(true),
             oplog,

@@ -68,8 +68,10 @@
 //! advisory lock while it migrates, so that several processes starting at
 //! once cannot apply a migration twice.
 
+#[cfg(feature = "diesel")]
 mod diesel_source;
 
+#[cfg(feature = "diesel")]
 pub use diesel_source::migrate;
 
 use std::collections::HashSet;

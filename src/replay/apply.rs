@@ -483,11 +483,11 @@ mod tests {
     }
 
     fn mapping(table: &str, columns: &[Column]) -> Result<TableMapping> {
-        let catalog = TypeCatalog::demo();
-        let info = catalog.get("demo.v1.User").unwrap();
+        let catalog = crate::testing::catalog();
+        let info = catalog.get("test.v1.User").unwrap();
         TableMapping::new(
             info,
-            "demo.v1.User",
+            "test.v1.User",
             TableName::parse(table, "_r").unwrap(),
             columns,
         )
@@ -526,7 +526,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("\"email\"") && err.contains("users_r") && err.contains("demo.v1.User"),
+            err.contains("\"email\"") && err.contains("users_r") && err.contains("test.v1.User"),
             "{err}"
         );
         let mut columns = user_columns(None);

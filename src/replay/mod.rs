@@ -208,7 +208,8 @@ impl ReplayReport {
 /// ```no_run
 /// use oplog::{Keyring, Oplog, ReplayOptions, Replayer, Target, TypeCatalog};
 ///
-/// let oplog = Oplog::new(TypeCatalog::demo(), Keyring::load("keys.json".as_ref())?);
+/// // Any catalog and the keys: each entry names the catalog stored with it.
+/// let oplog = Oplog::new(TypeCatalog::new(), Keyring::load("keys.json".as_ref())?);
 /// let mut replayer = Replayer::connect(
 ///     &oplog,
 ///     "postgres://postgres@127.0.0.1/app",

@@ -363,9 +363,9 @@ fn opening_finding(e: Error) -> Result<(FindingKind, String)> {
         Error::CorruptEntry { reason, .. } => (FindingKind::Corrupt, reason),
         Error::Catalog(reason) => (FindingKind::Catalog, reason),
         e @ Error::StoredCatalog { .. } => (FindingKind::Catalog, e.to_string()),
-        e @ (Error::Postgres(_) | Error::Diesel(_) | Error::Io { .. } | Error::Migration(_)) => {
-            return Err(e)
-        }
+        e @ (Error::Postgres(_) | Error::Io { .. } | Error::Migration(_)) => return Err(e),
+        #[cfg(feature = "diesel")]
+        e @ Error::Diesel(_) => return Err(e),
         other => (FindingKind::Corrupt, other.to_string()),
     };
     Ok((kind, detail))
@@ -401,11 +401,11 @@ mod tests {
         }
     }
 
-    const USER: &str = "demo.v1.User";
+    const USER: &str = "test.v1.User";
 
     /// The demo's types, and one registered without a table.
     fn catalog() -> TypeCatalog {
-        let mut catalog = TypeCatalog::demo();
+        let mut catalog = crate::testing::catalog();
         catalog
             .register("google.protobuf.Timestamp")
             .expect("the crate's descriptors include Timestamp");
@@ -424,11 +424,11 @@ mod tests {
         let cases = [
             (
                 op(USER, OpType::Update, &["emial"], &[]),
-                r#"operation #1 (demo.v1.User): mask path "emial" is not a field of the message"#,
+                r#"operation #1 (test.v1.User): mask path "emial" is not a field of the message"#,
             ),
             (
                 op(USER, OpType::Update, &["email"], &["phone.number"]),
-                r#"operation #1 (demo.v1.User): mask path "phone.number" is nested; replay maps top-level fields only"#,
+                r#"operation #1 (test.v1.User): mask path "phone.number" is nested; replay maps top-level fields only"#,
             ),
             (
                 op("google.protobuf.Timestamp", OpType::Create, &[], &[]),
@@ -436,7 +436,7 @@ mod tests {
             ),
             (
                 op(USER, OpType::Unspecified, &[], &[]),
-                "operation #1 (demo.v1.User): the operation type is unspecified",
+                "operation #1 (test.v1.User): the operation type is unspecified",
             ),
         ];
         for (bad, expected) in cases {

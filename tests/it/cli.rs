@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use oplog::demo::{Account, User};
-use oplog::{Keyring, NewEntry, Oplog, TableInfo, TypeCatalog, Wrapper, Written};
+use oplog::{Keyring, NewEntry, Oplog, TableInfo, Wrapper, Written};
 use serde_json::{json, Value};
 
 use crate::support::{user, TestDb};
@@ -99,7 +99,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn write(db: &TestDb, ring: Keyring, entry: &NewEntry) -> Written {
-    let oplog = Oplog::new(TypeCatalog::demo(), ring);
+    let oplog = Oplog::new(oplog::demo::user_catalog(), ring);
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
     let written = oplog.write(&mut tx, entry).unwrap();
@@ -769,7 +769,7 @@ fn replay_reports_what_it_applied_and_exits_2_naming_a_stopped_aggregate() {
 /// their rows.
 fn write_users(db: &TestDb, ring: &Keyring, aggregates: &[&str], n: usize) {
     let oplog = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::from_json(&ring.to_json()).unwrap(),
     );
     let mut client = db.client();
@@ -894,7 +894,7 @@ fn commands_read_only_the_catalogs_stored_in_the_database() {
              INSERT INTO demo_user VALUES (1, 'not a demo user');",
         )
         .unwrap();
-    let mut catalog = TypeCatalog::new();
+    let mut catalog = oplog::demo::catalog_of(&[]);
     catalog
         .register_table("demo.v1.Account", TableInfo::new("shop_account", &["id"]))
         .unwrap();
@@ -1195,7 +1195,7 @@ fn undeletable_log(n: usize) -> (TestDb, TempDir, String) {
     let dir = TempDir::new();
     let ring = Keyring::generate();
     let keys = save_keyring(&ring, &dir.join("keys.json"));
-    let oplog = Oplog::new(TypeCatalog::demo(), ring);
+    let oplog = Oplog::new(oplog::demo::user_catalog(), ring);
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
     for i in 0..n {

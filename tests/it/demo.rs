@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oplog::{Keyring, NewEntry, OpType, Oplog, TypeCatalog, Wrapper};
+use oplog::{Keyring, NewEntry, OpType, Oplog, Wrapper};
 use serde_json::Value;
 
 use crate::cli::{failure, oplog_cmd, save_keyring, success, text, TempDir};
@@ -135,7 +135,7 @@ fn demo_json_writes_replays_and_verifies_into_a_replica_it_drops() {
         assert_eq!(with_key, 40, "{key}");
     }
     let reader = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::load(Path::new(&keys)).unwrap(),
     );
     let entries = reader.list(&mut db.client(), None, 0, None).unwrap();
@@ -379,7 +379,7 @@ fn demo_adds_to_an_existing_log_only_with_its_key_file() {
     let key_id = ring.key_id().to_string();
     let keys = save_keyring(&ring, &dir.join("keys.json"));
     let other = save_keyring(&Keyring::generate(), &dir.join("other.json"));
-    let writer = Oplog::new(TypeCatalog::demo(), ring);
+    let writer = Oplog::new(oplog::demo::user_catalog(), ring);
     let mut client = db.client();
     let mut tx = client.transaction().unwrap();
     let u = user("u1");

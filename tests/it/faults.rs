@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use oplog::{verify, Keyring, NewEntry, Oplog, TypeCatalog, VerifyOptions};
+use oplog::{verify, Keyring, NewEntry, Oplog, VerifyOptions};
 use postgres::config::Host;
 use postgres::{Client, NoTls};
 
@@ -206,7 +206,7 @@ fn fault_write(point: Point, fault: Fault) -> bool {
                  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
         )
         .unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let mut admin = db.client();
     // A history, written by this process, so its ticket cache holds a
     // position the failed write may leave stale.
@@ -365,7 +365,7 @@ struct Pid {
 fn diesel_writer_terminated_after_the_entry_statement_leaves_neither() {
     use diesel::{Connection as _, RunQueryDsl as _};
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let mut admin = db.client();
     write_ok(&log, &mut admin, "h1");
     let entry = entry_for("diesel-victim");

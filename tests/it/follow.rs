@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use oplog::{
     consumers, trim, verify, Error, FollowEvent, FollowOptions, Follower, Keyring, Oplog, Target,
-    TrimOptions, TypeCatalog, VerifyOptions,
+    TrimOptions, VerifyOptions,
 };
 
 use crate::support::{create_users, eventually, table_rows, TestDb};
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
 }
 
 fn ids(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
@@ -378,7 +378,7 @@ fn cli_fixture() -> (TestDb, TestDb, crate::cli::TempDir, String, Oplog) {
     let ring = Keyring::generate();
     let dir = crate::cli::TempDir::new();
     let keys = crate::cli::save_keyring(&ring, &dir.join("keys.json"));
-    let log = Oplog::new(TypeCatalog::demo(), ring);
+    let log = Oplog::new(oplog::demo::user_catalog(), ring);
     (TestDb::new(), TestDb::empty(), dir, keys, log)
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 
 use oplog::{
-    key_usage, verify, Error, FindingKind, KeyUsage, Keyring, NewEntry, Oplog, TypeCatalog,
-    VerifyOptions, Wrapper,
+    key_usage, verify, Error, FindingKind, KeyUsage, Keyring, NewEntry, Oplog, VerifyOptions,
+    Wrapper,
 };
 use serde_json::{json, Value};
 
@@ -18,7 +18,7 @@ use crate::cli::{failure, oplog_cmd, save_keyring, success, text, TempDir};
 use crate::support::{superuser_exec, user, TestDb};
 
 fn oplog(ring: Keyring) -> Oplog {
-    Oplog::new(TypeCatalog::demo(), ring)
+    Oplog::new(oplog::demo::user_catalog(), ring)
 }
 
 /// A copy of `ring` (keyrings hold key material and are not `Clone`).

@@ -13,7 +13,7 @@ use diesel::Connection as _;
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 use oplog::{
     grant, verify, FunctionFile, Keyring, Migration, Migrations, NewEntry, Oplog, ReplayOptions,
-    Replayer, Role, Target, TypeCatalog, VerifyOptions, GENESIS_CHAIN,
+    Replayer, Role, Target, VerifyOptions, GENESIS_CHAIN,
 };
 use postgres::types::Type;
 use postgres::Client;
@@ -484,7 +484,12 @@ fn the_previous_releases_writers_and_the_next_ones_interleave_across_a_change_of
     let mut owner = db.client();
     grant(&mut owner, Role::Writer, &writer.name).unwrap();
     let keys = Keyring::generate().to_json();
-    let new_log = || Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let new_log = || {
+        Oplog::new(
+            oplog::demo::user_catalog(),
+            Keyring::from_json(&keys).unwrap(),
+        )
+    };
     let (previous, next) = (Arc::new(new_log()), new_log());
     let writer_url = writer.url(&db.url);
 
@@ -627,7 +632,7 @@ fn replay(log: &Oplog, source: &TestDb, replica: &TestDb) -> oplog::ReplayReport
 fn a_replica_set_up_before_its_tables_were_versioned_is_upgraded_in_place() {
     let source = TestDb::new();
     let replica = TestDb::empty();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&source.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
     assert_eq!(replay(&log, &source, &replica).entries_applied, 3);
     let versions = "SELECT string_agg(version, ',' ORDER BY version) FROM oplog_replica_migrations";
@@ -682,7 +687,7 @@ fn a_current_replica_is_only_read_so_its_role_needs_no_create_privilege() {
     let applier = TestRole::new("replica");
     let source = TestDb::new();
     let replica = TestDb::empty();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&source.url, &log, "agg", (0..2).map(|i| format!("u{i}")));
     replay(&log, &source, &replica);
     // A role that may change the replica's rows but create nothing.

@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 
 use oplog::{
     verify, FollowOptions, Follower, Keyring, NewEntry, Oplog, ReplayOptions, Replayer, Target,
-    TypeCatalog, VerifyOptions,
+    VerifyOptions,
 };
 
 use crate::support::{scan_problems, user, TestDb};
@@ -46,7 +46,7 @@ fn replay_follow_and_verify_read_the_log_in_index_order() {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
     let source = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     // 300 aggregates of 40 entries, their seqs interleaved in id order as
     // concurrent writers leave them.
     let mut client = source.client();

@@ -11,7 +11,7 @@ use oplog::{
 use crate::support::{superuser_exec, table_rows, user, TestDb};
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
 }
 
 /// Writes a user row as a whole (insert or overwrite) on the source.
@@ -612,7 +612,7 @@ fn hostile_descriptor(field: &str) -> Vec<u8> {
 fn hostile_table_and_column_names_cannot_inject_sql() {
     const EVIL: &str = "x\"; DROP TABLE victim; --";
     // Hostile table names never enter a catalog.
-    let mut catalog = TypeCatalog::new();
+    let mut catalog = oplog::demo::catalog_of(&[]);
     for table in [EVIL, "demo user", "demo_user;", "a.b.c"] {
         let err = catalog
             .register_table("demo.v1.Account", TableInfo::new(table, &["id"]))
@@ -1010,7 +1010,7 @@ fn the_command_line_names_the_stopped_entry_and_skips_it_when_asked_with_a_reaso
     let dir = TempDir::new();
     let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
     let log = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::load(std::path::Path::new(&keys)).unwrap(),
     );
     let u1 = user("u1");

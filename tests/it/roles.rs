@@ -10,7 +10,7 @@ use diesel::Connection as _;
 use diesel_migrations::MigrationHarness;
 use oplog::{
     grant, register_consumer, remove_consumer, trim, verify, Error, FollowEvent, FollowOptions,
-    Follower, Keyring, NewEntry, Oplog, Role, Target, TrimOptions, TypeCatalog, VerifyOptions,
+    Follower, Keyring, NewEntry, Oplog, Role, Target, TrimOptions, VerifyOptions,
 };
 
 use crate::support::{admin_url, create_users, superuser_exec, user, TestDb};
@@ -86,7 +86,10 @@ fn a_writer_appends_but_cannot_rewrite_history() {
         ))
         .unwrap();
     let keys = Keyring::generate().to_json();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let log = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     // The application, as the writer: new aggregates, the first catalog,
     // entries with metadata.
     create_users(
@@ -121,7 +124,10 @@ fn a_writer_appends_but_cannot_rewrite_history() {
         denied(&mut c, sql);
     }
     let report = verify(
-        &Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap()),
+        &Oplog::new(
+            oplog::demo::user_catalog(),
+            Keyring::from_json(&keys).unwrap(),
+        ),
         &db.url,
         &VerifyOptions::default(),
     )
@@ -150,7 +156,7 @@ fn a_reader_follows_and_verifies_and_a_trimmer_trims_without_delete() {
             reader.name
         ))
         .unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
 
     let source_as_reader = reader.url(&db.url);
@@ -212,12 +218,12 @@ fn a_key_administrator_rewraps_what_a_writer_cannot() {
     grant(&mut owner, Role::Writer, &writer.name).unwrap();
     let mut ring = Keyring::generate();
     let old = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::from_json(&ring.to_json()).unwrap(),
     );
     create_users(&db.url, &old, "agg", (0..4).map(|i| format!("u{i}")));
     ring.rotate();
-    let new = Oplog::new(TypeCatalog::demo(), ring);
+    let new = Oplog::new(oplog::demo::user_catalog(), ring);
 
     // The writer has no UPDATE at all: oplog_rewrap is refused to it.
     let mut w = postgres::Client::connect(&writer.url(&db.url), postgres::NoTls).unwrap();
@@ -244,7 +250,7 @@ fn a_key_administrator_can_destroy_a_payload_but_not_unnoticed() {
     let keys = TestRole::new("keys");
     let db = TestDb::new();
     grant(&mut db.client(), Role::Keys, &keys.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
     // Replacing the ciphertext is what a rewrap does; the database cannot
     // tell a new encryption of the same plaintext from garbage.
@@ -316,7 +322,7 @@ fn trim_with_shadow(table: &str, fill: &str, floor: &str) -> (i64, i64) {
     let db = TestDb::new();
     let mut owner = db.client();
     grant(&mut owner, Role::Trimmer, &trimmer.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
     owner
         .batch_execute(
@@ -415,7 +421,7 @@ fn writer_setup() -> (TestRole, TestDb) {
     let writer = TestRole::new("writer");
     let db = TestDb::new();
     grant(&mut db.client(), Role::Writer, &writer.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..5).map(|i| format!("u{i}")));
     (writer, db)
 }
@@ -599,7 +605,7 @@ fn the_functions_are_pinned_to_the_schema_the_migrations_ran_in() {
         .get(0);
     assert_eq!(config, ["search_path=\"Op Log\", pg_temp"]);
     // Writing and trimming work there, with an empty public schema.
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
     let report = trim(
         &mut c,
@@ -631,7 +637,10 @@ fn a_writer_adds_only_the_next_entry_with_its_own_metadata_and_only_true_catalog
         ))
         .unwrap();
     let keys = Keyring::generate().to_json();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let log = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     // Through rust-postgres: a new aggregate, the first catalog, metadata.
     create_users(
         &writer.url(&db.url),
@@ -681,7 +690,10 @@ fn a_writer_adds_only_the_next_entry_with_its_own_metadata_and_only_true_catalog
     .unwrap();
 
     let report = verify(
-        &Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap()),
+        &Oplog::new(
+            oplog::demo::user_catalog(),
+            Keyring::from_json(&keys).unwrap(),
+        ),
         &db.url,
         &VerifyOptions::default(),
     )
@@ -740,7 +752,7 @@ fn the_upgrade_takes_direct_writes_from_roles_granted_before_it_and_they_keep_wo
         .unwrap();
     oplog::migrate_url(&db.url).unwrap();
 
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(
         &writer.url(&db.url),
         &log,
@@ -805,7 +817,7 @@ fn reverting_the_upgrade_restores_the_previous_functions_and_grants() {
             writer.name
         ))
         .unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(
         &writer.url(&db.url),
         &log,
@@ -873,7 +885,7 @@ fn a_reader_manages_only_the_consumers_it_registered() {
         grant(&mut owner, Role::Reader, &r.name).unwrap();
     }
     grant(&mut owner, Role::Trimmer, &trimmer.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
 
     let mut a = connect_as(&alice, &db);
@@ -1013,7 +1025,7 @@ fn the_trim_function_enforces_the_retention_age_and_the_owners_floor() {
     let db = TestDb::new();
     let mut owner = db.client();
     grant(&mut owner, Role::Trimmer, &trimmer.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
     let mut t = connect_as(&trimmer, &db);
     let trim_sql = |age: &str| {
@@ -1079,7 +1091,7 @@ fn the_trim_function_enforces_the_retention_age_and_the_owners_floor() {
 #[test]
 fn re_registering_a_consumer_replaces_its_positions_and_trim_honours_them() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "a", (0..6).map(|i| format!("a{i}")));
     create_users(&db.url, &log, "b", (0..4).map(|i| format!("b{i}")));
     let mut c = db.client();
@@ -1105,7 +1117,7 @@ fn a_trim_that_waits_for_a_registration_honours_it() {
     let db = TestDb::new();
     let mut owner = db.client();
     grant(&mut owner, Role::Trimmer, &trimmer.name).unwrap();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
     register_consumer(&mut owner, "replica", &[("agg".into(), 8)]).unwrap();
 
@@ -1139,7 +1151,7 @@ fn a_trim_that_waits_for_a_registration_honours_it() {
 #[test]
 fn a_follower_of_a_rebuilt_replica_holds_trimming_back_before_its_first_pass() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..8).map(|i| format!("u{i}")));
     let options = || FollowOptions {
         name: Some("replica".into()),

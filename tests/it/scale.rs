@@ -7,13 +7,13 @@ use std::thread;
 
 use oplog::{
     verify, FollowOptions, Follower, Keyring, NewEntry, Oplog, ReplayOptions, Replayer, Target,
-    TypeCatalog, VerifyOptions,
+    VerifyOptions,
 };
 
 use crate::support::{create_users, table_rows, user, TestDb};
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
 }
 
 fn small_batches(n: usize) -> ReplayOptions {

@@ -5,9 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oplog::{
-    heads, verify, Error, FindingKind, Keyring, Limits, NewEntry, Oplog, TypeCatalog, VerifyOptions,
-};
+use oplog::{heads, verify, Error, FindingKind, Keyring, Limits, NewEntry, Oplog, VerifyOptions};
 
 use crate::support::{scan_problems, superuser_exec, user, TestDb};
 
@@ -56,7 +54,7 @@ fn dump(db: &TestDb) -> String {
 #[test]
 fn a_reader_of_the_database_sees_metadata_names_and_sizes_but_not_payloads() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let secret = oplog::demo::User {
         email: "secret-address@example.com".into(),
         display_name: "Confidential Name".into(),
@@ -95,7 +93,7 @@ fn a_reader_of_the_database_sees_metadata_names_and_sizes_but_not_payloads() {
 #[test]
 fn identical_payloads_have_different_digests_and_ciphertexts() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     write(&db, &log, "a", &[user("same"), user("same")]);
     let distinct: i64 =
         db.scalar("SELECT count(DISTINCT digest) + count(DISTINCT data) FROM oplog_entry");
@@ -105,7 +103,7 @@ fn identical_payloads_have_different_digests_and_ciphertexts() {
 #[test]
 fn created_at_is_not_authenticated() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     write(&db, &log, "a", &[user("u1"), user("u2")]);
     superuser_exec(
         &db,
@@ -118,7 +116,7 @@ fn created_at_is_not_authenticated() {
 #[test]
 fn deleting_a_whole_aggregate_and_its_ticket_is_found_only_against_an_anchor() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     write(&db, &log, "a", &[user("u1")]);
     write(&db, &log, "b", &[user("u2"), user("u3")]);
     let anchor = heads(&mut db.client(), None).unwrap();
@@ -150,13 +148,15 @@ fn deleting_a_whole_aggregate_and_its_ticket_is_found_only_against_an_anchor() {
 fn an_oversized_stored_catalog_is_refused_without_being_read() {
     let db = TestDb::new();
     let keys = Keyring::generate().to_json().to_string();
-    let writer = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let writer = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     write(&db, &writer, "a", &[user("u1")]);
     let stored: i32 = db.scalar("SELECT length(catalog) FROM oplog_catalog");
     // A reader with another catalog of its own must load the stored one,
     // which is over its limit.
-    let mut accounts = TypeCatalog::new();
-    accounts.register("demo.v1.Account").unwrap();
+    let accounts = oplog::demo::catalog_of(&["demo.v1.Account"]);
     let limits = Limits {
         max_catalog_bytes: 1000,
         ..Limits::default()
@@ -178,7 +178,10 @@ fn an_oversized_stored_catalog_is_refused_without_being_read() {
 fn an_oversized_entry_is_refused_before_decryption() {
     let db = TestDb::new();
     let keys = Keyring::generate().to_json().to_string();
-    let writer = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let writer = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     let mut big = user("u1");
     big.avatar = vec![7; 4096];
     write(&db, &writer, "a", &[big]);
@@ -186,8 +189,11 @@ fn an_oversized_entry_is_refused_before_decryption() {
         max_queue_bytes: 1024,
         ..Limits::default()
     };
-    let reader =
-        Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap()).with_limits(limits);
+    let reader = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    )
+    .with_limits(limits);
     let err = reader.list(&mut db.client(), None, 0, None).unwrap_err();
     assert!(
         matches!(
@@ -229,12 +235,12 @@ fn the_registry_trimming_and_rewrapping_read_the_log_in_index_order() {
     let db = TestDb::new();
     let mut ring = Keyring::generate();
     let old = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::from_json(&ring.to_json()).unwrap(),
     );
     write(&db, &old, "real", &[user("u1"), user("u2"), user("u3")]);
     ring.rotate();
-    let new = Oplog::new(TypeCatalog::demo(), ring);
+    let new = Oplog::new(oplog::demo::user_catalog(), ring);
     // 50,000 entries of 5,000 aggregates under the active key, written as
     // writers would (seqs of every aggregate interleaved in id order), a
     // day old; they are never decrypted here.

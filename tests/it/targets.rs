@@ -6,7 +6,7 @@ use std::thread;
 
 use oplog::{
     verify, Error, FollowOptions, Follower, Keyring, Oplog, ReplayOptions, Replayer, Target,
-    TypeCatalog, VerifyOptions,
+    VerifyOptions,
 };
 
 use crate::cli::{failure, run_against, save_keyring, TempDir};
@@ -23,7 +23,7 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
     let dir = TempDir::new();
     let keys = save_keyring(&Keyring::generate(), &dir.join("keys.json"));
     let log = Oplog::new(
-        TypeCatalog::demo(),
+        oplog::demo::user_catalog(),
         Keyring::load(std::path::Path::new(&keys)).unwrap(),
     );
     create_users(
@@ -125,7 +125,7 @@ fn the_source_database_is_refused_as_its_own_replica_and_nothing_is_written() {
 #[test]
 fn followers_started_at_once_on_a_fresh_replica_set_it_up_once() {
     let source = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&source.url, &log, "t1", (0..20).map(|i| format!("u{i}")));
     for _ in 0..6 {
         let replica = TestDb::empty();

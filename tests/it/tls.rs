@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use oplog::{
     trim, verify, Database, Error, FollowEvent, FollowOptions, Follower, Keyring, Oplog,
-    ReplayOptions, Replayer, Target, TlsFailure, TrimOptions, TypeCatalog, VerifyOptions,
+    ReplayOptions, Replayer, Target, TlsFailure, TrimOptions, VerifyOptions,
 };
 use postgres::config::Host;
 use x509_cert::der::oid::AssociatedOid;
@@ -28,7 +28,7 @@ use crate::support::{admin_url, create_users, TestDb};
 const PASSWORD: &str = "pw-never-shown";
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
 }
 
 fn ids(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
@@ -517,7 +517,7 @@ fn the_cli_connects_under_require_and_explains_an_untrusted_certificate() {
     let dir = TempDir::new();
     let ring = Keyring::generate();
     let keys = save_keyring(&ring, &dir.join("keys.json"));
-    let log = Oplog::new(TypeCatalog::demo(), ring);
+    let log = Oplog::new(oplog::demo::user_catalog(), ring);
     let source = TestDb::new();
     let replica = TestDb::empty();
     create_users(&source.url, &log, "tenant-a", ids("u", 3));

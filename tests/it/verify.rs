@@ -22,7 +22,10 @@ fn keys() -> String {
 }
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys()).unwrap())
+    Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys()).unwrap(),
+    )
 }
 
 /// Creates each user in `demo_user` and records it in `aggregate`'s log,
@@ -297,7 +300,7 @@ fn a_ticket_whose_chain_head_was_changed_is_a_ticket_mismatch() {
 fn a_wrong_keyring_is_an_unknown_key_finding_per_entry() {
     let db = TestDb::new();
     let w = write_users(&db, &oplog(), "agg", &["u1", "u2"]);
-    let stranger = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let stranger = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let report = verify(&stranger, &db.url, &VerifyOptions::default()).unwrap();
     assert_eq!(
         named(&report),
@@ -1150,7 +1153,7 @@ fn append_sealed(
 fn entries_replay_can_never_apply_are_unreplayable_findings() {
     let db = TestDb::new();
     let ring = Keyring::from_json(&keys()).unwrap();
-    let mut catalog = TypeCatalog::demo();
+    let mut catalog = oplog::demo::user_catalog();
     catalog.register("google.protobuf.Timestamp").unwrap();
     let log = Oplog::new(catalog, Keyring::from_json(&keys()).unwrap());
     // A first entry written as usual stores the catalog.
@@ -1271,12 +1274,11 @@ fn every_entry_a_replica_skipped_is_a_finding() {
 
 #[test]
 fn only_the_catalogs_entries_name_decide_what_is_compared() {
-    // The application's entries map users only; the reader has the demo's
-    // types compiled in (as the command line's does), and the application
-    // has a table of its own named like the demo's accounts.
+    // The application's entries map users only, and the application has a
+    // table of its own named like the demo's accounts, which a catalog
+    // stored by another writer maps.
     let db = TestDb::new();
-    let mut users = TypeCatalog::new();
-    users.register("demo.v1.User").unwrap();
+    let users = oplog::demo::catalog_of(&["demo.v1.User"]);
     let app = Oplog::new(users, Keyring::from_json(&keys()).unwrap());
     write_users(&db, &app, "agg", &["u1", "u2"]);
     db.client()
@@ -1362,7 +1364,7 @@ impl oplog::Wrapper for Clear {
 #[test]
 fn entries_near_the_size_limit_are_verified_and_listed() {
     let db = TestDb::new();
-    let log = Oplog::new(TypeCatalog::demo(), Clear);
+    let log = Oplog::new(oplog::demo::user_catalog(), Clear);
     let limits = oplog::Limits::default();
     // Four users whose avatars fill a frame each: a queue just under the
     // limit.

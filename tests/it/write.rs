@@ -14,7 +14,7 @@ use oplog::{Error, Keyring, LockMode, NewEntry, OpType, Oplog, RetryPolicy, Type
 use crate::support::{superuser_exec, user, TestDb};
 
 fn oplog() -> Oplog {
-    Oplog::new(TypeCatalog::demo(), Keyring::generate())
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
 }
 
 fn insert_user(tx: &mut postgres::Transaction<'_>, u: &User) -> oplog::Result<()> {
@@ -133,8 +133,7 @@ fn missing_aggregate_empty_entry_unknown_type_and_missing_ticket_are_errors() {
     let err = log.write(&mut tx, &NewEntry::new("agg")).unwrap_err();
     assert!(err.to_string().contains("has no operation"), "{err}");
 
-    let mut only_accounts = TypeCatalog::new();
-    only_accounts.register("demo.v1.Account").unwrap();
+    let only_accounts = oplog::demo::catalog_of(&["demo.v1.Account"]);
     let narrow = Oplog::new(only_accounts, Keyring::generate());
     let err = narrow
         .write(&mut tx, &create_entry("agg", &user("u1")))
@@ -467,9 +466,12 @@ fn edited_metadata_fails_authentication() {
 fn unknown_key_id_and_unknown_type_are_clear_errors() {
     let db = TestDb::new();
     let keys = Keyring::generate().to_json();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let log = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     write_two(&db, &log);
-    let stranger = Oplog::new(TypeCatalog::demo(), Keyring::generate());
+    let stranger = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     let err = read_error(&db, &stranger);
     assert!(
         matches!(&err, Error::UnknownKey { key_id, .. } if key_id == log.wrapper().key_id()),
@@ -480,8 +482,7 @@ fn unknown_key_id_and_unknown_type_are_clear_errors() {
     // A reader whose own catalog lacks the User type still decodes the
     // entries: each names the catalog stored with it.
     let ring = Keyring::from_json(&keys).unwrap();
-    let mut accounts_only = TypeCatalog::new();
-    accounts_only.register("demo.v1.Account").unwrap();
+    let accounts_only = oplog::demo::catalog_of(&["demo.v1.Account"]);
     let entries = Oplog::new(accounts_only, ring)
         .list(&mut db.client(), Some("agg"), 0, None)
         .unwrap();
@@ -501,7 +502,10 @@ fn unknown_key_id_and_unknown_type_are_clear_errors() {
 fn a_missing_or_altered_stored_catalog_is_a_clear_error() {
     let db = TestDb::new();
     let keys = Keyring::generate().to_json();
-    let log = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let log = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     write_two(&db, &log);
     let stranger = Oplog::new(TypeCatalog::new(), Keyring::from_json(&keys).unwrap());
     // The trigger keeps catalogs immutable; a superuser can still alter one.
@@ -673,8 +677,14 @@ fn concurrent_migrators_do_not_corrupt_each_other() {
 fn pessimistic_writers_with_stale_ticket_positions_recover() {
     let db = TestDb::new();
     let keys = Keyring::generate().to_json();
-    let a = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
-    let b = Oplog::new(TypeCatalog::demo(), Keyring::from_json(&keys).unwrap());
+    let a = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
+    let b = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(&keys).unwrap(),
+    );
     let mut client = db.client();
     let mut seqs = Vec::new();
     // Each writer remembers only its own last position, so every other
@@ -754,7 +764,7 @@ fn entries_that_could_never_be_replayed_are_refused_at_write_time() {
     }
 
     // A type registered without a table.
-    let mut catalog = TypeCatalog::demo();
+    let mut catalog = oplog::demo::user_catalog();
     catalog.register("oplog.v1.AnyOperation").unwrap();
     let tableless = Oplog::new(catalog, Keyring::generate());
     let mut entry = NewEntry::new("tenant-1");

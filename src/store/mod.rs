@@ -6,9 +6,10 @@
 //! `sql_query`. The ticket's compare-and-swap, the entry and its metadata are
 //! one call of the `oplog_append` function.
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
+#[cfg(feature = "diesel")]
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
-use diesel::{PgConnection, QueryableByName, RunQueryDsl};
+#[cfg(feature = "diesel")]
+use diesel::QueryableByName;
 use std::collections::HashMap;
 
 use postgres::types::{ToSql, Type};
@@ -16,6 +17,9 @@ use postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::error::Result;
+
+#[cfg(feature = "diesel")]
+mod diesel_driver;
 
 /// A ticket as read from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,33 +74,34 @@ fn appended(
 }
 
 /// An entry row with its metadata, as stored.
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "diesel", derive(QueryableByName))]
 pub struct StoredRow {
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub id: i64,
-    #[diesel(sql_type = Text)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
     pub entry_uuid: String,
-    #[diesel(sql_type = Text)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
     pub aggregate_name: String,
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub seq: i64,
-    #[diesel(sql_type = SmallInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = SmallInt))]
     pub format: i16,
-    #[diesel(sql_type = Text)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
     pub key_id: String,
-    #[diesel(sql_type = Binary)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Binary))]
     pub data: Vec<u8>,
-    #[diesel(sql_type = Binary)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Binary))]
     pub digest: Vec<u8>,
-    #[diesel(sql_type = Binary)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Binary))]
     pub chain: Vec<u8>,
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub created_us: i64,
-    #[diesel(sql_type = Array<Text>)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Array<Text>))]
     pub meta_keys: Vec<String>,
-    #[diesel(sql_type = Array<Text>)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Array<Text>))]
     pub meta_values: Vec<String>,
-    #[diesel(sql_type = Nullable<Binary>)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Nullable<Binary>))]
     pub catalog: Option<Vec<u8>>,
 }
 
@@ -144,15 +149,16 @@ impl EntryPage {
 /// An entry's place in the log and the bytes reading it costs, read without
 /// its data: `octet_length` of a stored (toasted) value reads only its
 /// header.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "diesel", derive(QueryableByName))]
 pub struct EntrySize {
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub id: i64,
-    #[diesel(sql_type = Text)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
     pub aggregate_name: String,
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub seq: i64,
-    #[diesel(sql_type = BigInt)]
+    #[cfg_attr(feature = "diesel", diesel(sql_type = BigInt))]
     pub bytes: i64,
 }
 
@@ -406,8 +412,8 @@ pub(crate) mod private {
 }
 
 /// A database connection the oplog can use: a rust-postgres
-/// [`postgres::Transaction`] or [`postgres::Client`], or a diesel
-/// [`PgConnection`]. Writes need a transaction (a `Transaction`, or a
+/// [`postgres::Transaction`] or [`postgres::Client`], or (with the
+/// `diesel` feature) a diesel `PgConnection`. Writes need a transaction (a `Transaction`, or a
 /// `PgConnection` inside `conn.transaction(..)`); reads work on any.
 ///
 /// This trait is sealed: the oplog's statements are its own.
@@ -415,7 +421,8 @@ pub trait Connection: private::Sealed {}
 
 impl Connection for postgres::Client {}
 impl Connection for postgres::Transaction<'_> {}
-impl Connection for PgConnection {}
+#[cfg(feature = "diesel")]
+impl Connection for diesel::PgConnection {}
 
 fn pg_read_ticket(c: &mut impl GenericClient, name: &str) -> Result<Option<TicketRow>> {
     let row = c.query_typed_opt(READ_TICKET, &[(&name, Type::TEXT)])?;
@@ -651,140 +658,6 @@ macro_rules! impl_postgres {
 
 impl_postgres!(postgres::Client, false);
 impl_postgres!(postgres::Transaction<'_>, true);
-
-#[derive(QueryableByName)]
-struct DieselTicket {
-    #[diesel(sql_type = BigInt)]
-    version: i64,
-    #[diesel(sql_type = Binary)]
-    chain: Vec<u8>,
-}
-
-#[derive(QueryableByName)]
-struct DieselAppended {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    o_entry_id: Option<i64>,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    o_version: Option<i64>,
-    #[diesel(sql_type = Nullable<Binary>)]
-    o_chain: Option<Vec<u8>>,
-    #[diesel(sql_type = Nullable<diesel::sql_types::Bool>)]
-    o_missing_catalog: Option<bool>,
-}
-
-#[derive(QueryableByName)]
-struct DieselCatalog {
-    #[diesel(sql_type = BigInt)]
-    size: i64,
-    #[diesel(sql_type = Nullable<Binary>)]
-    catalog: Option<Vec<u8>>,
-}
-
-#[derive(QueryableByName)]
-struct DieselId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-fn first<T>(rows: Vec<T>) -> Option<T> {
-    rows.into_iter().next()
-}
-
-impl private::Sealed for PgConnection {
-    fn in_transaction(&mut self) -> bool {
-        AnsiTransactionManager::transaction_manager_status_mut(self)
-            .transaction_depth()
-            .is_ok_and(|d| d.is_some())
-    }
-
-    fn read_ticket(&mut self, name: &str) -> Result<Option<TicketRow>> {
-        let rows: Vec<DieselTicket> = diesel::sql_query(READ_TICKET)
-            .bind::<Text, _>(name)
-            .load(self)?;
-        Ok(first(rows).map(|t| TicketRow {
-            version: t.version,
-            chain: t.chain,
-        }))
-    }
-
-    fn seed_ticket(&mut self, name: &str) -> Result<()> {
-        diesel::sql_query(SEED_TICKET)
-            .bind::<Text, _>(name)
-            .execute(self)?;
-        Ok(())
-    }
-
-    fn append(&mut self, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
-        let rows: Vec<DieselAppended> = diesel::sql_query(APPEND)
-            .bind::<Text, _>(r.uuid.to_string())
-            .bind::<Text, _>(r.aggregate)
-            .bind::<BigInt, _>(r.seq)
-            .bind::<Binary, _>(r.prev_chain)
-            .bind::<SmallInt, _>(r.format)
-            .bind::<Text, _>(r.key_id)
-            .bind::<Binary, _>(r.data)
-            .bind::<Binary, _>(r.digest)
-            .bind::<Binary, _>(r.chain)
-            .bind::<Array<Text>, _>(&r.meta_keys)
-            .bind::<Array<Text>, _>(&r.meta_values)
-            .bind::<diesel::sql_types::Bool, _>(wait)
-            .bind::<Nullable<Binary>, _>(r.catalog)
-            .bind::<diesel::sql_types::Bool, _>(r.notify)
-            .load(self)?;
-        Ok(match first(rows) {
-            Some(a) => appended(a.o_entry_id, a.o_version, a.o_chain, a.o_missing_catalog),
-            None => Appended::NoTicket,
-        })
-    }
-
-    fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
-        let sizes: Vec<EntrySize> = match q.aggregate {
-            Some(aggregate) => diesel::sql_query(sizes_sql(true, true))
-                .bind::<Text, _>(aggregate)
-                .bind::<BigInt, _>(seq_floor(q))
-                .bind::<BigInt, _>(q.limit)
-                .load(self)?,
-            None => diesel::sql_query(sizes_sql(false, q.after_seq > 0))
-                .bind::<Text, _>(q.after.0)
-                .bind::<BigInt, _>(q.after.1)
-                .bind::<BigInt, _>(q.after_seq)
-                .bind::<BigInt, _>(q.limit)
-                .load(self)?,
-        };
-        let (picked, cut, full) = take_page(q, sizes);
-        if picked.is_empty() {
-            return Ok(entry_page(&picked, Vec::new(), cut, full));
-        }
-        let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
-        let rows: Vec<StoredRow> = diesel::sql_query(by_id_sql())
-            .bind::<Array<BigInt>, _>(&ids)
-            .load(self)?;
-        Ok(entry_page(&picked, rows, cut, full))
-    }
-
-    fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>> {
-        let rows: Vec<DieselId> = diesel::sql_query(COMMITTED)
-            .bind::<Text, _>(uuid.to_string())
-            .load(self)?;
-        Ok(first(rows).map(|r| r.id))
-    }
-
-    fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
-        diesel::sql_query(STORE_CATALOG)
-            .bind::<Binary, _>(digest)
-            .bind::<Binary, _>(bytes)
-            .execute(self)?;
-        Ok(())
-    }
-
-    fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {
-        let rows: Vec<DieselCatalog> = diesel::sql_query(LOAD_CATALOG)
-            .bind::<Binary, _>(digest)
-            .bind::<BigInt, _>(size_param(limit))
-            .load(self)?;
-        Ok(first(rows).map(|r| CatalogBytes::from_row(r.size, r.catalog)))
-    }
-}
 
 // Statements used by replay and verification, which read through
 // rust-postgres only.
