@@ -61,7 +61,7 @@ fn compile(protos: &[&str], dir: &Path, set: &str, on_core: bool) -> Result<(), 
 }
 
 /// The delimiter the function definitions are quoted with when they are
-/// applied (see `src/migrate/mod.rs`); no definition may contain it.
+/// applied (see `src/store/migrate/mod.rs`); no definition may contain it.
 const FUNCTION_QUOTE: &str = "$oplog_function";
 
 /// Writes `$OUT_DIR/embedded_sql.rs`: `SOURCE` and `REPLICA`, the migrations

@@ -445,12 +445,11 @@ impl Error {
     /// True when running the whole transaction again may succeed: a lost
     /// ticket race, a serialization failure (40001) or a deadlock (40P01).
     pub fn is_retryable(&self) -> bool {
-        use crate::retry::Retryable;
         match self {
             Error::TicketAlreadyRedeemed { .. } => true,
-            Error::Postgres(e) => e.is_retryable(),
+            Error::Postgres(e) => postgres_retryable(e),
             #[cfg(feature = "diesel")]
-            Error::Diesel(e) => e.is_retryable(),
+            Error::Diesel(e) => diesel_retryable(e),
             _ => false,
         }
     }
@@ -476,7 +475,7 @@ impl Error {
     /// used.
     pub(crate) fn stored_catalog(digest: &[u8], reason: impl Into<String>) -> Self {
         Error::StoredCatalog {
-            digest: crate::entry::hex(digest),
+            digest: crate::hex::hex(digest),
             reason: reason.into(),
         }
     }
@@ -530,6 +529,39 @@ fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
         cause = c.source();
     }
     false
+}
+
+/// SQLSTATE codes that mean "run the transaction again": serialization
+/// failure and deadlock.
+const RETRYABLE_SQLSTATES: [&str; 2] = ["40001", "40P01"];
+
+/// True when PostgreSQL failed `e` with a serialization failure or a
+/// deadlock.
+pub(crate) fn postgres_retryable(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.code()))
+}
+
+/// True when diesel reports a serialization failure or a deadlock.
+#[cfg(feature = "diesel")]
+pub(crate) fn diesel_retryable(e: &diesel::result::Error) -> bool {
+    match e {
+        diesel::result::Error::DatabaseError(kind, info) => {
+            matches!(
+                kind,
+                diesel::result::DatabaseErrorKind::SerializationFailure
+            ) || is_deadlock_message(info.message())
+        }
+        _ => false,
+    }
+}
+
+/// diesel does not expose the SQLSTATE of a deadlock; PostgreSQL's message for
+/// 40P01 is fixed ("deadlock detected") in every locale-independent build we
+/// support, so this is the one place where the text is consulted.
+#[cfg(feature = "diesel")]
+fn is_deadlock_message(message: &str) -> bool {
+    message.starts_with("deadlock detected")
 }
 
 #[cfg(test)]

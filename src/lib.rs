@@ -210,88 +210,68 @@
 
 #![forbid(unsafe_code)]
 
-#[cfg(feature = "cli")]
-#[doc(hidden)]
-pub mod bench;
 #[cfg(feature = "build")]
 #[path = "protos.rs"]
 pub mod build;
-mod catalog;
-mod chain;
-#[cfg(feature = "cli")]
-mod cleanup;
-#[cfg(feature = "cli")]
-#[doc(hidden)]
-pub mod cluster;
-mod connect;
-mod consumer;
-mod crypto;
-#[cfg(feature = "cli")]
-#[doc(hidden)]
-pub mod demo;
-mod entry;
+mod codec;
 mod error;
-mod follow;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
-mod mapping;
-mod migrate;
-mod oplog;
+mod hex;
 pub mod proto;
-mod queue;
-mod replay;
 mod replica;
-mod retry;
-mod rewrap;
-mod roles;
-mod schema;
+mod source;
 mod sql;
 mod store;
 #[cfg(any(test, feature = "fuzzing"))]
 mod testing;
-mod tls;
-mod trim;
-mod verify;
+#[cfg(any(feature = "cli", feature = "fuzzing"))]
+mod tooling;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use crate::tooling::fuzzing;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub use crate::tooling::{bench, cluster, demo};
 
 /// The README's Rust examples, compiled as doc tests.
 #[cfg(all(doctest, feature = "diesel"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
 
-pub use crate::catalog::{
-    validate_identifier, TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET,
-};
-pub use crate::connect::{check_url, connect, Database, RootCert, SslMode, TlsOptions};
-pub use crate::consumer::{
-    consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
-};
-pub use crate::crypto::{CryptoError, Keyring, Wrapper};
-pub use crate::entry::{
+pub use crate::codec::catalog::{TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET};
+pub use crate::codec::crypto::{CryptoError, Keyring, Wrapper};
+pub use crate::codec::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
 };
+pub use crate::codec::queue::{Limits, Operation, Queue};
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};
-pub use crate::follow::{FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL};
-#[cfg(feature = "diesel")]
-pub use crate::migrate::migrate;
-#[doc(hidden)]
-pub use crate::migrate::FunctionFile;
-pub use crate::migrate::{migrate_client, migrate_url, Migration, Migrations, MIGRATIONS};
-pub use crate::oplog::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::proto::OpType;
-pub use crate::queue::{Limits, Operation, Queue};
-pub use crate::replay::{
+pub use crate::replica::follow::{
+    FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL,
+};
+pub use crate::replica::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
-pub use crate::replica::{Checkpoint, SkippedEntry, Target};
-pub use crate::retry::{Retried, RetryPolicy, Retryable};
-pub use crate::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
-pub use crate::roles::{grant, grants, Role};
-#[doc(hidden)]
-pub use crate::store::explain_entry_scans;
-pub use crate::store::Connection;
-pub use crate::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
-pub use crate::verify::{
+pub use crate::replica::verify::{
     heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
     VerifyOptions, VerifyReport,
 };
+pub use crate::replica::{Checkpoint, SkippedEntry, Target};
+pub use crate::source::consumer::{
+    consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
+};
+pub use crate::source::retry::{Retried, RetryPolicy, Retryable};
+pub use crate::source::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
+pub use crate::source::roles::{grant, grants, Role};
+pub use crate::source::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
+pub use crate::source::write::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
+pub use crate::sql::validate_identifier;
+pub use crate::store::connect::{check_url, connect, Database, RootCert, SslMode, TlsOptions};
+#[doc(hidden)]
+pub use crate::store::explain_entry_scans;
+#[cfg(feature = "diesel")]
+pub use crate::store::migrate::migrate;
+#[doc(hidden)]
+pub use crate::store::migrate::FunctionFile;
+pub use crate::store::migrate::{migrate_client, migrate_url, Migration, Migrations, MIGRATIONS};
+pub use crate::store::Connection;

@@ -216,7 +216,7 @@ fn protox_error(e: protox::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{TableInfo, TypeCatalog};
+    use crate::codec::catalog::{TableInfo, TypeCatalog};
 
     /// A directory under the target directory, emptied for one test.
     fn scratch(name: &str) -> PathBuf {

@@ -7,8 +7,30 @@
 
 use std::fmt;
 
-use crate::catalog::validate_identifier;
 use crate::error::{Error, Result};
+
+/// Longest identifier PostgreSQL keeps without truncation.
+const MAX_IDENTIFIER: usize = 63;
+
+/// Checks that `name` is a plain SQL identifier: a letter or underscore, then
+/// letters, digits or underscores, at most 63 bytes. Generated SQL quotes
+/// identifiers as well; this check keeps hostile or surprising names out of
+/// the catalog in the first place.
+pub fn validate_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "{name:?} is not a valid identifier (letters, digits and underscores, not starting with a digit)"
+        ));
+    }
+    if name.len() > MAX_IDENTIFIER {
+        return Err(format!("{name:?} is longer than {MAX_IDENTIFIER} bytes"));
+    }
+    Ok(())
+}
 
 /// `name` as a quoted SQL identifier: `"name"`, with embedded quotes doubled.
 pub fn ident(name: &str) -> String {

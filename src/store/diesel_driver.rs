@@ -138,6 +138,6 @@ impl private::Sealed for PgConnection {
             .bind::<Binary, _>(digest)
             .bind::<BigInt, _>(size_param(limit))
             .load(self)?;
-        Ok(first(rows).map(|r| CatalogBytes::from_row(r.size, r.catalog)))
+        Ok(first(rows).map(|r| catalog_bytes(r.size, r.catalog)))
     }
 }

@@ -1,5 +1,8 @@
-//! The only module that speaks SQL: the handful of statements the oplog
-//! needs, behind one trait implemented for rust-postgres and for diesel.
+//! The store: connections ([`connect`], [`tls`]), the schema and its
+//! migrations ([`migrate`]), what the catalog says about tables
+//! ([`schema`]), and, here, the statements that write and read entries,
+//! behind one trait implemented for rust-postgres and (with the `diesel`
+//! feature) for diesel.
 //!
 //! Each statement is one round trip: rust-postgres sends them with
 //! `query_typed` (no separate prepare), diesel with its unprepared
@@ -16,10 +19,15 @@ use postgres::types::{ToSql, Type};
 use postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::codec::catalog::CatalogBytes;
 use crate::error::Result;
 
+pub(crate) mod connect;
 #[cfg(feature = "diesel")]
 mod diesel_driver;
+pub(crate) mod migrate;
+pub(crate) mod schema;
+pub(crate) mod tls;
 
 /// A ticket as read from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,21 +273,12 @@ const STORE_CATALOG: &str =
 const LOAD_CATALOG: &str = "SELECT length(catalog)::bigint AS size, \
 CASE WHEN length(catalog) <= $2 THEN catalog END AS catalog FROM oplog_catalog WHERE digest = $1";
 
-/// A stored catalog as read with a size limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CatalogBytes {
-    /// The encoded catalog.
-    Bytes(Vec<u8>),
-    /// The catalog is over the limit; this is its size in bytes.
-    Oversized(usize),
-}
-
-impl CatalogBytes {
-    fn from_row(size: i64, bytes: Option<Vec<u8>>) -> CatalogBytes {
-        match bytes {
-            Some(bytes) => CatalogBytes::Bytes(bytes),
-            None => CatalogBytes::Oversized(usize::try_from(size).unwrap_or(usize::MAX)),
-        }
+/// A stored catalog from its row: the bytes, or only the size when the
+/// statement left them in the database for being over the limit.
+fn catalog_bytes(size: i64, bytes: Option<Vec<u8>>) -> CatalogBytes {
+    match bytes {
+        Some(bytes) => CatalogBytes::Bytes(bytes),
+        None => CatalogBytes::Oversized(usize::try_from(size).unwrap_or(usize::MAX)),
     }
 }
 
@@ -612,7 +611,7 @@ fn pg_load_catalog(
         LOAD_CATALOG,
         &[(&digest, Type::BYTEA), (&size_param(limit), Type::INT8)],
     )?;
-    Ok(row.map(|r| CatalogBytes::from_row(r.get(0), r.get(1))))
+    Ok(row.map(|r| catalog_bytes(r.get(0), r.get(1))))
 }
 
 fn pg_entry_id_by_uuid(c: &mut impl GenericClient, uuid: Uuid) -> Result<Option<i64>> {

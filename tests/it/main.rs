@@ -7,6 +7,7 @@ mod demo;
 mod faults;
 mod follow;
 mod keys;
+mod layers;
 mod migrations;
 mod plans;
 mod replay;

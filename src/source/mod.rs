@@ -1,0 +1,15 @@
+//! The source side: what a service does to its own database's log.
+//!
+//! Writing entries in the caller's transaction ([`write`]) and running such
+//! a transaction again when it lost a race ([`retry`]); the registry of
+//! consumers and their positions ([`consumer`]); trimming what every
+//! consumer has ([`trim`]); re-encrypting under a new key ([`rewrap`]); the
+//! least-privilege roles ([`roles`]). Builds on the codec and the store;
+//! knows nothing of replicas.
+
+pub(crate) mod consumer;
+pub(crate) mod retry;
+pub(crate) mod rewrap;
+pub(crate) mod roles;
+pub(crate) mod trim;
+pub(crate) mod write;

@@ -1,0 +1,634 @@
+//! The write and read API: [`Oplog`] ties a type catalog and a wrapper to
+//! the tickets and entries in the database.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::codec::catalog::{EncodedCatalog, TypeCatalog};
+use crate::codec::crypto::Wrapper;
+use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
+use crate::codec::queue::Limits;
+use crate::error::{EntryRef, Error, Result};
+use crate::store::{Appended, Connection, InsertRow, ListQuery, Pager, StoredRow, TicketRow};
+
+/// Name of the ticket seeded by the migrations. Writing every entry to the
+/// aggregate named `global` puts the whole log in one total order.
+pub const GLOBAL_TICKET: &str = "global";
+
+/// How a writer redeems its aggregate's ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+    /// Lock the ticket when the entry is written and wait for it if another
+    /// transaction holds it: no work is thrown away under contention. The
+    /// lock is held until the caller's transaction ends, so write the entry
+    /// last. A missing ticket is created.
+    #[default]
+    Pessimistic,
+    /// Boundary's semantics: read the ticket early ([`Oplog::ticket`]) and
+    /// compare-and-swap at write time ([`Oplog::write_with_ticket`]); losing
+    /// the race is [`Error::TicketAlreadyRedeemed`], which is retryable.
+    Optimistic,
+}
+
+/// A ticket read for optimistic writing: the version this transaction
+/// expects to redeem, and the chain head at that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    name: String,
+    version: i64,
+    chain: Vec<u8>,
+}
+
+impl Ticket {
+    /// Ticket (aggregate) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Version when read; the entry written with it gets `version + 1`.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// What a successful write produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Database id of the entry.
+    pub id: i64,
+    /// The entry's UUID.
+    pub uuid: Uuid,
+    /// Aggregate name.
+    pub aggregate: String,
+    /// The ticket version the entry redeemed.
+    pub seq: i64,
+    /// Chain head after the entry.
+    pub chain: [u8; HASH_LEN],
+}
+
+/// An operation log: a type catalog, a wrapper and decoding limits.
+///
+/// Cheap to clone and safe to share between threads.
+#[derive(Clone)]
+pub struct Oplog {
+    catalog: Arc<TypeCatalog>,
+    encoded: Arc<EncodedCatalog>,
+    wrapper: Arc<dyn Wrapper>,
+    limits: Limits,
+    notify: bool,
+    tickets: Arc<TicketCache>,
+    stored: Arc<StoredCatalogs>,
+}
+
+/// Most stored catalogs kept decoded.
+const CATALOG_CACHE_SIZE: usize = 64;
+
+/// Catalogs read from the database, decoded, by digest: the catalogs other
+/// writers (other versions of the application, other applications) wrote
+/// their entries with.
+#[derive(Default)]
+struct StoredCatalogs(Mutex<HashMap<Vec<u8>, Arc<TypeCatalog>>>);
+
+/// Most aggregates whose last ticket position is remembered (about 150
+/// bytes each).
+const TICKET_CACHE_SIZE: usize = 65_536;
+
+/// The ticket position (version and chain head) each aggregate had after this
+/// process last wrote to it. A pessimistic write guesses from it and seals
+/// the entry before touching the database, so an uncontended write is one
+/// round trip. A wrong guess (another writer, another database, a rolled
+/// back transaction) costs one more round trip, never correctness: the
+/// compare-and-swap checks both version and chain.
+#[derive(Default)]
+struct TicketCache(Mutex<HashMap<String, TicketRow>>);
+
+impl TicketCache {
+    fn get(&self, aggregate: &str) -> TicketRow {
+        let cached = self.0.lock().ok().and_then(|m| m.get(aggregate).cloned());
+        cached.unwrap_or_else(|| TicketRow {
+            version: 0,
+            chain: crate::codec::entry::GENESIS_CHAIN.to_vec(),
+        })
+    }
+
+    fn put(&self, aggregate: &str, ticket: TicketRow) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= TICKET_CACHE_SIZE && !map.contains_key(aggregate) {
+                // Forget one aggregate, not all: a process writing to more
+                // aggregates than the cache holds keeps most of its hits.
+                if let Some(victim) = map.keys().next().cloned() {
+                    map.remove(&victim);
+                }
+            }
+            map.insert(aggregate.to_string(), ticket);
+        }
+    }
+}
+
+impl std::fmt::Debug for Oplog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oplog")
+            .field("types", &self.catalog.type_names().collect::<Vec<_>>())
+            .field("active_key", &self.wrapper.key_id())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Oplog {
+    /// An oplog that writes the types registered in `catalog`, encrypted by
+    /// `wrapper`.
+    pub fn new(catalog: TypeCatalog, wrapper: impl Wrapper + 'static) -> Self {
+        let encoded = catalog.encode();
+        Oplog {
+            catalog: Arc::new(catalog),
+            encoded: Arc::new(encoded),
+            wrapper: Arc::new(wrapper),
+            limits: Limits::default(),
+            notify: false,
+            tickets: Arc::default(),
+            stored: Arc::default(),
+        }
+    }
+
+    /// Replaces the decoding limits used when reading entries.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// With `true`, every write also sends a notification (channel
+    /// `oplog_entry`, payload the aggregate) that wakes followers at commit,
+    /// instead of leaving them to their polling interval. Off by default: a
+    /// transaction that notifies takes a database-wide lock at commit, which
+    /// serialises the commits of concurrent writers; see the README's
+    /// measured figures before turning it on.
+    pub fn with_notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// The type catalog.
+    pub fn catalog(&self) -> &TypeCatalog {
+        &self.catalog
+    }
+
+    /// The wrapper.
+    pub fn wrapper(&self) -> &dyn Wrapper {
+        self.wrapper.as_ref()
+    }
+
+    /// The decoding limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// SHA-256 digest of this oplog's catalog as stored in the database;
+    /// every entry written by this oplog names it.
+    pub fn catalog_digest(&self) -> [u8; HASH_LEN] {
+        self.encoded.digest
+    }
+
+    /// The catalog an entry was written with: the one whose digest the entry
+    /// names (read from the database and checked against the digest the
+    /// first time), or this oplog's own for entries that name none.
+    pub(crate) fn catalog_for(
+        &self,
+        conn: &mut impl Connection,
+        digest: Option<&[u8]>,
+        entry: impl FnOnce() -> EntryRef,
+    ) -> Result<Arc<TypeCatalog>> {
+        let Some(digest) = digest.filter(|d| *d != self.encoded.digest.as_slice()) else {
+            return Ok(self.catalog.clone());
+        };
+        if let Some(found) = self
+            .stored
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(digest).cloned())
+        {
+            return Ok(found);
+        }
+        let max = self.limits.max_catalog_bytes;
+        let stored = conn
+            .load_catalog(digest, max)?
+            .ok_or_else(|| Error::CorruptEntry {
+                entry: entry(),
+                reason: format!(
+                    "its type catalog {} is not stored in oplog_catalog; restore it from a backup",
+                    crate::hex::hex(digest)
+                ),
+            })?;
+        let catalog = Arc::new(TypeCatalog::from_stored(digest, &stored, max)?);
+        if let Ok(mut map) = self.stored.0.lock() {
+            if map.len() >= CATALOG_CACHE_SIZE {
+                map.clear();
+            }
+            map.insert(digest.to_vec(), catalog.clone());
+        }
+        Ok(catalog)
+    }
+
+    /// Creates the ticket `name` at version 0 if it does not exist.
+    /// Idempotent; run it on a `Client` (its own transaction) to make the
+    /// ticket visible to everyone at once.
+    pub fn ensure_ticket(&self, conn: &mut impl Connection, name: &str) -> Result<()> {
+        conn.seed_ticket(name)
+    }
+
+    /// Reads the ticket `name` for an optimistic write later in the same
+    /// transaction.
+    pub fn ticket(&self, conn: &mut impl Connection, name: &str) -> Result<Ticket> {
+        let row = conn
+            .read_ticket(name)?
+            .ok_or_else(|| Error::TicketNotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Ticket {
+            name: name.to_string(),
+            version: row.version,
+            chain: row.chain,
+        })
+    }
+
+    /// Writes `entry` inside the caller's transaction, waiting for the
+    /// aggregate's ticket if another transaction holds it
+    /// ([`LockMode::Pessimistic`]).
+    ///
+    /// One round trip when this process wrote the aggregate's previous entry
+    /// (the ticket position is remembered); otherwise the first call finds
+    /// the ticket elsewhere, locks it (creating it when missing) and the
+    /// entry is sealed again for a second call, which cannot lose.
+    pub fn write(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<Written> {
+        self.check_writable(conn, entry)?;
+        let mut ticket = self.tickets.get(&entry.aggregate);
+        // The second call holds the ticket's lock; the bound only guards
+        // against a database that misbehaves.
+        for _ in 0..3 {
+            match self.append(conn, entry, &ticket, true)? {
+                Ok(written) => return Ok(written),
+                Err(Some(current)) => ticket = current,
+                Err(None) => break,
+            }
+        }
+        Err(Error::TicketNotFound {
+            name: entry.aggregate.clone(),
+        })
+    }
+
+    /// Writes `entry` with a ticket read earlier by [`Oplog::ticket`]
+    /// ([`LockMode::Optimistic`]). If another transaction redeemed the ticket
+    /// meanwhile, fails with the retryable [`Error::TicketAlreadyRedeemed`].
+    pub fn write_with_ticket(
+        &self,
+        conn: &mut impl Connection,
+        ticket: &Ticket,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        if ticket.name != entry.aggregate {
+            return Err(Error::Config(format!(
+                "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
+                ticket.name, entry.aggregate
+            )));
+        }
+        self.check_writable(conn, entry)?;
+        let row = TicketRow {
+            version: ticket.version,
+            chain: ticket.chain.clone(),
+        };
+        match self.append(conn, entry, &row, false)? {
+            Ok(written) => Ok(written),
+            Err(Some(_)) => Err(Error::TicketAlreadyRedeemed {
+                name: entry.aggregate.clone(),
+                version: ticket.version,
+            }),
+            Err(None) => Err(Error::TicketNotFound {
+                name: entry.aggregate.clone(),
+            }),
+        }
+    }
+
+    fn check_writable(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<()> {
+        if !conn.in_transaction() {
+            return Err(Error::NotInTransaction);
+        }
+        entry.validate(&self.catalog)?;
+        entry.queue.check_limits(&self.limits)
+    }
+
+    /// Seals `entry` as the successor of `ticket` and appends it. The inner
+    /// result is the written entry, or else where the ticket really is
+    /// (`None` when it does not exist).
+    fn append(
+        &self,
+        conn: &mut impl Connection,
+        entry: &NewEntry,
+        ticket: &TicketRow,
+        wait: bool,
+    ) -> Result<Result<Written, Option<TicketRow>>> {
+        let seq = ticket
+            .version
+            .checked_add(1)
+            .ok_or_else(|| Error::TicketExhausted {
+                name: entry.aggregate.clone(),
+            })?;
+        let key_id = self.wrapper.key_id();
+        let header = Header {
+            aggregate: &entry.aggregate,
+            seq,
+            format: FORMAT_VERSION,
+            key_id,
+            uuid: entry.uuid,
+            metadata: &entry.metadata,
+            catalog: Some(&self.encoded.digest),
+        };
+        let sealed = entry::seal(self.wrapper.as_ref(), &header, &entry.queue, &ticket.chain)?;
+        let row = InsertRow {
+            uuid: entry.uuid,
+            aggregate: &entry.aggregate,
+            seq,
+            prev_chain: &ticket.chain,
+            format: FORMAT_VERSION,
+            key_id,
+            data: &sealed.data,
+            digest: &sealed.digest,
+            chain: &sealed.chain,
+            meta_keys: entry.metadata.iter().map(|(k, _)| k).collect(),
+            meta_values: entry.metadata.iter().map(|(_, v)| v).collect(),
+            catalog: Some(&self.encoded.digest),
+            notify: self.notify,
+        };
+        let mut appended = conn.append(&row, wait)?;
+        if appended == Appended::MissingCatalog {
+            // The first entry written with this catalog in this database:
+            // store the catalog in the same transaction and append again.
+            conn.store_catalog(&self.encoded.digest, &self.encoded.bytes)?;
+            appended = conn.append(&row, wait)?;
+        }
+        Ok(match appended {
+            Appended::Entry(id) => {
+                self.tickets.put(
+                    &entry.aggregate,
+                    TicketRow {
+                        version: seq,
+                        chain: sealed.chain.to_vec(),
+                    },
+                );
+                Ok(Written {
+                    id,
+                    uuid: entry.uuid,
+                    aggregate: entry.aggregate.clone(),
+                    seq,
+                    chain: sealed.chain,
+                })
+            }
+            Appended::Moved(current) => Err(Some(current)),
+            Appended::NoTicket | Appended::MissingCatalog => Err(None),
+        })
+    }
+
+    /// Lists entries, decrypted and decoded: those of `aggregate` with a seq
+    /// above `after_seq` in seq order, or (with `None`) those of every
+    /// aggregate with a seq above `after_seq`, in (aggregate, seq) order
+    /// (aggregates in the database's collation); at most `limit`.
+    ///
+    /// Everything listed is held in memory at once: to go through a large
+    /// log, use [`Oplog::entries`], which reads a bounded page at a time.
+    pub fn list(
+        &self,
+        conn: &mut impl Connection,
+        aggregate: Option<&str>,
+        after_seq: i64,
+        limit: Option<i64>,
+    ) -> Result<Vec<Entry>> {
+        let mut entries = self.entries(conn, aggregate, after_seq);
+        if let Some(limit) = limit {
+            entries = entries.limit(u64::try_from(limit).unwrap_or(0));
+        }
+        entries.collect()
+    }
+
+    /// The entries [`Oplog::list`] lists, decrypted and decoded one at a
+    /// time as the iterator is advanced, and read a page at a time: a page
+    /// is at most [`Entries::PAGE_ENTRIES`] entries and about
+    /// [`Entries::PAGE_BYTES`] (one entry more than that at most), so memory
+    /// stays bounded whatever the size of the log. Each page is one keyset
+    /// step along the `(aggregate_name, seq)` index.
+    ///
+    /// Pages are read by separate statements: on a connection outside a
+    /// transaction each sees the log as it is then, so run it in a
+    /// `REPEATABLE READ` transaction for one consistent view.
+    ///
+    /// An entry that cannot be opened is an `Err` item, and the listing
+    /// goes on after it; a failed read of a page ends it.
+    pub fn entries<'a, C: Connection>(
+        &'a self,
+        conn: &'a mut C,
+        aggregate: Option<&str>,
+        after_seq: i64,
+    ) -> Entries<'a, C> {
+        Entries {
+            oplog: self,
+            conn,
+            aggregate: aggregate.map(str::to_string),
+            after_seq,
+            position: (String::new(), 0),
+            remaining: None,
+            pager: Pager::new(Entries::<C>::PAGE_ENTRIES, Entries::<C>::PAGE_BYTES),
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The id of the entry with this UUID if it committed, else `None`. Ask
+    /// on a fresh connection after a commit whose outcome is unknown.
+    pub fn committed(&self, conn: &mut impl Connection, uuid: Uuid) -> Result<Option<i64>> {
+        conn.entry_id_by_uuid(uuid)
+    }
+
+    /// Decrypts, authenticates and decodes a stored entry with the catalog
+    /// it names.
+    pub(crate) fn open(&self, conn: &mut impl Connection, row: StoredRow) -> Result<Entry> {
+        row_parts(&row)?;
+        let catalog = self.catalog_for(conn, row.catalog.as_deref(), || row_ref(&row))?;
+        self.open_with(row, catalog)
+    }
+
+    /// The catalog entries that name none are read with: this oplog's own.
+    pub(crate) fn own_catalog(&self) -> Arc<TypeCatalog> {
+        self.catalog.clone()
+    }
+
+    /// Decrypts, authenticates and decodes a stored entry with `catalog`,
+    /// which the caller found for the digest the entry names.
+    pub(crate) fn open_with(&self, row: StoredRow, catalog: Arc<TypeCatalog>) -> Result<Entry> {
+        let (uuid, metadata) = row_parts(&row)?;
+        let header = row_header(&row, uuid, &metadata);
+        let operations = entry::open(
+            self.wrapper.as_ref(),
+            &catalog,
+            &self.limits,
+            &header,
+            Some(row.id),
+            &row.data,
+            &row.digest,
+        )?;
+        Ok(Entry {
+            id: row.id,
+            uuid,
+            aggregate: row.aggregate_name,
+            seq: row.seq,
+            format: row.format,
+            key_id: row.key_id,
+            created_at_micros: row.created_us,
+            metadata,
+            chain: row.chain,
+            catalog,
+            operations,
+        })
+    }
+}
+
+/// Entries read a page at a time and opened one at a time; see
+/// [`Oplog::entries`].
+pub struct Entries<'a, C: Connection> {
+    oplog: &'a Oplog,
+    conn: &'a mut C,
+    aggregate: Option<String>,
+    after_seq: i64,
+    /// The (aggregate, seq) of the last entry read.
+    position: (String, i64),
+    /// Entries still to list, when limited.
+    remaining: Option<u64>,
+    pager: Pager,
+    page: VecDeque<StoredRow>,
+    /// The log has no more entries to read, or reading failed.
+    done: bool,
+}
+
+impl<C: Connection> Entries<'_, C> {
+    /// Most entries read per page.
+    pub const PAGE_ENTRIES: i64 = crate::store::PAGE_ENTRIES;
+
+    /// The byte budget of a page: the sizes of the entries' data, key ids
+    /// and metadata as stored, plus a fixed amount per entry.
+    pub const PAGE_BYTES: u64 = crate::store::PAGE_BYTES;
+
+    /// Lists at most `n` entries (no more are read than that).
+    pub fn limit(mut self, n: u64) -> Self {
+        self.remaining = Some(n);
+        self
+    }
+
+    /// Reads the next page into `self.page`.
+    fn read_page(&mut self) -> Result<()> {
+        let limit = self.pager.candidates(self.remaining);
+        let page = self.conn.list_entries(&ListQuery {
+            aggregate: self.aggregate.as_deref(),
+            after_seq: self.after_seq,
+            after: (&self.position.0, self.position.1),
+            limit,
+            max_bytes: self.pager.max_bytes(),
+        })?;
+        self.pager.after_page(page.rows.len(), page.cut);
+        self.done = page.is_last();
+        if let Some(end) = page.end {
+            self.position = end;
+        }
+        self.page.extend(page.rows);
+        Ok(())
+    }
+}
+
+impl<C: Connection> Iterator for Entries<'_, C> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        // A page whose entries were all trimmed between picking and reading
+        // them is empty without being the last.
+        while self.page.is_empty() && !self.done {
+            if let Err(e) = self.read_page() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        let row = self.page.pop_front()?;
+        if let Some(n) = self.remaining.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+        Some(self.oplog.open(self.conn, row))
+    }
+}
+
+impl<C: Connection> std::fmt::Debug for Entries<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entries")
+            .field("aggregate", &self.aggregate)
+            .field("after_seq", &self.after_seq)
+            .field("position", &self.position)
+            .field("remaining", &self.remaining)
+            .field("buffered", &self.page.len())
+            .finish()
+    }
+}
+
+/// Names a stored row in errors.
+pub(crate) fn row_ref(row: &StoredRow) -> EntryRef {
+    EntryRef {
+        id: Some(row.id),
+        aggregate: row.aggregate_name.clone(),
+        seq: row.seq,
+    }
+}
+
+/// The UUID and metadata of a stored row, checked for shape.
+pub(crate) fn row_parts(row: &StoredRow) -> Result<(Uuid, Metadata)> {
+    let corrupt = |reason: String| Error::CorruptEntry {
+        entry: row_ref(row),
+        reason,
+    };
+    let uuid = Uuid::parse_str(&row.entry_uuid).map_err(|e| corrupt(format!("bad uuid: {e}")))?;
+    if row.meta_keys.len() != row.meta_values.len() {
+        return Err(corrupt("metadata keys and values differ in number".into()));
+    }
+    if let Some(c) = row.catalog.as_ref().filter(|c| c.len() != HASH_LEN) {
+        return Err(corrupt(format!(
+            "catalog digest has {} bytes, not {HASH_LEN}",
+            c.len()
+        )));
+    }
+    let metadata = row
+        .meta_keys
+        .iter()
+        .cloned()
+        .zip(row.meta_values.iter().cloned())
+        .collect();
+    Ok((uuid, metadata))
+}
+
+/// The chain value a stored row should carry when its predecessor's is
+/// `prev`, computed from the row's own header fields and digest: no key is
+/// needed, so the chain can be checked even where decryption fails.
+pub(crate) fn expected_chain(row: &StoredRow, prev: &[u8]) -> Result<[u8; HASH_LEN]> {
+    let (uuid, metadata) = row_parts(row)?;
+    Ok(row_header(row, uuid, &metadata).chain(prev, &row.digest))
+}
+
+/// The header a stored row claims.
+fn row_header<'a>(row: &'a StoredRow, uuid: Uuid, metadata: &'a Metadata) -> Header<'a> {
+    Header {
+        aggregate: &row.aggregate_name,
+        seq: row.seq,
+        format: row.format,
+        key_id: &row.key_id,
+        uuid,
+        metadata,
+        catalog: row.catalog.as_deref(),
+    }
+}

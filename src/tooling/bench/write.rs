@@ -1,0 +1,903 @@
+//! The write-rate benchmarks: one writer with and without an entry, many
+//! writers on one aggregate in each locking mode against Boundary's
+//! statement sequence, and many writers with and without NOTIFY.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, Statement, Transaction};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::codec::crypto::Keyring;
+use crate::codec::entry::{NewEntry, FORMAT_VERSION, GENESIS_CHAIN};
+use crate::error::{Error, Result};
+use crate::source::retry::RetryPolicy;
+use crate::source::write::Oplog;
+use crate::tooling::demo::User;
+
+use super::codec::seal_entry;
+use super::{check_failed, invalid, per, percentile, user, verdict, Scratch, DEFAULT_URL};
+
+/// The smallest commits-per-second ratio of a transaction with an entry to
+/// the bare transaction that [`write()`] aims for.
+pub const WRITE_TARGET_RATIO: f64 = 0.65;
+
+/// How many times the pessimistic mode should outrun the baseline in
+/// [`contention`].
+pub const CONTENTION_TARGET_RATIO: f64 = 5.0;
+
+/// Length of one interleaving slice in [`write()`].
+const SLICE: Duration = Duration::from_millis(500);
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct WriteBenchConfig {
+    /// URL of the server, for administrative connections. The scratch
+    /// database is created on this server; the database named in the URL is
+    /// only used to create and drop it.
+    pub url: String,
+    /// How long each scenario runs, in seconds.
+    pub seconds: f64,
+    /// Concurrent writers in [`contention`]; [`write()`] always uses one.
+    pub writers: usize,
+    /// Size of each user's `avatar`, which sets the size of the domain row
+    /// and of the entry.
+    pub payload_bytes: usize,
+    /// The retry policy of every scenario. Give it enough attempts that no
+    /// writer gives up under contention.
+    pub retry: RetryPolicy,
+}
+
+impl Default for WriteBenchConfig {
+    /// [`DEFAULT_URL`], 3 seconds per scenario, 16 writers, a 256-byte
+    /// payload and 1000 attempts with the default backoff.
+    fn default() -> Self {
+        WriteBenchConfig {
+            url: DEFAULT_URL.to_string(),
+            seconds: 3.0,
+            writers: 16,
+            payload_bytes: 256,
+            retry: RetryPolicy::attempts(1000),
+        }
+    }
+}
+
+impl WriteBenchConfig {
+    /// The defaults, with the URL taken from `DATABASE_URL` when it is set.
+    pub fn from_env() -> Self {
+        WriteBenchConfig {
+            url: std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string()),
+            ..WriteBenchConfig::default()
+        }
+    }
+
+    fn duration(&self) -> Result<Duration> {
+        Duration::try_from_secs_f64(self.seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "seconds must be a positive number, not {}",
+                    self.seconds
+                ))
+            })
+    }
+
+    fn check(&self) -> Result<Duration> {
+        if self.writers == 0 {
+            return Err(invalid("writers must be at least 1".into()));
+        }
+        self.duration()
+    }
+}
+
+/// Checks that every commit counted left exactly one entry and one ticket
+/// version behind, so that the rates count useful commits only.
+fn check_log(client: &mut Client, aggregate: &str, commits: u64) -> Result<()> {
+    let row = client.query_one(
+        "SELECT (SELECT version FROM oplog_ticket WHERE name = $1), \
+                (SELECT count(*) FROM oplog_entry WHERE aggregate_name = $1)",
+        &[&aggregate],
+    )?;
+    let (version, entries): (i64, i64) = (row.get(0), row.get(1));
+    let expected = i64::try_from(commits).unwrap_or(i64::MAX);
+    if version != expected || entries != expected {
+        return Err(check_failed(format!(
+            "aggregate {aggregate:?} counted {commits} commits but has {entries} entries at ticket version {version}"
+        )));
+    }
+    Ok(())
+}
+
+/// Commits and retries of one scenario, with their rates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figures {
+    /// Short name of the scenario.
+    pub mode: &'static str,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Attempts that lost a race (or hit another retryable error) and ran again.
+    pub retries: u64,
+    /// Length of the measuring window, in seconds; only commits that
+    /// finished within it are counted.
+    pub seconds: f64,
+    /// Commits per second.
+    pub rate_per_s: f64,
+    /// Retries per commit.
+    pub retries_per_commit: f64,
+    /// Most attempts one transaction took.
+    pub max_attempts: u32,
+    /// Median time from a transaction's first attempt to its commit, in
+    /// milliseconds, backoff included.
+    pub p50_ms: f64,
+    /// 99th percentile of the same, in milliseconds: where a writer that
+    /// keeps losing races shows.
+    pub p99_ms: f64,
+}
+
+impl Figures {
+    fn new(mode: &'static str, mut tally: Tally) -> Self {
+        let seconds = tally.elapsed.as_secs_f64();
+        tally.latencies.sort_unstable();
+        let ms = |q: usize| percentile(&tally.latencies, q).as_secs_f64() * 1e3;
+        Figures {
+            mode,
+            commits: tally.commits,
+            retries: tally.retries,
+            seconds,
+            rate_per_s: per(tally.commits as f64, seconds),
+            retries_per_commit: per(tally.retries as f64, tally.commits as f64),
+            max_attempts: tally.max_attempts,
+            p50_ms: ms(50),
+            p99_ms: ms(99),
+        }
+    }
+}
+
+/// What [`write()`] measured: one writer, with and without an oplog entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WriteReport {
+    /// Always `"write"`.
+    pub scenario: &'static str,
+    /// Commits per second of the transaction with an entry.
+    pub rate_per_s: f64,
+    /// Commits per second of the bare domain transaction.
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// The ratio aimed for, [`WRITE_TARGET_RATIO`].
+    pub target_ratio: f64,
+    /// Size of the user's avatar, in bytes.
+    pub payload_bytes: usize,
+    /// The bare domain transaction.
+    pub bare: Figures,
+    /// The domain transaction plus one entry, pessimistic mode.
+    pub with_entry: Figures,
+}
+
+impl WriteReport {
+    /// True when the ratio reaches its target.
+    pub fn meets_target(&self) -> bool {
+        self.ratio >= self.target_ratio
+    }
+}
+
+/// What [`contention`] measured: many writers on one aggregate, in each mode
+/// and with the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContentionReport {
+    /// Always `"contention"`.
+    pub scenario: &'static str,
+    /// Concurrent writers.
+    pub writers: usize,
+    /// Commits per second in pessimistic mode.
+    pub rate_per_s: f64,
+    /// Commits per second of the baseline (Boundary's statement sequence).
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// The ratio aimed for, [`CONTENTION_TARGET_RATIO`].
+    pub target_ratio: f64,
+    /// Optimistic commits per second over the baseline's.
+    pub optimistic_ratio: f64,
+    /// Size of the user's avatar, in bytes.
+    pub payload_bytes: usize,
+    /// [`Oplog::write`].
+    pub pessimistic: Figures,
+    /// [`Oplog::ticket`] then [`Oplog::write_with_ticket`].
+    pub optimistic: Figures,
+    /// Boundary's statement sequence.
+    pub baseline: Figures,
+}
+
+impl ContentionReport {
+    /// True when the ratio reaches its target.
+    pub fn meets_target(&self) -> bool {
+        self.ratio >= self.target_ratio
+    }
+}
+
+/// Both reports of [`all`], measured against one scratch database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reports {
+    /// The single-writer comparison.
+    pub write: WriteReport,
+    /// The many-writer comparison.
+    pub contention: ContentionReport,
+    /// What notifying followers costs.
+    pub notify: NotifyReport,
+}
+
+/// Column headings of the figures tables.
+const HEADING: &str = "  scenario                                 commits  commits/s  retries  retries/commit  max attempts  p50 ms  p99 ms";
+
+fn row(f: &mut fmt::Formatter<'_>, label: &str, fig: &Figures) -> fmt::Result {
+    writeln!(
+        f,
+        "  {label:<39} {:>8} {:>10.1} {:>8} {:>15.3} {:>13} {:>7.2} {:>7.2}",
+        fig.commits,
+        fig.rate_per_s,
+        fig.retries,
+        fig.retries_per_commit,
+        fig.max_attempts,
+        fig.p50_ms,
+        fig.p99_ms
+    )
+}
+
+impl fmt::Display for WriteReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "write: 1 writer, {:.1} s per scenario, {}-byte payload",
+            self.bare.seconds, self.payload_bytes
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "(a) domain transaction", &self.bare)?;
+        row(f, "(b) (a) + oplog entry (Oplog::write)", &self.with_entry)?;
+        writeln!(
+            f,
+            "  ratio (b)/(a): {:.2} (target >= {:.2}: {})",
+            self.ratio,
+            self.target_ratio,
+            verdict(self.meets_target())
+        )
+    }
+}
+
+impl fmt::Display for ContentionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "contention: {} writers on one aggregate, {:.1} s per scenario, {}-byte payload",
+            self.writers, self.pessimistic.seconds, self.payload_bytes
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "pessimistic (Oplog::write)", &self.pessimistic)?;
+        row(
+            f,
+            "optimistic (ticket + write_with_ticket)",
+            &self.optimistic,
+        )?;
+        row(f, "(c) baseline: Boundary's statements", &self.baseline)?;
+        writeln!(
+            f,
+            "  ratio pessimistic/(c): {:.1}x (target >= {:.0}x: {}); optimistic/(c): {:.1}x",
+            self.ratio,
+            self.target_ratio,
+            verdict(self.meets_target()),
+            self.optimistic_ratio
+        )
+    }
+}
+
+/// Measures one writer's commits per second with and without an oplog
+/// entry, in a scratch database.
+///
+/// The two transactions alternate in half-second slices on the same
+/// connection, each getting `cfg.seconds` in all, so that load from other
+/// processes on the machine falls on both alike.
+pub fn write(cfg: &WriteBenchConfig) -> Result<WriteReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    write_on(&db, &Shared::new(cfg), duration)
+}
+
+/// Measures `cfg.writers` concurrent writers on one aggregate in a scratch
+/// database: pessimistic mode, optimistic mode and the baseline, each for
+/// `cfg.seconds`.
+pub fn contention(cfg: &WriteBenchConfig) -> Result<ContentionReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    contention_on(&db, &Shared::new(cfg), duration)
+}
+
+/// Measures what notifying followers costs the write path:
+/// `cfg.writers` writers, each on an aggregate of its own (so that their
+/// commits could otherwise run side by side), pessimistic mode without and
+/// with [`Oplog::with_notify`].
+pub fn notify(cfg: &WriteBenchConfig) -> Result<NotifyReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    notify_on(&db, &Shared::new(cfg), duration)
+}
+
+/// Runs [`write()`], [`contention`] and [`notify`] against one scratch
+/// database.
+pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    let shared = Shared::new(cfg);
+    Ok(Reports {
+        write: write_on(&db, &shared, duration)?,
+        contention: contention_on(&db, &shared, duration)?,
+        notify: notify_on(&db, &shared, duration)?,
+    })
+}
+
+/// What [`notify`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotifyReport {
+    /// Always `"notify"`.
+    pub scenario: &'static str,
+    /// Concurrent writers, each on its own aggregate.
+    pub writers: usize,
+    /// Commits per second with notifications.
+    pub rate_per_s: f64,
+    /// Commits per second without.
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// Without notifications.
+    pub plain: Figures,
+    /// With notifications.
+    pub notifying: Figures,
+}
+
+impl fmt::Display for NotifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "notify: {} writers, each on its own aggregate, {:.1} s per scenario",
+            self.writers, self.plain.seconds
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "(d) pessimistic (Oplog::write)", &self.plain)?;
+        row(f, "(e) (d) + NOTIFY at commit", &self.notifying)?;
+        writeln!(f, "  ratio (e)/(d): {:.2}", self.ratio)
+    }
+}
+
+fn notify_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<NotifyReport> {
+    let run = |scenario: Scenario, prefix: &str| -> Result<Figures> {
+        let mut admin = db.connect()?;
+        let name = |i: usize| format!("{prefix}-{i}");
+        for i in 0..shared.writers {
+            shared.oplog.ensure_ticket(&mut admin, &name(i))?;
+        }
+        let tally = concurrently_on(db, shared, scenario, &name, duration)?;
+        let entries: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM oplog_entry WHERE aggregate_name LIKE $1 || '-%'",
+                &[&prefix],
+            )?
+            .get(0);
+        if entries != i64::try_from(tally.commits + tally.uncounted).unwrap_or(i64::MAX) {
+            return Err(check_failed(format!(
+                "{prefix}: counted {} commits but found {entries} entries",
+                tally.commits + tally.uncounted
+            )));
+        }
+        Ok(Figures::new(scenario.name(), tally))
+    };
+    let plain = run(Scenario::Pessimistic, "bench-spread")?;
+    let notifying = run(Scenario::PessimisticNotify, "bench-notify")?;
+    Ok(NotifyReport {
+        scenario: "notify",
+        writers: shared.writers,
+        rate_per_s: notifying.rate_per_s,
+        baseline_per_s: plain.rate_per_s,
+        ratio: per(notifying.rate_per_s, plain.rate_per_s),
+        plain,
+        notifying,
+    })
+}
+
+fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteReport> {
+    const AGGREGATE: &str = "bench-write";
+    let mut writer = Writer::connect(&db.url, shared)?;
+    shared.oplog.ensure_ticket(&mut writer.client, AGGREGATE)?;
+    // One transaction of each kind first, so that the server's first-use
+    // costs (catalog lookups, relation extension) stay out of the figures.
+    writer.transaction(Scenario::Bare, AGGREGATE)?;
+    writer.transaction(Scenario::Pessimistic, AGGREGATE)?;
+
+    let rounds = u32::try_from(duration.as_nanos() / SLICE.as_nanos())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let slice = duration / rounds;
+    let (mut bare, mut logged) = (Tally::default(), Tally::default());
+    for round in 0..rounds {
+        // Alternating which goes first cancels a drift within a round.
+        let order = if round % 2 == 0 {
+            [Scenario::Bare, Scenario::Pessimistic]
+        } else {
+            [Scenario::Pessimistic, Scenario::Bare]
+        };
+        for scenario in order {
+            let tally = writer.run_for(scenario, AGGREGATE, slice, &AtomicBool::new(false))?;
+            match scenario {
+                Scenario::Bare => bare.add(tally),
+                _ => logged.add(tally),
+            }
+        }
+    }
+    // The warm-up wrote one entry too.
+    logged.uncounted += 1;
+    check_log(
+        &mut writer.client,
+        AGGREGATE,
+        logged.commits + logged.uncounted,
+    )?;
+    let bare = Figures::new("bare", bare);
+    let with_entry = Figures::new("pessimistic", logged);
+    Ok(WriteReport {
+        scenario: "write",
+        rate_per_s: with_entry.rate_per_s,
+        baseline_per_s: bare.rate_per_s,
+        ratio: per(with_entry.rate_per_s, bare.rate_per_s),
+        target_ratio: WRITE_TARGET_RATIO,
+        payload_bytes: shared.avatar.len(),
+        bare,
+        with_entry,
+    })
+}
+
+fn contention_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<ContentionReport> {
+    let run = |scenario: Scenario, aggregate: &str| -> Result<Figures> {
+        let mut admin = db.connect()?;
+        shared.oplog.ensure_ticket(&mut admin, aggregate)?;
+        let tally = concurrently(db, shared, scenario, aggregate, duration)?;
+        check_log(&mut admin, aggregate, tally.commits + tally.uncounted)?;
+        Ok(Figures::new(scenario.name(), tally))
+    };
+    // Each scenario has its own aggregate so that the baseline's unchained
+    // entries never precede an entry written by the oplog.
+    let pessimistic = run(Scenario::Pessimistic, "bench-pessimistic")?;
+    let optimistic = run(Scenario::Optimistic, "bench-optimistic")?;
+    let baseline = run(Scenario::Boundary, "bench-baseline")?;
+    Ok(ContentionReport {
+        scenario: "contention",
+        writers: shared.writers,
+        rate_per_s: pessimistic.rate_per_s,
+        baseline_per_s: baseline.rate_per_s,
+        ratio: per(pessimistic.rate_per_s, baseline.rate_per_s),
+        target_ratio: CONTENTION_TARGET_RATIO,
+        optimistic_ratio: per(optimistic.rate_per_s, baseline.rate_per_s),
+        payload_bytes: shared.avatar.len(),
+        pessimistic,
+        optimistic,
+        baseline,
+    })
+}
+
+/// Runs `scenario` on `shared.writers` threads, each with its own
+/// connection, for `duration` from the moment all are connected.
+fn concurrently(
+    db: &Scratch,
+    shared: &Shared,
+    scenario: Scenario,
+    aggregate: &str,
+    duration: Duration,
+) -> Result<Tally> {
+    concurrently_on(db, shared, scenario, &|_| aggregate.to_string(), duration)
+}
+
+/// As [`concurrently`], writer `i` writing to aggregate `aggregate(i)`.
+fn concurrently_on(
+    db: &Scratch,
+    shared: &Shared,
+    scenario: Scenario,
+    aggregate_of: &(dyn Fn(usize) -> String + Sync),
+    duration: Duration,
+) -> Result<Tally> {
+    let barrier = &Barrier::new(shared.writers + 1);
+    // A failing writer stops the others at their next transaction, so that
+    // an error ends the run instead of waiting out the duration.
+    let stop = &AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..shared.writers)
+            .map(|i| {
+                let aggregate = aggregate_of(i);
+                s.spawn(move || {
+                    let aggregate = aggregate.as_str();
+                    // One transaction before the start, so that each new
+                    // server process has its caches filled and plans made
+                    // before the clock runs.
+                    let writer = Writer::connect(&db.url, shared).and_then(|mut w| {
+                        w.transaction(scenario, aggregate)?;
+                        Ok(w)
+                    });
+                    // Every thread reaches the barrier, even one that could
+                    // not connect, so that no other thread waits forever.
+                    barrier.wait();
+                    let result = writer.and_then(|mut w| {
+                        let mut tally = w.run_for(scenario, aggregate, duration, stop)?;
+                        tally.uncounted += 1;
+                        Ok(tally)
+                    });
+                    if result.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            })
+            .collect();
+        barrier.wait();
+        let mut total = Tally::default();
+        let mut failure = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(tally)) => total.add(tally),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        // The writers ran side by side, so the scenario lasted one duration,
+        // not the sum of theirs.
+        total.elapsed = duration;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    })
+}
+
+/// What every writer shares.
+struct Shared {
+    oplog: Oplog,
+    /// The same oplog, notifying followers at every commit.
+    notifying: Oplog,
+    avatar: Vec<u8>,
+    retry: RetryPolicy,
+    writers: usize,
+}
+
+impl Shared {
+    fn new(cfg: &WriteBenchConfig) -> Self {
+        let oplog = Oplog::new(crate::tooling::demo::user_catalog(), Keyring::generate());
+        Shared {
+            notifying: oplog.clone().with_notify(true),
+            oplog,
+            // A repeating pattern rather than zeros, so that nothing along
+            // the way gets to store the payload as a run of one byte.
+            avatar: (0..=250u8).cycle().take(cfg.payload_bytes).collect(),
+            retry: cfg.retry,
+            writers: cfg.writers,
+        }
+    }
+}
+
+/// Commits and retries counted by a writer.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Commits that finished within the measuring window.
+    commits: u64,
+    /// Retries of those commits.
+    retries: u64,
+    /// Commits outside the measuring window (warm-up, or finished after the
+    /// window closed): not counted in the rates, but present in the log.
+    uncounted: u64,
+    /// Length of the measuring window.
+    elapsed: Duration,
+    /// Most attempts one counted commit took.
+    max_attempts: u32,
+    /// Time from first attempt to commit of each counted commit.
+    latencies: Vec<Duration>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.commits += other.commits;
+        self.retries += other.retries;
+        self.uncounted += other.uncounted;
+        self.max_attempts = self.max_attempts.max(other.max_attempts);
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// The domain insert alone.
+    Bare,
+    /// The domain insert and [`Oplog::write`].
+    Pessimistic,
+    /// [`Oplog::ticket`], the domain insert and [`Oplog::write_with_ticket`].
+    Optimistic,
+    /// Boundary's statements, by hand.
+    Boundary,
+    /// As `Pessimistic`, with an oplog that notifies followers at commit.
+    PessimisticNotify,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Bare => "bare",
+            Scenario::Pessimistic => "pessimistic",
+            Scenario::Optimistic => "optimistic",
+            Scenario::Boundary => "baseline",
+            Scenario::PessimisticNotify => "pessimistic+notify",
+        }
+    }
+}
+
+/// The domain insert, prepared once per connection like an application's
+/// statement cache would.
+const INSERT_USER: &str = "\
+INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, avatar)
+VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Boundary reads the ticket's version without a lock at the start of the
+/// transaction...
+const BOUNDARY_READ_TICKET: &str = "SELECT version FROM oplog_ticket WHERE name = $1";
+
+/// ...inserts the entry...
+const BOUNDARY_INSERT_ENTRY: &str = "\
+INSERT INTO oplog_entry (entry_uuid, aggregate_name, seq, format, key_id, data, digest, chain)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id";
+
+/// ...then each metadata row with a statement of its own...
+const BOUNDARY_INSERT_METADATA: &str =
+    "INSERT INTO oplog_metadata (entry_id, ordinal, key, value) VALUES ($1, $2, $3, $4)";
+
+/// ...and finally compares and swaps the ticket's version.
+const BOUNDARY_UPDATE_TICKET: &str =
+    "UPDATE oplog_ticket SET version = version + 1 WHERE name = $1 AND version = $2";
+
+/// The baseline's prepared statements.
+struct BoundaryStatements {
+    read_ticket: Statement,
+    insert_entry: Statement,
+    insert_metadata: Statement,
+    update_ticket: Statement,
+}
+
+/// One writer: a connection with its prepared statements.
+struct Writer<'a> {
+    client: Client,
+    insert_user: Statement,
+    boundary: BoundaryStatements,
+    shared: &'a Shared,
+}
+
+impl<'a> Writer<'a> {
+    fn connect(url: &str, shared: &'a Shared) -> Result<Self> {
+        let mut client = crate::store::connect::connect(url)?;
+        let insert_user = client.prepare(INSERT_USER)?;
+        let boundary = BoundaryStatements {
+            read_ticket: client.prepare(BOUNDARY_READ_TICKET)?,
+            insert_entry: client.prepare(BOUNDARY_INSERT_ENTRY)?,
+            insert_metadata: client.prepare(BOUNDARY_INSERT_METADATA)?,
+            update_ticket: client.prepare(BOUNDARY_UPDATE_TICKET)?,
+        };
+        Ok(Writer {
+            client,
+            insert_user,
+            boundary,
+            shared,
+        })
+    }
+
+    /// Commits `scenario` transactions until `duration` has passed or `stop`
+    /// is set.
+    fn run_for(
+        &mut self,
+        scenario: Scenario,
+        aggregate: &str,
+        duration: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Tally> {
+        let deadline = Instant::now() + duration;
+        let mut tally = Tally {
+            elapsed: duration,
+            ..Tally::default()
+        };
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            let begun = Instant::now();
+            let attempts = self.transaction(scenario, aggregate)?;
+            let finished = Instant::now();
+            // Only commits within the window count, so that a transaction
+            // still retrying when the window closes (backing off for up to
+            // the policy's largest delay) neither adds a commit nor
+            // stretches the time the rate is taken over.
+            if finished <= deadline {
+                tally.commits += 1;
+                tally.retries += u64::from(attempts.saturating_sub(1));
+                tally.max_attempts = tally.max_attempts.max(attempts);
+                tally.latencies.push(finished - begun);
+            } else {
+                tally.uncounted += 1;
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Commits one `scenario` transaction, retrying it by the shared policy;
+    /// returns the attempts it took.
+    fn transaction(&mut self, scenario: Scenario, aggregate: &str) -> Result<u32> {
+        let Writer {
+            client,
+            insert_user,
+            boundary,
+            shared,
+        } = self;
+        let oplog = &shared.oplog;
+        let done = shared.retry.postgres(client, |tx| {
+            match scenario {
+                Scenario::Bare => {
+                    insert(tx, insert_user, &user(&shared.avatar))?;
+                }
+                Scenario::Pessimistic => {
+                    let user = user(&shared.avatar);
+                    insert(tx, insert_user, &user)?;
+                    oplog.write(tx, &new_entry(aggregate, &user)?)?;
+                }
+                Scenario::PessimisticNotify => {
+                    let user = user(&shared.avatar);
+                    insert(tx, insert_user, &user)?;
+                    shared.notifying.write(tx, &new_entry(aggregate, &user)?)?;
+                }
+                Scenario::Optimistic => {
+                    let ticket = oplog.ticket(tx, aggregate)?;
+                    let user = user(&shared.avatar);
+                    insert(tx, insert_user, &user)?;
+                    oplog.write_with_ticket(tx, &ticket, &new_entry(aggregate, &user)?)?;
+                }
+                Scenario::Boundary => boundary_transaction(
+                    tx,
+                    insert_user,
+                    boundary,
+                    oplog,
+                    aggregate,
+                    &shared.avatar,
+                )?,
+            }
+            Ok::<_, Error>(())
+        })?;
+        Ok(done.attempts)
+    }
+}
+
+fn insert(tx: &mut Transaction<'_>, statement: &Statement, u: &User) -> Result<()> {
+    tx.execute(
+        statement,
+        &[
+            &u.id,
+            &u.tenant_id,
+            &u.account_id,
+            &u.email,
+            &u.display_name,
+            &u.avatar,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The entry every scenario writes: a CREATE of the user, with an actor and
+/// a request id.
+fn new_entry(aggregate: &str, user: &User) -> Result<NewEntry> {
+    let mut entry = NewEntry::new(aggregate);
+    entry
+        .metadata("actor", "bench")
+        .metadata("request_id", Uuid::new_v4().to_string())
+        .create(user)?;
+    Ok(entry)
+}
+
+/// The baseline transaction: Boundary's statements in Boundary's order.
+///
+/// The entry is sealed exactly as the oplog seals it, so the baseline does the
+/// same cryptographic work and stores a payload of the same size; only its
+/// chain value starts from the genesis value every time, since Boundary keeps
+/// no chain and the baseline does not read one.
+///
+/// Boundary's entry table has no per-aggregate sequence, so there a lost race
+/// shows only when the ticket's compare-and-swap updates no row. Here the
+/// entry carries `seq = version + 1` under `UNIQUE (aggregate_name, seq)`,
+/// so a loser usually learns of it one statement earlier, as a unique
+/// violation after waiting for the winner; both are the same lost race and
+/// both are retried.
+fn boundary_transaction(
+    tx: &mut Transaction<'_>,
+    insert_user: &Statement,
+    s: &BoundaryStatements,
+    oplog: &Oplog,
+    aggregate: &str,
+    avatar: &[u8],
+) -> Result<()> {
+    let version: i64 = tx.query_one(&s.read_ticket, &[&aggregate])?.get(0);
+    let lost = || Error::TicketAlreadyRedeemed {
+        name: aggregate.to_string(),
+        version,
+    };
+    let user = user(avatar);
+    insert(tx, insert_user, &user)?;
+
+    let entry = new_entry(aggregate, &user)?;
+    let seq = version + 1;
+    let sealed = seal_entry(oplog.wrapper(), &entry, seq, &GENESIS_CHAIN)?;
+    let inserted = tx.query_one(
+        &s.insert_entry,
+        &[
+            &entry.uuid,
+            &aggregate,
+            &seq,
+            &FORMAT_VERSION,
+            &sealed.key_id,
+            &sealed.data,
+            &&sealed.digest[..],
+            &&sealed.chain[..],
+        ],
+    );
+    let id: i64 = match inserted {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Err(lost()),
+        Err(e) => return Err(e.into()),
+    };
+    for (ordinal, (key, value)) in (0i32..).zip(entry.metadata.iter()) {
+        tx.execute(&s.insert_metadata, &[&id, &ordinal, &key, &value])?;
+    }
+    if tx.execute(&s.update_ticket, &[&aggregate, &version])? == 0 {
+        return Err(lost());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonsense_configurations_are_refused() {
+        let bad = [
+            WriteBenchConfig {
+                seconds: 0.0,
+                ..WriteBenchConfig::default()
+            },
+            WriteBenchConfig {
+                seconds: f64::NAN,
+                ..WriteBenchConfig::default()
+            },
+            WriteBenchConfig {
+                seconds: -1.0,
+                ..WriteBenchConfig::default()
+            },
+            WriteBenchConfig {
+                writers: 0,
+                ..WriteBenchConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = cfg.check().unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.starts_with("benchmark: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rates_of_an_empty_run_are_zero() {
+        let fig = Figures::new("bare", Tally::default());
+        assert_eq!((fig.rate_per_s, fig.retries_per_commit), (0.0, 0.0));
+    }
+}
