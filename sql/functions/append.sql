@@ -1,5 +1,5 @@
 -- The current definition of oplog_append. `@schema@` is the oplog's
--- schema, quoted. src/migrate/mod.rs says when this file is applied and
+-- schema, quoted. src/store/migrate/mod.rs says when this file is applied and
 -- which rules a change to it follows.
 
 -- Appends one entry: redeems the ticket with a compare-and-swap on its

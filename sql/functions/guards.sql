@@ -1,5 +1,5 @@
 -- The current definition of the triggers' functions. `@schema@` is the oplog's
--- schema, quoted. src/migrate/mod.rs says when this file is applied and
+-- schema, quoted. src/store/migrate/mod.rs says when this file is applied and
 -- which rules a change to it follows.
 
 -- They run with the rights of whoever changes a row.

@@ -1,5 +1,5 @@
 -- The current definition of oplog_rewrap. `@schema@` is the oplog's
--- schema, quoted. src/migrate/mod.rs says when this file is applied and
+-- schema, quoted. src/store/migrate/mod.rs says when this file is applied and
 -- which rules a change to it follows.
 
 -- Replaces the data of entry p_id, encrypted under p_old_key_id, with p_data

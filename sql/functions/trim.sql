@@ -1,5 +1,5 @@
 -- The current definition of the trimming functions. `@schema@` is the oplog's
--- schema, quoted. src/migrate/mod.rs says when this file is applied and
+-- schema, quoted. src/store/migrate/mod.rs says when this file is applied and
 -- which rules a change to it follows.
 
 -- The creation time before which entries are old enough to trim: the

@@ -163,6 +163,20 @@ pub struct NewEntry {
 }
 
 impl NewEntry {
+    /// The header this entry is sealed under at `seq`, with the current
+    /// format, `key_id` and the digest of the catalog it is written with.
+    pub(crate) fn header<'a>(&'a self, seq: i64, key_id: &'a str, catalog: &'a [u8]) -> Header<'a> {
+        Header {
+            aggregate: &self.aggregate,
+            seq,
+            format: FORMAT_VERSION,
+            key_id,
+            uuid: self.uuid,
+            metadata: &self.metadata,
+            catalog: Some(catalog),
+        }
+    }
+
     /// An empty entry for `aggregate`, which is also the name of the ticket
     /// that orders it. Use [`crate::GLOBAL_TICKET`] for one total order.
     pub fn new(aggregate: impl Into<String>) -> Self {

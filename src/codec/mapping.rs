@@ -43,6 +43,21 @@ pub(crate) struct Column {
     pub generated: bool,
 }
 
+#[cfg(test)]
+impl Column {
+    /// A plain (not array, not generated) column of type `base`, for tests.
+    pub(crate) fn plain(name: &str, base: &str, category: char) -> Column {
+        Column {
+            name: name.into(),
+            display: base.into(),
+            base: base.into(),
+            category,
+            is_array: false,
+            generated: false,
+        }
+    }
+}
+
 /// How a field's value becomes JSON for its column.
 #[derive(Debug, Clone)]
 pub(crate) enum Conv {
@@ -669,17 +684,6 @@ mod tests {
     use crate::testing::{Account, User};
     use prost::Message;
 
-    fn column(name: &str, base: &str, category: char) -> Column {
-        Column {
-            name: name.into(),
-            display: base.into(),
-            base: base.into(),
-            category,
-            is_array: false,
-            generated: false,
-        }
-    }
-
     fn field(type_name: &str, name: &str) -> FieldDescriptor {
         crate::testing::catalog()
             .get(type_name)
@@ -692,26 +696,26 @@ mod tests {
     #[test]
     fn compatible_columns_are_accepted_and_others_named() {
         let age = field("test.v1.User", "age");
-        assert!(plan(&age, &column("age", "int4", 'N')).is_ok());
-        assert!(plan(&age, &column("age", "numeric", 'N')).is_ok());
-        let err = plan(&age, &column("age", "text", 'S')).unwrap_err();
+        assert!(plan(&age, &Column::plain("age", "int4", 'N')).is_ok());
+        assert!(plan(&age, &Column::plain("age", "numeric", 'N')).is_ok());
+        let err = plan(&age, &Column::plain("age", "text", 'S')).unwrap_err();
         assert!(
             err.contains("field \"age\" (int32)") && err.contains("column \"age\" of type text"),
             "{err}"
         );
         let avatar = field("test.v1.User", "avatar");
-        assert!(plan(&avatar, &column("avatar", "bytea", 'U')).is_ok());
-        assert!(plan(&avatar, &column("avatar", "text", 'S')).is_err());
+        assert!(plan(&avatar, &Column::plain("avatar", "bytea", 'U')).is_ok());
+        assert!(plan(&avatar, &Column::plain("avatar", "text", 'S')).is_err());
         let created = field("test.v1.Account", "created_at");
-        assert!(plan(&created, &column("created_at", "timestamptz", 'D')).is_ok());
-        assert!(plan(&created, &column("created_at", "jsonb", 'U')).is_ok());
-        assert!(plan(&created, &column("created_at", "int8", 'N')).is_err());
-        let mut generated = column("email", "text", 'S');
+        assert!(plan(&created, &Column::plain("created_at", "timestamptz", 'D')).is_ok());
+        assert!(plan(&created, &Column::plain("created_at", "jsonb", 'U')).is_ok());
+        assert!(plan(&created, &Column::plain("created_at", "int8", 'N')).is_err());
+        let mut generated = Column::plain("email", "text", 'S');
         generated.generated = true;
         assert!(plan(&field("test.v1.User", "email"), &generated)
             .unwrap_err()
             .contains("generated"));
-        let mut array = column("email", "text", 'S');
+        let mut array = Column::plain("email", "text", 'S');
         array.is_array = true;
         assert!(plan(&field("test.v1.User", "email"), &array).is_err());
     }
@@ -723,7 +727,7 @@ mod tests {
             .iter()
             .map(|(name, base, cat)| {
                 let f = field(type_name, name);
-                let col = column(name, base, *cat);
+                let col = Column::plain(name, base, *cat);
                 let conv = plan(&f, &col).unwrap();
                 FieldPlan::new(f, conv, is_json(&col))
             })

@@ -336,15 +336,7 @@ impl Oplog {
                 name: entry.aggregate.clone(),
             })?;
         let key_id = self.wrapper.key_id();
-        let header = Header {
-            aggregate: &entry.aggregate,
-            seq,
-            format: FORMAT_VERSION,
-            key_id,
-            uuid: entry.uuid,
-            metadata: &entry.metadata,
-            catalog: Some(&self.encoded.digest),
-        };
+        let header = entry.header(seq, key_id, &self.encoded.digest);
         let sealed = entry::seal(self.wrapper.as_ref(), &header, &entry.queue, &ticket.chain)?;
         let row = InsertRow {
             uuid: entry.uuid,

@@ -448,14 +448,7 @@ mod tests {
     use super::*;
 
     fn column(name: &str, base: &str, category: char) -> Column {
-        Column {
-            name: name.into(),
-            display: base.into(),
-            base: base.into(),
-            category,
-            is_array: false,
-            generated: false,
-        }
+        Column::plain(name, base, category)
     }
 
     /// The columns of the user table, with `rename` applied to one of them.

@@ -515,11 +515,7 @@ impl Replayer {
             error: error.to_string(),
         };
         let key = self.key.clone();
-        let mut tx = self.dest.transaction()?;
-        tx.execute_typed(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[(&key, Type::TEXT)],
-        )?;
+        let mut tx = locked(&mut self.dest, &key)?;
         let applied: Option<i64> = tx
             .query_typed_opt(
                 "SELECT seq FROM oplog_checkpoint WHERE source = $1 AND aggregate_name = $2",
@@ -873,11 +869,7 @@ impl Replayer {
         // transaction starts.
         let groups = self.build_runs(items)?;
         let key = self.key.clone();
-        let mut tx = self.dest.transaction()?;
-        tx.execute_typed(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            &[(&key, Type::TEXT)],
-        )?;
+        let mut tx = locked(&mut self.dest, &key)?;
         check_checkpoints(&mut tx, &key, items, states)?;
         for group in &groups {
             for run in &group.runs {
@@ -1113,4 +1105,15 @@ fn upsert_checkpoints(
         ],
     )?;
     Ok(())
+}
+
+/// A transaction on the replica holding the lock on the replica's key
+/// (source and suffix), which every writer of its checkpoints takes.
+fn locked<'c>(dest: &'c mut Client, key: &str) -> Result<Transaction<'c>, postgres::Error> {
+    let mut tx = dest.transaction()?;
+    tx.execute_typed(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[(&key, Type::TEXT)],
+    )?;
+    Ok(tx)
 }

@@ -4,7 +4,7 @@
 
 use crate::codec::catalog::TypeCatalog;
 use crate::codec::crypto::Wrapper;
-use crate::codec::entry::{self, Header, NewEntry, FORMAT_VERSION};
+use crate::codec::entry::{self, Header, NewEntry};
 use crate::codec::queue::{Limits, Operation};
 use crate::error::Result;
 
@@ -75,13 +75,5 @@ pub fn open_entry(
 const CATALOG_DIGEST: [u8; crate::codec::entry::HASH_LEN] = [0x5a; crate::codec::entry::HASH_LEN];
 
 fn header<'a>(entry: &'a NewEntry, seq: i64, key_id: &'a str) -> Header<'a> {
-    Header {
-        aggregate: &entry.aggregate,
-        seq,
-        format: FORMAT_VERSION,
-        key_id,
-        uuid: entry.uuid,
-        metadata: &entry.metadata,
-        catalog: Some(&CATALOG_DIGEST),
-    }
+    entry.header(seq, key_id, &CATALOG_DIGEST)
 }

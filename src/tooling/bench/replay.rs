@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{invalid, user, verdict, Scratch};
 use crate::codec::crypto::Keyring;
-use crate::codec::entry::{self, Header, NewEntry, FORMAT_VERSION};
+use crate::codec::entry::{self, NewEntry, FORMAT_VERSION};
 use crate::error::Result;
 use crate::replica::replay::{ReplayOptions, Replayer};
 use crate::replica::Target;
@@ -228,15 +228,7 @@ pub(super) fn load(
         let mut entry = NewEntry::new(aggregates[a].as_str());
         entry.create(u)?;
         let seq = heads[a].0 + 1;
-        let header = Header {
-            aggregate: &aggregates[a],
-            seq,
-            format: FORMAT_VERSION,
-            key_id: &key_id,
-            uuid: entry.uuid,
-            metadata: &entry.metadata,
-            catalog: Some(&digest),
-        };
+        let header = entry.header(seq, &key_id, &digest);
         let sealed = entry::seal(oplog.wrapper(), &header, &entry.queue, &heads[a].1)?;
         heads[a] = (seq, sealed.chain.to_vec());
         rows.push(&entry, seq, &key_id, sealed, &digest);
