@@ -7,6 +7,7 @@
 //! least-privilege roles ([`roles`]). Builds on the codec and the store;
 //! knows nothing of replicas.
 
+pub(crate) mod append;
 pub(crate) mod consumer;
 pub(crate) mod retry;
 pub(crate) mod rewrap;

@@ -8,10 +8,11 @@ use uuid::Uuid;
 
 use crate::codec::catalog::{EncodedCatalog, TypeCatalog};
 use crate::codec::crypto::Wrapper;
-use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, FORMAT_VERSION, HASH_LEN};
+use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, HASH_LEN};
 use crate::codec::queue::Limits;
 use crate::error::{EntryRef, Error, Result};
-use crate::store::{Appended, Connection, InsertRow, ListQuery, Pager, StoredRow, TicketRow};
+use crate::source::append::{Append, Request};
+use crate::store::{Connection, ListQuery, Pager, StoredRow, TicketRow};
 
 /// Name of the ticket seeded by the migrations. Writing every entry to the
 /// aggregate named `global` puts the whole log in one total order.
@@ -50,6 +51,21 @@ impl Ticket {
     /// Version when read; the entry written with it gets `version + 1`.
     pub fn version(&self) -> i64 {
         self.version
+    }
+
+    /// The chain head at that version.
+    pub(crate) fn chain(&self) -> &[u8] {
+        &self.chain
+    }
+
+    /// A ticket as if read at `version` with chain head `chain`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, version: i64, chain: &[u8]) -> Ticket {
+        Ticket {
+            name: name.into(),
+            version,
+            chain: chain.to_vec(),
+        }
     }
 }
 
@@ -263,20 +279,10 @@ impl Oplog {
     /// the ticket elsewhere, locks it (creating it when missing) and the
     /// entry is sealed again for a second call, which cannot lose.
     pub fn write(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<Written> {
-        self.check_writable(conn, entry)?;
-        let mut ticket = self.tickets.get(&entry.aggregate);
-        // The second call holds the ticket's lock; the bound only guards
-        // against a database that misbehaves.
-        for _ in 0..3 {
-            match self.append(conn, entry, &ticket, true)? {
-                Ok(written) => return Ok(written),
-                Err(Some(current)) => ticket = current,
-                Err(None) => break,
-            }
+        if !conn.in_transaction() {
+            return Err(Error::NotInTransaction);
         }
-        Err(Error::TicketNotFound {
-            name: entry.aggregate.clone(),
-        })
+        drive(conn, Append::pessimistic(self, entry)?)
     }
 
     /// Writes `entry` with a ticket read earlier by [`Oplog::ticket`]
@@ -288,98 +294,39 @@ impl Oplog {
         ticket: &Ticket,
         entry: &NewEntry,
     ) -> Result<Written> {
-        if ticket.name != entry.aggregate {
-            return Err(Error::Config(format!(
-                "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
-                ticket.name, entry.aggregate
-            )));
-        }
-        self.check_writable(conn, entry)?;
-        let row = TicketRow {
-            version: ticket.version,
-            chain: ticket.chain.clone(),
-        };
-        match self.append(conn, entry, &row, false)? {
-            Ok(written) => Ok(written),
-            Err(Some(_)) => Err(Error::TicketAlreadyRedeemed {
-                name: entry.aggregate.clone(),
-                version: ticket.version,
-            }),
-            Err(None) => Err(Error::TicketNotFound {
-                name: entry.aggregate.clone(),
-            }),
-        }
-    }
-
-    fn check_writable(&self, conn: &mut impl Connection, entry: &NewEntry) -> Result<()> {
+        let append = Append::optimistic(self, ticket, entry)?;
         if !conn.in_transaction() {
             return Err(Error::NotInTransaction);
         }
+        drive(conn, append)
+    }
+
+    /// Checks that `entry` can be written and read back: its types are in
+    /// the catalog, replay could apply it, it is within the readers' limits.
+    pub(crate) fn check_entry(&self, entry: &NewEntry) -> Result<()> {
         entry.validate(&self.catalog)?;
         entry.queue.check_limits(&self.limits)
     }
 
-    /// Seals `entry` as the successor of `ticket` and appends it. The inner
-    /// result is the written entry, or else where the ticket really is
-    /// (`None` when it does not exist).
-    fn append(
-        &self,
-        conn: &mut impl Connection,
-        entry: &NewEntry,
-        ticket: &TicketRow,
-        wait: bool,
-    ) -> Result<Result<Written, Option<TicketRow>>> {
-        let seq = ticket
-            .version
-            .checked_add(1)
-            .ok_or_else(|| Error::TicketExhausted {
-                name: entry.aggregate.clone(),
-            })?;
-        let key_id = self.wrapper.key_id();
-        let header = entry.header(seq, key_id, &self.encoded.digest);
-        let sealed = entry::seal(self.wrapper.as_ref(), &header, &entry.queue, &ticket.chain)?;
-        let row = InsertRow {
-            uuid: entry.uuid,
-            aggregate: &entry.aggregate,
-            seq,
-            prev_chain: &ticket.chain,
-            format: FORMAT_VERSION,
-            key_id,
-            data: &sealed.data,
-            digest: &sealed.digest,
-            chain: &sealed.chain,
-            meta_keys: entry.metadata.iter().map(|(k, _)| k).collect(),
-            meta_values: entry.metadata.iter().map(|(_, v)| v).collect(),
-            catalog: Some(&self.encoded.digest),
-            notify: self.notify,
-        };
-        let mut appended = conn.append(&row, wait)?;
-        if appended == Appended::MissingCatalog {
-            // The first entry written with this catalog in this database:
-            // store the catalog in the same transaction and append again.
-            conn.store_catalog(&self.encoded.digest, &self.encoded.bytes)?;
-            appended = conn.append(&row, wait)?;
-        }
-        Ok(match appended {
-            Appended::Entry(id) => {
-                self.tickets.put(
-                    &entry.aggregate,
-                    TicketRow {
-                        version: seq,
-                        chain: sealed.chain.to_vec(),
-                    },
-                );
-                Ok(Written {
-                    id,
-                    uuid: entry.uuid,
-                    aggregate: entry.aggregate.clone(),
-                    seq,
-                    chain: sealed.chain,
-                })
-            }
-            Appended::Moved(current) => Err(Some(current)),
-            Appended::NoTicket | Appended::MissingCatalog => Err(None),
-        })
+    /// The ticket position this process last left `aggregate` at, or the
+    /// start of a log.
+    pub(crate) fn remembered_ticket(&self, aggregate: &str) -> TicketRow {
+        self.tickets.get(aggregate)
+    }
+
+    /// Remembers where this process left `aggregate`'s ticket.
+    pub(crate) fn remember_ticket(&self, aggregate: &str, ticket: TicketRow) {
+        self.tickets.put(aggregate, ticket);
+    }
+
+    /// This oplog's catalog, encoded as it is stored.
+    pub(crate) fn encoded_catalog(&self) -> &EncodedCatalog {
+        &self.encoded
+    }
+
+    /// True when writes notify followers.
+    pub(crate) fn notifies(&self) -> bool {
+        self.notify
     }
 
     /// Lists entries, decrypted and decoded: those of `aggregate` with a seq
@@ -567,6 +514,24 @@ impl<C: Connection> std::fmt::Debug for Entries<'_, C> {
             .field("remaining", &self.remaining)
             .field("buffered", &self.page.len())
             .finish()
+    }
+}
+
+/// Sends what `append` asks for over a synchronous driver until the
+/// entry is written or refused.
+fn drive(conn: &mut impl Connection, mut append: Append<'_>) -> Result<Written> {
+    loop {
+        let answered = match append.request() {
+            Request::Append { row, wait } => conn.append(&row, wait)?,
+            Request::StoreCatalog { digest, bytes } => {
+                conn.store_catalog(digest, bytes)?;
+                append.catalog_stored();
+                continue;
+            }
+        };
+        if let Some(written) = append.answered(answered)? {
+            return Ok(written);
+        }
     }
 }
 

@@ -1,0 +1,360 @@
+//! The append protocol without I/O: what to send next, and what each answer
+//! means.
+//!
+//! [`Append`] seals an entry as the successor of a ticket position, says
+//! what the driver must send ([`Request`]: the `oplog_append` call, or the
+//! catalog to store first), and takes the database's answers
+//! ([`Appended`]): written, the ticket elsewhere (a pessimistic writer
+//! seals again at the real position, which the answer locked; an
+//! optimistic one has lost the race), no ticket, or the catalog missing.
+//! The ticket cache is read when an append starts and written when it
+//! succeeds. Every driver (rust-postgres, diesel, tokio-postgres) is a thin
+//! loop around it that sends the requests; none decides anything itself.
+
+use crate::codec::entry::{self, NewEntry, Sealed, FORMAT_VERSION};
+use crate::error::{Error, Result};
+use crate::source::write::{Oplog, Ticket, Written};
+use crate::store::{Appended, InsertRow, TicketRow};
+
+/// How many times a pessimistic writer finds its ticket moved before it
+/// gives up: the second call holds the ticket's lock, so only a database
+/// that misbehaves moves it again.
+const MAX_MOVES: u32 = 3;
+
+/// One entry being appended.
+pub(crate) struct Append<'a> {
+    oplog: &'a Oplog,
+    entry: &'a NewEntry,
+    /// Wait for the ticket's lock and follow it when it moved (pessimistic),
+    /// or fail when it moved (optimistic).
+    wait: bool,
+    /// The ticket position the entry is sealed after.
+    after: TicketRow,
+    seq: i64,
+    sealed: Sealed,
+    /// The catalog must be stored before the next append.
+    store_catalog: bool,
+    /// The catalog was stored by this append.
+    catalog_stored: bool,
+    moves: u32,
+}
+
+/// What the driver sends next.
+pub(crate) enum Request<'r> {
+    /// Call `oplog_append` with this row; `wait` for the ticket's lock.
+    Append {
+        /// The entry, its metadata and the position it redeems.
+        row: InsertRow<'r>,
+        /// Wait for the ticket's lock (pessimistic).
+        wait: bool,
+    },
+    /// Store the catalog the entry names (in the same transaction).
+    StoreCatalog {
+        /// The catalog's SHA-256.
+        digest: &'r [u8],
+        /// The encoded catalog.
+        bytes: &'r [u8],
+    },
+}
+
+impl<'a> Append<'a> {
+    /// A pessimistic append ([`Oplog::write`]): sealed after the position
+    /// this process last left the aggregate at (or its start), followed
+    /// to wherever the ticket really is.
+    pub(crate) fn pessimistic(oplog: &'a Oplog, entry: &'a NewEntry) -> Result<Self> {
+        oplog.check_entry(entry)?;
+        let after = oplog.remembered_ticket(&entry.aggregate);
+        Append::sealed(oplog, entry, after, true)
+    }
+
+    /// An optimistic append ([`Oplog::write_with_ticket`]) after `ticket`.
+    pub(crate) fn optimistic(
+        oplog: &'a Oplog,
+        ticket: &Ticket,
+        entry: &'a NewEntry,
+    ) -> Result<Self> {
+        if ticket.name() != entry.aggregate {
+            return Err(Error::Config(format!(
+                "ticket {:?} does not order aggregate {:?}; read the aggregate's own ticket",
+                ticket.name(),
+                entry.aggregate
+            )));
+        }
+        oplog.check_entry(entry)?;
+        let after = TicketRow {
+            version: ticket.version(),
+            chain: ticket.chain().to_vec(),
+        };
+        Append::sealed(oplog, entry, after, false)
+    }
+
+    fn sealed(oplog: &'a Oplog, entry: &'a NewEntry, after: TicketRow, wait: bool) -> Result<Self> {
+        let (seq, sealed) = seal(oplog, entry, &after)?;
+        Ok(Append {
+            oplog,
+            entry,
+            wait,
+            after,
+            seq,
+            sealed,
+            store_catalog: false,
+            catalog_stored: false,
+            moves: 0,
+        })
+    }
+
+    /// What to send now.
+    pub(crate) fn request(&self) -> Request<'_> {
+        let encoded = self.oplog.encoded_catalog();
+        if self.store_catalog {
+            return Request::StoreCatalog {
+                digest: &encoded.digest,
+                bytes: &encoded.bytes,
+            };
+        }
+        Request::Append {
+            row: InsertRow {
+                uuid: self.entry.uuid,
+                aggregate: &self.entry.aggregate,
+                seq: self.seq,
+                prev_chain: &self.after.chain,
+                format: FORMAT_VERSION,
+                key_id: self.oplog.wrapper().key_id(),
+                data: &self.sealed.data,
+                digest: &self.sealed.digest,
+                chain: &self.sealed.chain,
+                meta_keys: self.entry.metadata.iter().map(|(k, _)| k).collect(),
+                meta_values: self.entry.metadata.iter().map(|(_, v)| v).collect(),
+                catalog: Some(&encoded.digest),
+                notify: self.oplog.notifies(),
+            },
+            wait: self.wait,
+        }
+    }
+
+    /// The catalog asked for by [`Request::StoreCatalog`] is stored.
+    pub(crate) fn catalog_stored(&mut self) {
+        self.store_catalog = false;
+        self.catalog_stored = true;
+    }
+
+    /// What `oplog_append` answered: the written entry, or `None` when
+    /// there is more to send.
+    pub(crate) fn answered(&mut self, appended: Appended) -> Result<Option<Written>> {
+        match appended {
+            Appended::Entry(id) => {
+                self.oplog.remember_ticket(
+                    &self.entry.aggregate,
+                    TicketRow {
+                        version: self.seq,
+                        chain: self.sealed.chain.to_vec(),
+                    },
+                );
+                Ok(Some(Written {
+                    id,
+                    uuid: self.entry.uuid,
+                    aggregate: self.entry.aggregate.clone(),
+                    seq: self.seq,
+                    chain: self.sealed.chain,
+                }))
+            }
+            // The first entry written with this catalog in this database:
+            // store it in the same transaction and append again. A catalog
+            // still missing after that was not stored where the entry goes.
+            Appended::MissingCatalog if !self.catalog_stored => {
+                self.store_catalog = true;
+                Ok(None)
+            }
+            Appended::MissingCatalog => Err(Error::StoredCatalog {
+                digest: crate::hex::hex(&self.oplog.encoded_catalog().digest),
+                reason: "still missing after it was stored in this transaction".into(),
+            }),
+            Appended::Moved(_) if !self.wait => Err(Error::TicketAlreadyRedeemed {
+                name: self.entry.aggregate.clone(),
+                version: self.after.version,
+            }),
+            Appended::Moved(current) => {
+                self.moves += 1;
+                if self.moves >= MAX_MOVES {
+                    return Err(Error::TicketNotFound {
+                        name: self.entry.aggregate.clone(),
+                    });
+                }
+                let (seq, sealed) = seal(self.oplog, self.entry, &current)?;
+                self.after = current;
+                self.seq = seq;
+                self.sealed = sealed;
+                Ok(None)
+            }
+            Appended::NoTicket => Err(Error::TicketNotFound {
+                name: self.entry.aggregate.clone(),
+            }),
+        }
+    }
+}
+
+/// Seals `entry` as the successor of `after`.
+fn seal(oplog: &Oplog, entry: &NewEntry, after: &TicketRow) -> Result<(i64, Sealed)> {
+    let seq = after
+        .version
+        .checked_add(1)
+        .ok_or_else(|| Error::TicketExhausted {
+            name: entry.aggregate.clone(),
+        })?;
+    let header = entry.header(
+        seq,
+        oplog.wrapper().key_id(),
+        &oplog.encoded_catalog().digest,
+    );
+    let sealed = entry::seal(oplog.wrapper(), &header, &entry.queue, &after.chain)?;
+    Ok((seq, sealed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::crypto::Keyring;
+    use crate::codec::entry::GENESIS_CHAIN;
+
+    fn oplog() -> Oplog {
+        Oplog::new(crate::testing::catalog(), Keyring::generate())
+    }
+
+    fn entry(aggregate: &str) -> NewEntry {
+        let mut entry = NewEntry::new(aggregate);
+        entry
+            .create(&crate::testing::User {
+                id: "u1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        entry
+    }
+
+    /// The row of an append request: (seq, previous chain, chain, wait).
+    fn append_row(append: &Append<'_>) -> (i64, Vec<u8>, Vec<u8>, bool) {
+        match append.request() {
+            Request::Append { row, wait } => {
+                (row.seq, row.prev_chain.to_vec(), row.chain.to_vec(), wait)
+            }
+            Request::StoreCatalog { .. } => panic!("expected an append"),
+        }
+    }
+
+    fn position(version: i64, chain: &[u8]) -> TicketRow {
+        TicketRow {
+            version,
+            chain: chain.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_pessimistic_append_follows_the_ticket_and_remembers_where_it_left_it() {
+        let log = oplog();
+        let e = entry("a");
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let (seq, prev, _, wait) = append_row(&append);
+        assert_eq!(
+            (seq, prev.as_slice(), wait),
+            (1, GENESIS_CHAIN.as_slice(), true)
+        );
+
+        // Another writer got there first: sealed again after its entry.
+        let theirs = [7u8; 32];
+        assert!(append
+            .answered(Appended::Moved(position(4, &theirs)))
+            .unwrap()
+            .is_none());
+        let (seq, prev, chain, _) = append_row(&append);
+        assert_eq!((seq, prev.as_slice()), (5, theirs.as_slice()));
+
+        let written = append.answered(Appended::Entry(42)).unwrap().unwrap();
+        assert_eq!(
+            (written.id, written.seq, written.chain.to_vec()),
+            (42, 5, chain.clone())
+        );
+        // The next append of the aggregate starts from there.
+        let next = entry("a");
+        let append = Append::pessimistic(&log, &next).unwrap();
+        let (seq, prev, _, _) = append_row(&append);
+        assert_eq!((seq, prev), (6, chain));
+    }
+
+    #[test]
+    fn a_missing_catalog_is_stored_once_then_the_same_entry_is_appended() {
+        let log = oplog();
+        let e = entry("a");
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let before = append_row(&append);
+        assert!(append.answered(Appended::MissingCatalog).unwrap().is_none());
+        match append.request() {
+            Request::StoreCatalog { digest, bytes } => {
+                assert_eq!(digest, log.catalog_digest().as_slice());
+                assert_eq!(bytes, log.encoded_catalog().bytes.as_slice());
+            }
+            Request::Append { .. } => panic!("expected the catalog first"),
+        }
+        append.catalog_stored();
+        assert_eq!(append_row(&append), before, "the same sealed entry again");
+        let err = append.answered(Appended::MissingCatalog).unwrap_err();
+        assert!(matches!(err, Error::StoredCatalog { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_optimistic_append_loses_a_race_instead_of_following() {
+        let log = oplog();
+        let e = entry("a");
+        let ticket = Ticket::for_tests("a", 3, &[9u8; 32]);
+        let mut append = Append::optimistic(&log, &ticket, &e).unwrap();
+        let (seq, prev, _, wait) = append_row(&append);
+        assert_eq!(
+            (seq, prev.as_slice(), wait),
+            (4, [9u8; 32].as_slice(), false)
+        );
+        let err = append
+            .answered(Appended::Moved(position(4, &[1; 32])))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::TicketAlreadyRedeemed { version: 3, .. }) && err.is_retryable(),
+            "{err}"
+        );
+
+        let other = Ticket::for_tests("b", 0, &GENESIS_CHAIN);
+        assert!(matches!(
+            Append::optimistic(&log, &other, &e),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn no_ticket_and_a_ticket_that_keeps_moving_are_errors() {
+        let log = oplog();
+        let e = entry("a");
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        assert!(matches!(
+            append.answered(Appended::NoTicket),
+            Err(Error::TicketNotFound { .. })
+        ));
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let mut outcome = Ok(None);
+        for v in 1..=MAX_MOVES {
+            outcome = append.answered(Appended::Moved(position(
+                i64::from(v),
+                &[u8::try_from(v).unwrap(); 32],
+            )));
+        }
+        assert!(matches!(outcome, Err(Error::TicketNotFound { .. })));
+        // A ticket at the last version cannot be redeemed again.
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        assert!(matches!(
+            append.answered(Appended::Moved(position(i64::MAX, &[0; 32]))),
+            Err(Error::TicketExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn an_entry_that_could_not_be_read_back_is_refused_before_anything_is_sent() {
+        let log = oplog();
+        assert!(Append::pessimistic(&log, &NewEntry::new("a")).is_err());
+    }
+}
