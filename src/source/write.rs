@@ -517,6 +517,89 @@ impl<C: Connection> std::fmt::Debug for Entries<'_, C> {
     }
 }
 
+/// Writing over tokio-postgres, for async services: the same protocol and
+/// statements as [`Oplog::write`] and [`Oplog::write_with_ticket`], in the
+/// caller's own transaction, without blocking a thread.
+#[cfg(feature = "tokio-postgres")]
+impl Oplog {
+    /// Writes `entry` in the caller's tokio-postgres transaction, waiting
+    /// for the aggregate's ticket if another transaction holds it
+    /// ([`LockMode::Pessimistic`]), as [`Oplog::write`] does.
+    ///
+    /// Dropping the future before it completes leaves the transaction
+    /// without the entry or with it whole (one statement writes it); roll
+    /// the transaction back unless the write returned `Ok`.
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, client: &mut tokio_postgres::Client, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let tx = client.transaction().await?;
+    /// tx.execute("UPDATE account SET balance = balance - 10 WHERE id = 'a1'", &[]).await?;
+    /// let written = oplog.write_async(&tx, entry).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_async(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        drive_async(tx, Append::pessimistic(self, entry)?).await
+    }
+
+    /// Reads the ticket `name` for an optimistic write later in the same
+    /// transaction, as [`Oplog::ticket`] does.
+    pub async fn ticket_async(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        name: &str,
+    ) -> Result<Ticket> {
+        let row = crate::store::tokio_driver::read_ticket(tx, name)
+            .await?
+            .ok_or_else(|| Error::TicketNotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Ticket {
+            name: name.to_string(),
+            version: row.version,
+            chain: row.chain,
+        })
+    }
+
+    /// Writes `entry` with a ticket read earlier by [`Oplog::ticket_async`]
+    /// ([`LockMode::Optimistic`]), as [`Oplog::write_with_ticket`] does.
+    pub async fn write_with_ticket_async(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        ticket: &Ticket,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        drive_async(tx, Append::optimistic(self, ticket, entry)?).await
+    }
+}
+
+/// Sends what `append` asks for over tokio-postgres until the entry is
+/// written or refused.
+#[cfg(feature = "tokio-postgres")]
+async fn drive_async(
+    c: &impl tokio_postgres::GenericClient,
+    mut append: Append<'_>,
+) -> Result<Written> {
+    use crate::store::tokio_driver;
+    loop {
+        let answered = match append.request() {
+            Request::Append { row, wait } => tokio_driver::append(c, &row, wait).await?,
+            Request::StoreCatalog { digest, bytes } => {
+                tokio_driver::store_catalog(c, digest, bytes).await?;
+                append.catalog_stored();
+                continue;
+            }
+        };
+        if let Some(written) = append.answered(answered)? {
+            return Ok(written);
+        }
+    }
+}
+
 /// Sends what `append` asks for over a synchronous driver until the
 /// entry is written or refused.
 fn drive(conn: &mut impl Connection, mut append: Append<'_>) -> Result<Written> {

@@ -28,6 +28,8 @@ mod diesel_driver;
 pub(crate) mod migrate;
 pub(crate) mod schema;
 pub(crate) mod tls;
+#[cfg(feature = "tokio-postgres")]
+pub(crate) mod tokio_driver;
 
 /// A ticket as read from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,10 +427,15 @@ impl Connection for diesel::PgConnection {}
 
 fn pg_read_ticket(c: &mut impl GenericClient, name: &str) -> Result<Option<TicketRow>> {
     let row = c.query_typed_opt(READ_TICKET, &[(&name, Type::TEXT)])?;
-    Ok(row.map(|r| TicketRow {
-        version: r.get(0),
-        chain: r.get(1),
-    }))
+    row.as_ref().map(ticket_row).transpose()
+}
+
+/// A ticket from a row of [`READ_TICKET`].
+fn ticket_row(row: &postgres::Row) -> Result<TicketRow> {
+    Ok(TicketRow {
+        version: row.try_get(0)?,
+        chain: row.try_get(1)?,
+    })
 }
 
 fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
@@ -438,8 +445,18 @@ fn pg_seed_ticket(c: &mut impl GenericClient, name: &str) -> Result<()> {
 
 fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Result<Appended> {
     let uuid = r.uuid.to_string();
-    let params: [(&(dyn ToSql + Sync), Type); 14] = [
-        (&uuid, Type::TEXT),
+    let row = c.query_typed_one(APPEND, &append_params(r, &uuid, &wait))?;
+    appended_row(&row)
+}
+
+/// The parameters of [`APPEND`] for `r`, with its UUID as text.
+fn append_params<'p>(
+    r: &'p InsertRow<'_>,
+    uuid: &'p String,
+    wait: &'p bool,
+) -> [(&'p (dyn ToSql + Sync), Type); 14] {
+    [
+        (uuid, Type::TEXT),
         (&r.aggregate, Type::TEXT),
         (&r.seq, Type::INT8),
         (&r.prev_chain, Type::BYTEA),
@@ -450,12 +467,20 @@ fn pg_append(c: &mut impl GenericClient, r: &InsertRow<'_>, wait: bool) -> Resul
         (&r.chain, Type::BYTEA),
         (&r.meta_keys, Type::TEXT_ARRAY),
         (&r.meta_values, Type::TEXT_ARRAY),
-        (&wait, Type::BOOL),
+        (wait, Type::BOOL),
         (&r.catalog, Type::BYTEA),
         (&r.notify, Type::BOOL),
-    ];
-    let row = c.query_typed_one(APPEND, &params)?;
-    Ok(appended(row.get(0), row.get(1), row.get(2), row.get(3)))
+    ]
+}
+
+/// What [`APPEND`]'s row says.
+fn appended_row(row: &postgres::Row) -> Result<Appended> {
+    Ok(appended(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    ))
 }
 
 fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<EntryPage> {

@@ -18,5 +18,6 @@ mod security;
 mod support;
 mod targets;
 mod tls;
+mod tokio_pg;
 mod verify;
 mod write;

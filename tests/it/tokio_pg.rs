@@ -1,0 +1,200 @@
+//! Writing entries over tokio-postgres, in an async service's own
+//! transaction: the same guarantees as the synchronous drivers.
+
+use std::sync::Arc;
+
+use oplog::{Error, Keyring, NewEntry, Oplog};
+use tokio_postgres::NoTls;
+
+use crate::support::{user, TestDb};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A tokio-postgres client of `db`, its connection driven by the runtime.
+async fn connect(db: &TestDb) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn oplog() -> Oplog {
+    Oplog::new(oplog::demo::user_catalog(), Keyring::generate())
+}
+
+fn create_entry(aggregate: &str, id: &str) -> NewEntry {
+    let mut entry = NewEntry::new(aggregate);
+    entry.metadata("actor", "alice").create(&user(id)).unwrap();
+    entry
+}
+
+/// Inserts the demo user `id` in `tx`.
+async fn insert_user(tx: &tokio_postgres::Transaction<'_>, id: &str) {
+    let u = user(id);
+    tx.execute(oplog::demo::INSERT_USER, &u.params())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn an_entry_written_in_a_tokio_transaction_commits_with_it_and_reads_back() {
+    let db = TestDb::new();
+    let log = oplog();
+    runtime().block_on(async {
+        let mut client = connect(&db).await;
+        let tx = client.transaction().await.unwrap();
+        insert_user(&tx, "u1").await;
+        let first = log
+            .write_async(&tx, &create_entry("tenant", "u1"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(first.seq, 1);
+
+        // Rolled back: neither the row nor the entry, and the ticket where
+        // it was; the next entry takes the seq the rolled back one had.
+        let tx = client.transaction().await.unwrap();
+        insert_user(&tx, "u2").await;
+        let lost = log
+            .write_async(&tx, &create_entry("tenant", "u2"))
+            .await
+            .unwrap();
+        assert_eq!(lost.seq, 2);
+        tx.rollback().await.unwrap();
+
+        let tx = client.transaction().await.unwrap();
+        insert_user(&tx, "u3").await;
+        let third = log
+            .write_async(&tx, &create_entry("tenant", "u3"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(third.seq, 2);
+    });
+    let entries = log
+        .list(&mut db.client(), Some("tenant"), 0, None)
+        .unwrap();
+    let ids: Vec<String> = entries
+        .iter()
+        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
+        .collect();
+    assert_eq!(ids, ["u1", "u3"]);
+    assert_eq!(entries[0].metadata.get("actor"), Some("alice"));
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM demo_user"), 2);
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'tenant'"),
+        2
+    );
+}
+
+#[test]
+fn optimistic_tokio_writes_lose_a_race_with_a_retryable_error() {
+    let db = TestDb::new();
+    let log = oplog();
+    runtime().block_on(async {
+        let mut a = connect(&db).await;
+        let mut b = connect(&db).await;
+        let tx = a.transaction().await.unwrap();
+        let ticket = log.ticket_async(&tx, "global").await.unwrap();
+        assert_eq!(ticket.version(), 0);
+
+        // Another transaction redeems the ticket first.
+        let other = b.transaction().await.unwrap();
+        log.write_async(&other, &create_entry("global", "u1"))
+            .await
+            .unwrap();
+        other.commit().await.unwrap();
+
+        let err = log
+            .write_with_ticket_async(&tx, &ticket, &create_entry("global", "u2"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::TicketAlreadyRedeemed { .. }) && err.is_retryable(),
+            "{err}"
+        );
+        tx.rollback().await.unwrap();
+
+        let tx = a.transaction().await.unwrap();
+        let ticket = log.ticket_async(&tx, "global").await.unwrap();
+        let written = log
+            .write_with_ticket_async(&tx, &ticket, &create_entry("global", "u2"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(written.seq, 2);
+        let err = log.ticket_async(&a.transaction().await.unwrap(), "nope").await;
+        assert!(matches!(err, Err(Error::TicketNotFound { .. })));
+    });
+}
+
+/// Eight tasks, each on its own connection, write 200 entries each to one
+/// aggregate, each entry with its domain row: seqs are exactly 1..1600, the
+/// ticket is at 1600, and every row has its entry.
+#[test]
+fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
+    const TASKS: usize = 8;
+    const WRITES: usize = 200;
+    let db = TestDb::new();
+    let log = Arc::new(oplog());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let mut client = connect(&db).await;
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for w in 0..WRITES {
+                    let id = format!("t{t}-{w}");
+                    let tx = client.transaction().await.unwrap();
+                    insert_user(&tx, &id).await;
+                    log.write_async(&tx, &create_entry("one", &id))
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let total = i64::try_from(TASKS * WRITES).unwrap();
+    let seqs: Vec<i64> = db
+        .client()
+        .query(
+            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'one' ORDER BY seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'one'"),
+        total
+    );
+    let entries = log.list(&mut db.client(), Some("one"), 0, None).unwrap();
+    let mut ids: Vec<String> = entries
+        .iter()
+        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
+        .collect();
+    ids.sort();
+    let mut rows: Vec<String> = db
+        .client()
+        .query("SELECT id FROM demo_user", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    rows.sort();
+    assert_eq!(ids, rows, "every domain row has its entry and no other");
+}
