@@ -260,6 +260,8 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 pub use crate::source::consumer::{
     consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
 };
+#[cfg(feature = "tokio-postgres")]
+pub use crate::source::retry::AttemptFuture;
 pub use crate::source::retry::{Retried, RetryPolicy, Retryable};
 pub use crate::source::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::source::roles::{grant, grants, Role};

@@ -242,17 +242,109 @@ impl RetryPolicy {
         &self,
         mut attempt: impl FnMut(u32) -> Result<T, E>,
     ) -> Result<Retried<T>, E> {
-        let max = self.max_attempts.max(1);
         let mut n = 1;
         loop {
-            match attempt(n) {
-                Ok(value) => return Ok(Retried { value, attempts: n }),
-                Err(e) if e.is_retryable() && n < max => {
-                    std::thread::sleep(self.backoff(n));
+            match self.after(n, attempt(n)) {
+                Next::Done(outcome) => return outcome,
+                Next::Again(pause) => {
+                    std::thread::sleep(pause);
                     n += 1;
                 }
-                Err(e) if e.is_retryable() => return Err(e.exhausted(n)),
-                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// What follows attempt `n`'s `outcome`: it is the result, or another
+    /// attempt comes after a pause.
+    fn after<T, E: Retryable>(&self, n: u32, outcome: Result<T, E>) -> Next<T, E> {
+        match outcome {
+            Ok(value) => Next::Done(Ok(Retried { value, attempts: n })),
+            Err(e) if e.is_retryable() && n < self.max_attempts.max(1) => {
+                Next::Again(self.backoff(n))
+            }
+            Err(e) if e.is_retryable() => Next::Done(Err(e.exhausted(n))),
+            Err(e) => Next::Done(Err(e)),
+        }
+    }
+
+    /// [`RetryPolicy::run`] for async code: the same attempts and backoff,
+    /// with a pause that does not block the thread (tokio's timer, so the
+    /// runtime needs its time driver: `enable_time` or `enable_all`).
+    #[cfg(feature = "tokio-postgres")]
+    pub async fn run_async<T, E: Retryable, F: std::future::Future<Output = Result<T, E>>>(
+        &self,
+        mut attempt: impl FnMut(u32) -> F,
+    ) -> Result<Retried<T>, E> {
+        let mut n = 1;
+        loop {
+            match self.after(n, attempt(n).await) {
+                Next::Done(outcome) => return outcome,
+                Next::Again(pause) => {
+                    tokio::time::sleep(pause).await;
+                    n += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs `body` in a tokio-postgres transaction on `client`, committing
+    /// on success; a retryable failure (in `body` or at commit) rolls back
+    /// and runs it again after a pause that does not block the thread, any
+    /// other error rolls back and is returned. `body` returns [`Error`] or
+    /// the caller's own error type, as with [`RetryPolicy::postgres`], in a
+    /// boxed future that borrows the transaction and owns the rest of what
+    /// it uses (clone an [`Oplog`](crate::Oplog), an `Arc`, the entry), so
+    /// that the whole call stays `Send` and can run in a spawned task.
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, client: &mut tokio_postgres::Client, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let done = oplog::RetryPolicy::default()
+    ///     .tokio_postgres(client, |tx| {
+    ///         let (oplog, entry) = (oplog.clone(), entry.clone());
+    ///         Box::pin(async move {
+    ///             tx.execute("UPDATE account SET balance = balance - 10 WHERE id = 'a1'", &[]).await?;
+    ///             oplog.write_async(tx, &entry).await
+    ///         })
+    ///     })
+    ///     .await?;
+    /// println!("seq {} after {} attempts", done.value.seq, done.attempts);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tokio-postgres")]
+    pub async fn tokio_postgres<T, E, B>(
+        &self,
+        client: &mut tokio_postgres::Client,
+        mut body: B,
+    ) -> Result<Retried<T>, E>
+    where
+        E: Retryable + From<Error>,
+        B: for<'t> FnMut(&'t tokio_postgres::Transaction<'_>) -> AttemptFuture<'t, T, E>,
+    {
+        let driver = |e: tokio_postgres::Error| E::from(Error::from(e));
+        let mut n = 1;
+        loop {
+            let outcome = async {
+                let tx = client.transaction().await.map_err(driver)?;
+                match body(&tx).await {
+                    Ok(value) => {
+                        tx.commit().await.map_err(driver)?;
+                        Ok(value)
+                    }
+                    Err(e) => {
+                        // A failed rollback leaves nothing to undo: the
+                        // connection is gone, and the transaction with it.
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match self.after(n, outcome) {
+                Next::Done(outcome) => return outcome,
+                Next::Again(pause) => {
+                    tokio::time::sleep(pause).await;
+                    n += 1;
+                }
             }
         }
     }
@@ -347,6 +439,20 @@ impl<E> From<diesel::result::Error> for Failed<E> {
     fn from(e: diesel::result::Error) -> Self {
         Failed::Driver(e)
     }
+}
+
+/// One attempt of a [`RetryPolicy::tokio_postgres`] body: a boxed future
+/// that may borrow the transaction for `'t`.
+#[cfg(feature = "tokio-postgres")]
+pub type AttemptFuture<'t, T, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send + 't>>;
+
+/// What follows an attempt.
+enum Next<T, E> {
+    /// The outcome to return.
+    Done(Result<Retried<T>, E>),
+    /// Another attempt, after this pause.
+    Again(Duration),
 }
 
 #[cfg(test)]

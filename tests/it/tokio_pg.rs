@@ -78,9 +78,7 @@ fn an_entry_written_in_a_tokio_transaction_commits_with_it_and_reads_back() {
         tx.commit().await.unwrap();
         assert_eq!(third.seq, 2);
     });
-    let entries = log
-        .list(&mut db.client(), Some("tenant"), 0, None)
-        .unwrap();
+    let entries = log.list(&mut db.client(), Some("tenant"), 0, None).unwrap();
     let ids: Vec<String> = entries
         .iter()
         .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
@@ -130,7 +128,9 @@ fn optimistic_tokio_writes_lose_a_race_with_a_retryable_error() {
             .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(written.seq, 2);
-        let err = log.ticket_async(&a.transaction().await.unwrap(), "nope").await;
+        let err = log
+            .ticket_async(&a.transaction().await.unwrap(), "nope")
+            .await;
         assert!(matches!(err, Err(Error::TicketNotFound { .. })));
     });
 }
@@ -197,4 +197,162 @@ fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
         .collect();
     rows.sort();
     assert_eq!(ids, rows, "every domain row has its entry and no other");
+}
+
+/// Eight tasks write 200 entries each to one aggregate in the optimistic
+/// mode through `RetryPolicy::tokio_postgres`: lost races are retried
+/// without blocking the runtime's threads, and every seq is taken once.
+#[test]
+fn optimistic_writers_retried_by_the_async_policy_get_every_seq_once() {
+    const TASKS: usize = 8;
+    const WRITES: usize = 200;
+    let db = TestDb::new();
+    let log = Arc::new(oplog());
+    let policy = oplog::RetryPolicy {
+        max_attempts: 1_000,
+        base_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let retried = runtime().block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let mut client = connect(&db).await;
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut retried = 0;
+                for w in 0..WRITES {
+                    let id = format!("t{t}-{w}");
+                    let done = policy
+                        .tokio_postgres(&mut client, |tx| {
+                            let (log, id) = (log.clone(), id.clone());
+                            Box::pin(async move {
+                                insert_user(tx, &id).await;
+                                let ticket = log.ticket_async(tx, "global").await?;
+                                let entry = create_entry("global", &id);
+                                log.write_with_ticket_async(tx, &ticket, &entry).await
+                            })
+                        })
+                        .await
+                        .unwrap();
+                    retried += done.attempts - 1;
+                }
+                retried
+            }));
+        }
+        let mut retried = 0;
+        for task in tasks {
+            retried += task.await.unwrap();
+        }
+        retried
+    });
+    assert!(
+        retried > 0,
+        "eight optimistic writers on one ticket never lost a race"
+    );
+    let total = i64::try_from(TASKS * WRITES).unwrap();
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'global'"),
+        total
+    );
+    assert_eq!(
+        db.scalar::<i64>(
+            "SELECT count(DISTINCT seq) FROM oplog_entry WHERE aggregate_name = 'global'"
+        ),
+        total
+    );
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM demo_user"), total);
+}
+
+/// A future that is dropped at its `polls`-th wait, as a timeout or a
+/// `select!` drops it; `None` when it was cancelled.
+struct CancelAt<F> {
+    inner: std::pin::Pin<Box<F>>,
+    polls: usize,
+}
+
+impl<F: std::future::Future> std::future::Future for CancelAt<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.polls == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.polls -= 1;
+        match self.inner.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// A write future dropped at every point where it waits, its transaction
+/// then committed anyway (the worst a caller can do): each entry is in the
+/// log whole or not at all, the log verifies clean, and its seqs have no
+/// gap. The first write of a database also stores the catalog, so both
+/// statements of that path are cut too.
+#[test]
+fn a_write_cancelled_at_any_wait_leaves_no_half_written_entry() {
+    let db = TestDb::new();
+    // Two logs with one key: the second has no ticket position cached.
+    let key = || Keyring::from_key("k1", [7; 32]).unwrap();
+    let logs = [
+        Oplog::new(oplog::demo::user_catalog(), key()),
+        Oplog::new(oplog::demo::user_catalog(), key()),
+    ];
+    let mut cancelled = 0;
+    runtime().block_on(async {
+        let mut client = connect(&db).await;
+        for (round, log) in logs.iter().enumerate() {
+            for polls in 0.. {
+                let id = format!("r{round}-p{polls}");
+                let tx = client.transaction().await.unwrap();
+                insert_user(&tx, &id).await;
+                let entry = create_entry("tenant", &id);
+                let write = CancelAt {
+                    inner: Box::pin(log.write_async(&tx, &entry)),
+                    polls,
+                };
+                let done = write.await;
+                tx.commit().await.unwrap();
+                match done {
+                    Some(written) => {
+                        written.unwrap();
+                        break;
+                    }
+                    None => cancelled += 1,
+                }
+            }
+            // The next log's first write guesses the ticket wrong (its
+            // cache is empty) and is cut on its second path too.
+        }
+    });
+    assert!(cancelled >= 2, "the write never waited: {cancelled}");
+    let report = oplog::verify(&logs[0], &db.url, &oplog::VerifyOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let (count, top): (i64, i64) = {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT count(*), coalesce(max(seq), 0) FROM oplog_entry WHERE aggregate_name = 'tenant'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(count, top, "seqs without a gap");
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'tenant'"),
+        top
+    );
+    // Every entry has all its metadata.
+    assert_eq!(
+        db.scalar::<i64>(
+            "SELECT count(*) FROM oplog_entry e WHERE NOT EXISTS \
+             (SELECT 1 FROM oplog_metadata m WHERE m.entry_id = e.id)"
+        ),
+        0
+    );
 }
