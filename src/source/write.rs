@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::codec::catalog::{EncodedCatalog, TypeCatalog};
+use crate::codec::catalog::{CatalogBytes, EncodedCatalog, TypeCatalog};
 use crate::codec::crypto::Wrapper;
 use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, HASH_LEN};
 use crate::codec::queue::Limits;
 use crate::error::{EntryRef, Error, Result};
 use crate::source::append::{Append, Request};
-use crate::store::{Connection, ListQuery, Pager, StoredRow, TicketRow};
+use crate::store::{Connection, EntryPage, ListQuery, Pager, StoredRow, TicketRow};
 
 /// Name of the ticket seeded by the migrations. Writing every entry to the
 /// aggregate named `global` puts the whole log in one total order.
@@ -216,28 +216,46 @@ impl Oplog {
         digest: Option<&[u8]>,
         entry: impl FnOnce() -> EntryRef,
     ) -> Result<Arc<TypeCatalog>> {
+        match self.known_catalog(digest) {
+            Ok(catalog) => Ok(catalog),
+            Err(digest) => {
+                let stored = conn.load_catalog(digest, self.limits.max_catalog_bytes)?;
+                self.loaded_catalog(digest, stored, entry)
+            }
+        }
+    }
+
+    /// The catalog `digest` names when it is known without reading the
+    /// database (this oplog's own, or one read before), else the digest to
+    /// read.
+    fn known_catalog<'d>(&self, digest: Option<&'d [u8]>) -> Result<Arc<TypeCatalog>, &'d [u8]> {
         let Some(digest) = digest.filter(|d| *d != self.encoded.digest.as_slice()) else {
             return Ok(self.catalog.clone());
         };
-        if let Some(found) = self
-            .stored
+        self.stored
             .0
             .lock()
             .ok()
             .and_then(|m| m.get(digest).cloned())
-        {
-            return Ok(found);
-        }
+            .ok_or(digest)
+    }
+
+    /// The catalog `digest` from what the database holds under it, checked
+    /// against the digest and kept for the next entries that name it.
+    fn loaded_catalog(
+        &self,
+        digest: &[u8],
+        stored: Option<CatalogBytes>,
+        entry: impl FnOnce() -> EntryRef,
+    ) -> Result<Arc<TypeCatalog>> {
         let max = self.limits.max_catalog_bytes;
-        let stored = conn
-            .load_catalog(digest, max)?
-            .ok_or_else(|| Error::CorruptEntry {
-                entry: entry(),
-                reason: format!(
-                    "its type catalog {} is not stored in oplog_catalog; restore it from a backup",
-                    crate::hex::hex(digest)
-                ),
-            })?;
+        let stored = stored.ok_or_else(|| Error::CorruptEntry {
+            entry: entry(),
+            reason: format!(
+                "its type catalog {} is not stored in oplog_catalog; restore it from a backup",
+                crate::hex::hex(digest)
+            ),
+        })?;
         let catalog = Arc::new(TypeCatalog::from_stored(digest, &stored, max)?);
         if let Ok(mut map) = self.stored.0.lock() {
             if map.len() >= CATALOG_CACHE_SIZE {
@@ -372,13 +390,7 @@ impl Oplog {
         Entries {
             oplog: self,
             conn,
-            aggregate: aggregate.map(str::to_string),
-            after_seq,
-            position: (String::new(), 0),
-            remaining: None,
-            pager: Pager::new(Entries::<C>::PAGE_ENTRIES, Entries::<C>::PAGE_BYTES),
-            page: VecDeque::new(),
-            done: false,
+            listing: Listing::new(aggregate, after_seq),
         }
     }
 
@@ -436,6 +448,12 @@ impl Oplog {
 pub struct Entries<'a, C: Connection> {
     oplog: &'a Oplog,
     conn: &'a mut C,
+    listing: Listing,
+}
+
+/// Where a listing of the log stands, without I/O: the page to read next,
+/// the rows read and not yet handed out, and how many may still be.
+pub(crate) struct Listing {
     aggregate: Option<String>,
     after_seq: i64,
     /// The (aggregate, seq) of the last entry read.
@@ -448,6 +466,70 @@ pub struct Entries<'a, C: Connection> {
     done: bool,
 }
 
+impl Listing {
+    /// A listing of `aggregate`'s entries (or every aggregate's) with a
+    /// seq above `after_seq`.
+    pub(crate) fn new(aggregate: Option<&str>, after_seq: i64) -> Listing {
+        Listing {
+            aggregate: aggregate.map(str::to_string),
+            after_seq,
+            position: (String::new(), 0),
+            remaining: None,
+            pager: Pager::new(crate::store::PAGE_ENTRIES, crate::store::PAGE_BYTES),
+            page: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Lists at most `n` entries.
+    pub(crate) fn limit(&mut self, n: u64) {
+        self.remaining = Some(n);
+    }
+
+    /// The page to read before the next row can be handed out, if any.
+    pub(crate) fn wants_page(&self) -> Option<ListQuery<'_>> {
+        if self.remaining == Some(0) || self.done || !self.page.is_empty() {
+            return None;
+        }
+        Some(ListQuery {
+            aggregate: self.aggregate.as_deref(),
+            after_seq: self.after_seq,
+            after: (&self.position.0, self.position.1),
+            limit: self.pager.candidates(self.remaining),
+            max_bytes: self.pager.max_bytes(),
+        })
+    }
+
+    /// The page asked for by [`Listing::wants_page`]. A page whose entries
+    /// were all trimmed between picking and reading them is empty without
+    /// being the last.
+    pub(crate) fn read(&mut self, page: EntryPage) {
+        self.pager.after_page(page.rows.len(), page.cut);
+        self.done = page.is_last();
+        if let Some(end) = page.end {
+            self.position = end;
+        }
+        self.page.extend(page.rows);
+    }
+
+    /// Reading a page failed: the listing ends.
+    pub(crate) fn failed(&mut self) {
+        self.done = true;
+    }
+
+    /// The next row, once no page is wanted; `None` at the end.
+    pub(crate) fn next_row(&mut self) -> Option<StoredRow> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        let row = self.page.pop_front()?;
+        if let Some(n) = self.remaining.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+        Some(row)
+    }
+}
+
 impl<C: Connection> Entries<'_, C> {
     /// Most entries read per page.
     pub const PAGE_ENTRIES: i64 = crate::store::PAGE_ENTRIES;
@@ -458,27 +540,8 @@ impl<C: Connection> Entries<'_, C> {
 
     /// Lists at most `n` entries (no more are read than that).
     pub fn limit(mut self, n: u64) -> Self {
-        self.remaining = Some(n);
+        self.listing.limit(n);
         self
-    }
-
-    /// Reads the next page into `self.page`.
-    fn read_page(&mut self) -> Result<()> {
-        let limit = self.pager.candidates(self.remaining);
-        let page = self.conn.list_entries(&ListQuery {
-            aggregate: self.aggregate.as_deref(),
-            after_seq: self.after_seq,
-            after: (&self.position.0, self.position.1),
-            limit,
-            max_bytes: self.pager.max_bytes(),
-        })?;
-        self.pager.after_page(page.rows.len(), page.cut);
-        self.done = page.is_last();
-        if let Some(end) = page.end {
-            self.position = end;
-        }
-        self.page.extend(page.rows);
-        Ok(())
     }
 }
 
@@ -486,21 +549,20 @@ impl<C: Connection> Iterator for Entries<'_, C> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
-        if self.remaining == Some(0) {
-            return None;
-        }
-        // A page whose entries were all trimmed between picking and reading
-        // them is empty without being the last.
-        while self.page.is_empty() && !self.done {
-            if let Err(e) = self.read_page() {
-                self.done = true;
-                return Some(Err(e));
+        while let Some(page) = self
+            .listing
+            .wants_page()
+            .map(|q| self.conn.list_entries(&q))
+        {
+            match page {
+                Ok(page) => self.listing.read(page),
+                Err(e) => {
+                    self.listing.failed();
+                    return Some(Err(e));
+                }
             }
         }
-        let row = self.page.pop_front()?;
-        if let Some(n) = self.remaining.as_mut() {
-            *n = n.saturating_sub(1);
-        }
+        let row = self.listing.next_row()?;
         Some(self.oplog.open(self.conn, row))
     }
 }
@@ -508,11 +570,11 @@ impl<C: Connection> Iterator for Entries<'_, C> {
 impl<C: Connection> std::fmt::Debug for Entries<'_, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entries")
-            .field("aggregate", &self.aggregate)
-            .field("after_seq", &self.after_seq)
-            .field("position", &self.position)
-            .field("remaining", &self.remaining)
-            .field("buffered", &self.page.len())
+            .field("aggregate", &self.listing.aggregate)
+            .field("after_seq", &self.listing.after_seq)
+            .field("position", &self.listing.position)
+            .field("remaining", &self.listing.remaining)
+            .field("buffered", &self.listing.page.len())
             .finish()
     }
 }
@@ -544,6 +606,48 @@ impl Oplog {
         entry: &NewEntry,
     ) -> Result<Written> {
         drive_async(tx, Append::pessimistic(self, entry)?).await
+    }
+
+    /// Lists entries as [`Oplog::list`] does, over tokio-postgres: a page
+    /// at a time along the `(aggregate_name, seq)` index, each entry
+    /// decrypted and decoded with the catalog it names. Any client or
+    /// transaction; in a `REPEATABLE READ` transaction the pages see one
+    /// snapshot.
+    pub async fn list_async(
+        &self,
+        c: &impl tokio_postgres::GenericClient,
+        aggregate: Option<&str>,
+        after_seq: i64,
+        limit: Option<i64>,
+    ) -> Result<Vec<Entry>> {
+        use crate::store::tokio_driver;
+        let mut listing = Listing::new(aggregate, after_seq);
+        if let Some(limit) = limit {
+            listing.limit(u64::try_from(limit).unwrap_or(0));
+        }
+        let mut entries = Vec::new();
+        loop {
+            let page = match listing.wants_page() {
+                Some(q) => tokio_driver::list_entries(c, &q).await?,
+                None => match listing.next_row() {
+                    Some(row) => {
+                        row_parts(&row)?;
+                        let catalog = match self.known_catalog(row.catalog.as_deref()) {
+                            Ok(catalog) => catalog,
+                            Err(digest) => {
+                                let max = self.limits.max_catalog_bytes;
+                                let stored = tokio_driver::load_catalog(c, digest, max).await?;
+                                self.loaded_catalog(digest, stored, || row_ref(&row))?
+                            }
+                        };
+                        entries.push(self.open_with(row, catalog)?);
+                        continue;
+                    }
+                    None => return Ok(entries),
+                },
+            };
+            listing.read(page);
+        }
     }
 
     /// Reads the ticket `name` for an optimistic write later in the same

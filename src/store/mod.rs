@@ -493,17 +493,17 @@ fn pg_list_entries(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Entr
 
 /// The candidates of the page `q`, with their sizes.
 fn entry_sizes(c: &mut impl GenericClient, q: &ListQuery<'_>) -> Result<Vec<EntrySize>> {
-    sizes_rows(c, q, "")?
-        .iter()
-        .map(|r| {
-            Ok(EntrySize {
-                id: r.try_get(0)?,
-                aggregate_name: r.try_get(1)?,
-                seq: r.try_get(2)?,
-                bytes: r.try_get(3)?,
-            })
-        })
-        .collect()
+    sizes_rows(c, q, "")?.iter().map(entry_size).collect()
+}
+
+/// A candidate of a page, from a row of the sizes statement.
+fn entry_size(r: &postgres::Row) -> Result<EntrySize> {
+    Ok(EntrySize {
+        id: r.try_get(0)?,
+        aggregate_name: r.try_get(1)?,
+        seq: r.try_get(2)?,
+        bytes: r.try_get(3)?,
+    })
 }
 
 /// Runs the statement choosing the candidates of the page `q`, after
@@ -513,25 +513,36 @@ fn sizes_rows(
     q: &ListQuery<'_>,
     prefix: &str,
 ) -> Result<Vec<postgres::Row>> {
-    Ok(match q.aggregate {
-        Some(aggregate) => c.query_typed(
-            &format!("{prefix}{}", sizes_sql(true, true)),
-            &[
-                (&aggregate, Type::TEXT),
-                (&seq_floor(q), Type::INT8),
+    let floor = seq_floor(q);
+    let (sql, params) = sizes_statement(q, &floor);
+    Ok(c.query_typed(&format!("{prefix}{sql}"), &params)?)
+}
+
+/// The statement choosing the candidates of the page `q`, and its
+/// parameters (`floor` is `seq_floor(q)`).
+fn sizes_statement<'q>(
+    q: &'q ListQuery<'_>,
+    floor: &'q i64,
+) -> (String, Vec<(&'q (dyn ToSql + Sync), Type)>) {
+    match &q.aggregate {
+        Some(aggregate) => (
+            sizes_sql(true, true),
+            vec![
+                (aggregate, Type::TEXT),
+                (floor, Type::INT8),
                 (&q.limit, Type::INT8),
             ],
-        )?,
-        None => c.query_typed(
-            &format!("{prefix}{}", sizes_sql(false, q.after_seq > 0)),
-            &[
+        ),
+        None => (
+            sizes_sql(false, q.after_seq > 0),
+            vec![
                 (&q.after.0, Type::TEXT),
                 (&q.after.1, Type::INT8),
                 (&q.after_seq, Type::INT8),
                 (&q.limit, Type::INT8),
             ],
-        )?,
-    })
+        ),
+    }
 }
 
 /// A `json` value as its text (its binary form is the text).

@@ -77,6 +77,21 @@ fn an_entry_written_in_a_tokio_transaction_commits_with_it_and_reads_back() {
             .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(third.seq, 2);
+
+        // Read back over the same driver; a limit and a position hold.
+        let listed = log
+            .list_async(&client, Some("tenant"), 0, None)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = listed.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+        let after = log.list_async(&client, None, 1, Some(5)).await.unwrap();
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        let first = log
+            .list_async(&client, Some("tenant"), 0, Some(1))
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1);
     });
     let entries = log.list(&mut db.client(), Some("tenant"), 0, None).unwrap();
     let ids: Vec<String> = entries
@@ -182,7 +197,22 @@ fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
         db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'one'"),
         total
     );
-    let entries = log.list(&mut db.client(), Some("one"), 0, None).unwrap();
+    // Over two pages, read by tokio-postgres, as the synchronous driver
+    // reads them.
+    let entries = rt.block_on(async {
+        let client = connect(&db).await;
+        log.list_async(&client, Some("one"), 0, None).await.unwrap()
+    });
+    let sync: Vec<(i64, uuid::Uuid)> = log
+        .list(&mut db.client(), Some("one"), 0, None)
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, e.uuid))
+        .collect();
+    assert_eq!(
+        entries.iter().map(|e| (e.seq, e.uuid)).collect::<Vec<_>>(),
+        sync
+    );
     let mut ids: Vec<String> = entries
         .iter()
         .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
