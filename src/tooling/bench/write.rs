@@ -24,14 +24,17 @@ use super::{check_failed, invalid, per, percentile, user, verdict, Scratch, DEFA
 
 /// The smallest commits-per-second ratio of a transaction with an entry to
 /// the bare transaction that [`write()`] aims for.
-pub const WRITE_TARGET_RATIO: f64 = 0.65;
+pub const WRITE_TARGET_RATIO: f64 = 0.75;
+
+/// The same ratio aimed for over tokio-postgres.
+pub const WRITE_TOKIO_TARGET_RATIO: f64 = 0.80;
 
 /// How many times the pessimistic mode should outrun the baseline in
 /// [`contention`].
 pub const CONTENTION_TARGET_RATIO: f64 = 5.0;
 
 /// Length of one interleaving slice in [`write()`].
-const SLICE: Duration = Duration::from_millis(500);
+pub(super) const SLICE: Duration = Duration::from_millis(500);
 
 /// What to run and where.
 #[derive(Debug, Clone)]
@@ -177,12 +180,27 @@ pub struct WriteReport {
     pub bare: Figures,
     /// The domain transaction plus one entry, pessimistic mode.
     pub with_entry: Figures,
+    /// The same two over tokio-postgres ([`Oplog::write_async`]): commits
+    /// per second with an entry over the bare transaction, both through
+    /// that driver.
+    pub tokio_ratio: f64,
+    /// The ratio aimed for over tokio-postgres, [`WRITE_TOKIO_TARGET_RATIO`].
+    pub tokio_target_ratio: f64,
+    /// The bare domain transaction over tokio-postgres.
+    pub tokio_bare: Figures,
+    /// The domain transaction plus one entry over tokio-postgres.
+    pub tokio_with_entry: Figures,
 }
 
 impl WriteReport {
     /// True when the ratio reaches its target.
     pub fn meets_target(&self) -> bool {
         self.ratio >= self.target_ratio
+    }
+
+    /// True when the tokio-postgres ratio reaches its target.
+    pub fn tokio_meets_target(&self) -> bool {
+        self.tokio_ratio >= self.tokio_target_ratio
     }
 }
 
@@ -259,12 +277,25 @@ impl fmt::Display for WriteReport {
         writeln!(f, "{HEADING}")?;
         row(f, "(a) domain transaction", &self.bare)?;
         row(f, "(b) (a) + oplog entry (Oplog::write)", &self.with_entry)?;
+        row(f, "(c) (a) over tokio-postgres", &self.tokio_bare)?;
+        row(
+            f,
+            "(d) (c) + entry (Oplog::write_async)",
+            &self.tokio_with_entry,
+        )?;
         writeln!(
             f,
             "  ratio (b)/(a): {:.2} (target >= {:.2}: {})",
             self.ratio,
             self.target_ratio,
             verdict(self.meets_target())
+        )?;
+        writeln!(
+            f,
+            "  ratio (d)/(c): {:.2} (target >= {:.2}: {})",
+            self.tokio_ratio,
+            self.tokio_target_ratio,
+            verdict(self.tokio_meets_target())
         )
     }
 }
@@ -445,7 +476,20 @@ fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteRe
     )?;
     let bare = Figures::new("bare", bare);
     let with_entry = Figures::new("pessimistic", logged);
+    let (tokio_bare, tokio_logged) =
+        super::write_tokio::measure(&db.url, shared, "bench-write-tokio", duration)?;
+    check_log(
+        &mut writer.client,
+        "bench-write-tokio",
+        tokio_logged.commits + tokio_logged.uncounted,
+    )?;
+    let tokio_bare = Figures::new("tokio bare", tokio_bare);
+    let tokio_with_entry = Figures::new("tokio pessimistic", tokio_logged);
     Ok(WriteReport {
+        tokio_ratio: per(tokio_with_entry.rate_per_s, tokio_bare.rate_per_s),
+        tokio_target_ratio: WRITE_TOKIO_TARGET_RATIO,
+        tokio_bare,
+        tokio_with_entry,
         scenario: "write",
         rate_per_s: with_entry.rate_per_s,
         baseline_per_s: bare.rate_per_s,
@@ -560,11 +604,11 @@ fn concurrently_on(
 }
 
 /// What every writer shares.
-struct Shared {
-    oplog: Oplog,
+pub(super) struct Shared {
+    pub(super) oplog: Oplog,
     /// The same oplog, notifying followers at every commit.
     notifying: Oplog,
-    avatar: Vec<u8>,
+    pub(super) avatar: Vec<u8>,
     retry: RetryPolicy,
     writers: usize,
 }
@@ -586,24 +630,24 @@ impl Shared {
 
 /// Commits and retries counted by a writer.
 #[derive(Debug, Clone, Default)]
-struct Tally {
+pub(super) struct Tally {
     /// Commits that finished within the measuring window.
-    commits: u64,
+    pub(super) commits: u64,
     /// Retries of those commits.
-    retries: u64,
+    pub(super) retries: u64,
     /// Commits outside the measuring window (warm-up, or finished after the
     /// window closed): not counted in the rates, but present in the log.
-    uncounted: u64,
+    pub(super) uncounted: u64,
     /// Length of the measuring window.
-    elapsed: Duration,
+    pub(super) elapsed: Duration,
     /// Most attempts one counted commit took.
-    max_attempts: u32,
+    pub(super) max_attempts: u32,
     /// Time from first attempt to commit of each counted commit.
-    latencies: Vec<Duration>,
+    pub(super) latencies: Vec<Duration>,
 }
 
 impl Tally {
-    fn add(&mut self, other: Tally) {
+    pub(super) fn add(&mut self, other: Tally) {
         self.commits += other.commits;
         self.retries += other.retries;
         self.uncounted += other.uncounted;
@@ -641,7 +685,7 @@ impl Scenario {
 
 /// The domain insert, prepared once per connection like an application's
 /// statement cache would.
-const INSERT_USER: &str = "\
+pub(super) const INSERT_USER: &str = "\
 INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, avatar)
 VALUES ($1, $2, $3, $4, $5, $6)";
 
@@ -794,7 +838,7 @@ fn insert(tx: &mut Transaction<'_>, statement: &Statement, u: &User) -> Result<(
 
 /// The entry every scenario writes: a CREATE of the user, with an actor and
 /// a request id.
-fn new_entry(aggregate: &str, user: &User) -> Result<NewEntry> {
+pub(super) fn new_entry(aggregate: &str, user: &User) -> Result<NewEntry> {
     let mut entry = NewEntry::new(aggregate);
     entry
         .metadata("actor", "bench")
