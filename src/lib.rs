@@ -195,6 +195,7 @@
 //! ```toml
 //! oplog = { version = "0.1", default-features = false }                     # rust-postgres
 //! oplog = { version = "0.1", default-features = false, features = ["diesel"] } # and diesel
+//! oplog = { version = "0.1", default-features = false, features = ["tokio-postgres"] } # async
 //! ```
 //!
 //! - `diesel`: diesel's `PgConnection` as a second driver ([`Connection`],
@@ -202,8 +203,14 @@
 //!   migration source. diesel links the system's libpq; without this
 //!   feature nothing needs a system library, and [`migrate_url`] /
 //!   [`migrate_client`] apply the same migrations over rust-postgres.
+//! - `tokio-postgres`: writing and reading in an async service's own
+//!   tokio-postgres transaction (`Oplog::write_async`,
+//!   `Oplog::write_with_ticket_async`, `Oplog::ticket_async`,
+//!   `Oplog::list_async`) and retrying without blocking a thread
+//!   (`RetryPolicy::tokio_postgres`, `RetryPolicy::run_async`); the same
+//!   append protocol and statements as the synchronous drivers.
 //! - `build`: `oplog::build`, for build scripts (see Own types).
-//! - `cli` (on by default, with `diesel`): the `oplog` command and its
+//! - `cli` (on by default, with `diesel` and `tokio-postgres`): the `oplog` command and its
 //!   tooling (the demo, the benchmarks, throwaway clusters). No part of
 //!   the library's API; a library build without it compiles neither clap,
 //!   ctrlc nor nix.

@@ -703,6 +703,15 @@ fn bench_write_reports_rates_against_its_baseline() {
     assert!(rate > 0.0 && baseline > 0.0, "{report}");
     let ratio = report["ratio"].as_f64().unwrap();
     assert!((ratio - rate / baseline).abs() < 1e-9, "{report}");
+    // The same over tokio-postgres, against that driver's bare transaction.
+    let tokio_rate = report["tokio_with_entry"]["rate_per_s"].as_f64().unwrap();
+    let tokio_baseline = report["tokio_bare"]["rate_per_s"].as_f64().unwrap();
+    assert!(tokio_rate > 0.0 && tokio_baseline > 0.0, "{report}");
+    let tokio_ratio = report["tokio_ratio"].as_f64().unwrap();
+    assert!(
+        (tokio_ratio - tokio_rate / tokio_baseline).abs() < 1e-9,
+        "{report}"
+    );
     // The scratch database is gone afterwards.
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let left: i64 = admin
