@@ -221,6 +221,18 @@ fn trimming_keeps_what_a_lagging_consumer_needs_and_verify_stays_clean() {
     assert_eq!(first.deleted, 20);
     assert_eq!(first.aggregates[0].held_back_at, Some(20));
     assert_eq!(source.scalar::<i64>("SELECT min(seq) FROM oplog_entry"), 21);
+    // Each trimmed entry's metadata went with it, and only theirs.
+    let metadata = |db: &TestDb| {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM oplog_metadata m \
+             WHERE NOT EXISTS (SELECT 1 FROM oplog_entry e WHERE e.id = m.entry_id)",
+        )
+    };
+    assert_eq!(metadata(&source), 0, "metadata of trimmed entries is left");
+    assert_eq!(
+        source.scalar::<i64>("SELECT count(DISTINCT entry_id) FROM oplog_metadata"),
+        10
+    );
     let clean = verify(&log, &source.url, &VerifyOptions::default()).unwrap();
     assert!(clean.is_clean(), "{:?}", clean.findings);
 
