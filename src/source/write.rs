@@ -53,6 +53,18 @@ impl Ticket {
         self.version
     }
 
+    /// The ticket `name` as read (`None`: it does not exist).
+    fn read(name: &str, row: Option<TicketRow>) -> Result<Ticket> {
+        let row = row.ok_or_else(|| Error::TicketNotFound {
+            name: name.to_string(),
+        })?;
+        Ok(Ticket {
+            name: name.to_string(),
+            version: row.version,
+            chain: row.chain,
+        })
+    }
+
     /// The chain head at that version.
     pub(crate) fn chain(&self) -> &[u8] {
         &self.chain
@@ -276,16 +288,7 @@ impl Oplog {
     /// Reads the ticket `name` for an optimistic write later in the same
     /// transaction.
     pub fn ticket(&self, conn: &mut impl Connection, name: &str) -> Result<Ticket> {
-        let row = conn
-            .read_ticket(name)?
-            .ok_or_else(|| Error::TicketNotFound {
-                name: name.to_string(),
-            })?;
-        Ok(Ticket {
-            name: name.to_string(),
-            version: row.version,
-            chain: row.chain,
-        })
+        Ticket::read(name, conn.read_ticket(name)?)
     }
 
     /// Writes `entry` inside the caller's transaction, waiting for the
@@ -657,16 +660,10 @@ impl Oplog {
         tx: &tokio_postgres::Transaction<'_>,
         name: &str,
     ) -> Result<Ticket> {
-        let row = crate::store::tokio_driver::read_ticket(tx, name)
-            .await?
-            .ok_or_else(|| Error::TicketNotFound {
-                name: name.to_string(),
-            })?;
-        Ok(Ticket {
-            name: name.to_string(),
-            version: row.version,
-            chain: row.chain,
-        })
+        Ticket::read(
+            name,
+            crate::store::tokio_driver::read_ticket(tx, name).await?,
+        )
     }
 
     /// Writes `entry` with a ticket read earlier by [`Oplog::ticket_async`]

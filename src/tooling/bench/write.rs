@@ -685,6 +685,18 @@ impl Scenario {
 
 /// The domain insert, prepared once per connection like an application's
 /// statement cache would.
+/// The parameters of [`INSERT_USER`] for `u`.
+pub(super) fn insert_params(u: &User) -> [&(dyn postgres::types::ToSql + Sync); 6] {
+    [
+        &u.id,
+        &u.tenant_id,
+        &u.account_id,
+        &u.email,
+        &u.display_name,
+        &u.avatar,
+    ]
+}
+
 pub(super) const INSERT_USER: &str = "\
 INSERT INTO demo_user (id, tenant_id, account_id, email, display_name, avatar)
 VALUES ($1, $2, $3, $4, $5, $6)";
@@ -822,17 +834,7 @@ impl<'a> Writer<'a> {
 }
 
 fn insert(tx: &mut Transaction<'_>, statement: &Statement, u: &User) -> Result<()> {
-    tx.execute(
-        statement,
-        &[
-            &u.id,
-            &u.tenant_id,
-            &u.account_id,
-            &u.email,
-            &u.display_name,
-            &u.avatar,
-        ],
-    )?;
+    tx.execute(statement, &insert_params(u))?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::source::write::Oplog;
 
 use super::user;
-use super::write::{new_entry, Shared, Tally, INSERT_USER, SLICE};
+use super::write::{insert_params, new_entry, Shared, Tally, INSERT_USER, SLICE};
 
 /// One tokio-postgres connection with the domain insert prepared.
 struct AsyncWriter {
@@ -116,18 +116,7 @@ async fn insert(
     statement: &Statement,
     u: &crate::tooling::demo::User,
 ) -> Result<()> {
-    tx.execute(
-        statement,
-        &[
-            &u.id,
-            &u.tenant_id,
-            &u.account_id,
-            &u.email,
-            &u.display_name,
-            &u.avatar,
-        ],
-    )
-    .await?;
+    tx.execute(statement, &insert_params(u)).await?;
     Ok(())
 }
 
