@@ -269,6 +269,11 @@ pub enum Error {
     #[error("database: {0}")]
     Diesel(#[from] diesel::result::Error),
 
+    /// The database (sqlx driver) reported an error.
+    #[cfg(feature = "sqlx")]
+    #[error("database (sqlx): {0}")]
+    Sqlx(#[from] sqlx::Error),
+
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -450,6 +455,8 @@ impl Error {
             Error::Postgres(e) => postgres_retryable(e),
             #[cfg(feature = "diesel")]
             Error::Diesel(e) => diesel_retryable(e),
+            #[cfg(feature = "sqlx")]
+            Error::Sqlx(e) => sqlx_retryable(e),
             _ => false,
         }
     }
@@ -540,6 +547,14 @@ const RETRYABLE_SQLSTATES: [&str; 2] = ["40001", "40P01"];
 pub(crate) fn postgres_retryable(e: &postgres::Error) -> bool {
     e.code()
         .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.code()))
+}
+
+/// True when sqlx reports a serialization failure or a deadlock.
+#[cfg(feature = "sqlx")]
+pub(crate) fn sqlx_retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| RETRYABLE_SQLSTATES.contains(&c.as_ref()))
 }
 
 /// True when diesel reports a serialization failure or a deadlock.

@@ -196,6 +196,7 @@
 //! oplog = { version = "0.1", default-features = false }                     # rust-postgres
 //! oplog = { version = "0.1", default-features = false, features = ["diesel"] } # and diesel
 //! oplog = { version = "0.1", default-features = false, features = ["tokio-postgres"] } # async
+//! oplog = { version = "0.1", default-features = false, features = ["sqlx"] } # async, sqlx
 //! ```
 //!
 //! - `diesel`: diesel's `PgConnection` as a second driver ([`Connection`],
@@ -209,8 +210,11 @@
 //!   `Oplog::list_async`) and retrying without blocking a thread
 //!   (`RetryPolicy::tokio_postgres`, `RetryPolicy::run_async`); the same
 //!   append protocol and statements as the synchronous drivers.
+//! - `sqlx`: the same in a sqlx transaction (`Oplog::write_sqlx`,
+//!   `Oplog::write_with_ticket_sqlx`, `Oplog::ticket_sqlx`,
+//!   `RetryPolicy::sqlx`).
 //! - `build`: `oplog::build`, for build scripts (see Own types).
-//! - `cli` (on by default, with `diesel` and `tokio-postgres`): the `oplog` command and its
+//! - `cli` (on by default, with the drivers): the `oplog` command and its
 //!   tooling (the demo, the benchmarks, throwaway clusters). No part of
 //!   the library's API; a library build without it compiles neither clap,
 //!   ctrlc nor nix.
@@ -267,7 +271,7 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 pub use crate::source::consumer::{
     consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
 };
-#[cfg(feature = "tokio-postgres")]
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 pub use crate::source::retry::AttemptFuture;
 pub use crate::source::retry::{Retried, RetryPolicy, Retryable};
 pub use crate::source::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};

@@ -135,6 +135,13 @@ impl Retryable for diesel::result::Error {
     }
 }
 
+#[cfg(feature = "sqlx")]
+impl Retryable for sqlx::Error {
+    fn is_retryable(&self) -> bool {
+        crate::error::sqlx_retryable(self)
+    }
+}
+
 impl Retryable for Box<dyn std::error::Error + Send + Sync> {
     fn is_retryable(&self) -> bool {
         any_cause_retryable(&**self)
@@ -157,7 +164,7 @@ fn any_cause_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
         } else if let Some(e) = c.downcast_ref::<postgres::Error>() {
             Retryable::is_retryable(e)
         } else {
-            diesel_cause_retryable(c)
+            diesel_cause_retryable(c) || sqlx_cause_retryable(c)
         };
         if retryable {
             return true;
@@ -177,6 +184,19 @@ fn diesel_cause_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
 /// Without the diesel driver, no error is a diesel error.
 #[cfg(not(feature = "diesel"))]
 fn diesel_cause_retryable(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}
+
+/// True when `e` is a retryable sqlx error.
+#[cfg(feature = "sqlx")]
+fn sqlx_cause_retryable(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .is_some_and(crate::error::sqlx_retryable)
+}
+
+/// Without the sqlx driver, no error is a sqlx error.
+#[cfg(not(feature = "sqlx"))]
+fn sqlx_cause_retryable(_: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
@@ -402,6 +422,68 @@ impl RetryPolicy {
         })
     }
 
+    /// Runs `body` in a sqlx transaction on `conn` (a `PgConnection`, or
+    /// one from a pool: `&mut *pool.acquire().await?`), committing on
+    /// success; a retryable failure rolls back and runs it again after a
+    /// pause that does not block the thread, any other error rolls back and
+    /// is returned. `body` is as with [`RetryPolicy::tokio_postgres`].
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, conn: &mut sqlx::PgConnection, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let done = oplog::RetryPolicy::default()
+    ///     .sqlx(conn, |tx| {
+    ///         let (oplog, entry) = (oplog.clone(), entry.clone());
+    ///         Box::pin(async move {
+    ///             sqlx::query("UPDATE account SET balance = balance - 10 WHERE id = 'a1'")
+    ///                 .execute(&mut **tx)
+    ///                 .await?;
+    ///             oplog.write_sqlx(tx, &entry).await
+    ///         })
+    ///     })
+    ///     .await?;
+    /// println!("seq {} after {} attempts", done.value.seq, done.attempts);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlx")]
+    pub async fn sqlx<T, E, B>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        mut body: B,
+    ) -> Result<Retried<T>, E>
+    where
+        E: Retryable + From<Error>,
+        B: for<'t> FnMut(&'t mut sqlx::Transaction<'_, sqlx::Postgres>) -> AttemptFuture<'t, T, E>,
+    {
+        use sqlx::Connection as _;
+        let driver = |e: sqlx::Error| E::from(Error::from(e));
+        let mut n = 1;
+        loop {
+            let outcome = async {
+                let mut tx = conn.begin().await.map_err(driver)?;
+                match body(&mut tx).await {
+                    Ok(value) => {
+                        tx.commit().await.map_err(driver)?;
+                        Ok(value)
+                    }
+                    Err(e) => {
+                        // As with tokio-postgres: a failed rollback leaves
+                        // nothing to undo.
+                        let _ = tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match self.after(n, outcome) {
+                Next::Done(outcome) => return outcome,
+                Next::Again(pause) => {
+                    tokio::time::sleep(pause).await;
+                    n += 1;
+                }
+            }
+        }
+    }
+
     /// Runs `body` in a diesel transaction on `conn`, committing on success;
     /// a retryable failure rolls back and runs it again, any other error
     /// rolls back and is returned. `body` returns [`Error`] or the caller's
@@ -441,9 +523,10 @@ impl<E> From<diesel::result::Error> for Failed<E> {
     }
 }
 
-/// One attempt of a [`RetryPolicy::tokio_postgres`] body: a boxed future
+/// One attempt of a `RetryPolicy::tokio_postgres` or `RetryPolicy::sqlx`
+/// body: a boxed future
 /// that may borrow the transaction for `'t`.
-#[cfg(feature = "tokio-postgres")]
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 pub type AttemptFuture<'t, T, E> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send + 't>>;
 

@@ -678,6 +678,78 @@ impl Oplog {
     }
 }
 
+/// Writing over sqlx, for async services: the same protocol and
+/// statements as [`Oplog::write`] and [`Oplog::write_with_ticket`], in the
+/// caller's own sqlx transaction.
+#[cfg(feature = "sqlx")]
+impl Oplog {
+    /// Writes `entry` in the caller's sqlx transaction, waiting for the
+    /// aggregate's ticket if another transaction holds it
+    /// ([`LockMode::Pessimistic`]), as [`Oplog::write`] does.
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, pool: &sqlx::PgPool, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("UPDATE account SET balance = balance - 10 WHERE id = 'a1'")
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// let written = oplog.write_sqlx(&mut tx, entry).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        drive_sqlx(tx, Append::pessimistic(self, entry)?).await
+    }
+
+    /// Reads the ticket `name` for an optimistic write later in the same
+    /// transaction, as [`Oplog::ticket`] does.
+    pub async fn ticket_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        name: &str,
+    ) -> Result<Ticket> {
+        Ticket::read(
+            name,
+            crate::store::sqlx_driver::read_ticket(tx, name).await?,
+        )
+    }
+
+    /// Writes `entry` with a ticket read earlier by [`Oplog::ticket_sqlx`]
+    /// ([`LockMode::Optimistic`]), as [`Oplog::write_with_ticket`] does.
+    pub async fn write_with_ticket_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        ticket: &Ticket,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        drive_sqlx(tx, Append::optimistic(self, ticket, entry)?).await
+    }
+}
+
+/// Sends what `append` asks for over sqlx until the entry is written or
+/// refused.
+#[cfg(feature = "sqlx")]
+async fn drive_sqlx(c: &mut sqlx::PgConnection, mut append: Append<'_>) -> Result<Written> {
+    use crate::store::sqlx_driver;
+    loop {
+        let answered = match append.request() {
+            Request::Append { row, wait } => sqlx_driver::append(c, &row, wait).await?,
+            Request::StoreCatalog { digest, bytes } => {
+                sqlx_driver::store_catalog(c, digest, bytes).await?;
+                append.catalog_stored();
+                continue;
+            }
+        };
+        if let Some(written) = append.answered(answered)? {
+            return Ok(written);
+        }
+    }
+}
+
 /// Sends what `append` asks for over tokio-postgres until the entry is
 /// written or refused.
 #[cfg(feature = "tokio-postgres")]

@@ -27,6 +27,8 @@ pub(crate) mod connect;
 mod diesel_driver;
 pub(crate) mod migrate;
 pub(crate) mod schema;
+#[cfg(feature = "sqlx")]
+pub(crate) mod sqlx_driver;
 pub(crate) mod tls;
 #[cfg(feature = "tokio-postgres")]
 pub(crate) mod tokio_driver;

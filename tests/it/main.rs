@@ -15,6 +15,7 @@ mod roles;
 mod scale;
 mod scans;
 mod security;
+mod sqlx_pg;
 mod support;
 mod targets;
 mod tls;
