@@ -6,7 +6,7 @@ use std::sync::Arc;
 use oplog::{Error, Keyring, NewEntry, Oplog, RetryPolicy};
 use sqlx::Connection as _;
 
-use crate::support::{user, TestDb};
+use crate::support::{assert_rows_match_entries, user, TestDb};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -174,18 +174,5 @@ fn eight_sqlx_tasks_writing_one_aggregate_get_every_seq_once() {
         total
     );
     let entries = log.list(&mut db.client(), Some("one"), 0, None).unwrap();
-    let mut ids: Vec<String> = entries
-        .iter()
-        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
-        .collect();
-    ids.sort();
-    let mut rows: Vec<String> = db
-        .client()
-        .query("SELECT id FROM demo_user", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    rows.sort();
-    assert_eq!(ids, rows, "every domain row has its entry and no other");
+    assert_rows_match_entries(&db, &entries);
 }

@@ -162,3 +162,23 @@ pub fn scan_problems(node: &serde_json::Value, problems: &mut Vec<String>) -> bo
     }
     reads_entries
 }
+
+/// Asserts that the users `entries` create are exactly the rows of
+/// `demo_user` in `db`: every domain row has its entry and every entry its
+/// row.
+pub fn assert_rows_match_entries(db: &TestDb, entries: &[oplog::Entry]) {
+    let mut logged: Vec<String> = entries
+        .iter()
+        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
+        .collect();
+    let mut rows: Vec<String> = db
+        .client()
+        .query("SELECT id FROM demo_user", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    logged.sort();
+    rows.sort();
+    assert_eq!(logged, rows, "every domain row has its entry and no other");
+}

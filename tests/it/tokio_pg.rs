@@ -6,7 +6,7 @@ use std::sync::Arc;
 use oplog::{Error, Keyring, NewEntry, Oplog};
 use tokio_postgres::NoTls;
 
-use crate::support::{user, TestDb};
+use crate::support::{assert_rows_match_entries, user, TestDb};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -213,20 +213,7 @@ fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
         entries.iter().map(|e| (e.seq, e.uuid)).collect::<Vec<_>>(),
         sync
     );
-    let mut ids: Vec<String> = entries
-        .iter()
-        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
-        .collect();
-    ids.sort();
-    let mut rows: Vec<String> = db
-        .client()
-        .query("SELECT id FROM demo_user", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    rows.sort();
-    assert_eq!(ids, rows, "every domain row has its entry and no other");
+    assert_rows_match_entries(&db, &entries);
 }
 
 /// Eight tasks write 200 entries each to one aggregate in the optimistic

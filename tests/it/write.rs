@@ -599,21 +599,7 @@ fn concurrent_writes(mode: LockMode) {
     );
     let entries = log.list(&mut db.client(), Some("hot"), 0, None).unwrap();
     assert_eq!(i64::try_from(entries.len()).unwrap(), total);
-    // Every domain row has its entry and every entry its domain row.
-    let mut logged: Vec<String> = entries
-        .iter()
-        .map(|e| e.operations[0].decode::<User>().unwrap().id)
-        .collect();
-    let mut rows: Vec<String> = db
-        .client()
-        .query("SELECT id FROM demo_user", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    logged.sort();
-    rows.sort();
-    assert_eq!(logged, rows);
+    crate::support::assert_rows_match_entries(&db, &entries);
     // The chain links every entry to its predecessor.
     let mut prev = oplog::GENESIS_CHAIN.to_vec();
     let chains: Vec<(Vec<u8>,)> = db
