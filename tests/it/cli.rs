@@ -712,6 +712,15 @@ fn bench_write_reports_rates_against_its_baseline() {
         (tokio_ratio - tokio_rate / tokio_baseline).abs() < 1e-9,
         "{report}"
     );
+    // And over sqlx.
+    let sqlx_rate = report["sqlx_with_entry"]["rate_per_s"].as_f64().unwrap();
+    let sqlx_baseline = report["sqlx_bare"]["rate_per_s"].as_f64().unwrap();
+    assert!(sqlx_rate > 0.0 && sqlx_baseline > 0.0, "{report}");
+    let sqlx_ratio = report["sqlx_ratio"].as_f64().unwrap();
+    assert!(
+        (sqlx_ratio - sqlx_rate / sqlx_baseline).abs() < 1e-9,
+        "{report}"
+    );
     // The scratch database is gone afterwards.
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let left: i64 = admin

@@ -41,13 +41,13 @@ mod follow;
 mod replay;
 mod verify;
 mod write;
-mod write_tokio;
+mod write_async;
 
 pub use codec::{open_entry, seal_entry, SealedEntry};
 pub use write::{
     all, contention, notify, write, ContentionReport, Figures, NotifyReport, Reports,
-    WriteBenchConfig, WriteReport, CONTENTION_TARGET_RATIO, WRITE_TARGET_RATIO,
-    WRITE_TOKIO_TARGET_RATIO,
+    WriteBenchConfig, WriteReport, CONTENTION_TARGET_RATIO, WRITE_SQLX_TARGET_RATIO,
+    WRITE_TARGET_RATIO, WRITE_TOKIO_TARGET_RATIO,
 };
 
 pub use follow::{

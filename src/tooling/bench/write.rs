@@ -29,6 +29,9 @@ pub const WRITE_TARGET_RATIO: f64 = 0.75;
 /// The same ratio aimed for over tokio-postgres.
 pub const WRITE_TOKIO_TARGET_RATIO: f64 = 0.80;
 
+/// The same ratio aimed for over sqlx.
+pub const WRITE_SQLX_TARGET_RATIO: f64 = 0.70;
+
 /// How many times the pessimistic mode should outrun the baseline in
 /// [`contention`].
 pub const CONTENTION_TARGET_RATIO: f64 = 5.0;
@@ -190,6 +193,14 @@ pub struct WriteReport {
     pub tokio_bare: Figures,
     /// The domain transaction plus one entry over tokio-postgres.
     pub tokio_with_entry: Figures,
+    /// The same two over sqlx ([`Oplog::write_sqlx`]).
+    pub sqlx_ratio: f64,
+    /// The ratio aimed for over sqlx, [`WRITE_SQLX_TARGET_RATIO`].
+    pub sqlx_target_ratio: f64,
+    /// The bare domain transaction over sqlx.
+    pub sqlx_bare: Figures,
+    /// The domain transaction plus one entry over sqlx.
+    pub sqlx_with_entry: Figures,
 }
 
 impl WriteReport {
@@ -201,6 +212,11 @@ impl WriteReport {
     /// True when the tokio-postgres ratio reaches its target.
     pub fn tokio_meets_target(&self) -> bool {
         self.tokio_ratio >= self.tokio_target_ratio
+    }
+
+    /// True when the sqlx ratio reaches its target.
+    pub fn sqlx_meets_target(&self) -> bool {
+        self.sqlx_ratio >= self.sqlx_target_ratio
     }
 }
 
@@ -283,6 +299,12 @@ impl fmt::Display for WriteReport {
             "(d) (c) + entry (Oplog::write_async)",
             &self.tokio_with_entry,
         )?;
+        row(f, "(e) (a) over sqlx", &self.sqlx_bare)?;
+        row(
+            f,
+            "(f) (e) + entry (Oplog::write_sqlx)",
+            &self.sqlx_with_entry,
+        )?;
         writeln!(
             f,
             "  ratio (b)/(a): {:.2} (target >= {:.2}: {})",
@@ -296,6 +318,13 @@ impl fmt::Display for WriteReport {
             self.tokio_ratio,
             self.tokio_target_ratio,
             verdict(self.tokio_meets_target())
+        )?;
+        writeln!(
+            f,
+            "  ratio (f)/(e): {:.2} (target >= {:.2}: {})",
+            self.sqlx_ratio,
+            self.sqlx_target_ratio,
+            verdict(self.sqlx_meets_target())
         )
     }
 }
@@ -477,7 +506,7 @@ fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteRe
     let bare = Figures::new("bare", bare);
     let with_entry = Figures::new("pessimistic", logged);
     let (tokio_bare, tokio_logged) =
-        super::write_tokio::measure(&db.url, shared, "bench-write-tokio", duration)?;
+        super::write_async::measure_tokio(&db.url, shared, "bench-write-tokio", duration)?;
     check_log(
         &mut writer.client,
         "bench-write-tokio",
@@ -485,7 +514,20 @@ fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteRe
     )?;
     let tokio_bare = Figures::new("tokio bare", tokio_bare);
     let tokio_with_entry = Figures::new("tokio pessimistic", tokio_logged);
+    let (sqlx_bare, sqlx_logged) =
+        super::write_async::measure_sqlx(&db.url, shared, "bench-write-sqlx", duration)?;
+    check_log(
+        &mut writer.client,
+        "bench-write-sqlx",
+        sqlx_logged.commits + sqlx_logged.uncounted,
+    )?;
+    let sqlx_bare = Figures::new("sqlx bare", sqlx_bare);
+    let sqlx_with_entry = Figures::new("sqlx pessimistic", sqlx_logged);
     Ok(WriteReport {
+        sqlx_ratio: per(sqlx_with_entry.rate_per_s, sqlx_bare.rate_per_s),
+        sqlx_target_ratio: WRITE_SQLX_TARGET_RATIO,
+        sqlx_bare,
+        sqlx_with_entry,
         tokio_ratio: per(tokio_with_entry.rate_per_s, tokio_bare.rate_per_s),
         tokio_target_ratio: WRITE_TOKIO_TARGET_RATIO,
         tokio_bare,
