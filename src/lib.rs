@@ -212,7 +212,7 @@
 //!   append protocol and statements as the synchronous drivers.
 //! - `sqlx`: the same in a sqlx transaction (`Oplog::write_sqlx`,
 //!   `Oplog::write_with_ticket_sqlx`, `Oplog::ticket_sqlx`,
-//!   `RetryPolicy::sqlx`).
+//!   `Oplog::list_sqlx`, `RetryPolicy::sqlx`).
 //! - `build`: `oplog::build`, for build scripts (see Own types).
 //! - `cli` (on by default, with the drivers): the `oplog` command and its
 //!   tooling (the demo, the benchmarks, throwaway clusters). No part of

@@ -623,34 +623,9 @@ impl Oplog {
         after_seq: i64,
         limit: Option<i64>,
     ) -> Result<Vec<Entry>> {
-        use crate::store::tokio_driver;
-        let mut listing = Listing::new(aggregate, after_seq);
-        if let Some(limit) = limit {
-            listing.limit(u64::try_from(limit).unwrap_or(0));
-        }
-        let mut entries = Vec::new();
-        loop {
-            let page = match listing.wants_page() {
-                Some(q) => tokio_driver::list_entries(c, &q).await?,
-                None => match listing.next_row() {
-                    Some(row) => {
-                        row_parts(&row)?;
-                        let catalog = match self.known_catalog(row.catalog.as_deref()) {
-                            Ok(catalog) => catalog,
-                            Err(digest) => {
-                                let max = self.limits.max_catalog_bytes;
-                                let stored = tokio_driver::load_catalog(c, digest, max).await?;
-                                self.loaded_catalog(digest, stored, || row_ref(&row))?
-                            }
-                        };
-                        entries.push(self.open_with(row, catalog)?);
-                        continue;
-                    }
-                    None => return Ok(entries),
-                },
-            };
-            listing.read(page);
-        }
+        let mut pages = crate::store::tokio_driver::Pages(c);
+        self.list_pages(&mut pages, aggregate, after_seq, limit)
+            .await
     }
 
     /// Reads the ticket `name` for an optimistic write later in the same
@@ -675,6 +650,46 @@ impl Oplog {
         entry: &NewEntry,
     ) -> Result<Written> {
         drive_async(tx, Append::optimistic(self, ticket, entry)?).await
+    }
+}
+
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
+impl Oplog {
+    /// The listing of [`Oplog::list`] over an async driver.
+    async fn list_pages(
+        &self,
+        pages: &mut impl crate::store::AsyncPages,
+        aggregate: Option<&str>,
+        after_seq: i64,
+        limit: Option<i64>,
+    ) -> Result<Vec<Entry>> {
+        let mut listing = Listing::new(aggregate, after_seq);
+        if let Some(limit) = limit {
+            listing.limit(u64::try_from(limit).unwrap_or(0));
+        }
+        let mut entries = Vec::new();
+        loop {
+            let page = match listing.wants_page() {
+                Some(q) => pages.page(&q).await?,
+                None => match listing.next_row() {
+                    Some(row) => {
+                        row_parts(&row)?;
+                        let catalog = match self.known_catalog(row.catalog.as_deref()) {
+                            Ok(catalog) => catalog,
+                            Err(digest) => {
+                                let max = self.limits.max_catalog_bytes;
+                                let stored = pages.catalog(digest, max).await?;
+                                self.loaded_catalog(digest, stored, || row_ref(&row))?
+                            }
+                        };
+                        entries.push(self.open_with(row, catalog)?);
+                        continue;
+                    }
+                    None => return Ok(entries),
+                },
+            };
+            listing.read(page);
+        }
     }
 }
 
@@ -703,6 +718,21 @@ impl Oplog {
         entry: &NewEntry,
     ) -> Result<Written> {
         drive_sqlx(tx, Append::pessimistic(self, entry)?).await
+    }
+
+    /// Lists entries as [`Oplog::list`] does, over sqlx: a page at a time
+    /// along the `(aggregate_name, seq)` index, on any connection (in a
+    /// `REPEATABLE READ` transaction the pages see one snapshot).
+    pub async fn list_sqlx(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        aggregate: Option<&str>,
+        after_seq: i64,
+        limit: Option<i64>,
+    ) -> Result<Vec<Entry>> {
+        let mut pages = crate::store::sqlx_driver::Pages(conn);
+        self.list_pages(&mut pages, aggregate, after_seq, limit)
+            .await
     }
 
     /// Reads the ticket `name` for an optimistic write later in the same

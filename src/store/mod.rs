@@ -33,6 +33,16 @@ pub(crate) mod tls;
 #[cfg(feature = "tokio-postgres")]
 pub(crate) mod tokio_driver;
 
+/// Where an async listing reads its pages and the catalogs entries name:
+/// implemented over each async driver.
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
+pub(crate) trait AsyncPages {
+    /// The page `q`.
+    async fn page(&mut self, q: &ListQuery<'_>) -> Result<EntryPage>;
+    /// The stored catalog `digest`, its bytes only within `limit`.
+    async fn catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
+}
+
 /// A ticket as read from the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketRow {

@@ -5,7 +5,12 @@
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
 
-use super::{appended, Appended, InsertRow, TicketRow, APPEND, READ_TICKET, STORE_CATALOG};
+use super::{
+    appended, by_id_sql, catalog_bytes, entry_page, seq_floor, size_param, sizes_sql, take_page,
+    Appended, EntryPage, EntrySize, InsertRow, ListQuery, StoredRow, TicketRow, APPEND,
+    LOAD_CATALOG, READ_TICKET, STORE_CATALOG,
+};
+use crate::codec::catalog::CatalogBytes;
 use crate::error::Result;
 
 /// Calls `oplog_append` for `r`.
@@ -62,4 +67,87 @@ pub(crate) async fn read_ticket(c: &mut PgConnection, name: &str) -> Result<Opti
         }),
         None => None,
     })
+}
+
+/// A page of the log (see [`ListQuery`]), read in two statements as the
+/// other drivers read it.
+pub(crate) async fn list_entries(c: &mut PgConnection, q: &ListQuery<'_>) -> Result<EntryPage> {
+    let sizes = match q.aggregate {
+        Some(aggregate) => {
+            sqlx::query(&sizes_sql(true, true))
+                .bind(aggregate)
+                .bind(seq_floor(q))
+                .bind(q.limit)
+                .fetch_all(&mut *c)
+                .await?
+        }
+        None => {
+            sqlx::query(&sizes_sql(false, q.after_seq > 0))
+                .bind(q.after.0)
+                .bind(q.after.1)
+                .bind(q.after_seq)
+                .bind(q.limit)
+                .fetch_all(&mut *c)
+                .await?
+        }
+    };
+    let sizes = sizes
+        .iter()
+        .map(|r| {
+            Ok(EntrySize {
+                id: r.try_get(0)?,
+                aggregate_name: r.try_get(1)?,
+                seq: r.try_get(2)?,
+                bytes: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (picked, cut, full) = take_page(q, sizes);
+    let ids: Vec<i64> = picked.iter().map(|p| p.id).collect();
+    let mut rows = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        for r in sqlx::query(&by_id_sql())
+            .bind(&ids)
+            .fetch_all(&mut *c)
+            .await?
+        {
+            rows.push(StoredRow {
+                id: r.try_get(0)?,
+                entry_uuid: r.try_get(1)?,
+                aggregate_name: r.try_get(2)?,
+                seq: r.try_get(3)?,
+                format: r.try_get(4)?,
+                key_id: r.try_get(5)?,
+                data: r.try_get(6)?,
+                digest: r.try_get(7)?,
+                chain: r.try_get(8)?,
+                created_us: r.try_get(9)?,
+                meta_keys: r.try_get(10)?,
+                meta_values: r.try_get(11)?,
+                catalog: r.try_get(12)?,
+            });
+        }
+    }
+    Ok(entry_page(&picked, rows, cut, full))
+}
+
+/// The pages of an async listing, read over sqlx.
+pub(crate) struct Pages<'c>(pub(crate) &'c mut PgConnection);
+
+impl super::AsyncPages for Pages<'_> {
+    async fn page(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
+        list_entries(self.0, q).await
+    }
+
+    async fn catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {
+        let row = sqlx::query(LOAD_CATALOG)
+            .bind(digest)
+            .bind(size_param(limit))
+            .fetch_optional(&mut *self.0)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(catalog_bytes(r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
 }

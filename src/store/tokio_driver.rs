@@ -89,3 +89,16 @@ pub(crate) async fn load_catalog(
         None => None,
     })
 }
+
+/// The pages of an async listing, read over tokio-postgres.
+pub(crate) struct Pages<'c, C>(pub(crate) &'c C);
+
+impl<C: GenericClient> super::AsyncPages for Pages<'_, C> {
+    async fn page(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
+        list_entries(self.0, q).await
+    }
+
+    async fn catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {
+        load_catalog(self.0, digest, limit).await
+    }
+}

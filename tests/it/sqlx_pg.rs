@@ -173,6 +173,30 @@ fn eight_sqlx_tasks_writing_one_aggregate_get_every_seq_once() {
         ),
         total
     );
-    let entries = log.list(&mut db.client(), Some("one"), 0, None).unwrap();
+    // Read back over sqlx, over two pages, as the synchronous driver reads
+    // them; and with a position and a limit.
+    let (entries, limited) = runtime().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let all = log
+            .list_sqlx(&mut conn, Some("one"), 0, None)
+            .await
+            .unwrap();
+        let limited = log.list_sqlx(&mut conn, None, 1590, Some(5)).await.unwrap();
+        (all, limited)
+    });
+    let sync: Vec<(i64, uuid::Uuid)> = log
+        .list(&mut db.client(), Some("one"), 0, None)
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, e.uuid))
+        .collect();
+    assert_eq!(
+        entries.iter().map(|e| (e.seq, e.uuid)).collect::<Vec<_>>(),
+        sync
+    );
+    assert_eq!(
+        limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1591, 1592, 1593, 1594, 1595]
+    );
     assert_rows_match_entries(&db, &entries);
 }
