@@ -6,7 +6,7 @@ use std::sync::Arc;
 use oplog::{Error, Keyring, NewEntry, Oplog, RetryPolicy};
 use sqlx::Connection as _;
 
-use crate::support::{assert_rows_match_entries, user, TestDb};
+use crate::support::{assert_listed_as_sync, assert_rows_match_entries, user, TestDb};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -184,16 +184,7 @@ fn eight_sqlx_tasks_writing_one_aggregate_get_every_seq_once() {
         let limited = log.list_sqlx(&mut conn, None, 1590, Some(5)).await.unwrap();
         (all, limited)
     });
-    let sync: Vec<(i64, uuid::Uuid)> = log
-        .list(&mut db.client(), Some("one"), 0, None)
-        .unwrap()
-        .iter()
-        .map(|e| (e.seq, e.uuid))
-        .collect();
-    assert_eq!(
-        entries.iter().map(|e| (e.seq, e.uuid)).collect::<Vec<_>>(),
-        sync
-    );
+    assert_listed_as_sync(&db, &log, "one", &entries);
     assert_eq!(
         limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [1591, 1592, 1593, 1594, 1595]

@@ -182,3 +182,21 @@ pub fn assert_rows_match_entries(db: &TestDb, entries: &[oplog::Entry]) {
     rows.sort();
     assert_eq!(logged, rows, "every domain row has its entry and no other");
 }
+
+/// Asserts that `entries`, listed by an async driver, are those the
+/// synchronous driver lists for `aggregate`, in the same order.
+pub fn assert_listed_as_sync(
+    db: &TestDb,
+    log: &oplog::Oplog,
+    aggregate: &str,
+    entries: &[oplog::Entry],
+) {
+    let sync: Vec<(i64, uuid::Uuid)> = log
+        .list(&mut db.client(), Some(aggregate), 0, None)
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, e.uuid))
+        .collect();
+    let listed: Vec<(i64, uuid::Uuid)> = entries.iter().map(|e| (e.seq, e.uuid)).collect();
+    assert_eq!(listed, sync);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use oplog::{Error, Keyring, NewEntry, Oplog};
 use tokio_postgres::NoTls;
 
-use crate::support::{assert_rows_match_entries, user, TestDb};
+use crate::support::{assert_listed_as_sync, assert_rows_match_entries, user, TestDb};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -203,16 +203,7 @@ fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
         let client = connect(&db).await;
         log.list_async(&client, Some("one"), 0, None).await.unwrap()
     });
-    let sync: Vec<(i64, uuid::Uuid)> = log
-        .list(&mut db.client(), Some("one"), 0, None)
-        .unwrap()
-        .iter()
-        .map(|e| (e.seq, e.uuid))
-        .collect();
-    assert_eq!(
-        entries.iter().map(|e| (e.seq, e.uuid)).collect::<Vec<_>>(),
-        sync
-    );
+    assert_listed_as_sync(&db, &log, "one", &entries);
     assert_rows_match_entries(&db, &entries);
 }
 
