@@ -608,7 +608,11 @@ impl Oplog {
         tx: &tokio_postgres::Transaction<'_>,
         entry: &NewEntry,
     ) -> Result<Written> {
-        drive_async(tx, Append::pessimistic(self, entry)?).await
+        drive_async(
+            &mut crate::store::tokio_driver::Driver(tx),
+            Append::pessimistic(self, entry)?,
+        )
+        .await
     }
 
     /// Lists entries as [`Oplog::list`] does, over tokio-postgres: a page
@@ -623,7 +627,7 @@ impl Oplog {
         after_seq: i64,
         limit: Option<i64>,
     ) -> Result<Vec<Entry>> {
-        let mut pages = crate::store::tokio_driver::Pages(c);
+        let mut pages = crate::store::tokio_driver::Driver(c);
         self.list_pages(&mut pages, aggregate, after_seq, limit)
             .await
     }
@@ -649,7 +653,11 @@ impl Oplog {
         ticket: &Ticket,
         entry: &NewEntry,
     ) -> Result<Written> {
-        drive_async(tx, Append::optimistic(self, ticket, entry)?).await
+        drive_async(
+            &mut crate::store::tokio_driver::Driver(tx),
+            Append::optimistic(self, ticket, entry)?,
+        )
+        .await
     }
 }
 
@@ -717,7 +725,11 @@ impl Oplog {
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         entry: &NewEntry,
     ) -> Result<Written> {
-        drive_sqlx(tx, Append::pessimistic(self, entry)?).await
+        drive_async(
+            &mut crate::store::sqlx_driver::Driver(tx),
+            Append::pessimistic(self, entry)?,
+        )
+        .await
     }
 
     /// Lists entries as [`Oplog::list`] does, over sqlx: a page at a time
@@ -730,7 +742,7 @@ impl Oplog {
         after_seq: i64,
         limit: Option<i64>,
     ) -> Result<Vec<Entry>> {
-        let mut pages = crate::store::sqlx_driver::Pages(conn);
+        let mut pages = crate::store::sqlx_driver::Driver(conn);
         self.list_pages(&mut pages, aggregate, after_seq, limit)
             .await
     }
@@ -756,43 +768,26 @@ impl Oplog {
         ticket: &Ticket,
         entry: &NewEntry,
     ) -> Result<Written> {
-        drive_sqlx(tx, Append::optimistic(self, ticket, entry)?).await
+        drive_async(
+            &mut crate::store::sqlx_driver::Driver(tx),
+            Append::optimistic(self, ticket, entry)?,
+        )
+        .await
     }
 }
 
-/// Sends what `append` asks for over sqlx until the entry is written or
-/// refused.
-#[cfg(feature = "sqlx")]
-async fn drive_sqlx(c: &mut sqlx::PgConnection, mut append: Append<'_>) -> Result<Written> {
-    use crate::store::sqlx_driver;
-    loop {
-        let answered = match append.request() {
-            Request::Append { row, wait } => sqlx_driver::append(c, &row, wait).await?,
-            Request::StoreCatalog { digest, bytes } => {
-                sqlx_driver::store_catalog(c, digest, bytes).await?;
-                append.catalog_stored();
-                continue;
-            }
-        };
-        if let Some(written) = append.answered(answered)? {
-            return Ok(written);
-        }
-    }
-}
-
-/// Sends what `append` asks for over tokio-postgres until the entry is
+/// Sends what `append` asks for over an async driver until the entry is
 /// written or refused.
-#[cfg(feature = "tokio-postgres")]
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 async fn drive_async(
-    c: &impl tokio_postgres::GenericClient,
+    c: &mut impl crate::store::AsyncStatements,
     mut append: Append<'_>,
 ) -> Result<Written> {
-    use crate::store::tokio_driver;
     loop {
         let answered = match append.request() {
-            Request::Append { row, wait } => tokio_driver::append(c, &row, wait).await?,
+            Request::Append { row, wait } => c.append(&row, wait).await?,
             Request::StoreCatalog { digest, bytes } => {
-                tokio_driver::store_catalog(c, digest, bytes).await?;
+                c.store_catalog(digest, bytes).await?;
                 append.catalog_stored();
                 continue;
             }

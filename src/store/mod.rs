@@ -33,6 +33,16 @@ pub(crate) mod tls;
 #[cfg(feature = "tokio-postgres")]
 pub(crate) mod tokio_driver;
 
+/// The statements of the write path over an async driver: implemented
+/// for each, driven by the one async append loop.
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
+pub(crate) trait AsyncStatements {
+    /// Calls `oplog_append` for `row`.
+    async fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
+    /// Stores a catalog (in the caller's transaction).
+    async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
+}
+
 /// Where an async listing reads its pages and the catalogs entries name:
 /// implemented over each async driver.
 #[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]

@@ -131,10 +131,21 @@ pub(crate) async fn list_entries(c: &mut PgConnection, q: &ListQuery<'_>) -> Res
     Ok(entry_page(&picked, rows, cut, full))
 }
 
-/// The pages of an async listing, read over sqlx.
-pub(crate) struct Pages<'c>(pub(crate) &'c mut PgConnection);
+/// A sqlx connection (or transaction), for the async append loop and
+/// listing.
+pub(crate) struct Driver<'c>(pub(crate) &'c mut PgConnection);
 
-impl super::AsyncPages for Pages<'_> {
+impl super::AsyncStatements for Driver<'_> {
+    async fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended> {
+        append(self.0, row, wait).await
+    }
+
+    async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
+        store_catalog(self.0, digest, bytes).await
+    }
+}
+
+impl super::AsyncPages for Driver<'_> {
     async fn page(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
         list_entries(self.0, q).await
     }

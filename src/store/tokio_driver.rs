@@ -90,10 +90,21 @@ pub(crate) async fn load_catalog(
     })
 }
 
-/// The pages of an async listing, read over tokio-postgres.
-pub(crate) struct Pages<'c, C>(pub(crate) &'c C);
+/// A tokio-postgres client or transaction, for the async append loop and
+/// listing.
+pub(crate) struct Driver<'c, C>(pub(crate) &'c C);
 
-impl<C: GenericClient> super::AsyncPages for Pages<'_, C> {
+impl<C: GenericClient> super::AsyncStatements for Driver<'_, C> {
+    async fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended> {
+        append(self.0, row, wait).await
+    }
+
+    async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
+        store_catalog(self.0, digest, bytes).await
+    }
+}
+
+impl<C: GenericClient> super::AsyncPages for Driver<'_, C> {
     async fn page(&mut self, q: &ListQuery<'_>) -> Result<EntryPage> {
         list_entries(self.0, q).await
     }
