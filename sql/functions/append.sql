@@ -61,3 +61,55 @@ $body$;
 
 -- Running with the owner's rights, it is for the roles it is granted to.
 REVOKE EXECUTE ON FUNCTION @schema@.oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean) FROM PUBLIC;
+
+-- Appends one entry as oplog_append does, for a caller that sends COMMIT in
+-- the same round trip: when the entry cannot be written as sealed (its
+-- ticket moved, or its catalog is not stored), it raises
+-- serialization_failure instead of answering, so that the transaction is
+-- aborted and the COMMIT behind it rolls back. Never waits for the ticket:
+-- the caller sealed after a position it knows, and retries the whole
+-- transaction (with a plain write) when that position was stale.
+CREATE OR REPLACE FUNCTION @schema@.oplog_append_or_abort(
+    p_uuid uuid, p_aggregate text, p_seq bigint, p_prev_chain bytea,
+    p_format smallint, p_key_id text, p_data bytea, p_digest bytea,
+    p_chain bytea, p_keys text[], p_values text[], p_catalog bytea,
+    p_notify boolean)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @schema@, pg_temp AS $body$
+DECLARE
+    a record;
+BEGIN
+    SELECT * INTO a FROM @schema@.oplog_append(p_uuid, p_aggregate, p_seq, p_prev_chain,
+        p_format, p_key_id, p_data, p_digest, p_chain, p_keys, p_values, false,
+        p_catalog, p_notify);
+    IF a.o_entry_id IS NOT NULL THEN
+        RETURN a.o_entry_id;
+    END IF;
+    IF a.o_missing_catalog THEN
+        RAISE EXCEPTION 'oplog: the catalog of aggregate %''s entry is not stored; nothing was written', p_aggregate
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RAISE EXCEPTION 'oplog: the ticket of aggregate % is at version %, not %; nothing was written',
+        -- COALESCE is syntax, not a function looked up on the search_path.
+        p_aggregate, COALESCE(a.o_version::text, 'none (no ticket)'), p_seq - 1
+        USING ERRCODE = 'serialization_failure';
+END;
+$body$;
+
+REVOKE EXECUTE ON FUNCTION @schema@.oplog_append_or_abort(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], bytea, boolean) FROM PUBLIC;
+
+-- Whoever may append may append and commit in one round trip.
+DO $grants$
+DECLARE
+    r text;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT a.grantee::regrole::text
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid = '@schema@.oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean)'::regprocedure
+           AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @schema@.oplog_append_or_abort(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], bytea, boolean) TO %s', r);
+    END LOOP;
+END
+$grants$;

@@ -103,6 +103,20 @@ impl<'a> Append<'a> {
         })
     }
 
+    /// An append sent together with COMMIT
+    /// ([`Oplog::write_and_commit_async`]): sealed after the position this
+    /// process left the aggregate at, and never following the ticket, since
+    /// a stale position aborts the transaction. `None` when this process
+    /// remembers no position, or has written no entry with its catalog, so
+    /// that the caller writes the entry the usual way and learns both.
+    pub(crate) fn with_commit(oplog: &'a Oplog, entry: &'a NewEntry) -> Result<Option<Self>> {
+        oplog.check_entry(entry)?;
+        match oplog.known_ticket(&entry.aggregate) {
+            Some(after) => Append::sealed(oplog, entry, after, false).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// What to send now.
     pub(crate) fn request(&self) -> Request<'_> {
         let encoded = self.oplog.encoded_catalog();
@@ -278,6 +292,27 @@ mod tests {
         let append = Append::pessimistic(&log, &next).unwrap();
         let (seq, prev, _, _) = append_row(&append);
         assert_eq!((seq, prev), (6, chain));
+    }
+
+    #[test]
+    fn an_append_with_commit_needs_a_known_position_and_never_waits() {
+        let log = oplog();
+        let e = entry("a");
+        // Nothing written yet: no position worth a transaction.
+        assert!(Append::with_commit(&log, &e).unwrap().is_none());
+        let mut first = Append::pessimistic(&log, &e).unwrap();
+        let written = first.answered(Appended::Entry(1)).unwrap().unwrap();
+        let mut append = Append::with_commit(&log, &e).unwrap().unwrap();
+        let (seq, prev, _, wait) = append_row(&append);
+        assert_eq!((seq, prev, wait), (2, written.chain.to_vec(), false));
+        // Another aggregate's position is not known.
+        assert!(Append::with_commit(&log, &entry("b")).unwrap().is_none());
+        // Written: the next one follows it; forgotten: none again.
+        append.answered(Appended::Entry(2)).unwrap().unwrap();
+        let next = Append::with_commit(&log, &e).unwrap().unwrap();
+        assert_eq!(append_row(&next).0, 3);
+        log.forget_ticket("a");
+        assert!(Append::with_commit(&log, &e).unwrap().is_none());
     }
 
     #[test]

@@ -334,22 +334,79 @@ impl RetryPolicy {
     pub async fn tokio_postgres<T, E, B>(
         &self,
         client: &mut tokio_postgres::Client,
-        mut body: B,
+        body: B,
     ) -> Result<Retried<T>, E>
     where
         E: Retryable + From<Error>,
         B: for<'t> FnMut(&'t tokio_postgres::Transaction<'_>) -> AttemptFuture<'t, T, E>,
     {
-        let driver = |e: tokio_postgres::Error| E::from(Error::from(e));
+        self.tokio_attempts(client, body, Commit).await
+    }
+
+    /// [`RetryPolicy::tokio_postgres`] for a body that ends with one entry
+    /// to write: `body` does the transaction's own work and returns its
+    /// value with the entry, which is then written and committed in one
+    /// round trip ([`Oplog::write_and_commit_async`]). An attempt that
+    /// sealed the entry after a stale ticket position fails retryably with
+    /// nothing committed, and the next one writes it the usual way.
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, client: &mut tokio_postgres::Client, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let done = oplog::RetryPolicy::default()
+    ///     .tokio_postgres_with_entry(client, oplog, |tx| {
+    ///         let entry = entry.clone();
+    ///         Box::pin(async move {
+    ///             tx.execute("UPDATE account SET balance = balance - 10 WHERE id = 'a1'", &[]).await?;
+    ///             Ok::<_, oplog::Error>(((), entry))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// println!("seq {} after {} attempts", done.value.1.seq, done.attempts);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Oplog::write_and_commit_async`]: crate::Oplog::write_and_commit_async
+    #[cfg(feature = "tokio-postgres")]
+    pub async fn tokio_postgres_with_entry<T, E, B>(
+        &self,
+        client: &mut tokio_postgres::Client,
+        oplog: &crate::source::write::Oplog,
+        body: B,
+    ) -> Result<Retried<(T, crate::source::write::Written)>, E>
+    where
+        E: Retryable + From<Error>,
+        B: for<'t> FnMut(
+            &'t tokio_postgres::Transaction<'_>,
+        ) -> AttemptFuture<'t, (T, crate::codec::entry::NewEntry), E>,
+    {
+        self.tokio_attempts(client, body, CommitWithEntry(oplog))
+            .await
+    }
+
+    /// The attempts of [`RetryPolicy::tokio_postgres`]: `body` in a fresh
+    /// transaction, then `finish` ends it (a retryable failure of either
+    /// rolls back and runs both again after a pause).
+    #[cfg(feature = "tokio-postgres")]
+    async fn tokio_attempts<V, T, E, B, F>(
+        &self,
+        client: &mut tokio_postgres::Client,
+        mut body: B,
+        mut finish: F,
+    ) -> Result<Retried<T>, E>
+    where
+        E: Retryable + From<Error>,
+        B: for<'t> FnMut(&'t tokio_postgres::Transaction<'_>) -> AttemptFuture<'t, V, E>,
+        F: Finish<V, T, E>,
+    {
         let mut n = 1;
         loop {
             let outcome = async {
-                let tx = client.transaction().await.map_err(driver)?;
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| E::from(Error::from(e)))?;
                 match body(&tx).await {
-                    Ok(value) => {
-                        tx.commit().await.map_err(driver)?;
-                        Ok(value)
-                    }
+                    Ok(value) => finish.finish(tx, value).await,
                     Err(e) => {
                         // A failed rollback leaves nothing to undo: the
                         // connection is gone, and the transaction with it.
@@ -529,6 +586,44 @@ impl<E> From<diesel::result::Error> for Failed<E> {
 #[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 pub type AttemptFuture<'t, T, E> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send + 't>>;
+
+/// How an attempt of [`RetryPolicy::tokio_postgres`] ends its transaction
+/// after the body succeeded.
+#[cfg(feature = "tokio-postgres")]
+trait Finish<V, T, E> {
+    async fn finish(&mut self, tx: tokio_postgres::Transaction<'_>, value: V) -> Result<T, E>;
+}
+
+/// COMMIT.
+#[cfg(feature = "tokio-postgres")]
+struct Commit;
+
+#[cfg(feature = "tokio-postgres")]
+impl<T, E: From<Error>> Finish<T, T, E> for Commit {
+    async fn finish(&mut self, tx: tokio_postgres::Transaction<'_>, value: T) -> Result<T, E> {
+        tx.commit().await.map_err(|e| E::from(Error::from(e)))?;
+        Ok(value)
+    }
+}
+
+/// The entry the body returned, written and committed in one round trip.
+#[cfg(feature = "tokio-postgres")]
+struct CommitWithEntry<'o>(&'o crate::source::write::Oplog);
+
+#[cfg(feature = "tokio-postgres")]
+impl<T, E: From<Error>>
+    Finish<(T, crate::codec::entry::NewEntry), (T, crate::source::write::Written), E>
+    for CommitWithEntry<'_>
+{
+    async fn finish(
+        &mut self,
+        tx: tokio_postgres::Transaction<'_>,
+        (value, entry): (T, crate::codec::entry::NewEntry),
+    ) -> Result<(T, crate::source::write::Written), E> {
+        let written = self.0.write_and_commit_async(tx, &entry).await?;
+        Ok((value, written))
+    }
+}
 
 /// What follows an attempt.
 enum Next<T, E> {

@@ -1,8 +1,9 @@
 //! Least privilege: the grants each kind of user of the log needs, and no
 //! more.
 //!
-//! - **Writer** (the application): appends entries through `oplog_append`,
-//!   which runs with the owner's rights and adds exactly the next entry of
+//! - **Writer** (the application): appends entries through `oplog_append`
+//!   (or `oplog_append_or_abort`, the same append for a writer that sends
+//!   COMMIT in the same round trip), which runs with the owner's rights and adds exactly the next entry of
 //!   an aggregate with its own metadata. It may read tickets, entries,
 //!   metadata and catalogs, create tickets by name (at version 0), and store
 //!   catalogs that match their digest. It may not insert entries or
@@ -75,8 +76,11 @@ impl fmt::Display for Role {
     }
 }
 
-/// The one function a writer appends through.
+/// The function a writer appends through.
 const APPEND: &str = "oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean)";
+
+/// The same append for a writer that sends COMMIT in the same round trip.
+const APPEND_OR_ABORT: &str = "oplog_append_or_abort(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], bytea, boolean)";
 
 /// The statements that give database role `name` what `role` needs in the
 /// current database; `name` is quoted.
@@ -89,7 +93,7 @@ pub fn grants(role: Role, name: &str) -> String {
             ),
             format!("GRANT INSERT (name) ON oplog_ticket TO {to}"),
             format!("GRANT INSERT ON oplog_catalog TO {to}"),
-            format!("GRANT EXECUTE ON FUNCTION {APPEND} TO {to}"),
+            format!("GRANT EXECUTE ON FUNCTION {APPEND}, {APPEND_OR_ABORT} TO {to}"),
         ],
         Role::Reader => vec![
             format!(

@@ -108,6 +108,9 @@ pub struct Oplog {
     notify: bool,
     tickets: Arc<TicketCache>,
     stored: Arc<StoredCatalogs>,
+    /// An entry of this process was written with the catalog, so it is
+    /// stored (in the database written to).
+    catalog_written: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Most stored catalogs kept decoded.
@@ -134,11 +137,20 @@ struct TicketCache(Mutex<HashMap<String, TicketRow>>);
 
 impl TicketCache {
     fn get(&self, aggregate: &str) -> TicketRow {
-        let cached = self.0.lock().ok().and_then(|m| m.get(aggregate).cloned());
-        cached.unwrap_or_else(|| TicketRow {
+        self.known(aggregate).unwrap_or_else(|| TicketRow {
             version: 0,
             chain: crate::codec::entry::GENESIS_CHAIN.to_vec(),
         })
+    }
+
+    fn known(&self, aggregate: &str) -> Option<TicketRow> {
+        self.0.lock().ok().and_then(|m| m.get(aggregate).cloned())
+    }
+
+    fn forget(&self, aggregate: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(aggregate);
+        }
     }
 
     fn put(&self, aggregate: &str, ticket: TicketRow) {
@@ -178,6 +190,7 @@ impl Oplog {
             notify: false,
             tickets: Arc::default(),
             stored: Arc::default(),
+            catalog_written: Arc::default(),
         }
     }
 
@@ -335,9 +348,27 @@ impl Oplog {
         self.tickets.get(aggregate)
     }
 
-    /// Remembers where this process left `aggregate`'s ticket.
+    /// Remembers where this process left `aggregate`'s ticket, after an
+    /// entry written with this oplog's catalog.
     pub(crate) fn remember_ticket(&self, aggregate: &str, ticket: TicketRow) {
         self.tickets.put(aggregate, ticket);
+        self.catalog_written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where this process left `aggregate`'s ticket, when it remembers, and
+    /// an entry of this process was written with its catalog: a position
+    /// worth sealing after when a stale one costs the transaction.
+    pub(crate) fn known_ticket(&self, aggregate: &str) -> Option<TicketRow> {
+        self.catalog_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.tickets.known(aggregate))
+            .flatten()
+    }
+
+    /// Forgets where `aggregate`'s ticket was: it was not there.
+    pub(crate) fn forget_ticket(&self, aggregate: &str) {
+        self.tickets.forget(aggregate);
     }
 
     /// This oplog's catalog, encoded as it is stored.
@@ -615,6 +646,76 @@ impl Oplog {
         .await
     }
 
+    /// Writes `entry` in `tx` and commits `tx`, sending the append and
+    /// COMMIT to the server together, so that the entry costs no round trip
+    /// of its own. `tx` must be the outermost transaction (not a savepoint).
+    ///
+    /// The entry is sealed after the position this process left the
+    /// aggregate at, and written through `oplog_append_or_abort`: when
+    /// another writer has moved the ticket since, the append raises a
+    /// serialization failure, PostgreSQL turns the COMMIT behind it into a
+    /// rollback, and the call returns that retryable error with nothing
+    /// committed; the next attempt learns the real position. So run it
+    /// under a retry ([`RetryPolicy::tokio_postgres_with_entry`] does), and
+    /// prefer [`Oplog::write_async`] for an aggregate many writers contend
+    /// for. When this process has not written the aggregate yet (or its
+    /// catalog), the entry is written as [`Oplog::write_async`] writes it,
+    /// then committed.
+    ///
+    /// Dropping the future before its first poll rolls `tx` back; after
+    /// it, the COMMIT is on its way and its outcome is unknown to the
+    /// caller, as with any interrupted commit ([`Oplog::committed`] tells).
+    ///
+    /// ```no_run
+    /// # async fn f(oplog: &oplog::Oplog, client: &mut tokio_postgres::Client, entry: &oplog::NewEntry) -> oplog::Result<()> {
+    /// let tx = client.transaction().await?;
+    /// tx.execute("UPDATE account SET balance = balance - 10 WHERE id = 'a1'", &[]).await?;
+    /// let written = oplog.write_and_commit_async(tx, entry).await?;
+    /// println!("committed seq {}", written.seq);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`RetryPolicy::tokio_postgres_with_entry`]: crate::RetryPolicy::tokio_postgres_with_entry
+    pub async fn write_and_commit_async(
+        &self,
+        tx: tokio_postgres::Transaction<'_>,
+        entry: &NewEntry,
+    ) -> Result<Written> {
+        let Some(mut append) = Append::with_commit(self, entry)? else {
+            let written = self.write_async(&tx, entry).await?;
+            tx.commit().await?;
+            return Ok(written);
+        };
+        // Once the COMMIT is sent, `tx` must not send its ROLLBACK when
+        // dropped: it is ended by that COMMIT. A transaction holds no
+        // resource of its own, so not dropping it leaks nothing.
+        let tx = std::mem::ManuallyDrop::new(tx);
+        // Unless the entry is known committed (this future dropped while
+        // the COMMIT is on its way included), the remembered position is
+        // forgotten, so that the next write learns the real one.
+        let mut forget = ForgetPosition(Some((self, &entry.aggregate)));
+        let mut sent = false;
+        let outcome = match append.request() {
+            Request::Append { row, .. } => {
+                crate::store::tokio_driver::append_and_commit(tx.client(), &row, || sent = true)
+                    .await
+            }
+            Request::StoreCatalog { .. } => Err(Error::Config(
+                "an append sent with COMMIT has no catalog to store".into(),
+            )),
+        };
+        if !sent {
+            drop(std::mem::ManuallyDrop::into_inner(tx));
+        }
+        match append.answered(crate::store::Appended::Entry(outcome?))? {
+            Some(written) => {
+                forget.0 = None;
+                Ok(written)
+            }
+            None => Err(Error::Config("an appended entry was not written".into())),
+        }
+    }
+
     /// Lists entries as [`Oplog::list`] does, over tokio-postgres: a page
     /// at a time along the `(aggregate_name, seq)` index, each entry
     /// decrypted and decoded with the catalog it names. Any client or
@@ -773,6 +874,19 @@ impl Oplog {
             Append::optimistic(self, ticket, entry)?,
         )
         .await
+    }
+}
+
+/// Forgets an aggregate's remembered ticket position when dropped armed.
+#[cfg(feature = "tokio-postgres")]
+struct ForgetPosition<'a>(Option<(&'a Oplog, &'a str)>);
+
+#[cfg(feature = "tokio-postgres")]
+impl Drop for ForgetPosition<'_> {
+    fn drop(&mut self) {
+        if let Some((oplog, aggregate)) = self.0.take() {
+            oplog.forget_ticket(aggregate);
+        }
     }
 }
 

@@ -286,6 +286,19 @@ const SEED_TICKET: &str = "INSERT INTO oplog_ticket (name) VALUES ($1) ON CONFLI
 const APPEND: &str = "SELECT o_entry_id, o_version, o_chain, o_missing_catalog FROM oplog_append(\
 $1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
+/// [`APPEND`] for a writer that sends COMMIT in the same round trip:
+/// `oplog_append_or_abort` raises serialization_failure where
+/// `oplog_append` answers that nothing was written, so that the COMMIT
+/// behind it rolls back. Its parameters are [`append_params`] without the
+/// one at [`WAIT_PARAM`] (it never waits).
+#[cfg(feature = "tokio-postgres")]
+const APPEND_OR_ABORT: &str = "SELECT oplog_append_or_abort(\
+$1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// Where `wait` is in [`append_params`].
+#[cfg(feature = "tokio-postgres")]
+const WAIT_PARAM: usize = 11;
+
 /// Stores a catalog; concurrent writers of the same catalog wait for each
 /// other on the primary key and the loser does nothing.
 const STORE_CATALOG: &str =

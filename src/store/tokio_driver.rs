@@ -7,7 +7,8 @@ use tokio_postgres::GenericClient;
 use super::{
     append_params, appended_row, by_id_sql, catalog_bytes, entry_page, entry_size, seq_floor,
     size_param, sizes_statement, stored_row, take_page, ticket_row, Appended, EntryPage, InsertRow,
-    ListQuery, TicketRow, APPEND, LOAD_CATALOG, READ_TICKET, STORE_CATALOG,
+    ListQuery, TicketRow, APPEND, APPEND_OR_ABORT, LOAD_CATALOG, READ_TICKET, STORE_CATALOG,
+    WAIT_PARAM,
 };
 use crate::codec::catalog::CatalogBytes;
 use crate::error::Result;
@@ -23,6 +24,66 @@ pub(crate) async fn append(
         .query_typed_one(APPEND, &append_params(r, &uuid, &wait))
         .await?;
     appended_row(&row)
+}
+
+/// Appends `r` through `oplog_append_or_abort` and commits, in one round
+/// trip: the append's messages and then COMMIT go to the server together,
+/// in that order. When the append fails, the server has aborted the
+/// transaction and turns that COMMIT into a rollback. Returns the entry's
+/// id once both succeeded.
+///
+/// `sent` is told when the COMMIT has been handed to the connection (from
+/// then on the transaction ends whatever becomes of this future); when
+/// the append fails before anything was sent (its parameters did not
+/// encode), COMMIT is not sent and the error is returned.
+pub(crate) async fn append_and_commit(
+    c: &tokio_postgres::Client,
+    r: &InsertRow<'_>,
+    sent: impl FnOnce(),
+) -> Result<i64> {
+    use std::future::Future;
+    use std::task::Poll;
+
+    let uuid = r.uuid.to_string();
+    let params: Vec<_> = append_params(r, &uuid, &false)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| (i != WAIT_PARAM).then_some(p))
+        .collect();
+    // The first poll of each call encodes its messages and hands them to
+    // the connection before it waits for anything, so polling the append
+    // first puts it on the wire before the COMMIT.
+    let mut append = std::pin::pin!(c.query_typed_one(APPEND_OR_ABORT, &params));
+    let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+    if let Poll::Ready(Err(e)) = first {
+        return Err(e.into());
+    }
+    let mut commit = std::pin::pin!(c.batch_execute("COMMIT"));
+    let mut committed = None;
+    sent();
+    let appended = match first {
+        Poll::Ready(row) => row,
+        Poll::Pending => {
+            std::future::poll_fn(|cx| {
+                if committed.is_none() {
+                    if let Poll::Ready(done) = commit.as_mut().poll(cx) {
+                        committed = Some(done);
+                    }
+                }
+                append.as_mut().poll(cx)
+            })
+            .await
+        }
+    };
+    let committed = match committed {
+        Some(done) => done,
+        None => commit.await,
+    };
+    // A failed append made the COMMIT a rollback: its error is the one
+    // that says why.
+    let id = appended?.try_get(0)?;
+    committed?;
+    Ok(id)
 }
 
 /// Stores a catalog (in the caller's transaction).

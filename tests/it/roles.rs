@@ -531,6 +531,62 @@ fn a_temporary_catalog_table_cannot_stand_in_for_a_stored_catalog() {
     assert!(!may_rewrite_entries(&db, &writer));
 }
 
+/// The writer's own call of the append that aborts, for seq `seq` of "agg"
+/// after the chain value `prev`.
+fn append_or_abort_directly(
+    c: &mut postgres::Client,
+    seq: i64,
+    prev: &[u8],
+) -> Result<i64, postgres::Error> {
+    c.query_one(
+        "SELECT oplog_append_or_abort(
+             gen_random_uuid(), 'agg', $1, $2, 1::smallint, 'k', '\\x00',
+             decode(repeat('00', 32), 'hex'), decode(repeat('01', 32), 'hex'),
+             ARRAY['actor'], ARRAY['mallory'], NULL, false)",
+        &[&seq, &prev],
+    )
+    .map(|row| row.get(0))
+}
+
+#[test]
+fn the_append_that_aborts_adds_only_the_next_entry_and_only_for_writers() {
+    let (writer, db) = writer_setup();
+    let mut w = connect_as(&writer, &db);
+    let (_, prev) = real_ticket(&db);
+    // A skipped seq, a wrong chain and a shadowed ticket table all abort,
+    // with the retryable serialization failure, and write nothing.
+    let zero = vec![0u8; 32];
+    for (seq, chain) in [(7, prev.as_slice()), (6, zero.as_slice())] {
+        let err = Error::from(append_or_abort_directly(&mut w, seq, chain).unwrap_err());
+        assert_eq!(err.sqlstate(), Some("40001"), "{err}");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("at version 5"), "{err}");
+    }
+    shadow(
+        &mut w,
+        "oplog_ticket",
+        "INSERT INTO pg_temp.oplog_ticket (name, version) VALUES ('agg', 41)",
+    );
+    let err = Error::from(append_or_abort_directly(&mut w, 42, &zero).unwrap_err());
+    assert_eq!(err.sqlstate(), Some("40001"), "{err}");
+    assert_eq!(real_ticket(&db).0, 5);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 5);
+    // The next entry goes in, with its metadata, through the real tables.
+    let id = append_or_abort_directly(&mut w, 6, &prev).unwrap();
+    assert_eq!(real_ticket(&db).0, 6);
+    let metadata: String = db.scalar(&format!(
+        "SELECT value FROM oplog_metadata WHERE entry_id = {id}"
+    ));
+    assert_eq!(metadata, "mallory");
+    assert!(!may_rewrite_entries(&db, &writer));
+    // A reader may not append at all.
+    let reader = TestRole::new("reader");
+    grant(&mut db.client(), Role::Reader, &reader.name).unwrap();
+    let mut r = connect_as(&reader, &db);
+    let err = Error::from(append_or_abort_directly(&mut r, 7, &prev).unwrap_err());
+    assert_eq!(err.sqlstate(), Some("42501"), "{err}");
+}
+
 #[test]
 fn every_security_definer_function_pins_its_search_path_and_is_not_for_everyone() {
     let db = TestDb::new();
@@ -547,7 +603,7 @@ fn every_security_definer_function_pins_its_search_path_and_is_not_for_everyone(
         )
         .unwrap();
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    for expected in ["oplog_append(", "oplog_trim("] {
+    for expected in ["oplog_append(", "oplog_append_or_abort(", "oplog_trim("] {
         assert!(
             names.iter().any(|n| n.starts_with(expected)),
             "{expected} is not SECURITY DEFINER: {names:?}"
@@ -825,9 +881,14 @@ fn reverting_the_upgrade_restores_the_previous_functions_and_grants() {
         (0..2).map(|i| format!("u{i}")),
     );
 
-    db.diesel()
+    // Back past the migrations after it, then the upgrade itself.
+    let mut conn = db.diesel();
+    while conn
         .revert_last_migration(oplog::MIGRATIONS)
-        .unwrap();
+        .unwrap()
+        .to_string()
+        != "20261129000005"
+    {}
     let trim_config: Option<Vec<String>> = db.scalar(
         "SELECT proconfig FROM pg_proc WHERE oid = 'oplog_trim(text, bigint, bigint)'::regprocedure",
     );

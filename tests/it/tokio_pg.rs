@@ -364,3 +364,243 @@ fn a_write_cancelled_at_any_wait_leaves_no_half_written_entry() {
         0
     );
 }
+
+/// Whether `client` is in a transaction block: a statement sent alone
+/// (one simple query) starts its own transaction, so its start is the
+/// transaction's, and only an open block started earlier differs.
+async fn in_transaction(client: &tokio_postgres::Client) -> bool {
+    let rows = client
+        .simple_query("SELECT now() <> statement_timestamp()")
+        .await
+        .unwrap();
+    rows.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("t"),
+        _ => false,
+    })
+}
+
+/// A tokio-postgres client of `db` whose connection keeps every notice
+/// the server sends (a ROLLBACK outside a transaction draws a warning).
+async fn connect_keeping_notices(
+    db: &TestDb,
+) -> (tokio_postgres::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    let (client, mut connection) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+    let notices = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = notices.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = message {
+                kept.lock().unwrap().push(n.message().to_string());
+            }
+        }
+    });
+    (client, notices)
+}
+
+/// `write_and_commit_async`: the first write of an aggregate goes the usual
+/// way; later ones go with COMMIT, sealed after the remembered position.
+/// When another writer moved the ticket meanwhile, the append aborts, the
+/// COMMIT behind it rolls back (the domain row of that transaction is not
+/// committed), the error is retryable, and the next write goes the usual
+/// way again. No transaction is ended twice (no warning from the server).
+#[test]
+fn an_entry_sent_with_commit_commits_with_its_rows_and_a_stale_position_commits_nothing() {
+    let db = TestDb::new();
+    let key = || Keyring::from_key("k1", [7; 32]).unwrap();
+    let (a_log, b_log) = (
+        Oplog::new(oplog::demo::user_catalog(), key()),
+        Oplog::new(oplog::demo::user_catalog(), key()),
+    );
+    let notices = runtime().block_on(async {
+        let (mut a, notices) = connect_keeping_notices(&db).await;
+        let b = connect(&db).await;
+        let mut seqs = Vec::new();
+        for id in ["u1", "u2", "u3"] {
+            let tx = a.transaction().await.unwrap();
+            insert_user(&tx, id).await;
+            let written = a_log
+                .write_and_commit_async(tx, &create_entry("tenant", id))
+                .await
+                .unwrap();
+            seqs.push(written.seq);
+        }
+        assert_eq!(seqs, [1, 2, 3]);
+
+        // Another process writes seq 4: a's remembered position is stale.
+        let mut b = b;
+        let tx = b.transaction().await.unwrap();
+        insert_user(&tx, "b4").await;
+        b_log
+            .write_async(&tx, &create_entry("tenant", "b4"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let tx = a.transaction().await.unwrap();
+        insert_user(&tx, "lost").await;
+        let err = a_log
+            .write_and_commit_async(tx, &create_entry("tenant", "lost"))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(err.sqlstate(), Some("40001"), "{err}");
+        assert!(err.to_string().contains("at version 4"), "{err}");
+
+        // The connection is usable, outside any transaction, and the next
+        // write learns the position.
+        let tx = a.transaction().await.unwrap();
+        insert_user(&tx, "u5").await;
+        let written = a_log
+            .write_and_commit_async(tx, &create_entry("tenant", "u5"))
+            .await
+            .unwrap();
+        assert_eq!(written.seq, 5);
+        let tx = a.transaction().await.unwrap();
+        insert_user(&tx, "u6").await;
+        let written = a_log
+            .write_and_commit_async(tx, &create_entry("tenant", "u6"))
+            .await
+            .unwrap();
+        assert_eq!(written.seq, 6);
+        assert!(!in_transaction(&a).await, "a transaction is still open");
+        let notices = notices.lock().unwrap().clone();
+        notices
+    });
+    assert!(notices.is_empty(), "the server warned: {notices:?}");
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM demo_user WHERE id = 'lost'"),
+        0,
+        "the rolled back transaction's row"
+    );
+    let entries = a_log
+        .list(&mut db.client(), Some("tenant"), 0, None)
+        .unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_rows_match_entries(&db, &entries);
+    let report = oplog::verify(&a_log, &db.url, &oplog::VerifyOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// Eight tasks write 200 entries each to one aggregate, each entry sent
+/// with its COMMIT through `RetryPolicy::tokio_postgres_with_entry`: the
+/// stale positions contention causes abort and are retried, every seq is
+/// taken once, and every row has its entry.
+#[test]
+fn eight_tasks_committing_with_their_entries_get_every_seq_once() {
+    const TASKS: usize = 8;
+    const WRITES: usize = 200;
+    let db = TestDb::new();
+    let log = Arc::new(oplog());
+    let policy = oplog::RetryPolicy {
+        max_attempts: 1_000,
+        base_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let rt = runtime();
+    let retried = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let mut client = connect(&db).await;
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut retried = 0;
+                for w in 0..WRITES {
+                    let id = format!("t{t}-{w}");
+                    let done = policy
+                        .tokio_postgres_with_entry(&mut client, &log, |tx| {
+                            let id = id.clone();
+                            Box::pin(async move {
+                                insert_user(tx, &id).await;
+                                Ok::<_, Error>((id.clone(), create_entry("one", &id)))
+                            })
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(done.value.0, id);
+                    retried += done.attempts - 1;
+                }
+                retried
+            }));
+        }
+        let mut retried = 0;
+        for task in tasks {
+            retried += task.await.unwrap();
+        }
+        retried
+    });
+    assert!(retried > 0, "eight writers on one ticket never aborted");
+    let total = i64::try_from(TASKS * WRITES).unwrap();
+    let seqs: Vec<i64> = db
+        .client()
+        .query(
+            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'one' ORDER BY seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'one'"),
+        total
+    );
+    let entries = rt.block_on(async {
+        let client = connect(&db).await;
+        log.list_async(&client, Some("one"), 0, None).await.unwrap()
+    });
+    assert_rows_match_entries(&db, &entries);
+}
+
+/// `write_and_commit_async` dropped at every point where it waits, on the
+/// usual path (the first write, which also stores the catalog) and on the
+/// path with COMMIT: each transaction is committed whole or not at all,
+/// the connection stays usable, and the log verifies clean.
+#[test]
+fn a_write_with_commit_cancelled_at_any_wait_commits_all_or_nothing() {
+    let db = TestDb::new();
+    let log = oplog();
+    let mut cancelled = 0;
+    runtime().block_on(async {
+        let mut client = connect(&db).await;
+        for round in 0..3 {
+            for polls in 0.. {
+                let id = format!("r{round}-p{polls}");
+                let tx = client.transaction().await.unwrap();
+                insert_user(&tx, &id).await;
+                let entry = create_entry("tenant", &id);
+                let write = CancelAt {
+                    inner: Box::pin(log.write_and_commit_async(tx, &entry)),
+                    polls,
+                };
+                match write.await {
+                    Some(written) => {
+                        written.unwrap();
+                        break;
+                    }
+                    None => cancelled += 1,
+                }
+                // Whatever was cut, the connection answers, outside any
+                // transaction.
+                assert!(
+                    !in_transaction(&client).await,
+                    "cut at {polls}: a transaction is still open"
+                );
+            }
+        }
+    });
+    assert!(cancelled >= 4, "the write never waited: {cancelled}");
+    let report = oplog::verify(&log, &db.url, &oplog::VerifyOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let entries = log.list(&mut db.client(), Some("tenant"), 0, None).unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=i64::try_from(seqs.len()).unwrap()).collect::<Vec<_>>()
+    );
+    assert!(seqs.len() >= 3);
+    assert_rows_match_entries(&db, &entries);
+}

@@ -30,8 +30,9 @@
 //! # Rules for a change
 //!
 //! - A change to `sql/functions/` ships with a new migration, which may hold
-//!   only a comment saying what changed: the functions are applied only when
-//!   a migration runs. A unit test below holds the digest of the definitions
+//!   only a comment saying what changed and a statement that does nothing
+//!   (`SELECT 1;`: diesel refuses an empty one): the functions are applied
+//!   only when a migration runs. A unit test below holds the digest of the definitions
 //!   (whole-line comments aside) and the migration they came with, so that
 //!   a change without one fails.
 //! - Binaries of the previous release keep running while the new one
@@ -441,8 +442,8 @@ mod tests {
     /// SHA-256 (over each file's name and its lines other than whole-line
     /// comments, with line ends as `\n`).
     const FUNCTIONS_CHANGED_WITH: (&str, &str) = (
-        "20261129000005",
-        "e5a791b277cac17ac51e6745fa4a76e0319e5a8f706a5cf03667770cb581e27c",
+        "20261207000006",
+        "231171b1259e8fcb9451f94b6eb7bea193422b5cc95d5cdcd532eca913fdf106",
     );
 
     fn functions_digest() -> String {
@@ -472,7 +473,7 @@ mod tests {
             now == digest,
             "the function definitions in sql/functions/ changed: deployed databases get them only \
              from a new migration (databases at version {version} have the old ones). Add a \
-             migration (its up.sql may be only a comment saying what changed), then set \
+             migration (its up.sql may be only a comment saying what changed and `SELECT 1;`), then set \
              FUNCTIONS_CHANGED_WITH to (\"<its version>\", \"{now}\")"
         );
         assert!(
