@@ -128,14 +128,15 @@ fn main() -> ExitCode {
     match reports {
         Ok((reports, replay, follow)) => {
             println!(
-                "{}\n{}\n{}\n{replay}\n{follow}",
-                reports.write, reports.contention, reports.notify
+                "{}\n{}\n{}\n{}\n{replay}\n{follow}",
+                reports.write, reports.contention, reports.notify, reports.spread
             );
             if args.json {
                 let all = serde_json::json!({
                     "write": reports.write,
                     "contention": reports.contention,
                     "notify": reports.notify,
+                    "spread": reports.spread,
                     "replay": replay,
                     "follow": follow,
                 });

@@ -159,6 +159,10 @@ enum BenchCommand {
     /// What notifying followers at commit costs many writers, each on its
     /// own aggregate.
     Notify(BenchArgs),
+    /// Many writers, each on its own aggregate, with and without an entry,
+    /// through rust-postgres, tokio-postgres (an entry written, and sent
+    /// with COMMIT) and sqlx.
+    Spread(BenchArgs),
     /// Replay a log into an empty replica, against multi-row INSERTs of the
     /// same rows.
     Replay(BenchReplayArgs),
@@ -619,6 +623,14 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             ctx,
             out,
             cli::bench::Scenario::Notify {
+                seconds: a.seconds,
+                writers: a.writers,
+            },
+        ),
+        Command::Bench(BenchCommand::Spread(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Spread {
                 seconds: a.seconds,
                 writers: a.writers,
             },

@@ -1,4 +1,4 @@
-//! `oplog bench write | contention | notify | replay | follow`: the database benchmarks, each
+//! `oplog bench write | contention | notify | spread | replay | follow`: the database benchmarks, each
 //! with its baseline measured in the same run against the same server: the
 //! one of `--database-url`, or a private throwaway cluster without one.
 
@@ -35,6 +35,14 @@ pub enum Scenario {
     /// followers at commit.
     Notify {
         /// Seconds per variant.
+        seconds: f64,
+        /// Concurrent writers.
+        writers: usize,
+    },
+    /// Many writers on their own aggregates, with and without an entry,
+    /// through each driver.
+    Spread {
+        /// Seconds per scenario.
         seconds: f64,
         /// Concurrent writers.
         writers: usize,
@@ -125,6 +133,9 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
         ),
         Scenario::Notify { seconds, writers } => {
             print(out, &server, &bench::notify(&write_cfg(seconds, writers))?)
+        }
+        Scenario::Spread { seconds, writers } => {
+            print(out, &server, &bench::spread(&write_cfg(seconds, writers))?)
         }
         Scenario::Follow {
             seconds,

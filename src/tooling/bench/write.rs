@@ -20,6 +20,7 @@ use crate::source::write::Oplog;
 use crate::tooling::demo::User;
 
 use super::codec::seal_entry;
+use super::write_async::Mode;
 use super::{check_failed, invalid, per, percentile, user, verdict, Scratch, DEFAULT_URL};
 
 /// The smallest commits-per-second ratio of a transaction with an entry to
@@ -187,12 +188,18 @@ pub struct WriteReport {
     /// per second with an entry over the bare transaction, both through
     /// that driver.
     pub tokio_ratio: f64,
-    /// The ratio aimed for over tokio-postgres, [`WRITE_TOKIO_TARGET_RATIO`].
+    /// The same with the entry sent with COMMIT
+    /// ([`Oplog::write_and_commit_async`]) over the bare transaction.
+    pub tokio_commit_ratio: f64,
+    /// The ratio aimed for over tokio-postgres with the entry sent with
+    /// COMMIT, [`WRITE_TOKIO_TARGET_RATIO`].
     pub tokio_target_ratio: f64,
     /// The bare domain transaction over tokio-postgres.
     pub tokio_bare: Figures,
     /// The domain transaction plus one entry over tokio-postgres.
     pub tokio_with_entry: Figures,
+    /// The domain transaction with its entry sent with COMMIT.
+    pub tokio_with_commit: Figures,
     /// The same two over sqlx ([`Oplog::write_sqlx`]).
     pub sqlx_ratio: f64,
     /// The ratio aimed for over sqlx, [`WRITE_SQLX_TARGET_RATIO`].
@@ -209,9 +216,10 @@ impl WriteReport {
         self.ratio >= self.target_ratio
     }
 
-    /// True when the tokio-postgres ratio reaches its target.
+    /// True when the tokio-postgres ratio with the entry sent with COMMIT
+    /// reaches its target.
     pub fn tokio_meets_target(&self) -> bool {
-        self.tokio_ratio >= self.tokio_target_ratio
+        self.tokio_commit_ratio >= self.tokio_target_ratio
     }
 
     /// True when the sqlx ratio reaches its target.
@@ -264,6 +272,8 @@ pub struct Reports {
     pub contention: ContentionReport,
     /// What notifying followers costs.
     pub notify: NotifyReport,
+    /// Many writers on their own aggregates, through each driver.
+    pub spread: SpreadReport,
 }
 
 /// Column headings of the figures tables.
@@ -299,6 +309,11 @@ impl fmt::Display for WriteReport {
             "(d) (c) + entry (Oplog::write_async)",
             &self.tokio_with_entry,
         )?;
+        row(
+            f,
+            "(d') (c) + entry sent with COMMIT",
+            &self.tokio_with_commit,
+        )?;
         row(f, "(e) (a) over sqlx", &self.sqlx_bare)?;
         row(
             f,
@@ -314,10 +329,11 @@ impl fmt::Display for WriteReport {
         )?;
         writeln!(
             f,
-            "  ratio (d)/(c): {:.2} (target >= {:.2}: {})",
-            self.tokio_ratio,
+            "  ratio (d')/(c): {:.2} (target >= {:.2}: {}); (d)/(c): {:.2}",
+            self.tokio_commit_ratio,
             self.tokio_target_ratio,
-            verdict(self.tokio_meets_target())
+            verdict(self.tokio_meets_target()),
+            self.tokio_ratio
         )?;
         writeln!(
             f,
@@ -386,7 +402,7 @@ pub fn notify(cfg: &WriteBenchConfig) -> Result<NotifyReport> {
     notify_on(&db, &Shared::new(cfg), duration)
 }
 
-/// Runs [`write()`], [`contention`] and [`notify`] against one scratch
+/// Runs [`write()`], [`contention`], [`notify`] and [`spread`] against one scratch
 /// database.
 pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
     let duration = cfg.check()?;
@@ -396,6 +412,7 @@ pub fn all(cfg: &WriteBenchConfig) -> Result<Reports> {
         write: write_on(&db, &shared, duration)?,
         contention: contention_on(&db, &shared, duration)?,
         notify: notify_on(&db, &shared, duration)?,
+        spread: spread_on(&db, &shared, duration)?,
     })
 }
 
@@ -440,18 +457,7 @@ fn notify_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<Notify
             shared.oplog.ensure_ticket(&mut admin, &name(i))?;
         }
         let tally = concurrently_on(db, shared, scenario, &name, duration)?;
-        let entries: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM oplog_entry WHERE aggregate_name LIKE $1 || '-%'",
-                &[&prefix],
-            )?
-            .get(0);
-        if entries != i64::try_from(tally.commits + tally.uncounted).unwrap_or(i64::MAX) {
-            return Err(check_failed(format!(
-                "{prefix}: counted {} commits but found {entries} entries",
-                tally.commits + tally.uncounted
-            )));
-        }
+        check_spread_log(&mut admin, prefix, tally.commits + tally.uncounted)?;
         Ok(Figures::new(scenario.name(), tally))
     };
     let plain = run(Scenario::Pessimistic, "bench-spread")?;
@@ -464,6 +470,190 @@ fn notify_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<Notify
         ratio: per(notifying.rate_per_s, plain.rate_per_s),
         plain,
         notifying,
+    })
+}
+
+/// Checks that the aggregates `<prefix>-<i>` hold `commits` entries in all.
+fn check_spread_log(admin: &mut Client, prefix: &str, commits: u64) -> Result<()> {
+    let entries: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM oplog_entry WHERE aggregate_name LIKE $1 || '-%'",
+            &[&prefix],
+        )?
+        .get(0);
+    if entries != i64::try_from(commits).unwrap_or(i64::MAX) {
+        return Err(check_failed(format!(
+            "{prefix}: counted {commits} commits but found {entries} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest commits-per-second ratio, with an entry to without, that
+/// [`spread`] aims for through each driver.
+pub const SPREAD_TARGET_RATIO: f64 = 0.6;
+
+/// What [`spread`] measured: many writers, each on an aggregate of its own,
+/// with and without an entry, through each driver.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpreadReport {
+    /// Always `"spread"`.
+    pub scenario: &'static str,
+    /// Concurrent writers, each on its own aggregate.
+    pub writers: usize,
+    /// Commits per second with an entry over rust-postgres.
+    pub rate_per_s: f64,
+    /// Commits per second of the bare transaction over rust-postgres.
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// The ratio aimed for through each driver, [`SPREAD_TARGET_RATIO`].
+    pub target_ratio: f64,
+    /// Bare, over rust-postgres (one thread per writer).
+    pub bare: Figures,
+    /// With an entry ([`Oplog::write`]).
+    pub with_entry: Figures,
+    /// Bare, over tokio-postgres (one task per writer, one thread).
+    pub tokio_bare: Figures,
+    /// With an entry ([`Oplog::write_async`]).
+    pub tokio_with_entry: Figures,
+    /// With the entry sent with COMMIT ([`Oplog::write_and_commit_async`]).
+    pub tokio_with_commit: Figures,
+    /// `tokio_with_entry` over `tokio_bare`.
+    pub tokio_ratio: f64,
+    /// `tokio_with_commit` over `tokio_bare`.
+    pub tokio_commit_ratio: f64,
+    /// Bare, over sqlx (one task per writer, one thread).
+    pub sqlx_bare: Figures,
+    /// With an entry ([`Oplog::write_sqlx`]).
+    pub sqlx_with_entry: Figures,
+    /// `sqlx_with_entry` over `sqlx_bare`.
+    pub sqlx_ratio: f64,
+}
+
+impl SpreadReport {
+    /// True when every driver's ratio (tokio-postgres's best) reaches the
+    /// target.
+    pub fn meets_target(&self) -> bool {
+        [
+            self.ratio,
+            self.tokio_ratio.max(self.tokio_commit_ratio),
+            self.sqlx_ratio,
+        ]
+        .iter()
+        .all(|r| *r >= self.target_ratio)
+    }
+}
+
+impl fmt::Display for SpreadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "spread: {} writers, each on its own aggregate, {:.1} s per scenario",
+            self.writers, self.bare.seconds
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "(a) domain transaction", &self.bare)?;
+        row(f, "(b) (a) + entry (Oplog::write)", &self.with_entry)?;
+        row(f, "(c) (a) over tokio-postgres", &self.tokio_bare)?;
+        row(f, "(d) (c) + entry (write_async)", &self.tokio_with_entry)?;
+        row(f, "(d') (c) + entry with COMMIT", &self.tokio_with_commit)?;
+        row(f, "(e) (a) over sqlx", &self.sqlx_bare)?;
+        row(f, "(f) (e) + entry (write_sqlx)", &self.sqlx_with_entry)?;
+        writeln!(
+            f,
+            "  ratios (b)/(a): {:.2}, (d)/(c): {:.2}, (d')/(c): {:.2}, (f)/(e): {:.2} (target >= {:.2} each: {})",
+            self.ratio,
+            self.tokio_ratio,
+            self.tokio_commit_ratio,
+            self.sqlx_ratio,
+            self.target_ratio,
+            verdict(self.meets_target())
+        )
+    }
+}
+
+/// Measures `cfg.writers` writers, each on an aggregate of its own, with
+/// and without an entry, over rust-postgres, tokio-postgres (an entry
+/// written, and sent with COMMIT) and sqlx, each for `cfg.seconds`, in a
+/// scratch database.
+pub fn spread(cfg: &WriteBenchConfig) -> Result<SpreadReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    spread_on(&db, &Shared::new(cfg), duration)
+}
+
+fn spread_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<SpreadReport> {
+    use super::write_async::{spread_sqlx, spread_tokio};
+    let mut admin = db.connect()?;
+    let mut prepared = |prefix: &str| -> Result<String> {
+        for i in 0..shared.writers {
+            shared
+                .oplog
+                .ensure_ticket(&mut admin, &format!("{prefix}-{i}"))?;
+        }
+        Ok(prefix.to_string())
+    };
+    let (sync, tokio, commit, sqlx) = (
+        prepared("spread-sync")?,
+        prepared("spread-tokio")?,
+        prepared("spread-commit")?,
+        prepared("spread-sqlx")?,
+    );
+    let named = |prefix: &str| {
+        let prefix = prefix.to_string();
+        move |i: usize| format!("{prefix}-{i}")
+    };
+    let figures = |name: &'static str, tally: Tally| Figures::new(name, tally);
+    let bare = concurrently_on(db, shared, Scenario::Bare, &named(&sync), duration)?;
+    let logged = concurrently_on(db, shared, Scenario::Pessimistic, &named(&sync), duration)?;
+    let tokio_bare = spread_tokio(&db.url, shared, &named(&tokio), Mode::Bare, duration)?;
+    let tokio_logged = spread_tokio(&db.url, shared, &named(&tokio), Mode::Entry, duration)?;
+    let tokio_committed = spread_tokio(
+        &db.url,
+        shared,
+        &named(&commit),
+        Mode::EntryWithCommit,
+        duration,
+    )?;
+    let sqlx_bare = spread_sqlx(&db.url, shared, &named(&sqlx), Mode::Bare, duration)?;
+    let sqlx_logged = spread_sqlx(&db.url, shared, &named(&sqlx), Mode::Entry, duration)?;
+    let mut admin = db.connect()?;
+    for (prefix, tally) in [
+        (&sync, &logged),
+        (&tokio, &tokio_logged),
+        (&commit, &tokio_committed),
+        (&sqlx, &sqlx_logged),
+    ] {
+        check_spread_log(&mut admin, prefix, tally.commits + tally.uncounted)?;
+    }
+    let (bare, with_entry) = (figures("bare", bare), figures("pessimistic", logged));
+    let (tokio_bare, tokio_with_entry, tokio_with_commit) = (
+        figures("tokio bare", tokio_bare),
+        figures("tokio pessimistic", tokio_logged),
+        figures("tokio entry with commit", tokio_committed),
+    );
+    let (sqlx_bare, sqlx_with_entry) = (
+        figures("sqlx bare", sqlx_bare),
+        figures("sqlx pessimistic", sqlx_logged),
+    );
+    Ok(SpreadReport {
+        scenario: "spread",
+        writers: shared.writers,
+        rate_per_s: with_entry.rate_per_s,
+        baseline_per_s: bare.rate_per_s,
+        ratio: per(with_entry.rate_per_s, bare.rate_per_s),
+        target_ratio: SPREAD_TARGET_RATIO,
+        tokio_ratio: per(tokio_with_entry.rate_per_s, tokio_bare.rate_per_s),
+        tokio_commit_ratio: per(tokio_with_commit.rate_per_s, tokio_bare.rate_per_s),
+        sqlx_ratio: per(sqlx_with_entry.rate_per_s, sqlx_bare.rate_per_s),
+        bare,
+        with_entry,
+        tokio_bare,
+        tokio_with_entry,
+        tokio_with_commit,
+        sqlx_bare,
+        sqlx_with_entry,
     })
 }
 
@@ -505,17 +695,36 @@ fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteRe
     )?;
     let bare = Figures::new("bare", bare);
     let with_entry = Figures::new("pessimistic", logged);
-    let (tokio_bare, tokio_logged) =
-        super::write_async::measure_tokio(&db.url, shared, "bench-write-tokio", duration)?;
+    let [tokio_bare, tokio_logged, tokio_committed]: [Tally; 3] =
+        super::write_async::measure_tokio(
+            &db.url,
+            shared,
+            "bench-write-tokio",
+            &[Mode::Bare, Mode::Entry, Mode::EntryWithCommit],
+            duration,
+        )?
+        .try_into()
+        .map_err(|_| check_failed("three tallies expected".into()))?;
     check_log(
         &mut writer.client,
         "bench-write-tokio",
-        tokio_logged.commits + tokio_logged.uncounted,
+        tokio_logged.commits
+            + tokio_logged.uncounted
+            + tokio_committed.commits
+            + tokio_committed.uncounted,
     )?;
     let tokio_bare = Figures::new("tokio bare", tokio_bare);
     let tokio_with_entry = Figures::new("tokio pessimistic", tokio_logged);
-    let (sqlx_bare, sqlx_logged) =
-        super::write_async::measure_sqlx(&db.url, shared, "bench-write-sqlx", duration)?;
+    let tokio_with_commit = Figures::new("tokio entry with commit", tokio_committed);
+    let [sqlx_bare, sqlx_logged]: [Tally; 2] = super::write_async::measure_sqlx(
+        &db.url,
+        shared,
+        "bench-write-sqlx",
+        &[Mode::Bare, Mode::Entry],
+        duration,
+    )?
+    .try_into()
+    .map_err(|_| check_failed("two tallies expected".into()))?;
     check_log(
         &mut writer.client,
         "bench-write-sqlx",
@@ -529,9 +738,11 @@ fn write_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<WriteRe
         sqlx_bare,
         sqlx_with_entry,
         tokio_ratio: per(tokio_with_entry.rate_per_s, tokio_bare.rate_per_s),
+        tokio_commit_ratio: per(tokio_with_commit.rate_per_s, tokio_bare.rate_per_s),
         tokio_target_ratio: WRITE_TOKIO_TARGET_RATIO,
         tokio_bare,
         tokio_with_entry,
+        tokio_with_commit,
         scenario: "write",
         rate_per_s: with_entry.rate_per_s,
         baseline_per_s: bare.rate_per_s,
@@ -652,7 +863,7 @@ pub(super) struct Shared {
     notifying: Oplog,
     pub(super) avatar: Vec<u8>,
     retry: RetryPolicy,
-    writers: usize,
+    pub(super) writers: usize,
 }
 
 impl Shared {

@@ -1,7 +1,8 @@
-//! One writer over each async driver, with and without an entry
-//! ([`Oplog::write_async`] over tokio-postgres, [`Oplog::write_sqlx`] over
-//! sqlx): each driver against its own bare transaction, measured on the
-//! same server in the same run as the synchronous figures.
+//! Writers over each async driver, with and without an entry
+//! ([`Oplog::write_async`] and [`Oplog::write_and_commit_async`] over
+//! tokio-postgres, [`Oplog::write_sqlx`] over sqlx): each driver against
+//! its own bare transaction, measured on the same server in the same run as
+//! the synchronous figures; one writer, or many on aggregates of their own.
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,28 @@ use crate::tooling::demo::User;
 use super::user;
 use super::write::{insert_params, new_entry, Shared, Tally, INSERT_USER, SLICE};
 
+/// What a benchmark transaction writes besides the domain row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Nothing.
+    Bare,
+    /// An entry, then COMMIT.
+    Entry,
+    /// An entry sent with COMMIT ([`Oplog::write_and_commit_async`]).
+    EntryWithCommit,
+}
+
 /// A connection of an async driver that commits the benchmark's
-/// transaction: the domain insert, and the entry when `entry` names its
-/// aggregate.
+/// transaction: the domain insert, and the entry on `aggregate` as `mode`
+/// says.
 trait AsyncWriter {
-    async fn transaction(&mut self, oplog: &Oplog, u: &User, entry: Option<&str>) -> Result<()>;
+    async fn transaction(
+        &mut self,
+        oplog: &Oplog,
+        u: &User,
+        aggregate: &str,
+        mode: Mode,
+    ) -> Result<()>;
 }
 
 /// One tokio-postgres connection with the domain insert prepared.
@@ -28,14 +46,45 @@ struct TokioWriter {
     insert_user: Statement,
 }
 
+impl TokioWriter {
+    async fn connect(url: &str) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let insert_user = client.prepare(INSERT_USER).await?;
+        Ok((
+            TokioWriter {
+                client,
+                insert_user,
+            },
+            driver,
+        ))
+    }
+}
+
 impl AsyncWriter for TokioWriter {
-    async fn transaction(&mut self, oplog: &Oplog, u: &User, entry: Option<&str>) -> Result<()> {
+    async fn transaction(
+        &mut self,
+        oplog: &Oplog,
+        u: &User,
+        aggregate: &str,
+        mode: Mode,
+    ) -> Result<()> {
         let tx = self.client.transaction().await?;
         tx.execute(&self.insert_user, &insert_params(u)).await?;
-        if let Some(aggregate) = entry {
-            oplog.write_async(&tx, &new_entry(aggregate, u)?).await?;
+        match mode {
+            Mode::Bare => tx.commit().await?,
+            Mode::Entry => {
+                oplog.write_async(&tx, &new_entry(aggregate, u)?).await?;
+                tx.commit().await?;
+            }
+            Mode::EntryWithCommit => {
+                oplog
+                    .write_and_commit_async(tx, &new_entry(aggregate, u)?)
+                    .await?;
+            }
         }
-        tx.commit().await?;
         Ok(())
     }
 }
@@ -46,7 +95,15 @@ struct SqlxWriter {
 }
 
 impl AsyncWriter for SqlxWriter {
-    async fn transaction(&mut self, oplog: &Oplog, u: &User, entry: Option<&str>) -> Result<()> {
+    /// sqlx sends one statement at a time: an entry sent with COMMIT is
+    /// written, then committed.
+    async fn transaction(
+        &mut self,
+        oplog: &Oplog,
+        u: &User,
+        aggregate: &str,
+        mode: Mode,
+    ) -> Result<()> {
         let mut tx = self.conn.begin().await?;
         sqlx::query(INSERT_USER)
             .bind(&u.id)
@@ -57,7 +114,7 @@ impl AsyncWriter for SqlxWriter {
             .bind(&u.avatar)
             .execute(&mut *tx)
             .await?;
-        if let Some(aggregate) = entry {
+        if mode != Mode::Bare {
             oplog.write_sqlx(&mut tx, &new_entry(aggregate, u)?).await?;
         }
         tx.commit().await?;
@@ -73,23 +130,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::Benchmark(format!("starting a tokio runtime: {e}")))
 }
 
-/// One writer over tokio-postgres: the tallies of the bare transaction and
-/// of the same with an entry on `aggregate`, in alternating slices.
+/// One writer over tokio-postgres: the tallies of each of `modes` on
+/// `aggregate`, in alternating slices.
 pub(super) fn measure_tokio(
     url: &str,
     shared: &Shared,
     aggregate: &str,
+    modes: &[Mode],
     duration: Duration,
-) -> Result<(Tally, Tally)> {
+) -> Result<Vec<Tally>> {
     runtime()?.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let insert_user = client.prepare(INSERT_USER).await?;
-        let mut writer = TokioWriter {
-            client,
-            insert_user,
-        };
-        let tallies = alternate(&mut writer, shared, aggregate, duration).await;
+        let (mut writer, driver) = TokioWriter::connect(url).await?;
+        let tallies = alternate(&mut writer, shared, aggregate, modes, duration).await;
         drop(writer);
         driver.abort();
         tallies
@@ -101,60 +153,160 @@ pub(super) fn measure_sqlx(
     url: &str,
     shared: &Shared,
     aggregate: &str,
+    modes: &[Mode],
     duration: Duration,
-) -> Result<(Tally, Tally)> {
+) -> Result<Vec<Tally>> {
     runtime()?.block_on(async {
         let mut writer = SqlxWriter {
             conn: sqlx::PgConnection::connect(url).await?,
         };
-        alternate(&mut writer, shared, aggregate, duration).await
+        alternate(&mut writer, shared, aggregate, modes, duration).await
     })
 }
 
+/// `writers` tokio-postgres writers at once, writer `i` on aggregate
+/// `aggregate(i)` (its own), all in `mode`, for `duration`: their tallies
+/// added up. One thread drives them all, as the bare baseline's.
+pub(super) fn spread_tokio(
+    url: &str,
+    shared: &Shared,
+    aggregate: &(dyn Fn(usize) -> String + Sync),
+    mode: Mode,
+    duration: Duration,
+) -> Result<Tally> {
+    runtime()?.block_on(async {
+        let mut writers = Vec::new();
+        let mut drivers = Vec::new();
+        for _ in 0..shared.writers {
+            let (writer, driver) = TokioWriter::connect(url).await?;
+            writers.push(writer);
+            drivers.push(driver);
+        }
+        let tally = spread(writers, shared, aggregate, mode, duration).await;
+        for driver in drivers {
+            driver.abort();
+        }
+        tally
+    })
+}
+
+/// The same over sqlx.
+pub(super) fn spread_sqlx(
+    url: &str,
+    shared: &Shared,
+    aggregate: &(dyn Fn(usize) -> String + Sync),
+    mode: Mode,
+    duration: Duration,
+) -> Result<Tally> {
+    runtime()?.block_on(async {
+        let mut writers = Vec::new();
+        for _ in 0..shared.writers {
+            writers.push(SqlxWriter {
+                conn: sqlx::PgConnection::connect(url).await?,
+            });
+        }
+        spread(writers, shared, aggregate, mode, duration).await
+    })
+}
+
+/// Each writer runs one transaction (out of the figures), then all run
+/// for `duration` at once, driven by one task.
+async fn spread<W: AsyncWriter>(
+    mut writers: Vec<W>,
+    shared: &Shared,
+    aggregate: &(dyn Fn(usize) -> String + Sync),
+    mode: Mode,
+    duration: Duration,
+) -> Result<Tally> {
+    let names: Vec<String> = (0..writers.len()).map(aggregate).collect();
+    let mut warm = 0;
+    for (writer, name) in writers.iter_mut().zip(&names) {
+        writer
+            .transaction(&shared.oplog, &user(&shared.avatar), name, mode)
+            .await?;
+        warm += 1;
+    }
+    let runs: Vec<_> = writers
+        .iter_mut()
+        .zip(&names)
+        .map(|(w, name)| Box::pin(run_for(w, shared, name, mode, duration)))
+        .collect();
+    let mut total = Tally::default();
+    for tally in join_all(runs).await {
+        total.add(tally?);
+    }
+    total.elapsed = duration;
+    if mode != Mode::Bare {
+        total.uncounted += warm;
+    }
+    Ok(total)
+}
+
+/// Polls every future until all are done, in one task; their outputs in
+/// order.
+async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match std::pin::Pin::new(&mut *future).poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
 /// One of each transaction first, out of the figures; then alternating
-/// slices of each, `duration` in all for each.
+/// slices of each mode (in turn, the order rotating every round),
+/// `duration` in all for each.
 async fn alternate(
     writer: &mut impl AsyncWriter,
     shared: &Shared,
     aggregate: &str,
+    modes: &[Mode],
     duration: Duration,
-) -> Result<(Tally, Tally)> {
-    let u = user(&shared.avatar);
-    writer.transaction(&shared.oplog, &u, None).await?;
-    let u = user(&shared.avatar);
-    writer
-        .transaction(&shared.oplog, &u, Some(aggregate))
-        .await?;
+) -> Result<Vec<Tally>> {
+    let mut tallies = vec![Tally::default(); modes.len()];
+    for (mode, tally) in modes.iter().zip(tallies.iter_mut()) {
+        let u = user(&shared.avatar);
+        writer
+            .transaction(&shared.oplog, &u, aggregate, *mode)
+            .await?;
+        if *mode != Mode::Bare {
+            tally.uncounted += 1;
+        }
+    }
     let rounds = u32::try_from(duration.as_nanos() / SLICE.as_nanos())
         .unwrap_or(u32::MAX)
         .max(1);
     let slice = duration / rounds;
-    let (mut bare, mut logged) = (Tally::default(), Tally::default());
-    for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [None, Some(aggregate)]
-        } else {
-            [Some(aggregate), None]
-        };
-        for entry in order {
-            let tally = run_for(writer, shared, entry, slice).await?;
-            match entry {
-                None => bare.add(tally),
-                Some(_) => logged.add(tally),
-            }
+    for round in 0..rounds as usize {
+        for k in 0..modes.len() {
+            let i = (round + k) % modes.len();
+            let tally = run_for(writer, shared, aggregate, modes[i], slice).await?;
+            tallies[i].add(tally);
         }
     }
-    // The warm-up wrote one entry too.
-    logged.uncounted += 1;
-    Ok((bare, logged))
+    Ok(tallies)
 }
 
-/// Commits transactions for `duration`: bare, or with an entry on the
-/// aggregate given.
+/// Commits transactions of `mode` on `aggregate` for `duration`.
 async fn run_for(
     writer: &mut impl AsyncWriter,
     shared: &Shared,
-    entry: Option<&str>,
+    aggregate: &str,
+    mode: Mode,
     duration: Duration,
 ) -> Result<Tally> {
     let deadline = Instant::now() + duration;
@@ -165,13 +317,15 @@ async fn run_for(
     while Instant::now() < deadline {
         let begun = Instant::now();
         let u = user(&shared.avatar);
-        writer.transaction(&shared.oplog, &u, entry).await?;
+        writer
+            .transaction(&shared.oplog, &u, aggregate, mode)
+            .await?;
         let finished = Instant::now();
         if finished <= deadline {
             tally.commits += 1;
             tally.max_attempts = tally.max_attempts.max(1);
             tally.latencies.push(finished - begun);
-        } else {
+        } else if mode != Mode::Bare {
             tally.uncounted += 1;
         }
     }
