@@ -604,3 +604,114 @@ fn a_write_with_commit_cancelled_at_any_wait_commits_all_or_nothing() {
     assert!(seqs.len() >= 3);
     assert_rows_match_entries(&db, &entries);
 }
+
+/// The write path's refusals and the read path's findings, through both
+/// async drivers, as the synchronous suite has them: a bad entry or an
+/// unknown type is refused before anything is written; a tampered
+/// ciphertext or metadata value, and an unknown key, are errors naming the
+/// entry when read back.
+#[test]
+fn bad_entries_tampering_and_unknown_keys_read_the_same_through_both_async_drivers() {
+    use sqlx::Connection as _;
+    let db = TestDb::new();
+    let log = oplog();
+    let narrow = Oplog::new(
+        oplog::demo::catalog_of(&["demo.v1.Account"]),
+        Keyring::generate(),
+    );
+    let is_unknown_user =
+        |e: &Error| matches!(e, Error::UnknownType { type_name } if type_name == "demo.v1.User");
+    runtime().block_on(async {
+        let mut client = connect(&db).await;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let err = log
+            .write_async(&tx, &create_entry("", "u1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("aggregate name \"\""), "{err}");
+        let err = log
+            .write_async(&tx, &NewEntry::new("agg"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has no operation"), "{err}");
+        let err = narrow
+            .write_async(&tx, &create_entry("agg", "u1"))
+            .await
+            .unwrap_err();
+        assert!(is_unknown_user(&err), "{err}");
+        let err = narrow
+            .write_and_commit_async(tx, &create_entry("agg", "u1"))
+            .await
+            .unwrap_err();
+        assert!(is_unknown_user(&err), "{err}");
+        let mut tx = conn.begin().await.unwrap();
+        let err = log
+            .write_sqlx(&mut tx, &NewEntry::new("agg"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has no operation"), "{err}");
+        let err = narrow
+            .write_sqlx(&mut tx, &create_entry("agg", "u1"))
+            .await
+            .unwrap_err();
+        assert!(is_unknown_user(&err), "{err}");
+        drop(tx);
+
+        for id in ["u1", "u2"] {
+            let tx = client.transaction().await.unwrap();
+            log.write_async(&tx, &create_entry("agg", id))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    });
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM oplog_entry"), 2);
+
+    // Reads back through both drivers, as `log` reads it.
+    let read = |log: &Oplog| -> [oplog::Result<Vec<oplog::Entry>>; 2] {
+        runtime().block_on(async {
+            let client = connect(&db).await;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            [
+                log.list_async(&client, Some("agg"), 0, None).await,
+                log.list_sqlx(&mut conn, Some("agg"), 0, None).await,
+            ]
+        })
+    };
+    for listed in read(&log) {
+        assert_eq!(listed.unwrap().len(), 2);
+    }
+    let stranger = oplog();
+    for listed in read(&stranger) {
+        let err = listed.unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownKey { key_id, .. } if key_id == log.wrapper().key_id()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("seq 1"), "{err}");
+    }
+    crate::support::superuser_exec(
+        &db,
+        "UPDATE oplog_entry SET data = overlay(data placing '\\x00' from length(data) - 3 for 1) WHERE seq = 2",
+    );
+    for listed in read(&log) {
+        let err = listed.unwrap_err();
+        assert!(
+            matches!(&err, Error::Decryption { entry } if entry.aggregate == "agg" && entry.seq == 2),
+            "{err}"
+        );
+    }
+    crate::support::superuser_exec(
+        &db,
+        "UPDATE oplog_metadata SET value = 'mallory' WHERE key = 'actor' \
+         AND entry_id = (SELECT id FROM oplog_entry WHERE seq = 1)",
+    );
+    for listed in read(&log) {
+        let err = listed.unwrap_err();
+        assert!(
+            matches!(&err, Error::Decryption { entry } if entry.seq == 1),
+            "{err}"
+        );
+    }
+}
