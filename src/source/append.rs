@@ -109,6 +109,7 @@ impl<'a> Append<'a> {
     /// a stale position aborts the transaction. `None` when this process
     /// remembers no position, or has written no entry with its catalog, so
     /// that the caller writes the entry the usual way and learns both.
+    #[cfg(feature = "tokio-postgres")]
     pub(crate) fn with_commit(oplog: &'a Oplog, entry: &'a NewEntry) -> Result<Option<Self>> {
         oplog.check_entry(entry)?;
         match oplog.known_ticket(&entry.aggregate) {
@@ -295,6 +296,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tokio-postgres")]
     fn an_append_with_commit_needs_a_known_position_and_never_waits() {
         let log = oplog();
         let e = entry("a");

@@ -147,6 +147,7 @@ impl TicketCache {
         self.0.lock().ok().and_then(|m| m.get(aggregate).cloned())
     }
 
+    #[cfg(feature = "tokio-postgres")]
     fn forget(&self, aggregate: &str) {
         if let Ok(mut map) = self.0.lock() {
             map.remove(aggregate);
@@ -359,6 +360,7 @@ impl Oplog {
     /// Where this process left `aggregate`'s ticket, when it remembers, and
     /// an entry of this process was written with its catalog: a position
     /// worth sealing after when a stale one costs the transaction.
+    #[cfg(feature = "tokio-postgres")]
     pub(crate) fn known_ticket(&self, aggregate: &str) -> Option<TicketRow> {
         self.catalog_written
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -367,6 +369,7 @@ impl Oplog {
     }
 
     /// Forgets where `aggregate`'s ticket was: it was not there.
+    #[cfg(feature = "tokio-postgres")]
     pub(crate) fn forget_ticket(&self, aggregate: &str) {
         self.tickets.forget(aggregate);
     }
