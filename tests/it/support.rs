@@ -200,3 +200,28 @@ pub fn assert_listed_as_sync(
     let listed: Vec<(i64, uuid::Uuid)> = entries.iter().map(|e| (e.seq, e.uuid)).collect();
     assert_eq!(listed, sync);
 }
+
+/// Asserts that `aggregate` holds exactly the seqs 1..=`total`, once each,
+/// and that its ticket is at `total`.
+pub fn assert_seqs_exactly(db: &TestDb, aggregate: &str, total: i64) {
+    let seqs: Vec<i64> = db
+        .client()
+        .query(
+            "SELECT seq FROM oplog_entry WHERE aggregate_name = $1 ORDER BY seq",
+            &[&aggregate],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    let version: i64 = db
+        .client()
+        .query_one(
+            "SELECT version FROM oplog_ticket WHERE name = $1",
+            &[&aggregate],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, total);
+}

@@ -182,21 +182,7 @@ fn eight_tasks_writing_one_aggregate_get_every_seq_once() {
         }
     });
     let total = i64::try_from(TASKS * WRITES).unwrap();
-    let seqs: Vec<i64> = db
-        .client()
-        .query(
-            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'one' ORDER BY seq",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
-    assert_eq!(
-        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'one'"),
-        total
-    );
+    crate::support::assert_seqs_exactly(&db, "one", total);
     // Over two pages, read by tokio-postgres, as the synchronous driver
     // reads them.
     let entries = rt.block_on(async {
@@ -533,21 +519,7 @@ fn eight_tasks_committing_with_their_entries_get_every_seq_once() {
     });
     assert!(retried > 0, "eight writers on one ticket never aborted");
     let total = i64::try_from(TASKS * WRITES).unwrap();
-    let seqs: Vec<i64> = db
-        .client()
-        .query(
-            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'one' ORDER BY seq",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
-    assert_eq!(
-        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'one'"),
-        total
-    );
+    crate::support::assert_seqs_exactly(&db, "one", total);
     let entries = rt.block_on(async {
         let client = connect(&db).await;
         log.list_async(&client, Some("one"), 0, None).await.unwrap()

@@ -582,21 +582,7 @@ fn concurrent_writes(mode: LockMode) {
     let attempts: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     let total = THREADS * WRITES;
     assert!(i64::from(attempts) >= total);
-    let seqs: Vec<i64> = db
-        .client()
-        .query(
-            "SELECT seq FROM oplog_entry WHERE aggregate_name = 'hot' ORDER BY seq",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
-    assert_eq!(
-        db.scalar::<i64>("SELECT version FROM oplog_ticket WHERE name = 'hot'"),
-        total
-    );
+    crate::support::assert_seqs_exactly(&db, "hot", total);
     let entries = log.list(&mut db.client(), Some("hot"), 0, None).unwrap();
     assert_eq!(i64::try_from(entries.len()).unwrap(), total);
     crate::support::assert_rows_match_entries(&db, &entries);
