@@ -40,26 +40,40 @@ trait AsyncWriter {
     ) -> Result<()>;
 }
 
-/// One tokio-postgres connection with the domain insert prepared.
+/// One tokio-postgres connection with the domain insert prepared; the task
+/// driving the connection ends with it.
 struct TokioWriter {
     client: tokio_postgres::Client,
     insert_user: Statement,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokioWriter {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 impl TokioWriter {
-    async fn connect(url: &str) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+    async fn connect(url: &str) -> Result<Self> {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
         let insert_user = client.prepare(INSERT_USER).await?;
-        Ok((
-            TokioWriter {
-                client,
-                insert_user,
-            },
+        Ok(TokioWriter {
+            client,
+            insert_user,
             driver,
-        ))
+        })
+    }
+}
+
+impl SqlxWriter {
+    async fn connect(url: &str) -> Result<Self> {
+        Ok(SqlxWriter {
+            conn: sqlx::PgConnection::connect(url).await?,
+        })
     }
 }
 
@@ -140,11 +154,8 @@ pub(super) fn measure_tokio(
     duration: Duration,
 ) -> Result<Vec<Tally>> {
     runtime()?.block_on(async {
-        let (mut writer, driver) = TokioWriter::connect(url).await?;
-        let tallies = alternate(&mut writer, shared, aggregate, modes, duration).await;
-        drop(writer);
-        driver.abort();
-        tallies
+        let mut writer = TokioWriter::connect(url).await?;
+        alternate(&mut writer, shared, aggregate, modes, duration).await
     })
 }
 
@@ -157,16 +168,14 @@ pub(super) fn measure_sqlx(
     duration: Duration,
 ) -> Result<Vec<Tally>> {
     runtime()?.block_on(async {
-        let mut writer = SqlxWriter {
-            conn: sqlx::PgConnection::connect(url).await?,
-        };
+        let mut writer = SqlxWriter::connect(url).await?;
         alternate(&mut writer, shared, aggregate, modes, duration).await
     })
 }
 
-/// `writers` tokio-postgres writers at once, writer `i` on aggregate
-/// `aggregate(i)` (its own), all in `mode`, for `duration`: their tallies
-/// added up. One thread drives them all, as the bare baseline's.
+/// `shared.writers` tokio-postgres writers at once, writer `i` on
+/// aggregate `aggregate(i)` (its own), all in `mode`, for `duration`: their
+/// tallies added up. One thread drives them all, as the bare baseline's.
 pub(super) fn spread_tokio(
     url: &str,
     shared: &Shared,
@@ -176,17 +185,10 @@ pub(super) fn spread_tokio(
 ) -> Result<Tally> {
     runtime()?.block_on(async {
         let mut writers = Vec::new();
-        let mut drivers = Vec::new();
         for _ in 0..shared.writers {
-            let (writer, driver) = TokioWriter::connect(url).await?;
-            writers.push(writer);
-            drivers.push(driver);
+            writers.push(TokioWriter::connect(url).await?);
         }
-        let tally = spread(writers, shared, aggregate, mode, duration).await;
-        for driver in drivers {
-            driver.abort();
-        }
-        tally
+        spread(writers, shared, aggregate, mode, duration).await
     })
 }
 
@@ -201,9 +203,7 @@ pub(super) fn spread_sqlx(
     runtime()?.block_on(async {
         let mut writers = Vec::new();
         for _ in 0..shared.writers {
-            writers.push(SqlxWriter {
-                conn: sqlx::PgConnection::connect(url).await?,
-            });
+            writers.push(SqlxWriter::connect(url).await?);
         }
         spread(writers, shared, aggregate, mode, duration).await
     })
