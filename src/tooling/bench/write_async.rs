@@ -183,13 +183,13 @@ pub(super) fn spread_tokio(
     mode: Mode,
     duration: Duration,
 ) -> Result<Tally> {
-    runtime()?.block_on(async {
-        let mut writers = Vec::new();
-        for _ in 0..shared.writers {
-            writers.push(TokioWriter::connect(url).await?);
-        }
-        spread(writers, shared, aggregate, mode, duration).await
-    })
+    spread_over(
+        || TokioWriter::connect(url),
+        shared,
+        aggregate,
+        mode,
+        duration,
+    )
 }
 
 /// The same over sqlx.
@@ -200,10 +200,27 @@ pub(super) fn spread_sqlx(
     mode: Mode,
     duration: Duration,
 ) -> Result<Tally> {
+    spread_over(
+        || SqlxWriter::connect(url),
+        shared,
+        aggregate,
+        mode,
+        duration,
+    )
+}
+
+/// [`spread`] over the writers `connect` opens, on a runtime of its own.
+fn spread_over<W: AsyncWriter, C: std::future::Future<Output = Result<W>>>(
+    connect: impl Fn() -> C,
+    shared: &Shared,
+    aggregate: &(dyn Fn(usize) -> String + Sync),
+    mode: Mode,
+    duration: Duration,
+) -> Result<Tally> {
     runtime()?.block_on(async {
         let mut writers = Vec::new();
         for _ in 0..shared.writers {
-            writers.push(SqlxWriter::connect(url).await?);
+            writers.push(connect().await?);
         }
         spread(writers, shared, aggregate, mode, duration).await
     })
