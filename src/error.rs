@@ -274,6 +274,10 @@ pub enum Error {
     #[error("database (sqlx): {0}")]
     Sqlx(#[from] sqlx::Error),
 
+    /// NATS (the relay's broker) failed or refused: the action and why.
+    #[error("NATS: {0}")]
+    Broker(String),
+
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),

@@ -268,6 +268,16 @@ pub use crate::replica::verify::{
     VerifyOptions, VerifyReport,
 };
 pub use crate::replica::{Checkpoint, SkippedEntry, Target};
+
+/// Relaying the log to NATS JetStream and reading it back from there,
+/// every entry checked (feature `nats`).
+#[cfg(feature = "nats")]
+pub mod relay {
+    pub use crate::replica::relay::{
+        entry_subject, tail, Relay, RelayOptions, RelayReport, StreamFinding, StreamItem,
+        TailOptions,
+    };
+}
 pub use crate::source::consumer::{
     consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
 };

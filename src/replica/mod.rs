@@ -12,6 +12,8 @@
 
 pub(crate) mod chain;
 pub(crate) mod follow;
+#[cfg(feature = "nats")]
+pub(crate) mod relay;
 pub(crate) mod replay;
 pub(crate) mod verify;
 

@@ -251,6 +251,22 @@ impl Oplog {
         }
     }
 
+    /// The catalog `digest` from `bytes` read elsewhere than the database
+    /// (a stream of the log), checked against the digest and kept; missing
+    /// bytes are an error naming `entry`.
+    #[cfg(feature = "nats")]
+    pub(crate) fn catalog_from_bytes(
+        &self,
+        digest: &[u8],
+        bytes: Option<Vec<u8>>,
+        entry: impl FnOnce() -> EntryRef,
+    ) -> Result<Arc<TypeCatalog>> {
+        match self.known_catalog(Some(digest)) {
+            Ok(catalog) => Ok(catalog),
+            Err(digest) => self.loaded_catalog(digest, bytes.map(CatalogBytes::Bytes), entry),
+        }
+    }
+
     /// The catalog `digest` names when it is known without reading the
     /// database (this oplog's own, or one read before), else the digest to
     /// read.
