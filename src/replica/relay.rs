@@ -46,16 +46,16 @@ use postgres::types::Type;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::catalog::CatalogBytes;
 use crate::codec::catalog::TypeCatalog;
+use crate::codec::entry::Entry;
 use crate::codec::entry::GENESIS_CHAIN;
 use crate::error::{Error, Result};
 use crate::hex::{hex, parse_hex};
 use crate::replica::chain::{ChainCursor, Link};
 use crate::source::consumer;
-use crate::codec::entry::Entry;
-use crate::source::write::Oplog;
-use crate::codec::catalog::CatalogBytes;
 use crate::source::write::row_ref;
+use crate::source::write::Oplog;
 use crate::store::private::Sealed;
 use crate::store::{ListQuery, StoredRow};
 
@@ -190,9 +190,8 @@ impl WireEntry {
         if self.v != WIRE_VERSION {
             return Err(format!("message format {} is not {WIRE_VERSION}", self.v));
         }
-        let bytes = |field: &str, text: &str| {
-            parse_hex(text).ok_or_else(|| format!("{field} is not hex"))
-        };
+        let bytes =
+            |field: &str, text: &str| parse_hex(text).ok_or_else(|| format!("{field} is not hex"));
         Ok(StoredRow {
             id: 0,
             data: bytes("data", &self.data)?,
@@ -272,7 +271,10 @@ async fn last_on_subject(
             Ok(Some((row.seq, row.entry_uuid, m.sequence)))
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(nats_error(&format!("reading the last message on {subject}"), e)),
+        Err(e) => Err(nats_error(
+            &format!("reading the last message on {subject}"),
+            e,
+        )),
     }
 }
 
@@ -407,7 +409,7 @@ impl Relay {
                 if let Some(digest) = &row.catalog {
                     self.publish_catalog(source, digest, report)?;
                 }
-                at = self.publish_entry(&subject, row, at, report)?;
+                at = self.publish_entry(source, &subject, row, at, report)?;
                 self.published.insert(aggregate.to_string(), at);
             }
             self.report(source, aggregate, at.seq, true)?;
@@ -435,6 +437,7 @@ impl Relay {
     /// Publishes `row` as the message after `at` on `subject`.
     fn publish_entry(
         &mut self,
+        source: &mut Client,
         subject: &str,
         row: &StoredRow,
         at: Published,
@@ -474,28 +477,34 @@ impl Relay {
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 // Something else is the subject's last message: an earlier
-                // run of the relay published this entry (or more), or the
-                // subject holds a message the relay did not publish.
+                // run of the relay, or another relay, published this entry
+                // (or more), or the subject holds a message no relay
+                // published. The stream is followed when its last message
+                // is this aggregate's entry at or after this one.
                 let last = self
                     .runtime
                     .block_on(last_on_subject(&self.stream, subject))?;
-                match last {
-                    Some((seq, uuid, subject_seq)) if seq == row.seq && uuid == row.entry_uuid => {
+                if let Some((seq, uuid, subject_seq)) = &last {
+                    if *seq >= row.seq && is_entry(source, &row.aggregate_name, *seq, uuid)? {
                         report.already_published += 1;
-                        Ok(Published { seq, subject_seq })
+                        return Ok(Published {
+                            seq: *seq,
+                            subject_seq: *subject_seq,
+                        });
                     }
-                    other => Err(Error::Broker(format!(
-                        "{subject}: the stream refused aggregate {:?} seq {} after stream sequence {}; \
-                         its last message there is {}; nothing more of this aggregate is relayed",
-                        row.aggregate_name,
-                        row.seq,
-                        at.subject_seq,
-                        match other {
-                            Some((seq, uuid, s)) => format!("seq {seq} ({uuid}) at stream sequence {s}"),
-                            None => "none".into(),
-                        }
-                    ))),
                 }
+                Err(Error::Broker(format!(
+                    "{subject}: the stream refused aggregate {:?} seq {} after stream sequence {}, \
+                     and its last message there ({}) is not an entry of this log at or after it; \
+                     nothing more of this aggregate is relayed",
+                    row.aggregate_name,
+                    row.seq,
+                    at.subject_seq,
+                    match last {
+                        Some((seq, uuid, s)) => format!("seq {seq}, {uuid}, stream sequence {s}"),
+                        None => "none".into(),
+                    }
+                )))
             }
             Err(e) => Err(nats_error(
                 &format!(
@@ -546,7 +555,13 @@ impl Relay {
         Ok(())
     }
 
-    fn report(&self, source: &mut Client, aggregate: &str, seq: i64, progressed: bool) -> Result<()> {
+    fn report(
+        &self,
+        source: &mut Client,
+        aggregate: &str,
+        seq: i64,
+        progressed: bool,
+    ) -> Result<()> {
         consumer::report(
             source,
             &self.opts.consumer_name(),
@@ -554,6 +569,18 @@ impl Relay {
             progressed,
         )
     }
+}
+
+/// Whether `aggregate`'s entry `seq` in the log has the UUID `uuid`.
+fn is_entry(c: &mut Client, aggregate: &str, seq: i64, uuid: &str) -> Result<bool> {
+    let row = c.query_typed_opt(
+        "SELECT entry_uuid::text FROM oplog_entry WHERE aggregate_name = $1 AND seq = $2",
+        &[(&aggregate, Type::TEXT), (&seq, Type::INT8)],
+    )?;
+    Ok(match row {
+        Some(r) => r.try_get::<_, String>(0)? == uuid,
+        None => false,
+    })
 }
 
 /// Up to 1,000 aggregates after `after` (by name) whose ticket is ahead of
@@ -743,7 +770,13 @@ pub fn tail(
             read += 1;
             let subject = message.subject.to_string();
             let items = checker
-                .check(&stream, &opts.relay.subject_prefix, &subject, stream_seq, &message.payload)
+                .check(
+                    &stream,
+                    &opts.relay.subject_prefix,
+                    &subject,
+                    stream_seq,
+                    &message.payload,
+                )
                 .await?;
             for item in items {
                 if !each(item) {
@@ -801,6 +834,16 @@ impl<'o> StreamChecker<'o> {
         let (aggregate, seq) = (row.aggregate_name.clone(), row.seq);
         let mut items = Vec::new();
         let (expected, link) = match self.cursors.get_mut(&aggregate) {
+            // A seq already read: duplicated or reordered. The cursor stays
+            // where it is, so that the entries after it still check.
+            Some(cursor) if seq < cursor.next_seq() => {
+                items.push(StreamItem::Finding(StreamFinding::OutOfOrder {
+                    aggregate,
+                    expected: cursor.next_seq(),
+                    seq,
+                }));
+                return Ok(items);
+            }
             Some(cursor) => (cursor.next_seq(), cursor.step(&row)),
             None if seq <= 1 => {
                 let mut cursor = ChainCursor::after(0, 0, GENESIS_CHAIN.to_vec());
@@ -942,8 +985,20 @@ mod tests {
         let payload = serde_json::to_vec(&WireEntry::of(&row)).unwrap();
         let back = WireEntry::parse(&payload).unwrap();
         assert_eq!(
-            (back.seq, back.data, back.chain, back.catalog, back.meta_values),
-            (3, vec![1, 2, 3], vec![5; 32], Some(vec![6; 32]), vec!["bob".to_string()])
+            (
+                back.seq,
+                back.data,
+                back.chain,
+                back.catalog,
+                back.meta_values
+            ),
+            (
+                3,
+                vec![1, 2, 3],
+                vec![5; 32],
+                Some(vec![6; 32]),
+                vec!["bob".to_string()]
+            )
         );
         assert!(WireEntry::parse(b"{").is_err());
         let mut wrong = WireEntry::of(&row);
@@ -959,7 +1014,10 @@ mod tests {
                 subject_prefix: prefix.into(),
                 ..RelayOptions::default()
             };
-            assert!(matches!(opts.check(), Err(Error::Config(_))), "{stream} {prefix}");
+            assert!(
+                matches!(opts.check(), Err(Error::Config(_))),
+                "{stream} {prefix}"
+            );
         }
         assert!(RelayOptions::default().check().is_ok());
     }

@@ -10,6 +10,7 @@ mod keys;
 mod layers;
 mod migrations;
 mod plans;
+mod relay;
 mod replay;
 mod roles;
 mod scale;

@@ -1,0 +1,291 @@
+//! Relaying the log to NATS JetStream and reading it back, against a real
+//! nats-server with JetStream (NATS_URL, or 127.0.0.1:4222) and a real
+//! PostgreSQL: each test has its own stream and subjects, deleted at the
+//! end.
+
+use std::collections::BTreeMap;
+
+use oplog::relay::{tail, Relay, RelayOptions, StreamFinding, StreamItem, TailOptions};
+use oplog::{Keyring, Oplog};
+
+use crate::support::{create_users, superuser_exec, TestDb};
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream of its own for one test, removed when dropped.
+struct TestStream {
+    opts: RelayOptions,
+}
+
+impl TestStream {
+    fn new() -> TestStream {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        TestStream {
+            opts: RelayOptions {
+                nats_url: nats_url(),
+                stream: format!("OPLOG_TEST_{}", &id[..12]),
+                subject_prefix: format!("t{}", &id[..12]),
+                ..RelayOptions::default()
+            },
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// The JetStream context and the stream.
+    async fn stream(
+        &self,
+    ) -> (
+        async_nats::jetstream::Context,
+        async_nats::jetstream::stream::Stream,
+    ) {
+        let client = async_nats::connect(&self.opts.nats_url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(&self.opts.stream).await.unwrap();
+        (js, stream)
+    }
+
+    /// Messages the stream holds on entry subjects: all of them but the
+    /// one catalog the tests write with.
+    fn entry_messages(&self) -> u64 {
+        Self::runtime().block_on(async {
+            let (_, mut stream) = self.stream().await;
+            stream.info().await.unwrap().state.messages - 1
+        })
+    }
+
+    /// Publishes `payload` on `subject` as anyone could, without the
+    /// relay's headers.
+    fn publish_raw(&self, subject: &str, payload: Vec<u8>) {
+        Self::runtime().block_on(async {
+            let (js, _) = self.stream().await;
+            js.publish(subject.to_string(), payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    }
+
+    /// The payload of stream message `seq`.
+    fn payload(&self, seq: u64) -> Vec<u8> {
+        Self::runtime().block_on(async {
+            let (_, stream) = self.stream().await;
+            stream.get_raw_message(seq).await.unwrap().payload.to_vec()
+        })
+    }
+
+    fn tail(&self, log: &Oplog) -> (BTreeMap<String, Vec<i64>>, Vec<StreamFinding>) {
+        let mut seqs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        let mut findings = Vec::new();
+        tail(
+            log,
+            &TailOptions {
+                relay: self.opts.clone(),
+                aggregate: None,
+                follow: false,
+                idle: std::time::Duration::from_millis(700),
+            },
+            |item| {
+                match item {
+                    StreamItem::Entry { entry, .. } => seqs
+                        .entry(entry.aggregate.clone())
+                        .or_default()
+                        .push(entry.seq),
+                    StreamItem::Finding(f) => findings.push(f),
+                }
+                true
+            },
+        )
+        .unwrap();
+        (seqs, findings)
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.opts.stream.clone();
+        let url = self.opts.nats_url.clone();
+        let _ = std::thread::spawn(move || {
+            Self::runtime().block_on(async {
+                if let Ok(client) = async_nats::connect(&url).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&name)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn shared_key() -> String {
+    Keyring::generate().to_json().to_string()
+}
+
+fn oplog_with(keys: &str) -> Oplog {
+    Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::from_json(keys).unwrap(),
+    )
+}
+
+/// Four writers on four aggregates while the relay passes over and over,
+/// then two readers of the stream: each sees every entry once, in seq
+/// order per aggregate, every chain and authentication check passing; the
+/// relay's consumer positions are where the log ends.
+#[test]
+fn writers_a_relay_and_two_readers_see_every_entry_once_in_order() {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 40;
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys);
+    let stream = TestStream::new();
+    let mut source = db.client();
+    let mut relay = Relay::connect(&mut source, stream.opts.clone()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let relayed = std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let (url, log) = (db.url.clone(), &log);
+            s.spawn(move || {
+                for i in 0..WRITES {
+                    create_users(&url, log, &format!("agg-{w}"), [format!("u{w}-{i}")]);
+                }
+            });
+        }
+        let watcher = s.spawn(|| {
+            let mut relayed = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                relayed += relay.pass(&mut source).unwrap().entries;
+                if finished {
+                    return relayed;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        // The scope's writers end first; then one last pass.
+        while db.scalar::<i64>("SELECT count(*) FROM oplog_entry") < (WRITERS * WRITES) as i64 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        watcher.join().unwrap()
+    });
+    assert_eq!(relayed, (WRITERS * WRITES) as u64);
+    assert_eq!(stream.entry_messages(), (WRITERS * WRITES) as u64);
+    for reader in [oplog_with(&keys), oplog_with(&keys)] {
+        let (seqs, findings) = stream.tail(&reader);
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(seqs.len(), WRITERS);
+        for (aggregate, seqs) in seqs {
+            assert_eq!(seqs, (1..=WRITES as i64).collect::<Vec<_>>(), "{aggregate}");
+        }
+    }
+    let lag = oplog::lag(&mut db.client(), &stream.opts.consumer_name()).unwrap();
+    assert!(lag.iter().all(|l| l.entries == 0), "{lag:?}");
+    let positions: i64 = db.scalar(&format!(
+        "SELECT count(*) FROM oplog_consumer_position WHERE consumer = '{}' AND seq = {WRITES}",
+        stream.opts.consumer_name()
+    ));
+    assert_eq!(positions, WRITERS as i64);
+}
+
+/// A relay that starts again with its registered positions behind what it
+/// published (it died between the stream's acknowledgement and its
+/// report), and a second relay whose remembered places are stale: neither
+/// duplicates nor skips an entry.
+#[test]
+fn relays_started_again_or_side_by_side_neither_duplicate_nor_skip() {
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys);
+    let stream = TestStream::new();
+    for a in ["a", "b"] {
+        create_users(&db.url, &log, a, (0..15).map(|i| format!("{a}{i}")));
+    }
+    let mut source = db.client();
+    let mut first = Relay::connect(&mut source, stream.opts.clone()).unwrap();
+    assert_eq!(first.pass(&mut source).unwrap().entries, 30);
+    // Died before reporting: the registry is behind the stream.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_consumer_position SET seq = 3 WHERE consumer LIKE 'relay.%'",
+    );
+    create_users(&db.url, &log, "a", (15..20).map(|i| format!("a{i}")));
+    let mut second = Relay::connect(&mut source, stream.opts.clone()).unwrap();
+    let report = second.pass(&mut source).unwrap();
+    assert_eq!(report.entries, 5, "{report:?}");
+    // The first relay still thinks "a" ends at 15 in the stream.
+    create_users(&db.url, &log, "a", (20..23).map(|i| format!("a{i}")));
+    create_users(&db.url, &log, "b", (15..17).map(|i| format!("b{i}")));
+    let report = first.pass(&mut source).unwrap();
+    assert_eq!(report.entries, 5, "{report:?}");
+    assert!(report.already_published >= 1, "{report:?}");
+    assert_eq!(second.pass(&mut source).unwrap().entries, 0);
+    assert_eq!(stream.entry_messages(), 23 + 17);
+    let (seqs, findings) = stream.tail(&oplog_with(&keys));
+    assert!(findings.is_empty(), "{findings:?}");
+    assert_eq!(seqs["a"], (1..=23).collect::<Vec<_>>());
+    assert_eq!(seqs["b"], (1..=17).collect::<Vec<_>>());
+}
+
+/// Messages published on an aggregate's subject by someone else (a copy
+/// of an earlier one, an altered ciphertext, something that is no entry)
+/// are findings naming the aggregate and seq, and the relay refuses to
+/// publish after a message that is not an entry of its log.
+#[test]
+fn forged_and_duplicated_messages_in_the_stream_are_findings() {
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys);
+    let stream = TestStream::new();
+    create_users(&db.url, &log, "acct", (0..4).map(|i| format!("u{i}")));
+    let mut source = db.client();
+    let mut relay = Relay::connect(&mut source, stream.opts.clone()).unwrap();
+    relay.pass(&mut source).unwrap();
+    let subject = oplog::relay::entry_subject(&stream.opts.subject_prefix, "acct");
+    // Stream sequence 1 is the catalog, 2..=5 the entries.
+    let second = stream.payload(3);
+    stream.publish_raw(&subject, second.clone());
+    let mut altered: serde_json::Value = serde_json::from_slice(&stream.payload(5)).unwrap();
+    let data = altered["data"].as_str().unwrap().to_string();
+    let flipped = if data.ends_with('0') { "1" } else { "0" };
+    altered["data"] = format!("{}{flipped}", &data[..data.len() - 1]).into();
+    altered["seq"] = 5.into();
+    stream.publish_raw(&subject, serde_json::to_vec(&altered).unwrap());
+    stream.publish_raw(&subject, b"not an entry".to_vec());
+
+    let (seqs, findings) = stream.tail(&oplog_with(&keys));
+    assert_eq!(seqs["acct"], [1, 2, 3, 4]);
+    assert!(
+        findings.iter().any(|f| matches!(f,
+            StreamFinding::OutOfOrder { aggregate, seq: 2, expected: 5 } if aggregate == "acct")),
+        "{findings:?}"
+    );
+    assert!(
+        findings.iter().any(|f| matches!(f,
+            StreamFinding::Altered { aggregate, seq: 5, .. } if aggregate == "acct")),
+        "{findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|f| matches!(f, StreamFinding::Unreadable { .. })),
+        "{findings:?}"
+    );
+    // The relay does not build on what it did not publish.
+    create_users(&db.url, &log, "acct", ["u9".to_string()]);
+    let err = Relay::connect(&mut source, stream.opts.clone())
+        .unwrap()
+        .pass(&mut source)
+        .unwrap_err();
+    assert!(err.to_string().contains("not the relay's"), "{err}");
+}
