@@ -152,6 +152,8 @@ fn writers_a_relay_and_two_readers_see_every_entry_once_in_order() {
     let mut source = db.client();
     let mut relay = Relay::connect(&mut source, stream.opts.clone()).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
+    let total = i64::try_from(WRITERS * WRITES).unwrap();
+    let per_writer = i64::try_from(WRITES).unwrap();
     let relayed = std::thread::scope(|s| {
         for w in 0..WRITERS {
             let (url, log) = (db.url.clone(), &log);
@@ -173,7 +175,7 @@ fn writers_a_relay_and_two_readers_see_every_entry_once_in_order() {
             }
         });
         // The scope's writers end first; then one last pass.
-        while db.scalar::<i64>("SELECT count(*) FROM oplog_entry") < (WRITERS * WRITES) as i64 {
+        while db.scalar::<i64>("SELECT count(*) FROM oplog_entry") < total {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -186,7 +188,7 @@ fn writers_a_relay_and_two_readers_see_every_entry_once_in_order() {
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(seqs.len(), WRITERS);
         for (aggregate, seqs) in seqs {
-            assert_eq!(seqs, (1..=WRITES as i64).collect::<Vec<_>>(), "{aggregate}");
+            assert_eq!(seqs, (1..=per_writer).collect::<Vec<_>>(), "{aggregate}");
         }
     }
     let lag = oplog::lag(&mut db.client(), &stream.opts.consumer_name()).unwrap();
@@ -195,7 +197,7 @@ fn writers_a_relay_and_two_readers_see_every_entry_once_in_order() {
         "SELECT count(*) FROM oplog_consumer_position WHERE consumer = '{}' AND seq = {WRITES}",
         stream.opts.consumer_name()
     ));
-    assert_eq!(positions, WRITERS as i64);
+    assert_eq!(positions, i64::try_from(WRITERS).unwrap());
 }
 
 /// A relay that starts again with its registered positions behind what it
