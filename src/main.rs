@@ -77,6 +77,16 @@ enum Command {
     /// that can never apply stops it until passed over with --skip.
     Follow(FollowArgs),
 
+    /// Relay every entry (sealed, never decrypted) to a NATS JetStream
+    /// stream, one subject per aggregate, exactly once and in order per
+    /// aggregate; keeps relaying new entries until Ctrl-C or SIGTERM.
+    Relay(RelayArgs),
+
+    /// Read the entries a relay published, check every aggregate's seqs
+    /// and chain, and print them as `log` does: exit status 1 when a
+    /// message is missing, duplicated, reordered, altered or forged.
+    Tail(TailArgs),
+
     /// List the replicas registered as consumers, with their lag.
     #[command(args_conflicts_with_subcommands = true)]
     Consumers(ConsumersArgs),
@@ -468,6 +478,72 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Args)]
+struct StreamArgs {
+    /// The NATS server.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "NATS_URL"
+    )]
+    nats: String,
+
+    /// The JetStream stream (created by the relay when missing).
+    #[arg(long, value_name = "NAME", default_value = "OPLOG")]
+    stream: String,
+
+    /// The first token of every subject: entries go to
+    /// <PREFIX>.e.<aggregate>, catalogs to <PREFIX>.c.<digest>.
+    #[arg(long, value_name = "PREFIX", default_value = "oplog")]
+    subject_prefix: String,
+}
+
+impl StreamArgs {
+    fn options(self, aggregates: Vec<String>) -> oplog::relay::RelayOptions {
+        oplog::relay::RelayOptions {
+            nats_url: self.nats,
+            stream: self.stream,
+            subject_prefix: self.subject_prefix,
+            aggregates,
+            ..oplog::relay::RelayOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+
+    /// Only this aggregate (repeatable; default: every aggregate).
+    #[arg(long, value_name = "NAME")]
+    aggregate: Vec<String>,
+
+    /// Relay what is there, then exit.
+    #[arg(long)]
+    once: bool,
+
+    /// Wait between passes.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = humantime::parse_duration)]
+    poll: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+
+    /// Only this aggregate.
+    #[arg(long, value_name = "NAME")]
+    aggregate: Option<String>,
+
+    /// Keep printing new entries until interrupted; without it, stop once
+    /// the stream has had nothing new for a second.
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
 struct LogArgs {
     /// Only entries of this aggregate, in seq order (default: every
     /// aggregate, in (aggregate, seq) order).
@@ -546,6 +622,23 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             cli::keys::remove(ctx, out, &key_id, force)
         }
         Command::Migrate => cli::migrate::run(ctx, out),
+        Command::Relay(args) => cli::relay::run(
+            ctx,
+            out,
+            args.stream.options(args.aggregate),
+            args.once,
+            args.poll,
+        ),
+        Command::Tail(args) => cli::relay::tail_run(
+            ctx,
+            out,
+            oplog::relay::TailOptions {
+                relay: args.stream.options(Vec::new()),
+                aggregate: args.aggregate,
+                follow: args.follow,
+                idle: std::time::Duration::from_secs(1),
+            },
+        ),
         Command::Log(args) => {
             cli::log::run(ctx, out, args.aggregate.as_deref(), args.after, args.limit)
         }

@@ -19,6 +19,7 @@ pub mod head;
 pub mod keys;
 pub mod log;
 pub mod migrate;
+pub mod relay;
 mod render;
 pub mod replay;
 pub mod trim;

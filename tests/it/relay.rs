@@ -291,3 +291,103 @@ fn forged_and_duplicated_messages_in_the_stream_are_findings() {
         .unwrap_err();
     assert!(err.to_string().contains("not the relay's"), "{err}");
 }
+
+/// `oplog relay` killed with SIGKILL at random moments while writers
+/// write, and started again each time, then `oplog tail`: the stream
+/// holds every entry exactly once, in order, and the tail finds nothing.
+#[test]
+fn the_relay_command_killed_at_random_moments_neither_duplicates_nor_skips() {
+    use crate::cli::{oplog_cmd, success, TempDir};
+    const WRITERS: usize = 3;
+    const WRITES: usize = 60;
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let keys = dir.join("keys.json");
+    let keyring = Keyring::generate();
+    keyring.save(&keys).unwrap();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::load(&keys).unwrap());
+    let stream = TestStream::new();
+    let relay_args = |once: bool| {
+        let mut cmd = oplog_cmd();
+        cmd.args([
+            "relay",
+            "--nats",
+            &stream.opts.nats_url,
+            "--stream",
+            &stream.opts.stream,
+            "--subject-prefix",
+            &stream.opts.subject_prefix,
+            "--poll",
+            "5ms",
+            "--database-url",
+            &db.url,
+        ]);
+        if once {
+            cmd.arg("--once");
+        }
+        cmd
+    };
+    let kills = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (url, log) = (db.url.clone(), &log);
+                s.spawn(move || {
+                    for i in 0..WRITES {
+                        create_users(&url, log, &format!("k-{w}"), [format!("u{w}-{i}")]);
+                    }
+                })
+            })
+            .collect();
+        let mut kills = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let mut child = relay_args(false)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let pause = 50 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+        }
+        kills
+    });
+    assert!(kills >= 2, "the relay was killed {kills} times");
+    let out = success(&relay_args(true).output().unwrap());
+    assert!(out.contains("relayed"), "{out}");
+    let total = u64::try_from(WRITERS * WRITES).unwrap();
+    assert_eq!(stream.entry_messages(), total);
+    let tailed = oplog_cmd()
+        .args([
+            "tail",
+            "--nats",
+            &stream.opts.nats_url,
+            "--stream",
+            &stream.opts.stream,
+            "--subject-prefix",
+            &stream.opts.subject_prefix,
+            "--json",
+            "--key-file",
+        ])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    let lines = success(&tailed);
+    let mut seqs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v.get("finding").is_none(), "{line}");
+        seqs.entry(v["aggregate"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seqs.len(), WRITERS);
+    for (aggregate, seqs) in seqs {
+        assert_eq!(
+            seqs,
+            (1..=i64::try_from(WRITES).unwrap()).collect::<Vec<_>>(),
+            "{aggregate}"
+        );
+    }
+}
