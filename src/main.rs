@@ -176,6 +176,10 @@ enum BenchCommand {
     /// Replay a log into an empty replica, against multi-row INSERTs of the
     /// same rows.
     Replay(BenchReplayArgs),
+    /// Relay a log to NATS JetStream (entries/s against publishing the same
+    /// number of messages directly), and the lag from commit to a stream
+    /// reader at a steady rate.
+    Relay(BenchRelayArgs),
     /// A follower beside running writers (lag at a steady rate, catch-up
     /// after a burst), against built-in logical replication of the same
     /// table in the same run.
@@ -227,6 +231,34 @@ struct BenchFollowArgs {
     /// Writers notify the follower at commit instead of leaving it to poll.
     #[arg(long)]
     notify: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchRelayArgs {
+    /// The NATS server.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        env = "NATS_URL"
+    )]
+    nats: String,
+
+    /// Entries in the log relayed at full speed.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Aggregates the entries are spread over.
+    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
+
+    /// Entries per second written in the lag phase.
+    #[arg(long, value_name = "R", default_value_t = 1000.0)]
+    rate: f64,
+
+    /// Seconds of the lag phase.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    seconds: f64,
 }
 
 #[derive(Debug, Args)]
@@ -736,6 +768,17 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 writers: count(a.writers),
                 rate: a.rate,
                 notify: a.notify,
+            },
+        ),
+        Command::Bench(BenchCommand::Relay(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Relay {
+                nats_url: a.nats,
+                entries: count(a.entries),
+                aggregates: count(a.aggregates),
+                rate: a.rate,
+                seconds: a.seconds,
             },
         ),
         Command::Bench(BenchCommand::Replay(a)) => cli::bench::run(

@@ -1,4 +1,4 @@
-//! `oplog bench write | contention | notify | spread | replay | follow`: the database benchmarks, each
+//! `oplog bench write | contention | notify | spread | relay | replay | follow`: the database benchmarks, each
 //! with its baseline measured in the same run against the same server: the
 //! one of `--database-url`, or a private throwaway cluster without one.
 
@@ -14,7 +14,7 @@ use super::{Context, Failure, Output};
 
 /// Which benchmark to run, with its settings. Every scenario's report has
 /// `scenario`, `rate_per_s`, `baseline_per_s` and `ratio`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Scenario {
     /// One writer: the domain transaction with and without an entry.
     Write {
@@ -72,6 +72,20 @@ pub enum Scenario {
         big_entries: usize,
         /// Their size in bytes.
         big_entry_bytes: usize,
+    },
+    /// Relay a log to NATS JetStream against publishing directly, and the
+    /// lag to a stream reader at a steady rate.
+    Relay {
+        /// The NATS server.
+        nats_url: String,
+        /// Entries in the log relayed at full speed.
+        entries: usize,
+        /// Aggregates they are spread over.
+        aggregates: usize,
+        /// Entries per second in the lag phase.
+        rate: f64,
+        /// Seconds of the lag phase.
+        seconds: f64,
     },
     /// Replay into an empty replica against multi-row INSERTs.
     Replay {
@@ -172,6 +186,23 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
                 ..VerifyBenchConfig::default()
             };
             print(out, &server, &bench::verify_bench(&cfg)?)
+        }
+        Scenario::Relay {
+            nats_url,
+            entries,
+            aggregates,
+            rate,
+            seconds,
+        } => {
+            let cfg = bench::RelayBenchConfig {
+                url: server.url.clone(),
+                nats_url,
+                entries,
+                aggregates,
+                steady_rate: rate,
+                seconds,
+            };
+            print(out, &server, &bench::relay(&cfg)?)
         }
         Scenario::Replay {
             entries,

@@ -391,3 +391,33 @@ fn the_relay_command_killed_at_random_moments_neither_duplicates_nor_skips() {
         );
     }
 }
+
+/// `oplog bench relay` runs end to end on scratch databases and streams
+/// and reports its figures.
+#[test]
+fn the_relay_benchmark_runs_and_reports() {
+    let out = crate::cli::oplog_cmd()
+        .args([
+            "bench",
+            "relay",
+            "--entries",
+            "300",
+            "--aggregates",
+            "7",
+            "--rate",
+            "200",
+            "--seconds",
+            "0.5",
+            "--json",
+            "--nats",
+            &nats_url(),
+            "--database-url",
+            &crate::support::admin_url(),
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(crate::cli::success(&out).trim()).unwrap();
+    assert_eq!(report["entries"], 300);
+    assert!(report["rate_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["lag_entries"].as_u64().unwrap() >= 50, "{report}");
+}

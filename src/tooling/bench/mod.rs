@@ -38,6 +38,7 @@ use crate::tooling::demo::{self, User};
 
 mod codec;
 mod follow;
+mod relay;
 mod replay;
 mod verify;
 mod write;
@@ -53,6 +54,9 @@ pub use write::{
 pub use follow::{
     follow, FollowBenchConfig, FollowBenchReport, Replication, FOLLOW_TARGET_CATCH_UP_RATIO,
     FOLLOW_TARGET_P99_MS,
+};
+pub use relay::{
+    relay, RelayBenchConfig, RelayBenchReport, RELAY_TARGET_P99_MS, RELAY_TARGET_RATE,
 };
 pub use replay::{replay, ReplayBenchConfig, ReplayBenchReport, REPLAY_TARGET_RATIO};
 pub use verify::{
