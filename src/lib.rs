@@ -263,6 +263,9 @@ pub use crate::replica::follow::{
 pub use crate::replica::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
+pub use crate::replica::subscribe::{
+    Batch, Selection, SubscribeOptions, SubscribeReport, Subscription,
+};
 pub use crate::replica::verify::{
     heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
     VerifyOptions, VerifyReport,
@@ -279,7 +282,8 @@ pub mod relay {
     };
 }
 pub use crate::source::consumer::{
-    consumers, lag, register as register_consumer, remove_consumer, AggregateLag, ConsumerInfo,
+    consumers, lag, register as register_consumer, remove_consumer, resume as resume_consumer,
+    AggregateLag, ConsumerInfo,
 };
 #[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 pub use crate::source::retry::AttemptFuture;

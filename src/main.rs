@@ -430,6 +430,14 @@ enum ConsumersCommand {
         /// The consumer's name.
         name: String,
     },
+    /// Deliver again to a subscription parked at an entry of an aggregate
+    /// (after its handler was fixed).
+    Resume {
+        /// The consumer's name.
+        name: String,
+        /// The parked aggregate.
+        aggregate: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -704,6 +712,10 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             command: Some(ConsumersCommand::Remove { name }),
             ..
         }) => cli::consumers::remove(ctx, out, &name),
+        Command::Consumers(ConsumersArgs {
+            command: Some(ConsumersCommand::Resume { name, aggregate }),
+            ..
+        }) => cli::consumers::resume(ctx, out, &name, &aggregate),
         Command::Consumers(args) => cli::consumers::list(ctx, out, args.stalled_after),
         Command::Trim(args) => cli::trim::run(
             ctx,

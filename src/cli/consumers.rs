@@ -1,5 +1,5 @@
-//! `oplog consumers`: the replicas registered on the source, and removing
-//! one.
+//! `oplog consumers`: the replicas, relays and subscriptions registered on
+//! the source; removing one, and resuming a parked subscription.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ pub fn list(ctx: &Context, out: &mut Output, stalled_after: Duration) -> Result<
             out.json_line(c)?;
         } else {
             out.line(format_args!(
-                "{}: {} entries behind in {} aggregates, lag {:.1} s, seen {:.0} s ago, advanced {:.0} s ago, registered by {}{}",
+                "{}: {} entries behind in {} aggregates, lag {:.1} s, seen {:.0} s ago, advanced {:.0} s ago, registered by {}{}{}",
                 c.name,
                 c.entries_behind,
                 c.aggregates_behind,
@@ -22,7 +22,12 @@ pub fn list(ctx: &Context, out: &mut Output, stalled_after: Duration) -> Result<
                 c.seen_s_ago,
                 c.progressed_s_ago,
                 c.owner.as_deref().unwrap_or("an unrecorded role"),
-                if c.stalled { " (stalled)" } else { "" }
+                if c.stalled { " (stalled)" } else { "" },
+                if c.parked > 0 {
+                    format!(", {} aggregates parked (oplog lag / consumers resume)", c.parked)
+                } else {
+                    String::new()
+                }
             ))?;
         }
     }
@@ -50,4 +55,20 @@ pub fn remove(ctx: &Context, out: &mut Output, name: &str) -> Result<(), Failure
         return out.json_line(&serde_json::json!({ "removed": name }));
     }
     out.line(format_args!("removed consumer {name}"))
+}
+
+/// Resumes `name` on the parked `aggregate`.
+pub fn resume(ctx: &Context, out: &mut Output, name: &str, aggregate: &str) -> Result<(), Failure> {
+    let mut client = ctx.connect()?;
+    if !oplog::resume_consumer(&mut client, name, aggregate).map_err(read_failure)? {
+        return Err(Failure::msg(format!(
+            "consumer {name:?} is not parked at aggregate {aggregate:?} (or belongs to another role); `oplog consumers` lists them"
+        )));
+    }
+    if out.json() {
+        return out.json_line(&serde_json::json!({ "resumed": name, "aggregate": aggregate }));
+    }
+    out.line(format_args!(
+        "resumed consumer {name} on aggregate {aggregate}"
+    ))
 }

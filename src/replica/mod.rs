@@ -15,6 +15,7 @@ pub(crate) mod follow;
 #[cfg(feature = "nats")]
 pub(crate) mod relay;
 pub(crate) mod replay;
+pub(crate) mod subscribe;
 pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap};

@@ -44,6 +44,9 @@ pub struct ConsumerInfo {
     /// True when it is behind and has not advanced for longer than the
     /// stall threshold.
     pub stalled: bool,
+    /// Aggregates parked at an entry its handler kept failing on (until
+    /// resumed).
+    pub parked: i64,
 }
 
 /// How far a consumer is behind on one aggregate.
@@ -59,6 +62,11 @@ pub struct AggregateLag {
     pub entries: i64,
     /// Age of the oldest entry not applied, in seconds.
     pub seconds: f64,
+    /// The seq the consumer is parked at, when its handler kept failing on
+    /// it.
+    pub parked_seq: Option<i64>,
+    /// Why it is parked.
+    pub parked_reason: Option<String>,
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -157,7 +165,9 @@ pub fn consumers(c: &mut impl GenericClient, stalled_after: Duration) -> Result<
                     WHERE e.aggregate_name = t.name AND e.seq = coalesce(p.seq, 0) + 1
                 )) ) FILTER (WHERE t.version > coalesce(p.seq, 0)), 0)::float8,
                 extract(epoch FROM now() - c.seen_at)::float8,
-                extract(epoch FROM now() - c.progressed_at)::float8
+                extract(epoch FROM now() - c.progressed_at)::float8,
+                (SELECT count(*) FROM oplog_consumer_position q
+                  WHERE q.consumer = c.name AND q.parked_seq IS NOT NULL)
          FROM oplog_consumer c
          LEFT JOIN oplog_ticket t ON t.version > 0
          LEFT JOIN oplog_consumer_position p ON p.consumer = c.name AND p.aggregate_name = t.name
@@ -179,6 +189,7 @@ pub fn consumers(c: &mut impl GenericClient, stalled_after: Duration) -> Result<
                 seen_s_ago: r.get(5),
                 progressed_s_ago,
                 stalled: entries_behind > 0 && progressed_s_ago > stall,
+                parked: r.get(7),
             }
         })
         .collect())
@@ -192,7 +203,8 @@ pub fn lag(c: &mut impl GenericClient, consumer: &str) -> Result<Vec<AggregateLa
                 coalesce(extract(epoch FROM now() - (
                     SELECT e.created_at FROM oplog_entry e
                     WHERE e.aggregate_name = t.name AND e.seq = coalesce(p.seq, 0) + 1
-                )), 0)::float8
+                )), 0)::float8,
+                p.parked_seq, p.parked_reason
          FROM oplog_ticket t
          LEFT JOIN oplog_consumer_position p ON p.consumer = $1 AND p.aggregate_name = t.name
          WHERE t.version > coalesce(p.seq, 0)
@@ -209,9 +221,60 @@ pub fn lag(c: &mut impl GenericClient, consumer: &str) -> Result<Vec<AggregateLa
                 applied_seq,
                 entries: source_seq - applied_seq,
                 seconds: r.get(3),
+                parked_seq: r.get(4),
+                parked_reason: r.get(5),
             }
         })
         .collect())
+}
+
+/// Parks `aggregate` for the consumer `name` at `seq`, the entry its
+/// handler kept failing on, with `reason`: it is delivered no further until
+/// [`resume`].
+pub(crate) fn park(
+    c: &mut impl GenericClient,
+    name: &str,
+    aggregate: &str,
+    applied: i64,
+    seq: i64,
+    reason: &str,
+) -> Result<()> {
+    c.execute_typed(
+        "INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq, parked_seq, parked_reason, parked_at) \
+         VALUES ($1, $2, $3, $4, $5, now()) \
+         ON CONFLICT (consumer, aggregate_name) DO UPDATE \
+         SET parked_seq = excluded.parked_seq, parked_reason = excluded.parked_reason, parked_at = now()",
+        &[
+            (&name, Type::TEXT),
+            (&aggregate, Type::TEXT),
+            (&applied, Type::INT8),
+            (&seq, Type::INT8),
+            (&reason, Type::TEXT),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The aggregates the consumer `name` is parked at.
+pub(crate) fn parked(c: &mut impl GenericClient, name: &str) -> Result<Vec<String>> {
+    let rows = c.query_typed(
+        "SELECT aggregate_name FROM oplog_consumer_position \
+         WHERE consumer = $1 AND parked_seq IS NOT NULL",
+        &[(&name, Type::TEXT)],
+    )?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// Resumes the consumer `name` on `aggregate` after it was parked: its
+/// next pass delivers the parked entry again. Returns false when it was
+/// not parked there (or belongs to a role this one is not a member of).
+pub fn resume(c: &mut impl GenericClient, name: &str, aggregate: &str) -> Result<bool> {
+    let n = c.execute_typed(
+        "UPDATE oplog_consumer_position SET parked_seq = NULL, parked_reason = NULL, parked_at = NULL \
+         WHERE consumer = $1 AND aggregate_name = $2 AND parked_seq IS NOT NULL",
+        &[(&name, Type::TEXT), (&aggregate, Type::TEXT)],
+    )?;
+    Ok(n > 0)
 }
 
 /// Unregisters `name`, so that it no longer holds trimming back. Returns

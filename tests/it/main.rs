@@ -17,6 +17,7 @@ mod scale;
 mod scans;
 mod security;
 mod sqlx_pg;
+mod subscribe;
 mod support;
 mod targets;
 mod tls;

@@ -1,0 +1,457 @@
+//! Subscriptions: any code as a consumer of the log. A named subscription
+//! hands the decrypted, decoded entries of the aggregates it selects (all,
+//! a list, or a name prefix) to a handler, in batches, in seq order per
+//! aggregate, from where it stands: first what is there, then what comes
+//! (woken by writers' notifications, polling otherwise).
+//!
+//! # Delivery
+//!
+//! - **At least once** ([`Subscription::run`]): the position is stored in
+//!   the source's consumer registry after the handler returned. A handler
+//!   that ran but whose process died before that sees the batch again: the
+//!   entry UUID is the idempotency key.
+//! - **Exactly-once effect** ([`Subscription::run_in`]): the handler gets a
+//!   transaction in a database of the caller's (any database), and the
+//!   position is stored in that transaction (table `oplog_subscription`
+//!   there), as replicas do: the handler's effects and the position commit
+//!   together or not at all. The registry on the source follows after the
+//!   commit.
+//!
+//! Either way the subscription is a registered consumer: trimming never
+//! deletes what it has not acknowledged, and `oplog consumers` and
+//! [`lag`](crate::source::consumer::lag) show how far behind it is.
+//!
+//! # A handler that fails
+//!
+//! A failing handler is called again with the same batch after a pause
+//! (the subscription's [`RetryPolicy`] bounds the attempts and the
+//! backoff). When the attempts run out, that aggregate is parked at the
+//! batch's first entry, with the handler's error as the reason, visible in
+//! `oplog consumers` and in the lag; the other aggregates go on. Resuming
+//! is explicit: [`resume`](crate::source::consumer::resume) (`oplog
+//! consumers resume NAME AGGREGATE`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator as _;
+use postgres::types::Type;
+use postgres::Client;
+use serde::Serialize;
+
+use crate::codec::entry::Entry;
+use crate::error::{Error, Result};
+use crate::source::consumer;
+use crate::source::retry::RetryPolicy;
+use crate::source::write::Oplog;
+use crate::store::connect::Database;
+
+/// Which aggregates a subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every aggregate.
+    All,
+    /// These aggregates.
+    Aggregates(Vec<String>),
+    /// The aggregates whose name starts with this.
+    Prefix(String),
+}
+
+/// How a subscription runs.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Its name in the source's consumer registry (1 to 256 bytes).
+    pub name: String,
+    /// What it delivers.
+    pub selection: Selection,
+    /// Most entries of one aggregate handed over at once.
+    pub batch_entries: u64,
+    /// Longest wait between passes without a notification.
+    pub poll_interval: Duration,
+    /// Attempts and backoff of a failing handler before its aggregate is
+    /// parked.
+    pub retry: RetryPolicy,
+    /// Return once a pass finds nothing to deliver.
+    pub until_caught_up: bool,
+}
+
+impl SubscribeOptions {
+    /// A subscription named `name` to every aggregate: batches of up to
+    /// 100 entries, a poll every 200 ms, 5 attempts before parking.
+    pub fn new(name: impl Into<String>) -> Self {
+        SubscribeOptions {
+            name: name.into(),
+            selection: Selection::All,
+            batch_entries: 100,
+            poll_interval: Duration::from_millis(200),
+            retry: RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_secs(2),
+            },
+            until_caught_up: false,
+        }
+    }
+}
+
+/// Entries of one aggregate, in seq order, handed to a handler.
+#[derive(Debug)]
+pub struct Batch {
+    /// The aggregate.
+    pub aggregate: String,
+    /// Its entries, consecutive seqs.
+    pub entries: Vec<Entry>,
+}
+
+/// What a subscription did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SubscribeReport {
+    /// Entries handed to the handler and acknowledged.
+    pub delivered: u64,
+    /// Batches handed over.
+    pub batches: u64,
+    /// Handler calls that failed and were tried again.
+    pub retries: u64,
+    /// Aggregates parked by this run.
+    pub parked: Vec<String>,
+    /// Passes over the log.
+    pub passes: u64,
+}
+
+/// A named subscription on a source.
+pub struct Subscription<'o> {
+    oplog: &'o Oplog,
+    source: Database,
+    opts: SubscribeOptions,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Subscription<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.opts.name)
+            .field("selection", &self.opts.selection)
+            .finish()
+    }
+}
+
+/// Where the positions live, and how a batch is acknowledged.
+enum Mode<'t, H> {
+    AtLeastOnce(H),
+    InTarget(&'t mut Client, H),
+}
+
+/// The table of positions in a target database (exactly-once mode).
+const TARGET_TABLE: &str = "CREATE TABLE IF NOT EXISTS oplog_subscription (
+    name text NOT NULL,
+    aggregate_name text NOT NULL,
+    seq bigint NOT NULL CHECK (seq >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, aggregate_name)
+)";
+
+impl<'o> Subscription<'o> {
+    /// A subscription reading `source` with `oplog`'s keys.
+    pub fn new(oplog: &'o Oplog, source: impl Into<Database>, opts: SubscribeOptions) -> Self {
+        Subscription {
+            oplog,
+            source: source.into(),
+            opts,
+            stop: Arc::default(),
+        }
+    }
+
+    /// Set it to stop after the batch in hand (e.g. from a signal
+    /// handler).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Delivers at least once: `handler` gets each batch; the position
+    /// moves on in the source's registry once it returned `Ok`.
+    pub fn run<E: std::fmt::Display>(
+        &mut self,
+        handler: impl FnMut(&Batch) -> std::result::Result<(), E>,
+    ) -> Result<SubscribeReport> {
+        self.drive(Mode::AtLeastOnce(AtLeastOnce(handler)))
+    }
+
+    /// Delivers with exactly-once effect: `handler` gets each batch with a
+    /// transaction on `target` (a database of the caller's), in which the
+    /// position is stored too; both commit together.
+    pub fn run_in<E: std::fmt::Display>(
+        &mut self,
+        target: &mut Client,
+        handler: impl FnMut(&mut postgres::Transaction<'_>, &Batch) -> std::result::Result<(), E>,
+    ) -> Result<SubscribeReport> {
+        target.batch_execute(TARGET_TABLE)?;
+        self.drive(Mode::InTarget(target, InTarget(handler)))
+    }
+
+    fn drive<A: Acknowledge>(&mut self, mut mode: Mode<'_, A>) -> Result<SubscribeReport> {
+        consumer::validate_name(&self.opts.name)?;
+        if self.opts.batch_entries == 0 {
+            return Err(Error::Config("batch_entries must be at least 1".into()));
+        }
+        let name = self.opts.name.clone();
+        let mut source = self.source.connect()?;
+        let mut listener = self.source.connect()?;
+        listener.batch_execute(&format!(
+            "LISTEN {}",
+            crate::replica::follow::NOTIFY_CHANNEL
+        ))?;
+        // Where each aggregate stands: the registry (at least once), or the
+        // target, whose positions the registry is then set to.
+        let mut positions: HashMap<String, i64> = match &mut mode {
+            Mode::AtLeastOnce(_) => {
+                let known: bool = source
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM oplog_consumer WHERE name = $1)",
+                        &[&name],
+                    )?
+                    .get(0);
+                if !known {
+                    consumer::register(&mut source, &name, &[])?;
+                }
+                registry_positions(&mut source, &name)?
+            }
+            Mode::InTarget(target, _) => {
+                let rows = target.query(
+                    "SELECT aggregate_name, seq FROM oplog_subscription WHERE name = $1",
+                    &[&name],
+                )?;
+                let positions: HashMap<String, i64> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let list: Vec<(String, i64)> =
+                    positions.iter().map(|(a, s)| (a.clone(), *s)).collect();
+                let parked = consumer::parked(&mut source, &name)?;
+                consumer::register(&mut source, &name, &list)?;
+                // Registering replaces the positions; parked aggregates
+                // stay parked.
+                for aggregate in parked {
+                    let at = positions.get(&aggregate).copied().unwrap_or(0);
+                    consumer::park(
+                        &mut source,
+                        &name,
+                        &aggregate,
+                        at,
+                        at + 1,
+                        "parked before a restart",
+                    )?;
+                }
+                positions
+            }
+        };
+        let mut report = SubscribeReport::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            report.passes += 1;
+            let parked: HashSet<String> =
+                consumer::parked(&mut source, &name)?.into_iter().collect();
+            let mut delivered = false;
+            let mut after = String::new();
+            loop {
+                let page = tickets_after(&mut source, &self.opts.selection, &after)?;
+                let Some((last, _)) = page.last() else { break };
+                after.clone_from(last);
+                for (aggregate, version) in page {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Ok(report);
+                    }
+                    let at = positions.get(&aggregate).copied().unwrap_or(0);
+                    if version <= at || parked.contains(&aggregate) {
+                        continue;
+                    }
+                    let entries: Vec<Entry> = self
+                        .oplog
+                        .entries(&mut source, Some(&aggregate), at)
+                        .limit(self.opts.batch_entries)
+                        .collect::<Result<_>>()?;
+                    let Some(last_seq) = entries.last().map(|e| e.seq) else {
+                        continue;
+                    };
+                    let batch = Batch {
+                        aggregate: aggregate.clone(),
+                        entries,
+                    };
+                    match self.deliver(&mut mode, &batch, &mut report)? {
+                        Ok(()) => {
+                            consumer::report(
+                                &mut source,
+                                &name,
+                                &[(aggregate.clone(), last_seq)],
+                                true,
+                            )?;
+                            positions.insert(aggregate, last_seq);
+                            report.delivered += batch.entries.len() as u64;
+                            report.batches += 1;
+                            delivered = true;
+                        }
+                        Err(reason) => {
+                            let first = batch.entries.first().map_or(at + 1, |e| e.seq);
+                            consumer::park(&mut source, &name, &aggregate, at, first, &reason)?;
+                            report.parked.push(aggregate);
+                        }
+                    }
+                }
+            }
+            if delivered {
+                continue;
+            }
+            consumer::report(&mut source, &name, &[], false)?;
+            if self.opts.until_caught_up {
+                break;
+            }
+            let woken = listener
+                .notifications()
+                .timeout_iter(self.opts.poll_interval)
+                .next()?
+                .is_some();
+            if woken {
+                while listener.notifications().iter().next()?.is_some() {}
+            }
+        }
+        Ok(report)
+    }
+
+    /// Hands `batch` over until the handler succeeds or its attempts run
+    /// out; the handler's last error when they did.
+    fn deliver<A: Acknowledge>(
+        &self,
+        mode: &mut Mode<'_, A>,
+        batch: &Batch,
+        report: &mut SubscribeReport,
+    ) -> Result<std::result::Result<(), String>> {
+        let policy = &self.opts.retry;
+        let attempts = policy.max_attempts.max(1);
+        let mut n = 1;
+        loop {
+            let outcome = match mode {
+                Mode::AtLeastOnce(handler) => handler.at_least_once(batch),
+                Mode::InTarget(target, handler) => {
+                    handler.in_target(target, &self.opts.name, batch)?
+                }
+            };
+            match outcome {
+                Ok(()) => return Ok(Ok(())),
+                Err(reason) if n >= attempts => {
+                    return Ok(Err(format!("handler failed {n} times; last: {reason}")))
+                }
+                Err(_) => {
+                    report.retries += 1;
+                    let pause = policy.backoff(n);
+                    let until = Instant::now() + pause;
+                    while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(pause.min(Duration::from_millis(20)));
+                    }
+                    n += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A handler, called the way its mode says.
+trait Acknowledge {
+    /// At least once: the handler's outcome.
+    fn at_least_once(&mut self, batch: &Batch) -> std::result::Result<(), String>;
+    /// In a target transaction: the handler's outcome, the position stored
+    /// and committed with it; database errors of the target are errors.
+    fn in_target(
+        &mut self,
+        target: &mut Client,
+        name: &str,
+        batch: &Batch,
+    ) -> Result<std::result::Result<(), String>>;
+}
+
+struct AtLeastOnce<H>(H);
+
+impl<E: std::fmt::Display, H: FnMut(&Batch) -> std::result::Result<(), E>> Acknowledge
+    for AtLeastOnce<H>
+{
+    fn at_least_once(&mut self, batch: &Batch) -> std::result::Result<(), String> {
+        (self.0)(batch).map_err(|e| e.to_string())
+    }
+
+    fn in_target(
+        &mut self,
+        _: &mut Client,
+        _: &str,
+        batch: &Batch,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(self.at_least_once(batch))
+    }
+}
+
+struct InTarget<H>(H);
+
+impl<E, H> Acknowledge for InTarget<H>
+where
+    E: std::fmt::Display,
+    H: FnMut(&mut postgres::Transaction<'_>, &Batch) -> std::result::Result<(), E>,
+{
+    fn at_least_once(&mut self, _: &Batch) -> std::result::Result<(), String> {
+        Err("a subscription in a target needs its target".into())
+    }
+
+    fn in_target(
+        &mut self,
+        target: &mut Client,
+        name: &str,
+        batch: &Batch,
+    ) -> Result<std::result::Result<(), String>> {
+        let Some(last) = batch.entries.last().map(|e| e.seq) else {
+            return Ok(Ok(()));
+        };
+        let mut tx = target.transaction()?;
+        if let Err(e) = (self.0)(&mut tx, batch) {
+            return Ok(Err(e.to_string()));
+        }
+        tx.execute(
+            "INSERT INTO oplog_subscription (name, aggregate_name, seq) VALUES ($1, $2, $3) \
+             ON CONFLICT (name, aggregate_name) DO UPDATE SET seq = excluded.seq, updated_at = now()",
+            &[&name, &batch.aggregate, &last],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+}
+
+/// The registry's positions of `name`.
+fn registry_positions(c: &mut Client, name: &str) -> Result<HashMap<String, i64>> {
+    let rows = c.query_typed(
+        "SELECT aggregate_name, seq FROM oplog_consumer_position WHERE consumer = $1",
+        &[(&name, Type::TEXT)],
+    )?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Up to 1,000 selected tickets after `after` by name, with their versions.
+fn tickets_after(c: &mut Client, selection: &Selection, after: &str) -> Result<Vec<(String, i64)>> {
+    let (list, prefix): (Vec<String>, Option<&str>) = match selection {
+        Selection::All => (Vec::new(), None),
+        Selection::Aggregates(list) => (list.clone(), None),
+        Selection::Prefix(p) => (Vec::new(), Some(p.as_str())),
+    };
+    let only = matches!(selection, Selection::Aggregates(_));
+    let rows = c.query_typed(
+        "SELECT name, version FROM oplog_ticket \
+         WHERE name > $1 AND version > 0 \
+           AND (NOT $2 OR name = ANY($3::text[])) \
+           AND ($4::text IS NULL OR (name >= $4 AND left(name, length($4)) = $4)) \
+         ORDER BY name LIMIT 1000",
+        &[
+            (&after, Type::TEXT),
+            (&only, Type::BOOL),
+            (&list, Type::TEXT_ARRAY),
+            (&prefix, Type::TEXT),
+        ],
+    )?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}

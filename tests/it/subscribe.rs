@@ -1,0 +1,269 @@
+//! Subscriptions: handlers as consumers of the log, at least once or with
+//! exactly-once effect in a database of their own, parking an aggregate
+//! whose handler keeps failing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use oplog::{
+    Batch, Keyring, Oplog, RetryPolicy, Selection, SubscribeOptions, Subscription, TrimOptions,
+};
+
+use crate::support::{create_users, TestDb};
+
+fn options(name: &str, selection: Selection) -> SubscribeOptions {
+    SubscribeOptions {
+        selection,
+        batch_entries: 4,
+        until_caught_up: true,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        },
+        ..SubscribeOptions::new(name)
+    }
+}
+
+/// Seqs delivered per aggregate.
+type Seen = BTreeMap<String, Vec<i64>>;
+
+fn collect(seen: &mut Seen, batch: &Batch) {
+    let seqs = seen.entry(batch.aggregate.clone()).or_default();
+    seqs.extend(batch.entries.iter().map(|e| e.seq));
+}
+
+#[test]
+fn a_subscription_delivers_what_it_selects_in_order_and_then_only_what_is_new() {
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    for a in ["shop-1", "shop-2", "other"] {
+        create_users(&db.url, &log, a, (0..10).map(|i| format!("{a}-{i}")));
+    }
+    let mut seen = Seen::new();
+    let report = Subscription::new(
+        &log,
+        db.url.as_str(),
+        options("by-prefix", Selection::Prefix("shop-".into())),
+    )
+    .run(|batch| {
+        collect(&mut seen, batch);
+        Ok::<_, String>(())
+    })
+    .unwrap();
+    assert_eq!(report.delivered, 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["shop-1", "shop-2"]);
+    assert!(
+        seen.values().all(|s| *s == (1..=10).collect::<Vec<_>>()),
+        "{seen:?}"
+    );
+
+    // A list; then only what came since.
+    let list = Selection::Aggregates(vec!["other".into(), "shop-2".into()]);
+    let mut seen = Seen::new();
+    Subscription::new(&log, db.url.as_str(), options("by-list", list.clone()))
+        .run(|batch| {
+            collect(&mut seen, batch);
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["other", "shop-2"]);
+    create_users(
+        &db.url,
+        &log,
+        "other",
+        (10..13).map(|i| format!("other-{i}")),
+    );
+    create_users(&db.url, &log, "shop-1", ["shop-1-x".to_string()]);
+    let mut seen = Seen::new();
+    Subscription::new(&log, db.url.as_str(), options("by-list", list))
+        .run(|batch| {
+            collect(&mut seen, batch);
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    assert_eq!(seen, Seen::from([("other".to_string(), vec![11, 12, 13])]));
+
+    // Registered consumers: trimming keeps what "by-list" has not had.
+    let deleted = oplog::trim(
+        &mut db.client(),
+        &TrimOptions {
+            older_than: Duration::ZERO,
+            ..TrimOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .deleted;
+    // Both have had all of "shop-2"; "by-prefix" has not had "other", nor
+    // "by-list" the last of "shop-1".
+    assert_eq!(deleted, 10);
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM oplog_entry WHERE aggregate_name = 'shop-2'"),
+        0
+    );
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM oplog_entry"),
+        11 + 13
+    );
+}
+
+#[test]
+fn a_failing_handler_parks_its_aggregate_and_the_others_go_on_until_resumed() {
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    for a in ["good", "poison"] {
+        create_users(&db.url, &log, a, (0..6).map(|i| format!("{a}-{i}")));
+    }
+    let mut calls = 0;
+    let mut seen = Seen::new();
+    let report = Subscription::new(&log, db.url.as_str(), options("picky", Selection::All))
+        .run(|batch| {
+            if batch.aggregate == "poison" && batch.entries.iter().any(|e| e.seq == 5) {
+                calls += 1;
+                return Err("cannot handle poison 5".to_string());
+            }
+            collect(&mut seen, batch);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(calls, 3, "three attempts");
+    assert_eq!(report.retries, 2);
+    assert_eq!(report.parked, ["poison"]);
+    assert_eq!(seen["good"], (1..=6).collect::<Vec<_>>());
+    assert_eq!(seen["poison"], [1, 2, 3, 4]);
+
+    let mut client = db.client();
+    let info = oplog::consumers(&mut client, Duration::MAX).unwrap();
+    assert_eq!(info.iter().find(|c| c.name == "picky").unwrap().parked, 1);
+    let lag = oplog::lag(&mut client, "picky").unwrap();
+    let poison = lag.iter().find(|l| l.aggregate == "poison").unwrap();
+    assert_eq!((poison.applied_seq, poison.parked_seq), (4, Some(5)));
+    assert!(
+        poison
+            .parked_reason
+            .as_deref()
+            .unwrap()
+            .contains("cannot handle poison 5"),
+        "{poison:?}"
+    );
+    // Parked stays parked: nothing is delivered until it is resumed.
+    let report = Subscription::new(&log, db.url.as_str(), options("picky", Selection::All))
+        .run(|_| Err::<(), _>("not called"))
+        .unwrap();
+    assert_eq!((report.delivered, report.batches), (0, 0));
+    assert!(oplog::resume_consumer(&mut client, "picky", "poison").unwrap());
+    let mut seen = Seen::new();
+    Subscription::new(&log, db.url.as_str(), options("picky", Selection::All))
+        .run(|batch| {
+            collect(&mut seen, batch);
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    assert_eq!(seen, Seen::from([("poison".to_string(), vec![5, 6])]));
+}
+
+/// At least once: a process that dies after its handler ran and before
+/// the position moved sees that batch again, and the entry UUID tells the
+/// handler it already has it.
+#[test]
+fn at_least_once_redelivers_after_a_crash_and_the_uuid_deduplicates() {
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    create_users(&db.url, &log, "acct", (0..12).map(|i| format!("u{i}")));
+    let mut effects: HashSet<uuid::Uuid> = HashSet::new();
+    let mut redelivered = 0;
+    let mut batches = 0;
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        Subscription::new(&log, db.url.as_str(), options("effects", Selection::All)).run(|batch| {
+            for e in &batch.entries {
+                effects.insert(e.uuid);
+            }
+            batches += 1;
+            assert!(
+                batches < 2,
+                "the process dies after the second batch's effects"
+            );
+            Ok::<_, String>(())
+        })
+    }));
+    assert!(crashed.is_err());
+    Subscription::new(&log, db.url.as_str(), options("effects", Selection::All))
+        .run(|batch| {
+            for e in &batch.entries {
+                if !effects.insert(e.uuid) {
+                    redelivered += 1;
+                }
+            }
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    assert_eq!(redelivered, 4, "the second batch came again");
+    assert_eq!(effects.len(), 12);
+}
+
+/// Exactly-once effect: the handler's rows and the position commit in one
+/// transaction of the target; a handler that dies half way leaves neither,
+/// and the next run neither repeats nor skips an entry.
+#[test]
+fn exactly_once_in_a_target_survives_a_crash_without_a_double_effect() {
+    let db = TestDb::new();
+    let target = TestDb::empty();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    for a in ["a", "b"] {
+        create_users(&db.url, &log, a, (0..9).map(|i| format!("{a}{i}")));
+    }
+    let mut t = target.client();
+    t.batch_execute("CREATE TABLE effect (entry uuid PRIMARY KEY, aggregate text, seq bigint)")
+        .unwrap();
+    let apply = |tx: &mut postgres::Transaction<'_>, batch: &Batch| {
+        for e in &batch.entries {
+            tx.execute(
+                "INSERT INTO effect VALUES ($1::text::uuid, $2, $3)",
+                &[&e.uuid.to_string(), &e.aggregate, &e.seq],
+            )?;
+        }
+        Ok::<_, postgres::Error>(())
+    };
+    let mut batches = 0;
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        Subscription::new(&log, db.url.as_str(), options("effects", Selection::All)).run_in(
+            &mut t,
+            |tx, batch| {
+                apply(tx, batch)?;
+                batches += 1;
+                // Dies inside the third transaction, after its rows.
+                assert!(batches < 3, "the process dies");
+                Ok::<_, postgres::Error>(())
+            },
+        )
+    }));
+    assert!(crashed.is_err());
+    drop(t);
+    let mut t = target.client();
+    let report = Subscription::new(&log, db.url.as_str(), options("effects", Selection::All))
+        .run_in(&mut t, apply)
+        .unwrap();
+    assert_eq!(
+        report.delivered,
+        18 - 8,
+        "what the first run committed is not repeated"
+    );
+    let rows: Vec<(String, i64)> = t
+        .query(
+            "SELECT aggregate, seq FROM effect ORDER BY aggregate, seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, i64)> = ["a", "b"]
+        .iter()
+        .flat_map(|a| (1..=9).map(move |s| (a.to_string(), s)))
+        .collect();
+    assert_eq!(rows, expected);
+    let lag = oplog::lag(&mut db.client(), "effects").unwrap();
+    assert!(lag.iter().all(|l| l.entries == 0), "{lag:?}");
+}
