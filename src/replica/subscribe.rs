@@ -171,6 +171,23 @@ impl<'o> Subscription<'o> {
 
     /// Delivers at least once: `handler` gets each batch; the position
     /// moves on in the source's registry once it returned `Ok`.
+    ///
+    /// ```no_run
+    /// # fn f(oplog: &oplog::Oplog) -> oplog::Result<()> {
+    /// use oplog::{Selection, SubscribeOptions, Subscription};
+    ///
+    /// let options = SubscribeOptions {
+    ///     selection: Selection::Prefix("tenant-".into()),
+    ///     ..SubscribeOptions::new("cache-invalidation")
+    /// };
+    /// Subscription::new(oplog, "postgres://app@db/app", options).run(|batch| {
+    ///     for entry in &batch.entries {
+    ///         println!("{} seq {}: drop what it changed ({})", batch.aggregate, entry.seq, entry.uuid);
+    ///     }
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn run<E: std::fmt::Display>(
         &mut self,
         handler: impl FnMut(&Batch) -> std::result::Result<(), E>,
