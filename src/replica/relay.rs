@@ -309,6 +309,8 @@ pub struct Relay {
     published: HashMap<String, Published>,
     /// Catalogs known to be in the stream.
     catalogs: HashSet<Vec<u8>>,
+    /// Positions reached and not reported yet.
+    reached: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -350,6 +352,7 @@ impl Relay {
             stream,
             published: HashMap::new(),
             catalogs: HashSet::new(),
+            reached: Vec::new(),
         })
     }
 
@@ -370,8 +373,15 @@ impl Relay {
                 if self.relay_aggregate(source, &aggregate, version, &mut report)? {
                     report.aggregates += 1;
                 }
+                // Positions go to the registry a hundred aggregates at a
+                // time (they may lag the stream, never lead it).
+                if self.reached.len() >= 100 {
+                    self.report(source, true)?;
+                }
             }
         }
+        let progressed = !self.reached.is_empty();
+        self.report(source, progressed)?;
         Ok(report)
     }
 
@@ -391,7 +401,7 @@ impl Relay {
         };
         if at.seq >= version {
             self.published.insert(aggregate.to_string(), at);
-            self.report(source, aggregate, at.seq, false)?;
+            self.reached.push((aggregate.to_string(), at.seq));
             return Ok(false);
         }
         loop {
@@ -412,7 +422,7 @@ impl Relay {
                 at = self.publish_entry(source, &subject, row, at, report)?;
                 self.published.insert(aggregate.to_string(), at);
             }
-            self.report(source, aggregate, at.seq, true)?;
+            self.reached.push((aggregate.to_string(), at.seq));
             if !page.full && !page.cut {
                 break;
             }
@@ -555,19 +565,17 @@ impl Relay {
         Ok(())
     }
 
-    fn report(
-        &self,
-        source: &mut Client,
-        aggregate: &str,
-        seq: i64,
-        progressed: bool,
-    ) -> Result<()> {
+    /// Reports the positions reached since the last report, in one
+    /// statement.
+    fn report(&mut self, source: &mut Client, progressed: bool) -> Result<()> {
         consumer::report(
             source,
             &self.opts.consumer_name(),
-            &[(aggregate.to_string(), seq)],
+            &self.reached,
             progressed,
-        )
+        )?;
+        self.reached.clear();
+        Ok(())
     }
 }
 

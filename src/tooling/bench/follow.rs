@@ -195,7 +195,7 @@ impl fmt::Display for FollowBenchReport {
 }
 
 /// The replica and subscriber tables: the demo table plus the arrival time.
-const TARGET_SCHEMA: &str =
+pub(super) const TARGET_SCHEMA: &str =
     "ALTER TABLE demo_user ADD COLUMN arrived_at timestamptz DEFAULT clock_timestamp()";
 
 /// Runs both phases and reports.
@@ -398,7 +398,7 @@ fn caught_up(db: &Scratch, total: u64, since: Instant) -> Result<Duration> {
 }
 
 /// Lags of the steady phase's rows, in milliseconds, sorted.
-fn lags(db: &Scratch, commits: &HashMap<String, f64>) -> Result<Vec<f64>> {
+pub(super) fn lags(db: &Scratch, commits: &HashMap<String, f64>) -> Result<Vec<f64>> {
     let rows = db.connect()?.query(
         "SELECT id, extract(epoch FROM arrived_at)::float8 FROM demo_user WHERE id LIKE 'steady-%'",
         &[],

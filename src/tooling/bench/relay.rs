@@ -3,6 +3,7 @@
 //! directly (one at a time, each acknowledged) in the same run; and the
 //! lag from a writer's commit to a stream reader at a steady rate.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -14,8 +15,11 @@ use super::{check_failed, invalid, percentile, user, Scratch};
 use crate::codec::crypto::Keyring;
 use crate::codec::entry::NewEntry;
 use crate::error::{Error, Result};
+use crate::replica::follow::{FollowOptions, Follower};
 use crate::replica::relay::{tail, Relay, RelayOptions, StreamItem, TailOptions};
+use crate::replica::Target;
 use crate::source::write::Oplog;
+use crate::tooling::demo::User;
 
 /// Entries per second the relay aims for.
 pub const RELAY_TARGET_RATE: f64 = 5_000.0;
@@ -76,6 +80,11 @@ pub struct RelayBenchReport {
     pub lag_p99_ms: f64,
     /// The p99 aimed for, [`RELAY_TARGET_P99_MS`].
     pub target_p99_ms: f64,
+    /// Commit to the row on a follower's replica (`oplog follow`, polling
+    /// every 2 ms), median, over the same commits, in milliseconds.
+    pub follower_lag_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub follower_lag_p99_ms: f64,
 }
 
 impl RelayBenchReport {
@@ -105,6 +114,11 @@ impl fmt::Display for RelayBenchReport {
             self.lag_p99_ms,
             self.target_p99_ms,
             super::verdict(self.lag_p99_ms < self.target_p99_ms)
+        )?;
+        writeln!(
+            f,
+            "  lag commit -> follower's replica, same commits: p50 {:.1} ms, p99 {:.1} ms",
+            self.follower_lag_p50_ms, self.follower_lag_p99_ms
         )
     }
 }
@@ -145,7 +159,7 @@ pub fn relay(cfg: &RelayBenchConfig) -> Result<RelayBenchReport> {
     }
     let baseline_time = publish_directly(&direct, users.len())?;
 
-    let lags = steady_lag(&source, &oplog, steady, cfg)?;
+    let lags = steady_lag(&cfg.url, steady, cfg)?;
     drop(streams);
     let rate = users.len() as f64 / relay_time.as_secs_f64();
     let baseline = users.len() as f64 / baseline_time.as_secs_f64();
@@ -156,10 +170,12 @@ pub fn relay(cfg: &RelayBenchConfig) -> Result<RelayBenchReport> {
         baseline_per_s: baseline,
         ratio: rate / baseline,
         target_rate_per_s: RELAY_TARGET_RATE,
-        lag_entries: lags.len() as u64,
-        lag_p50_ms: percentile_ms(&lags, 50),
-        lag_p99_ms: percentile_ms(&lags, 99),
+        lag_entries: lags.relay.len() as u64,
+        lag_p50_ms: percentile(&lags.relay, 50),
+        lag_p99_ms: percentile(&lags.relay, 99),
         target_p99_ms: RELAY_TARGET_P99_MS,
+        follower_lag_p50_ms: percentile(&lags.follower, 50),
+        follower_lag_p99_ms: percentile(&lags.follower, 99),
     })
 }
 
@@ -168,12 +184,6 @@ const STEADY_AGGREGATES: u64 = 10;
 
 fn steady_aggregate(i: u64) -> String {
     format!("steady-{i}")
-}
-
-fn percentile_ms(lags: &[Duration], q: usize) -> f64 {
-    let mut sorted = lags.to_vec();
-    sorted.sort_unstable();
-    percentile(&sorted, q).as_secs_f64() * 1e3
 }
 
 /// The scratch streams, deleted when dropped.
@@ -241,20 +251,52 @@ fn bytes_of_an_entry() -> Vec<u8> {
     vec![b'a'; 1_200]
 }
 
-/// Writers at `cfg.steady_rate` for `cfg.seconds` while a relay and a
-/// stream reader run: each entry's time from its commit to the reader.
-fn steady_lag(
-    source: &Scratch,
-    oplog: &Oplog,
-    opts: RelayOptions,
-    cfg: &RelayBenchConfig,
-) -> Result<Vec<Duration>> {
+/// What the lag phase measured, in milliseconds from each commit's return.
+struct Lags {
+    /// Commit to the stream reader.
+    relay: Vec<f64>,
+    /// Commit to the row applied on a follower's replica.
+    follower: Vec<f64>,
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A writer at `cfg.steady_rate` for `cfg.seconds` on a source of its own,
+/// while a relay with a stream reader and a follower with its replica run:
+/// each entry's time from its commit's return to the reader, and to its
+/// row on the replica, measured on the same commits.
+fn steady_lag(admin_url: &str, opts: RelayOptions, cfg: &RelayBenchConfig) -> Result<Lags> {
+    let source = Scratch::create(admin_url)?;
+    let replica = Scratch::empty(admin_url)?;
+    replica
+        .connect()?
+        .batch_execute(crate::tooling::demo::SCHEMA)?;
+    replica
+        .connect()?
+        .batch_execute(super::follow::TARGET_SCHEMA)?;
+    let oplog = Oplog::new(crate::tooling::demo::user_catalog(), Keyring::generate());
     let stop = AtomicBool::new(false);
-    let lags = Mutex::new(Vec::new());
+    let commits: Mutex<HashMap<String, f64>> = Mutex::default();
+    let arrivals: Mutex<Vec<(String, f64)>> = Mutex::default();
     // The relay creates the stream before the reader opens it.
     let mut relay_client = source.connect()?;
     let mut relay = Relay::connect(&mut relay_client, opts.clone())?;
-    let stop = &stop;
+    let mut follower = Follower::new(
+        &oplog,
+        source.url.as_str(),
+        Target::database(&replica.url),
+        FollowOptions {
+            poll_interval: Duration::from_millis(2),
+            ..FollowOptions::default()
+        },
+    );
+    let follower_stop = follower.stop_flag();
+    let (stop, oplog) = (&stop, &oplog);
     let written = std::thread::scope(|s| {
         let relay = s.spawn(move || -> Result<()> {
             let mut client = relay_client;
@@ -264,6 +306,7 @@ fn steady_lag(
             }
             Ok(())
         });
+        let following = s.spawn(move || follower.run(&mut |_| {}));
         let reader = s.spawn(|| {
             let tail_opts = TailOptions {
                 relay: opts.clone(),
@@ -271,19 +314,14 @@ fn steady_lag(
                 follow: false,
                 idle: Duration::from_secs(2),
             };
-            let mut seen = 0u64;
             tail(oplog, &tail_opts, |item| {
                 if let StreamItem::Entry { entry, .. } = item {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-                        .unwrap_or(0);
-                    let lag =
-                        u64::try_from(now.saturating_sub(entry.created_at_micros)).unwrap_or(0);
-                    if let Ok(mut l) = lags.lock() {
-                        l.push(Duration::from_micros(lag));
+                    let at = now_s();
+                    if let Some(Ok(u)) = entry.operations.first().map(|op| op.decode::<User>()) {
+                        if let Ok(mut a) = arrivals.lock() {
+                            a.push((u.id, at));
+                        }
                     }
-                    seen += 1;
                 }
                 !stop.load(Ordering::Relaxed)
             })
@@ -295,39 +333,71 @@ fn steady_lag(
         let avatar = vec![0x5a; 256];
         let mut written = 0u64;
         while Instant::now() < end {
+            let mut u = user(&avatar);
+            u.id = format!("steady-{written}");
             let mut tx = client.transaction()?;
+            tx.execute(crate::tooling::demo::INSERT_USER, &u.params())?;
             let mut entry = NewEntry::new(steady_aggregate(written % STEADY_AGGREGATES));
-            entry.create(&user(&avatar))?;
+            entry.create(&u)?;
             oplog.write(&mut tx, &entry)?;
             tx.commit()?;
+            if let Ok(mut c) = commits.lock() {
+                c.insert(u.id, now_s());
+            }
             written += 1;
             next += interval;
             if let Some(pause) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(pause);
             }
         }
-        // Let the relay and the reader catch up, then stop both.
+        // Let the reader and the follower catch up, then stop all three.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lags.lock().map(|l| l.len() as u64).unwrap_or(written) < written
-            && Instant::now() < deadline
+        let applied = |replica: &Scratch| -> Result<i64> {
+            Ok(replica
+                .connect()?
+                .query_one("SELECT count(*) FROM demo_user", &[])?
+                .get(0))
+        };
+        while Instant::now() < deadline
+            && (arrivals.lock().map(|a| a.len() as u64).unwrap_or(written) < written
+                || u64::try_from(applied(&replica)?).unwrap_or(0) < written)
         {
             std::thread::sleep(Duration::from_millis(10));
         }
         stop.store(true, Ordering::Relaxed);
+        follower_stop.store(true, Ordering::Relaxed);
         relay
             .join()
             .map_err(|_| check_failed("the relay thread panicked".into()))??;
+        following
+            .join()
+            .map_err(|_| check_failed("the follower thread panicked".into()))??;
         reader
             .join()
             .map_err(|_| check_failed("the stream reader panicked".into()))??;
         Ok::<_, Error>(written)
     })?;
-    let lags = lags.into_inner().unwrap_or_default();
-    if (lags.len() as u64) < written {
-        return Err(check_failed(format!(
-            "the stream reader saw {} of {written} entries",
-            lags.len()
-        )));
+    let commits = commits.into_inner().unwrap_or_default();
+    let mut relayed: Vec<f64> = arrivals
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(id, at)| commits.get(&id).map(|c| ((at - c) * 1e3).max(0.0)))
+        .collect();
+    relayed.sort_by(f64::total_cmp);
+    let followed = super::follow::lags(&replica, &commits)?;
+    for (what, seen) in [
+        ("stream reader", relayed.len()),
+        ("follower", followed.len()),
+    ] {
+        if (seen as u64) < written {
+            return Err(check_failed(format!(
+                "the {what} saw {seen} of {written} entries"
+            )));
+        }
     }
-    Ok(lags)
+    Ok(Lags {
+        relay: relayed,
+        follower: followed,
+    })
 }
