@@ -74,6 +74,8 @@ pub struct RelayBenchReport {
     pub target_rate_per_s: f64,
     /// Entries written in the lag phase.
     pub lag_entries: u64,
+    /// The rate the lag phase's writer reached (asked: `steady_rate`).
+    pub lag_rate_per_s: f64,
     /// Commit to stream reader, median, in milliseconds.
     pub lag_p50_ms: f64,
     /// The same, 99th percentile.
@@ -108,8 +110,9 @@ impl fmt::Display for RelayBenchReport {
         )?;
         writeln!(
             f,
-            "  lag commit -> stream reader over {} entries: p50 {:.1} ms, p99 {:.1} ms (target p99 < {:.0} ms: {})",
+            "  lag commit -> stream reader over {} entries ({:.0}/s): p50 {:.1} ms, p99 {:.1} ms (target p99 < {:.0} ms: {})",
             self.lag_entries,
+            self.lag_rate_per_s,
             self.lag_p50_ms,
             self.lag_p99_ms,
             self.target_p99_ms,
@@ -171,6 +174,7 @@ pub fn relay(cfg: &RelayBenchConfig) -> Result<RelayBenchReport> {
         ratio: rate / baseline,
         target_rate_per_s: RELAY_TARGET_RATE,
         lag_entries: lags.relay.len() as u64,
+        lag_rate_per_s: lags.relay.len() as f64 / cfg.seconds,
         lag_p50_ms: percentile(&lags.relay, 50),
         lag_p99_ms: percentile(&lags.relay, 99),
         target_p99_ms: RELAY_TARGET_P99_MS,
