@@ -106,7 +106,7 @@ fn coordinate() -> Result<(), Failure> {
         Ok::<_, Failure>(())
     });
     let _ = std::fs::remove_dir_all(&dir);
-    delete_stream(&opts);
+    let _ = oplog::relay::delete_stream(&opts);
     result
 }
 
@@ -190,22 +190,6 @@ fn host(args: &[String]) -> Result<(), Failure> {
         println!("host {name}: dropped all {CHANGES} users that {other} changed");
         Ok(())
     })
-}
-
-fn delete_stream(opts: &RelayOptions) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        if let Ok(client) = async_nats::connect(&opts.nats_url).await {
-            let _ = async_nats::jetstream::new(client)
-                .delete_stream(&opts.stream)
-                .await;
-        }
-    });
 }
 
 fn nats_url() -> String {

@@ -277,8 +277,8 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 #[cfg(feature = "nats")]
 pub mod relay {
     pub use crate::replica::relay::{
-        entry_subject, tail, Relay, RelayOptions, RelayReport, StreamFinding, StreamItem,
-        TailOptions,
+        delete_stream, entry_subject, tail, Relay, RelayOptions, RelayReport, StreamFinding,
+        StreamItem, TailOptions,
     };
 }
 pub use crate::source::consumer::{

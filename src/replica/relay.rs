@@ -53,6 +53,7 @@ use crate::codec::entry::GENESIS_CHAIN;
 use crate::error::{Error, Result};
 use crate::hex::{hex, parse_hex};
 use crate::replica::chain::{ChainCursor, Link};
+use crate::replica::subscribe::{tickets_after, Selection};
 use crate::source::consumer;
 use crate::source::write::row_ref;
 use crate::source::write::Oplog;
@@ -278,6 +279,21 @@ async fn last_on_subject(
     }
 }
 
+/// Deletes the stream `opts` names, with every message in it (for
+/// teardown: the relay's positions on the source are left as they are;
+/// remove its consumer with `oplog consumers remove`). False when there
+/// was no such stream.
+pub fn delete_stream(opts: &RelayOptions) -> Result<bool> {
+    runtime()?.block_on(async {
+        let client = connect_nats(opts).await?;
+        match jetstream::new(client).delete_stream(&opts.stream).await {
+            Ok(status) => Ok(status.success),
+            Err(e) if e.to_string().contains("not found") => Ok(false),
+            Err(e) => Err(nats_error(&format!("deleting stream {}", opts.stream), e)),
+        }
+    })
+}
+
 /// What a relay pass did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RelayReport {
@@ -364,7 +380,7 @@ impl Relay {
         let name = self.opts.consumer_name();
         let mut after = String::new();
         loop {
-            let pending = pending_aggregates(source, &name, &self.opts.aggregates, &after)?;
+            let pending = tickets_after(source, &self.selection(), Some(&name), &after)?;
             let Some((last, _)) = pending.last() else {
                 break;
             };
@@ -428,6 +444,15 @@ impl Relay {
             }
         }
         Ok(true)
+    }
+
+    /// The aggregates relayed.
+    fn selection(&self) -> Selection {
+        if self.opts.aggregates.is_empty() {
+            Selection::All
+        } else {
+            Selection::Aggregates(self.opts.aggregates.clone())
+        }
     }
 
     /// Where `subject` stands in the stream.
@@ -589,31 +614,6 @@ fn is_entry(c: &mut Client, aggregate: &str, seq: i64, uuid: &str) -> Result<boo
         Some(r) => r.try_get::<_, String>(0)? == uuid,
         None => false,
     })
-}
-
-/// Up to 1,000 aggregates after `after` (by name) whose ticket is ahead of
-/// the consumer's position, with their ticket versions.
-fn pending_aggregates(
-    c: &mut Client,
-    consumer: &str,
-    only: &[String],
-    after: &str,
-) -> Result<Vec<(String, i64)>> {
-    let rows = c.query_typed(
-        "SELECT t.name, t.version FROM oplog_ticket t \
-         LEFT JOIN oplog_consumer_position p ON p.consumer = $1 AND p.aggregate_name = t.name \
-         WHERE t.name > $2 AND t.version > coalesce(p.seq, 0) \
-           AND (cardinality($3::text[]) = 0 OR t.name = ANY($3::text[])) \
-         ORDER BY t.name LIMIT 1000",
-        &[
-            (&consumer, Type::TEXT),
-            (&after, Type::TEXT),
-            (&only, Type::TEXT_ARRAY),
-        ],
-    )?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
 }
 
 /// Something wrong with what the stream holds.

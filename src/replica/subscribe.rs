@@ -269,7 +269,7 @@ impl<'o> Subscription<'o> {
             let mut delivered = false;
             let mut after = String::new();
             loop {
-                let page = tickets_after(&mut source, &self.opts.selection, &after)?;
+                let page = tickets_after(&mut source, &self.opts.selection, None, &after)?;
                 let Some((last, _)) = page.last() else { break };
                 after.clone_from(last);
                 for (aggregate, version) in page {
@@ -447,8 +447,15 @@ fn registry_positions(c: &mut Client, name: &str) -> Result<HashMap<String, i64>
         .collect()
 }
 
-/// Up to 1,000 selected tickets after `after` by name, with their versions.
-fn tickets_after(c: &mut Client, selection: &Selection, after: &str) -> Result<Vec<(String, i64)>> {
+/// Up to 1,000 selected tickets after `after` by name, with their
+/// versions; with `behind`, only those ahead of that consumer's registered
+/// position.
+pub(crate) fn tickets_after(
+    c: &mut Client,
+    selection: &Selection,
+    behind: Option<&str>,
+    after: &str,
+) -> Result<Vec<(String, i64)>> {
     let (list, prefix): (Vec<String>, Option<&str>) = match selection {
         Selection::All => (Vec::new(), None),
         Selection::Aggregates(list) => (list.clone(), None),
@@ -456,16 +463,18 @@ fn tickets_after(c: &mut Client, selection: &Selection, after: &str) -> Result<V
     };
     let only = matches!(selection, Selection::Aggregates(_));
     let rows = c.query_typed(
-        "SELECT name, version FROM oplog_ticket \
-         WHERE name > $1 AND version > 0 \
-           AND (NOT $2 OR name = ANY($3::text[])) \
-           AND ($4::text IS NULL OR (name >= $4 AND left(name, length($4)) = $4)) \
-         ORDER BY name LIMIT 1000",
+        "SELECT t.name, t.version FROM oplog_ticket t \
+         LEFT JOIN oplog_consumer_position p ON p.consumer = $5 AND p.aggregate_name = t.name \
+         WHERE t.name > $1 AND t.version > coalesce(p.seq, 0) \
+           AND (NOT $2 OR t.name = ANY($3::text[])) \
+           AND ($4::text IS NULL OR (t.name >= $4 AND left(t.name, length($4)) = $4)) \
+         ORDER BY t.name LIMIT 1000",
         &[
             (&after, Type::TEXT),
             (&only, Type::BOOL),
             (&list, Type::TEXT_ARRAY),
             (&prefix, Type::TEXT),
+            (&behind, Type::TEXT),
         ],
     )?;
     rows.iter()

@@ -111,18 +111,7 @@ impl TestStream {
 
 impl Drop for TestStream {
     fn drop(&mut self) {
-        let name = self.opts.stream.clone();
-        let url = self.opts.nats_url.clone();
-        let _ = std::thread::spawn(move || {
-            Self::runtime().block_on(async {
-                if let Ok(client) = async_nats::connect(&url).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&name)
-                        .await;
-                }
-            })
-        })
-        .join();
+        let _ = oplog::relay::delete_stream(&self.opts);
     }
 }
 
@@ -290,6 +279,9 @@ fn forged_and_duplicated_messages_in_the_stream_are_findings() {
         .pass(&mut source)
         .unwrap_err();
     assert!(err.to_string().contains("not the relay's"), "{err}");
+    // Teardown: the stream goes, once.
+    assert!(oplog::relay::delete_stream(&stream.opts).unwrap());
+    assert!(!oplog::relay::delete_stream(&stream.opts).unwrap());
 }
 
 /// `oplog relay` killed with SIGKILL at random moments while writers
@@ -419,5 +411,11 @@ fn the_relay_benchmark_runs_and_reports() {
     let report: serde_json::Value = serde_json::from_str(crate::cli::success(&out).trim()).unwrap();
     assert_eq!(report["entries"], 300);
     assert!(report["rate_per_s"].as_f64().unwrap() > 0.0, "{report}");
-    assert!(report["lag_entries"].as_u64().unwrap() >= 50, "{report}");
+    // However slow a loaded machine makes the writer, the lag phase
+    // measured what it wrote, through both paths.
+    assert!(report["lag_entries"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["follower_lag_p99_ms"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
 }

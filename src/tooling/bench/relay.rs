@@ -16,7 +16,7 @@ use crate::codec::crypto::Keyring;
 use crate::codec::entry::NewEntry;
 use crate::error::{Error, Result};
 use crate::replica::follow::{FollowOptions, Follower};
-use crate::replica::relay::{tail, Relay, RelayOptions, StreamItem, TailOptions};
+use crate::replica::relay::{delete_stream, tail, Relay, RelayOptions, StreamItem, TailOptions};
 use crate::replica::Target;
 use crate::source::write::Oplog;
 use crate::tooling::demo::User;
@@ -195,21 +195,9 @@ struct Streams(Vec<RelayOptions>);
 
 impl Drop for Streams {
     fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            for opts in &self.0 {
-                if let Ok(client) = async_nats::connect(&opts.nats_url).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&opts.stream)
-                        .await;
-                }
-            }
-        });
+        for opts in &self.0 {
+            let _ = delete_stream(opts);
+        }
     }
 }
 
