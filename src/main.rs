@@ -87,6 +87,13 @@ enum Command {
     /// message is missing, duplicated, reordered, altered or forged.
     Tail(TailArgs),
 
+    /// Run a named subscription: entries of the chosen aggregates, in order
+    /// per aggregate, to standard output as JSON Lines (at least once), or
+    /// with --into into the table oplog_delivered of another database in
+    /// the same transaction as the position (exactly once); until Ctrl-C
+    /// or SIGTERM.
+    Subscribe(SubscribeArgs),
+
     /// List the replicas registered as consumers, with their lag.
     #[command(args_conflicts_with_subcommands = true)]
     Consumers(ConsumersArgs),
@@ -518,6 +525,53 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Args)]
+struct SubscribeArgs {
+    /// The subscription's name on the source.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    /// Only this aggregate (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "prefix")]
+    aggregate: Vec<String>,
+
+    /// Only aggregates whose name starts with PREFIX.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+
+    /// Deliver into this database (table oplog_delivered), exactly once.
+    #[arg(long, value_name = "URL")]
+    into: Option<String>,
+
+    /// Most entries of one aggregate per batch.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+
+    /// Exit 0 once a pass finds nothing to deliver.
+    #[arg(long)]
+    until_caught_up: bool,
+
+    /// Longest wait between passes without a notification.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = humantime::parse_duration)]
+    poll: std::time::Duration,
+}
+
+impl SubscribeArgs {
+    fn options(&self) -> oplog::SubscribeOptions {
+        oplog::SubscribeOptions {
+            selection: match (&self.prefix, self.aggregate.is_empty()) {
+                (Some(p), _) => oplog::Selection::Prefix(p.clone()),
+                (None, false) => oplog::Selection::Aggregates(self.aggregate.clone()),
+                (None, true) => oplog::Selection::All,
+            },
+            batch_entries: self.batch,
+            poll_interval: self.poll,
+            until_caught_up: self.until_caught_up,
+            ..oplog::SubscribeOptions::new(self.name.clone())
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 struct StreamArgs {
     /// The NATS server.
     #[arg(
@@ -662,6 +716,9 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             cli::keys::remove(ctx, out, &key_id, force)
         }
         Command::Migrate => cli::migrate::run(ctx, out),
+        Command::Subscribe(args) => {
+            cli::subscribe::run(ctx, out, args.options(), args.into.as_deref())
+        }
         Command::Relay(args) => cli::relay::run(
             ctx,
             out,

@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod relay;
 mod render;
 pub mod replay;
+pub mod subscribe;
 pub mod trim;
 pub mod verify;
 

@@ -267,3 +267,118 @@ fn exactly_once_in_a_target_survives_a_crash_without_a_double_effect() {
     let lag = oplog::lag(&mut db.client(), "effects").unwrap();
     assert!(lag.iter().all(|l| l.entries == 0), "{lag:?}");
 }
+
+/// `oplog subscribe --into` killed with SIGKILL at random moments while
+/// writers write, and started again each time: every entry is in the
+/// target exactly once (a repeated one would break the table's keys and
+/// park its aggregate), and nothing is parked.
+#[test]
+fn the_subscribe_command_killed_at_random_moments_delivers_each_entry_once() {
+    use crate::cli::{oplog_cmd, TempDir};
+    const WRITERS: usize = 3;
+    const WRITES: usize = 60;
+    let db = TestDb::new();
+    let target = TestDb::empty();
+    let dir = TempDir::new();
+    let keys = dir.join("keys.json");
+    Keyring::generate().save(&keys).unwrap();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::load(&keys).unwrap());
+    let subscribe = |until_caught_up: bool| {
+        let mut cmd = oplog_cmd();
+        cmd.args(["subscribe", "--name", "archive", "--into", &target.url])
+            .args(["--batch", "5", "--poll", "5ms", "--database-url", &db.url])
+            .arg("--key-file")
+            .arg(&keys);
+        if until_caught_up {
+            cmd.arg("--until-caught-up");
+        }
+        cmd
+    };
+    let kills = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (url, log) = (db.url.clone(), &log);
+                s.spawn(move || {
+                    for i in 0..WRITES {
+                        create_users(&url, log, &format!("s-{w}"), [format!("u{w}-{i}")]);
+                    }
+                })
+            })
+            .collect();
+        let mut kills = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            let mut child = subscribe(false)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let pause = 50 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
+            std::thread::sleep(Duration::from_millis(pause));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+        }
+        kills
+    });
+    assert!(kills >= 2, "killed {kills} times");
+    let out = subscribe(true).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<(String, i64)> = target
+        .client()
+        .query(
+            "SELECT aggregate_name, seq FROM oplog_delivered ORDER BY aggregate_name, seq",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, i64)> = (0..WRITERS)
+        .flat_map(|w| (1..=i64::try_from(WRITES).unwrap()).map(move |s| (format!("s-{w}"), s)))
+        .collect();
+    assert_eq!(rows, expected);
+    let info = oplog::consumers(&mut db.client(), Duration::MAX).unwrap();
+    assert_eq!(info.iter().find(|c| c.name == "archive").unwrap().parked, 0);
+
+    // To standard output, at least once: every entry of the selection as
+    // a JSON line, in order per aggregate; a second run has nothing new.
+    let print = || {
+        oplog_cmd()
+            .args([
+                "subscribe",
+                "--name",
+                "printer",
+                "--aggregate",
+                "s-1",
+                "--until-caught-up",
+            ])
+            .args(["--database-url", &db.url, "--key-file"])
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    let out = print();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["aggregate"], "s-1");
+            v["seq"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=i64::try_from(WRITES).unwrap()).collect::<Vec<_>>()
+    );
+    assert!(print().stdout.is_empty());
+}
