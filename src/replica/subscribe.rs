@@ -280,12 +280,12 @@ impl<'o> Subscription<'o> {
                     if version <= at || parked.contains(&aggregate) {
                         continue;
                     }
-                    let entries: Vec<Entry> = self
-                        .oplog
-                        .entries(&mut source, Some(&aggregate), at)
-                        .limit(self.opts.batch_entries)
-                        .collect::<Result<_>>()?;
+                    let (entries, broken) = self.read(&mut source, &aggregate, at)?;
                     let Some(last_seq) = entries.last().map(|e| e.seq) else {
+                        if let Some((seq, reason)) = broken {
+                            consumer::park(&mut source, &name, &aggregate, at, seq, &reason)?;
+                            report.parked.push(aggregate);
+                        }
                         continue;
                     };
                     let batch = Batch {
@@ -330,6 +330,75 @@ impl<'o> Subscription<'o> {
             }
         }
         Ok(report)
+    }
+
+    /// The next entries of `aggregate` after `at`, consecutive from
+    /// `at + 1` (or from where a trimmed prefix ends, for a subscription
+    /// that has had nothing of it yet), and where reading stopped short: the
+    /// seq of an entry that is missing or does not open, and why.
+    fn read(
+        &self,
+        source: &mut Client,
+        aggregate: &str,
+        at: i64,
+    ) -> Result<(Vec<Entry>, Option<(i64, String)>)> {
+        let mut entries = Vec::new();
+        let mut expected = at.saturating_add(1);
+        let listing = self
+            .oplog
+            .entries(source, Some(aggregate), at)
+            .limit(self.opts.batch_entries);
+        let mut first = true;
+        let mut broken = None;
+        for entry in listing {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e @ Error::Postgres(_)) => return Err(e),
+                Err(e) => {
+                    broken = Some((expected, e.to_string()));
+                    break;
+                }
+            };
+            if first && at == 0 && entry.seq > 1 {
+                // Nothing of it delivered yet: it may start after a prefix
+                // trimmed before the subscription existed.
+                expected = entry.seq;
+            }
+            first = false;
+            if entry.seq != expected {
+                broken = Some((
+                    expected,
+                    format!(
+                        "seq {expected} is missing from the log (seq {} follows); trimming never deletes what a registered consumer has not had",
+                        entry.seq
+                    ),
+                ));
+                break;
+            }
+            expected += 1;
+            entries.push(entry);
+        }
+        if at == 0 {
+            if let Some(e) = entries.first().filter(|e| e.seq > 1) {
+                let trimmed = crate::store::trim_points(source, Some(aggregate))?
+                    .remove(aggregate)
+                    .map_or(0, |t| t.0);
+                if trimmed < e.seq - 1 {
+                    let missing = trimmed + 1;
+                    return Ok((
+                        Vec::new(),
+                        Some((
+                            missing,
+                            format!(
+                                "seq {missing} is missing from the log (seq {} follows, trimmed through {trimmed})",
+                                e.seq
+                            ),
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok((entries, broken))
     }
 
     /// Hands `batch` over until the handler succeeds or its attempts run

@@ -382,3 +382,54 @@ fn the_subscribe_command_killed_at_random_moments_delivers_each_entry_once() {
     );
     assert!(print().stdout.is_empty());
 }
+
+/// A subscription checks what it hands over: an entry deleted from the
+/// middle of an aggregate, or one that does not authenticate, parks that
+/// aggregate there (after what came before it), while a prefix trimmed
+/// before the subscription existed is where it simply starts.
+#[test]
+fn a_missing_or_altered_entry_parks_its_aggregate_and_a_trimmed_prefix_does_not() {
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    for a in ["gap", "tampered", "trimmed"] {
+        create_users(&db.url, &log, a, (0..6).map(|i| format!("{a}-{i}")));
+    }
+    crate::support::superuser_exec(
+        &db,
+        "SELECT oplog_trim('trimmed', 3, 1000, interval '0'); \
+         SET oplog.trimming = 'on'; \
+         DELETE FROM oplog_entry WHERE aggregate_name = 'gap' AND seq = 3; \
+         RESET oplog.trimming; \
+         UPDATE oplog_entry SET data = overlay(data placing '\\x00' from length(data) - 3 for 1) \
+          WHERE aggregate_name = 'tampered' AND seq = 2",
+    );
+    let mut seen = Seen::new();
+    let report = Subscription::new(&log, db.url.as_str(), options("checks", Selection::All))
+        .run(|batch| {
+            collect(&mut seen, batch);
+            Ok::<_, String>(())
+        })
+        .unwrap();
+    assert_eq!(seen["trimmed"], [4, 5, 6]);
+    assert_eq!(seen["gap"], [1, 2]);
+    assert_eq!(seen["tampered"], [1]);
+    let mut parked = report.parked.clone();
+    parked.sort();
+    assert_eq!(parked, ["gap", "tampered"]);
+    let lag = oplog::lag(&mut db.client(), "checks").unwrap();
+    let at = |a: &str| lag.iter().find(|l| l.aggregate == a).unwrap().clone();
+    assert_eq!(at("gap").parked_seq, Some(3));
+    assert!(at("gap")
+        .parked_reason
+        .unwrap()
+        .contains("seq 3 is missing"));
+    assert_eq!(at("tampered").parked_seq, Some(2));
+    assert!(
+        at("tampered")
+            .parked_reason
+            .unwrap()
+            .contains("authentication"),
+        "{:?}",
+        at("tampered")
+    );
+}
