@@ -341,7 +341,7 @@ impl<'o> Subscription<'o> {
         source: &mut Client,
         aggregate: &str,
         at: i64,
-    ) -> Result<(Vec<Entry>, Option<(i64, String)>)> {
+    ) -> Result<(Vec<Entry>, Option<Broken>)> {
         let mut entries = Vec::new();
         let mut expected = at.saturating_add(1);
         let listing = self
@@ -437,6 +437,10 @@ impl<'o> Subscription<'o> {
         }
     }
 }
+
+/// Where reading an aggregate stopped short: the seq of the entry that is
+/// missing or does not open, and why.
+type Broken = (i64, String);
 
 /// A handler, called the way its mode says.
 trait Acknowledge {
