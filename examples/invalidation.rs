@@ -171,6 +171,7 @@ fn host(args: &[String]) -> Result<(), Failure> {
                     seen += 1;
                 }
                 StreamItem::Finding(f) => problem = Some(f.to_string()),
+                StreamItem::Waiting(why) => eprintln!("host {name}: waiting for NATS ({why})"),
             }
             problem.is_none() && seen < CHANGES && Instant::now() < deadline
         })?;

@@ -123,6 +123,10 @@ pub fn tail_run(ctx: &Context, out: &mut Output, opts: TailOptions) -> Result<()
                     view.write_text(out)
                 }
             }),
+            StreamItem::Waiting(why) => {
+                let _ = writeln!(std::io::stderr(), "oplog: tail: waiting for NATS ({why})");
+                Ok(())
+            }
             StreamItem::Finding(f) => {
                 found += 1;
                 if out.json() {

@@ -35,6 +35,7 @@
 //! or forged message is a [`StreamFinding`] naming the aggregate and seq.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -707,6 +708,9 @@ pub enum StreamItem {
     },
     /// Something wrong; reading goes on.
     Finding(StreamFinding),
+    /// Following, NATS could not be read (why); the reader waits for it
+    /// and goes on where it was.
+    Waiting(String),
 }
 
 /// What to read from the stream.
@@ -736,7 +740,28 @@ pub fn tail(
     opts.relay.check()?;
     let runtime = runtime()?;
     runtime.block_on(async {
-        let client = connect_nats(&opts.relay).await?;
+        // The client reconnects by itself; these say when it lost and got
+        // back its connection, so that the reader says it waits, and starts
+        // reading again after the last message it had.
+        let lost = Arc::new(AtomicBool::new(false));
+        let back = Arc::new(AtomicBool::new(false));
+        let (on_lost, on_back) = (lost.clone(), back.clone());
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(opts.relay.timeout)
+            .request_timeout(Some(opts.relay.timeout))
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Disconnected => on_lost.store(true, Ordering::Relaxed),
+                    async_nats::Event::Connected => on_back.store(true, Ordering::Relaxed),
+                    _ => {}
+                }
+                async {}
+            })
+            .connect(&opts.relay.nats_url)
+            .await
+            .map_err(|e| {
+                nats_error(&format!("connecting to NATS at {}", opts.relay.nats_url), e)
+            })?;
         let js = jetstream::new(client);
         let stream = js
             .get_stream(&opts.relay.stream)
@@ -746,35 +771,67 @@ pub fn tail(
             Some(a) => entry_subject(&opts.relay.subject_prefix, a),
             None => format!("{}.e.>", opts.relay.subject_prefix),
         };
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats_error(&format!("reading {filter}"), e))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| nats_error(&format!("reading {filter}"), e))?;
+        let mut messages = ordered_after(&stream, &filter, 0).await?;
+        back.store(false, Ordering::Relaxed);
         let mut checker = StreamChecker::new(oplog);
         let mut read = 0u64;
+        let mut last = 0u64;
+        let mut quiet_since = std::time::Instant::now();
         loop {
-            let next = if opts.follow {
-                messages.next().await
-            } else {
-                match tokio::time::timeout(opts.idle, messages.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
+            if lost.swap(false, Ordering::Relaxed)
+                && opts.follow
+                && !each(StreamItem::Waiting(format!(
+                    "the connection to {} was lost; reconnecting",
+                    opts.relay.nats_url
+                )))
+            {
+                return Ok(read);
+            }
+            if back.swap(false, Ordering::Relaxed) {
+                match ordered_after(&stream, &filter, last).await {
+                    Ok(m) => messages = m,
+                    Err(e) if opts.follow => {
+                        back.store(true, Ordering::Relaxed);
+                        if !each(StreamItem::Waiting(e.to_string())) {
+                            return Ok(read);
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let next = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+            {
+                Ok(next) => next,
+                Err(_) => {
+                    if !opts.follow && quiet_since.elapsed() >= opts.idle {
+                        break;
+                    }
+                    continue;
                 }
             };
             let Some(message) = next else { break };
-            let message = message.map_err(|e| nats_error(&format!("reading {filter}"), e))?;
+            let message = match message {
+                Ok(message) => message,
+                Err(e) if opts.follow => {
+                    if !each(StreamItem::Waiting(format!("reading {filter}: {e}"))) {
+                        return Ok(read);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(nats_error(&format!("reading {filter}"), e)),
+            };
+            quiet_since = std::time::Instant::now();
             let stream_seq = message
                 .info()
                 .map(|i| i.stream_sequence)
                 .map_err(|e| nats_error("reading a message's stream sequence", e))?;
+            if stream_seq <= last {
+                // Delivered again by a consumer made after a reconnection.
+                continue;
+            }
+            last = stream_seq;
             read += 1;
             let subject = message.subject.to_string();
             let items = checker
@@ -794,6 +851,34 @@ pub fn tail(
         }
         Ok(read)
     })
+}
+
+/// An ordered consumer of `filter` from the message after stream sequence
+/// `last` (from the start for 0), and its messages.
+async fn ordered_after(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    last: u64,
+) -> Result<jetstream::consumer::pull::Ordered> {
+    let deliver_policy = if last == 0 {
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: last + 1,
+        }
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error(&format!("reading {filter}"), e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| nats_error(&format!("reading {filter}"), e))
 }
 
 /// Where each aggregate read from the stream stands, and the catalogs read.

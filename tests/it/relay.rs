@@ -100,6 +100,7 @@ impl TestStream {
                         .or_default()
                         .push(entry.seq),
                     StreamItem::Finding(f) => findings.push(f),
+                    StreamItem::Waiting(why) => panic!("not following, yet waiting: {why}"),
                 }
                 true
             },
@@ -418,4 +419,139 @@ fn the_relay_benchmark_runs_and_reports() {
         report["follower_lag_p99_ms"].as_f64().unwrap() > 0.0,
         "{report}"
     );
+}
+
+/// A nats-server of the test's own, with JetStream, on a free port.
+struct PrivateNats {
+    port: u16,
+    dir: crate::cli::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = PrivateNats {
+            port,
+            dir: crate::cli::TempDir::new(),
+            child: None,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and store, and waits until it
+    /// answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.join("store"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the private nats-server did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A stream reader that follows waits while NATS is down, says so, and
+/// goes on where it was once NATS is back: every entry once, in order, no
+/// finding.
+#[test]
+fn a_following_reader_waits_out_nats_going_away_and_goes_on_where_it_was() {
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys);
+    let mut nats = PrivateNats::start();
+    let opts = RelayOptions {
+        nats_url: nats.url(),
+        ..TestStream::new().opts.clone()
+    };
+    create_users(&db.url, &log, "acct", (0..5).map(|i| format!("u{i}")));
+    let mut source = db.client();
+    Relay::connect(&mut source, opts.clone())
+        .unwrap()
+        .pass(&mut source)
+        .unwrap();
+    let reader_log = oplog_with(&keys);
+    let (seen, waited) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut seqs = Vec::new();
+            let mut waited = 0;
+            tail(
+                &reader_log,
+                &TailOptions {
+                    relay: opts.clone(),
+                    aggregate: None,
+                    follow: true,
+                    idle: std::time::Duration::from_secs(1),
+                },
+                |item| {
+                    match item {
+                        StreamItem::Entry { entry, .. } => seqs.push(entry.seq),
+                        StreamItem::Finding(f) => panic!("{f}"),
+                        StreamItem::Waiting(_) => waited += 1,
+                    }
+                    seqs.len() < 10
+                },
+            )
+            .unwrap();
+            (seqs, waited)
+        });
+        // The reader has the first five; NATS goes away for a while.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        nats.kill();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        nats.restart();
+        create_users(&db.url, &log, "acct", (5..10).map(|i| format!("u{i}")));
+        let mut relay = None;
+        for _ in 0..50 {
+            match Relay::connect(&mut source, opts.clone()) {
+                Ok(r) => {
+                    relay = Some(r);
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+        relay.unwrap().pass(&mut source).unwrap();
+        reader.join().unwrap()
+    });
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    assert!(waited >= 1, "the reader never said it was waiting");
 }
