@@ -320,32 +320,10 @@ fn the_relay_command_killed_at_random_moments_neither_duplicates_nor_skips() {
         }
         cmd
     };
-    let kills = std::thread::scope(|s| {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let (url, log) = (db.url.clone(), &log);
-                s.spawn(move || {
-                    for i in 0..WRITES {
-                        create_users(&url, log, &format!("k-{w}"), [format!("u{w}-{i}")]);
-                    }
-                })
-            })
-            .collect();
-        let mut kills = 0;
-        while writers.iter().any(|w| !w.is_finished()) {
-            let mut child = relay_args(false)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let pause = 50 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
-            std::thread::sleep(std::time::Duration::from_millis(pause));
-            child.kill().unwrap();
-            child.wait().unwrap();
-            kills += 1;
-        }
-        kills
-    });
+    let kills =
+        crate::support::kill_repeatedly_while_writing(&db, &log, (WRITERS, WRITES), "k", || {
+            relay_args(false)
+        });
     assert!(kills >= 2, "the relay was killed {kills} times");
     let out = success(&relay_args(true).output().unwrap());
     assert!(out.contains("relayed"), "{out}");

@@ -294,32 +294,10 @@ fn the_subscribe_command_killed_at_random_moments_delivers_each_entry_once() {
         }
         cmd
     };
-    let kills = std::thread::scope(|s| {
-        let writers: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let (url, log) = (db.url.clone(), &log);
-                s.spawn(move || {
-                    for i in 0..WRITES {
-                        create_users(&url, log, &format!("s-{w}"), [format!("u{w}-{i}")]);
-                    }
-                })
-            })
-            .collect();
-        let mut kills = 0;
-        while writers.iter().any(|w| !w.is_finished()) {
-            let mut child = subscribe(false)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let pause = 50 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
-            std::thread::sleep(Duration::from_millis(pause));
-            child.kill().unwrap();
-            child.wait().unwrap();
-            kills += 1;
-        }
-        kills
-    });
+    let kills =
+        crate::support::kill_repeatedly_while_writing(&db, &log, (WRITERS, WRITES), "s", || {
+            subscribe(false)
+        });
     assert!(kills >= 2, "killed {kills} times");
     let out = subscribe(true).output().unwrap();
     assert!(

@@ -225,3 +225,42 @@ pub fn assert_seqs_exactly(db: &TestDb, aggregate: &str, total: i64) {
         .get(0);
     assert_eq!(version, total);
 }
+
+/// `writers` threads each write `writes` users to the aggregate
+/// `<prefix>-<w>`, while the process `command` makes is started and killed
+/// with SIGKILL after 50 to 305 ms, again and again until the writers are
+/// done. Returns how many times it was killed.
+pub fn kill_repeatedly_while_writing(
+    db: &TestDb,
+    log: &oplog::Oplog,
+    (writers, writes): (usize, usize),
+    prefix: &str,
+    command: impl Fn() -> std::process::Command,
+) -> u32 {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let url = db.url.clone();
+                s.spawn(move || {
+                    for i in 0..writes {
+                        create_users(&url, log, &format!("{prefix}-{w}"), [format!("u{w}-{i}")]);
+                    }
+                })
+            })
+            .collect();
+        let mut kills = 0;
+        while threads.iter().any(|t| !t.is_finished()) {
+            let mut child = command()
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let pause = 50 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]);
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+        }
+        kills
+    })
+}
