@@ -352,16 +352,7 @@ impl Relay {
             let stream = open_stream(&js, &opts).await?;
             Ok::<_, Error>((js, stream))
         })?;
-        let name = opts.consumer_name();
-        let known: bool = source
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM oplog_consumer WHERE name = $1)",
-                &[&name],
-            )?
-            .get(0);
-        if !known {
-            consumer::register(source, &name, &[])?;
-        }
+        consumer::register_unless_known(source, &opts.consumer_name())?;
         Ok(Relay {
             opts,
             runtime,

@@ -137,12 +137,6 @@ impl std::fmt::Debug for Subscription<'_> {
     }
 }
 
-/// Where the positions live, and how a batch is acknowledged.
-enum Mode<'t, H> {
-    AtLeastOnce(H),
-    InTarget(&'t mut Client, H),
-}
-
 /// The table of positions in a target database (exactly-once mode).
 const TARGET_TABLE: &str = "CREATE TABLE IF NOT EXISTS oplog_subscription (
     name text NOT NULL,
@@ -192,7 +186,7 @@ impl<'o> Subscription<'o> {
         &mut self,
         handler: impl FnMut(&Batch) -> std::result::Result<(), E>,
     ) -> Result<SubscribeReport> {
-        self.drive(Mode::AtLeastOnce(AtLeastOnce(handler)))
+        self.drive(AtLeastOnce(handler))
     }
 
     /// Delivers with exactly-once effect: `handler` gets each batch with a
@@ -204,10 +198,10 @@ impl<'o> Subscription<'o> {
         handler: impl FnMut(&mut postgres::Transaction<'_>, &Batch) -> std::result::Result<(), E>,
     ) -> Result<SubscribeReport> {
         target.batch_execute(TARGET_TABLE)?;
-        self.drive(Mode::InTarget(target, InTarget(handler)))
+        self.drive(InTarget { target, handler })
     }
 
-    fn drive<A: Acknowledge>(&mut self, mut mode: Mode<'_, A>) -> Result<SubscribeReport> {
+    fn drive(&mut self, mut mode: impl Acknowledge) -> Result<SubscribeReport> {
         consumer::validate_name(&self.opts.name)?;
         if self.opts.batch_entries == 0 {
             return Err(Error::Config("batch_entries must be at least 1".into()));
@@ -219,48 +213,7 @@ impl<'o> Subscription<'o> {
             "LISTEN {}",
             crate::replica::follow::NOTIFY_CHANNEL
         ))?;
-        // Where each aggregate stands: the registry (at least once), or the
-        // target, whose positions the registry is then set to.
-        let mut positions: HashMap<String, i64> = match &mut mode {
-            Mode::AtLeastOnce(_) => {
-                let known: bool = source
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM oplog_consumer WHERE name = $1)",
-                        &[&name],
-                    )?
-                    .get(0);
-                if !known {
-                    consumer::register(&mut source, &name, &[])?;
-                }
-                registry_positions(&mut source, &name)?
-            }
-            Mode::InTarget(target, _) => {
-                let rows = target.query(
-                    "SELECT aggregate_name, seq FROM oplog_subscription WHERE name = $1",
-                    &[&name],
-                )?;
-                let positions: HashMap<String, i64> =
-                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-                let list: Vec<(String, i64)> =
-                    positions.iter().map(|(a, s)| (a.clone(), *s)).collect();
-                let parked = consumer::parked(&mut source, &name)?;
-                consumer::register(&mut source, &name, &list)?;
-                // Registering replaces the positions; parked aggregates
-                // stay parked.
-                for aggregate in parked {
-                    let at = positions.get(&aggregate).copied().unwrap_or(0);
-                    consumer::park(
-                        &mut source,
-                        &name,
-                        &aggregate,
-                        at,
-                        at + 1,
-                        "parked before a restart",
-                    )?;
-                }
-                positions
-            }
-        };
+        let mut positions = mode.positions(&mut source, &name)?;
         let mut report = SubscribeReport::default();
         while !self.stop.load(Ordering::Relaxed) {
             report.passes += 1;
@@ -348,7 +301,6 @@ impl<'o> Subscription<'o> {
             .oplog
             .entries(source, Some(aggregate), at)
             .limit(self.opts.batch_entries);
-        let mut first = true;
         let mut broken = None;
         for entry in listing {
             let entry = match entry {
@@ -359,12 +311,11 @@ impl<'o> Subscription<'o> {
                     break;
                 }
             };
-            if first && at == 0 && entry.seq > 1 {
+            if entries.is_empty() && at == 0 && entry.seq > 1 {
                 // Nothing of it delivered yet: it may start after a prefix
                 // trimmed before the subscription existed.
                 expected = entry.seq;
             }
-            first = false;
             if entry.seq != expected {
                 broken = Some((
                     expected,
@@ -403,9 +354,9 @@ impl<'o> Subscription<'o> {
 
     /// Hands `batch` over until the handler succeeds or its attempts run
     /// out; the handler's last error when they did.
-    fn deliver<A: Acknowledge>(
+    fn deliver(
         &self,
-        mode: &mut Mode<'_, A>,
+        mode: &mut impl Acknowledge,
         batch: &Batch,
         report: &mut SubscribeReport,
     ) -> Result<std::result::Result<(), String>> {
@@ -413,13 +364,7 @@ impl<'o> Subscription<'o> {
         let attempts = policy.max_attempts.max(1);
         let mut n = 1;
         loop {
-            let outcome = match mode {
-                Mode::AtLeastOnce(handler) => handler.at_least_once(batch),
-                Mode::InTarget(target, handler) => {
-                    handler.in_target(target, &self.opts.name, batch)?
-                }
-            };
-            match outcome {
+            match mode.hand_over(&self.opts.name, batch)? {
                 Ok(()) => return Ok(Ok(())),
                 Err(reason) if n >= attempts => {
                     return Ok(Err(format!("handler failed {n} times; last: {reason}")))
@@ -442,61 +387,62 @@ impl<'o> Subscription<'o> {
 /// missing or does not open, and why.
 type Broken = (i64, String);
 
-/// A handler, called the way its mode says.
+/// A delivery mode: where its positions live, and how a batch is handed
+/// over and acknowledged.
 trait Acknowledge {
-    /// At least once: the handler's outcome.
-    fn at_least_once(&mut self, batch: &Batch) -> std::result::Result<(), String>;
-    /// In a target transaction: the handler's outcome, the position stored
-    /// and committed with it; database errors of the target are errors.
-    fn in_target(
-        &mut self,
-        target: &mut Client,
-        name: &str,
-        batch: &Batch,
-    ) -> Result<std::result::Result<(), String>>;
+    /// Where each aggregate stands for the subscription `name` (registered
+    /// on the source as it goes).
+    fn positions(&mut self, source: &mut Client, name: &str) -> Result<HashMap<String, i64>>;
+    /// The handler's outcome for `batch`, the position acknowledged with
+    /// it when it succeeded; database errors of a target are errors.
+    fn hand_over(&mut self, name: &str, batch: &Batch) -> Result<std::result::Result<(), String>>;
 }
 
+/// At least once: the registry holds the positions, moved on by the
+/// caller once the handler returned.
 struct AtLeastOnce<H>(H);
 
 impl<E: std::fmt::Display, H: FnMut(&Batch) -> std::result::Result<(), E>> Acknowledge
     for AtLeastOnce<H>
 {
-    fn at_least_once(&mut self, batch: &Batch) -> std::result::Result<(), String> {
-        (self.0)(batch).map_err(|e| e.to_string())
+    fn positions(&mut self, source: &mut Client, name: &str) -> Result<HashMap<String, i64>> {
+        consumer::register_unless_known(source, name)?;
+        registry_positions(source, name)
     }
 
-    fn in_target(
-        &mut self,
-        _: &mut Client,
-        _: &str,
-        batch: &Batch,
-    ) -> Result<std::result::Result<(), String>> {
-        Ok(self.at_least_once(batch))
+    fn hand_over(&mut self, _: &str, batch: &Batch) -> Result<std::result::Result<(), String>> {
+        Ok((self.0)(batch).map_err(|e| e.to_string()))
     }
 }
 
-struct InTarget<H>(H);
+/// Exactly-once effect: the target holds the positions, stored in the
+/// handler's transaction; the registry is set to them.
+struct InTarget<'t, H> {
+    target: &'t mut Client,
+    handler: H,
+}
 
-impl<E, H> Acknowledge for InTarget<H>
+impl<E, H> Acknowledge for InTarget<'_, H>
 where
     E: std::fmt::Display,
     H: FnMut(&mut postgres::Transaction<'_>, &Batch) -> std::result::Result<(), E>,
 {
-    fn at_least_once(&mut self, _: &Batch) -> std::result::Result<(), String> {
-        Err("a subscription in a target needs its target".into())
+    fn positions(&mut self, source: &mut Client, name: &str) -> Result<HashMap<String, i64>> {
+        let rows = self.target.query(
+            "SELECT aggregate_name, seq FROM oplog_subscription WHERE name = $1",
+            &[&name],
+        )?;
+        let positions: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        consumer::register(source, name, &positions)?;
+        Ok(positions.into_iter().collect())
     }
 
-    fn in_target(
-        &mut self,
-        target: &mut Client,
-        name: &str,
-        batch: &Batch,
-    ) -> Result<std::result::Result<(), String>> {
+    fn hand_over(&mut self, name: &str, batch: &Batch) -> Result<std::result::Result<(), String>> {
         let Some(last) = batch.entries.last().map(|e| e.seq) else {
             return Ok(Ok(()));
         };
-        let mut tx = target.transaction()?;
-        if let Err(e) = (self.0)(&mut tx, batch) {
+        let mut tx = self.target.transaction()?;
+        if let Err(e) = (self.handler)(&mut tx, batch) {
             return Ok(Err(e.to_string()));
         }
         tx.execute(

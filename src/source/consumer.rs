@@ -76,7 +76,7 @@ fn seconds(d: Duration) -> f64 {
 /// Registers `name` as a consumer (again, when it already is) with exactly
 /// the positions it has applied: `positions` replace every position stored
 /// for it, and an aggregate left out counts as position 0, as for a replica
-/// that has applied nothing. One transaction, which first waits for the
+/// that has applied nothing. An aggregate parked for it stays parked. One transaction, which first waits for the
 /// trims in flight (they hold a SHARE lock on the positions until they
 /// commit) and holds off new ones until it commits, so that once this
 /// returns no trim deletes past `positions`.
@@ -94,14 +94,21 @@ pub fn register(c: &mut impl GenericClient, name: &str, positions: &[(String, i6
              owner = coalesce(oplog_consumer.owner, current_user)",
         &[(&name, Type::TEXT)],
     )?;
+    // A parked aggregate keeps its marker (a subscription that registers
+    // again is still parked there); its position is replaced like the rest.
     tx.execute_typed(
-        "DELETE FROM oplog_consumer_position WHERE consumer = $1",
+        "DELETE FROM oplog_consumer_position WHERE consumer = $1 AND parked_seq IS NULL",
+        &[(&name, Type::TEXT)],
+    )?;
+    tx.execute_typed(
+        "UPDATE oplog_consumer_position SET seq = 0, updated_at = now() WHERE consumer = $1",
         &[(&name, Type::TEXT)],
     )?;
     if !names.is_empty() {
         tx.execute_typed(
             "INSERT INTO oplog_consumer_position (consumer, aggregate_name, seq) \
-             SELECT $1, u.a, u.s FROM unnest($2::text[], $3::bigint[]) AS u(a, s)",
+             SELECT $1, u.a, u.s FROM unnest($2::text[], $3::bigint[]) AS u(a, s) \
+             ON CONFLICT (consumer, aggregate_name) DO UPDATE SET seq = excluded.seq, updated_at = now()",
             &[
                 (&name, Type::TEXT),
                 (&names, Type::TEXT_ARRAY),
@@ -111,6 +118,22 @@ pub fn register(c: &mut impl GenericClient, name: &str, positions: &[(String, i6
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Registers `name` with no positions when it is not registered yet, so
+/// that trimming waits for it from now on; leaves a registered one as it
+/// is.
+pub(crate) fn register_unless_known(c: &mut impl GenericClient, name: &str) -> Result<()> {
+    let known: bool = c
+        .query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM oplog_consumer WHERE name = $1)",
+            &[(&name, Type::TEXT)],
+        )?
+        .try_get(0)?;
+    if known {
+        return Ok(());
+    }
+    register(c, name, &[])
 }
 
 /// Notes that the registered consumer `name` is alive and has applied

@@ -411,3 +411,38 @@ fn a_missing_or_altered_entry_parks_its_aggregate_and_a_trimmed_prefix_does_not(
         at("tampered")
     );
 }
+
+/// A subscription in a target registers again from the target's positions
+/// each time it starts; an aggregate it parked stays parked at the same
+/// entry, for the same reason, until it is resumed.
+#[test]
+fn a_parked_aggregate_stays_parked_with_its_reason_when_a_target_subscription_starts_again() {
+    let db = TestDb::new();
+    let target = TestDb::empty();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    create_users(&db.url, &log, "acct", (0..6).map(|i| format!("u{i}")));
+    let mut t = target.client();
+    let refuse_5 = |_: &mut postgres::Transaction<'_>, batch: &Batch| {
+        if batch.entries.iter().any(|e| e.seq == 5) {
+            return Err("no seq 5 here");
+        }
+        Ok(())
+    };
+    let report = Subscription::new(&log, db.url.as_str(), options("t", Selection::All))
+        .run_in(&mut t, refuse_5)
+        .unwrap();
+    assert_eq!((report.delivered, report.parked.len()), (4, 1));
+    let parked = |db: &TestDb| {
+        let lag = oplog::lag(&mut db.client(), "t").unwrap();
+        let l = lag.iter().find(|l| l.aggregate == "acct").unwrap().clone();
+        (l.applied_seq, l.parked_seq, l.parked_reason)
+    };
+    let before = parked(&db);
+    assert_eq!((before.0, before.1), (4, Some(5)));
+    assert!(before.2.as_deref().unwrap().contains("no seq 5 here"));
+    let report = Subscription::new(&log, db.url.as_str(), options("t", Selection::All))
+        .run_in(&mut t, refuse_5)
+        .unwrap();
+    assert_eq!((report.delivered, report.batches), (0, 0));
+    assert_eq!(parked(&db), before);
+}
