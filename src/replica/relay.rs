@@ -247,13 +247,25 @@ async fn open_stream(
     .map_err(|e| nats_error(&format!("opening stream {}", opts.stream), e))
 }
 
-async fn connect_nats(opts: &RelayOptions) -> Result<async_nats::Client> {
+/// How the relay and the reader connect to NATS: `opts`' timeouts.
+fn nats_options(opts: &RelayOptions) -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()
         .connection_timeout(opts.timeout)
         .request_timeout(Some(opts.timeout))
-        .connect(&opts.nats_url)
+}
+
+async fn connect_nats(opts: &RelayOptions) -> Result<async_nats::Client> {
+    connect_nats_with(nats_options(opts), &opts.nats_url).await
+}
+
+async fn connect_nats_with(
+    options: async_nats::ConnectOptions,
+    url: &str,
+) -> Result<async_nats::Client> {
+    options
+        .connect(url)
         .await
-        .map_err(|e| nats_error(&format!("connecting to NATS at {}", opts.nats_url), e))
+        .map_err(|e| nats_error(&format!("connecting to NATS at {url}"), e))
 }
 
 /// The last message on `subject`: its entry's seq and UUID, and its stream
@@ -477,19 +489,7 @@ impl Relay {
         }
         let payload = serde_json::to_vec(&WireEntry::of(row))
             .map_err(|e| nats_error("encoding an entry message", e))?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", row.entry_uuid.as_str());
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            at.subject_seq.to_string().as_str(),
-        );
-        let sent = self.runtime.block_on(async {
-            let ack = self
-                .js
-                .publish_with_headers(subject.to_string(), headers, payload.into())
-                .await?;
-            ack.await
-        });
+        let sent = self.publish(subject, &row.entry_uuid, at.subject_seq, payload);
         match sent {
             Ok(ack) => {
                 if ack.duplicate {
@@ -543,6 +543,30 @@ impl Relay {
         }
     }
 
+    /// Publishes `payload` on `subject` as message `id`, accepted only when
+    /// the subject's last message is at stream sequence `after` (0: none),
+    /// and waits for the stream's acknowledgement.
+    fn publish(
+        &self,
+        subject: &str,
+        id: &str,
+        after: u64,
+        payload: Vec<u8>,
+    ) -> std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            after.to_string().as_str(),
+        );
+        self.runtime.block_on(async {
+            self.js
+                .publish_with_headers(subject.to_string(), headers, payload.into())
+                .await?
+                .await
+        })
+    }
+
     /// Publishes the stored catalog `digest` once, under its own subject.
     fn publish_catalog(
         &mut self,
@@ -561,16 +585,7 @@ impl Relay {
                 reason: "an entry names it, but it is not stored".into(),
             });
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("catalog-{}", hex(digest)).as_str());
-        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-        let sent = self.runtime.block_on(async {
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), headers, bytes.into())
-                .await?;
-            ack.await
-        });
+        let sent = self.publish(&subject, &format!("catalog-{}", hex(digest)), 0, bytes);
         match sent {
             Ok(ack) if !ack.duplicate => report.catalogs += 1,
             Ok(_) => {}
@@ -737,22 +752,15 @@ pub fn tail(
         let lost = Arc::new(AtomicBool::new(false));
         let back = Arc::new(AtomicBool::new(false));
         let (on_lost, on_back) = (lost.clone(), back.clone());
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(opts.relay.timeout)
-            .request_timeout(Some(opts.relay.timeout))
-            .event_callback(move |event| {
-                match event {
-                    async_nats::Event::Disconnected => on_lost.store(true, Ordering::Relaxed),
-                    async_nats::Event::Connected => on_back.store(true, Ordering::Relaxed),
-                    _ => {}
-                }
-                async {}
-            })
-            .connect(&opts.relay.nats_url)
-            .await
-            .map_err(|e| {
-                nats_error(&format!("connecting to NATS at {}", opts.relay.nats_url), e)
-            })?;
+        let options = nats_options(&opts.relay).event_callback(move |event| {
+            match event {
+                async_nats::Event::Disconnected => on_lost.store(true, Ordering::Relaxed),
+                async_nats::Event::Connected => on_back.store(true, Ordering::Relaxed),
+                _ => {}
+            }
+            async {}
+        });
+        let client = connect_nats_with(options, &opts.relay.nats_url).await?;
         let js = jetstream::new(client);
         let stream = js
             .get_stream(&opts.relay.stream)
