@@ -260,6 +260,7 @@ pub use crate::proto::OpType;
 pub use crate::replica::follow::{
     FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL,
 };
+pub use crate::replica::live::{Live, LiveEvent, LiveOptions, LiveReport, LogConsumer};
 pub use crate::replica::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };
@@ -277,7 +278,7 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 #[cfg(feature = "nats")]
 pub mod relay {
     pub use crate::replica::relay::{
-        delete_stream, entry_subject, tail, Relay, RelayOptions, RelayReport, StreamFinding,
+        delete_stream, entry_subject, run, tail, Relay, RelayOptions, RelayReport, StreamFinding,
         StreamItem, TailOptions,
     };
 }

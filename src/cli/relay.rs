@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oplog::relay::{tail, Relay, RelayOptions, RelayReport, StreamItem, TailOptions};
+use oplog::relay::{self, tail, Relay, RelayOptions, StreamItem, TailOptions};
+use oplog::{LiveEvent, LiveOptions};
 
 use super::render::EntryView;
 use super::{read_failure, with_hint, Context, Failure, Output};
@@ -28,48 +29,41 @@ pub fn run(
             .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C/SIGTERM handler: {e}")))?;
     }
     let started = Instant::now();
-    let mut total = RelayReport::default();
-    let mut relay: Option<(postgres::Client, Relay)> = None;
-    let mut waiting = false;
-    while !stop.load(Ordering::Relaxed) {
-        let pass = (|| {
-            if relay.is_none() {
-                let mut source = ctx.connect()?;
-                let r = Relay::connect(&mut source, opts.clone()).map_err(read_failure)?;
-                relay = Some((source, r));
-            }
-            let (source, r) = relay.as_mut().expect("connected above");
-            r.pass(source).map_err(read_failure)
-        })();
-        match pass {
-            Ok(report) => {
-                if waiting {
-                    let _ = writeln!(std::io::stderr(), "oplog: relay: resumed");
+    let total = if once {
+        let mut source = ctx.connect()?;
+        let mut relay = Relay::connect(&mut source, opts.clone()).map_err(read_failure)?;
+        relay.pass(&mut source).map_err(read_failure)?
+    } else {
+        let live = LiveOptions {
+            poll_interval: poll,
+            ..LiveOptions::default()
+        };
+        let mut waiting = false;
+        relay::run(
+            ctx.database()?.clone(),
+            opts.clone(),
+            live,
+            stop,
+            &mut |event| match event {
+                LiveEvent::Reconnecting {
+                    error, retry_in, ..
+                } => {
+                    waiting = true;
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "oplog: relay: waiting ({error}); trying again in {:.1} s",
+                        retry_in.as_secs_f64()
+                    );
+                }
+                LiveEvent::CaughtUp if waiting => {
                     waiting = false;
+                    let _ = writeln!(std::io::stderr(), "oplog: relay: resumed");
                 }
-                add(&mut total, &report);
-                if once {
-                    break;
-                }
-            }
-            Err(failure) if once => return Err(failure),
-            Err(failure) => {
-                relay = None;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "oplog: relay: waiting ({}); trying again in 1 s",
-                    match &failure {
-                        Failure::Error(m) => m.as_str(),
-                        Failure::Found => "a check failed",
-                    }
-                );
-                waiting = true;
-                sleep_unless(&stop, Duration::from_secs(1));
-                continue;
-            }
-        }
-        sleep_unless(&stop, poll);
-    }
+                _ => {}
+            },
+        )
+        .map_err(read_failure)?
+    };
     if out.json() {
         return out.json_line(&serde_json::json!({
             "stream": opts.stream,
@@ -88,20 +82,6 @@ pub fn run(
         total.catalogs,
         started.elapsed().as_secs_f64()
     ))
-}
-
-fn add(total: &mut RelayReport, pass: &RelayReport) {
-    total.entries += pass.entries;
-    total.already_published += pass.already_published;
-    total.catalogs += pass.catalogs;
-    total.aggregates += pass.aggregates;
-}
-
-fn sleep_unless(stop: &AtomicBool, pause: Duration) {
-    let until = Instant::now() + pause;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20).min(pause));
-    }
 }
 
 /// Prints the stream's entries (as `log` does) and findings, in stream

@@ -1,13 +1,14 @@
 //! Follow: keep a replica continuously up to date with its source.
 //!
-//! A [`Follower`] runs [`Replayer`] passes in a loop: each pass applies what
-//! the source has committed since the replica's checkpoints, in the same
-//! transactions as the checkpoints, so that stopping or being killed at any
-//! moment loses and repeats nothing. Between passes it waits for a
-//! notification on the source (`LISTEN oplog_entry`, sent by writers that
-//! opt in with [`Oplog::with_notify`]) or for its polling interval, whichever
-//! comes first: notifications are a hint, polling is the truth. It listens
-//! before its first pass, so no wake-up is lost.
+//! A [`Follower`] is one consumer of the log driven by the live loop that
+//! drives subscriptions and the relay ([`Live`]): each pass is a
+//! [`Replayer`] pass, which applies what the source has committed since the
+//! replica's checkpoints in the same transactions as the checkpoints, so
+//! that stopping or being killed at any moment loses and repeats nothing.
+//! Between passes the live loop waits for a notification on the source
+//! (`LISTEN oplog_entry`, sent by writers that opt in with
+//! [`Oplog::with_notify`]) or for its polling interval, whichever comes
+//! first.
 //!
 //! One follower applies to a replica at a time: it holds a session-level
 //! advisory lock on the very connection that writes to the replica, so a
@@ -20,27 +21,24 @@
 //! it has applied each aggregate, so that trimming keeps what it still
 //! needs. Lost connections (either database restarting, a terminated
 //! backend) are retried with bounded exponential backoff.
+//!
+//! [`Live`]: crate::Live
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
 use crate::error::{Error, Result};
+use crate::replica::live::{pause_unless, Live, LiveEvent, LiveOptions, LogConsumer};
 use crate::replica::replay::{Progress, ReplayOptions, Replayer, Skip};
 use crate::replica::Target;
 use crate::source::consumer::{self, AggregateLag};
 use crate::source::write::Oplog;
-use crate::store;
 use crate::store::connect::Database;
 
-/// The channel writers notify on and followers listen to.
-pub const NOTIFY_CHANNEL: &str = "oplog_entry";
-
-/// How often an idle follower tells the source it is alive.
-const ALIVE_EVERY: Duration = Duration::from_secs(1);
+pub use crate::replica::live::NOTIFY_CHANNEL;
 
 /// How a follower runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,12 +161,6 @@ impl std::fmt::Debug for Follower {
     }
 }
 
-/// Why a session ended without an error.
-enum SessionEnd {
-    Stopped,
-    CaughtUp,
-}
-
 impl Follower {
     /// A follower of the source (a connection string or a [`Database`])
     /// into `target`. Nothing connects until [`Follower::run`]; a
@@ -194,10 +186,6 @@ impl Follower {
         self.stop.clone()
     }
 
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
     /// Follows until stopped, until caught up (with
     /// [`FollowOptions::until_caught_up`]), or until an aggregate cannot be
     /// applied (a divergence, a mapping error, coverage lost to trimming),
@@ -206,75 +194,61 @@ impl Follower {
         if let Some(name) = &self.options.name {
             consumer::validate_name(name)?;
         }
-        let started = Instant::now();
-        let mut report = FollowReport::default();
-        let mut attempt = 0u32;
-        let mut backoff = Duration::from_millis(100);
-        while !self.stopping() {
-            let mut connected = false;
-            match self.session(events, &mut report, &mut connected) {
-                Ok(_) => break,
-                Err(e) if e.is_connection() => {
-                    if connected {
-                        attempt = 0;
-                        backoff = Duration::from_millis(100);
-                    }
-                    attempt += 1;
-                    report.reconnects += 1;
-                    events(&FollowEvent::Reconnecting {
-                        error: &e,
-                        retry_in: backoff,
-                        attempt,
-                    });
-                    self.pause(backoff);
-                    backoff = (backoff * 2).min(self.options.max_backoff);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        report.elapsed = started.elapsed();
-        Ok(report)
+        let live = Live::new(
+            self.source.clone(),
+            LiveOptions {
+                poll_interval: self.options.poll_interval,
+                until_caught_up: self.options.until_caught_up,
+                max_backoff: self.options.max_backoff,
+                lag_warning: Some(self.options.lag_warning),
+            },
+        )
+        .with_stop(self.stop.clone());
+        let mut applier = Applier {
+            follower: self,
+            replayer: None,
+            name: String::new(),
+            events,
+        };
+        let done = live.run(&mut applier)?;
+        Ok(FollowReport {
+            consumer: done.consumer,
+            entries_applied: done.delivered,
+            passes: done.passes,
+            reconnects: done.reconnects,
+            elapsed: done.elapsed,
+        })
     }
+}
 
-    /// Sleeps up to `d`, waking early when asked to stop.
-    fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.stopping() {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(50)));
-        }
-    }
+/// The follower as a consumer of the log: each session connects a
+/// [`Replayer`], takes the replica's lock and registers; each pass is a
+/// replay pass, whose positions are the replica's checkpoints.
+struct Applier<'f, 'e> {
+    follower: &'f Follower,
+    replayer: Option<Replayer>,
+    name: String,
+    events: &'e mut dyn FnMut(&FollowEvent<'_>),
+}
 
-    /// One session: connect, lock, register, then passes until stopped,
-    /// caught up or failed. `connected` turns true once the session holds
-    /// the lock, so that a later failure starts the backoff afresh.
-    fn session(
-        &mut self,
-        events: &mut dyn FnMut(&FollowEvent<'_>),
-        report: &mut FollowReport,
-        connected: &mut bool,
-    ) -> Result<SessionEnd> {
-        // Listen before the first pass: a notification sent while the pass
-        // runs is then waiting when it ends.
-        let mut control = self.source.connect()?;
-        control.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
+impl LogConsumer for Applier<'_, '_> {
+    fn start(&mut self, control: &mut Client, stop: &AtomicBool) -> Result<Option<String>> {
+        let f = self.follower;
+        self.replayer = None;
         let mut replayer = Replayer::connect(
-            &self.oplog,
-            &self.source,
-            self.target.clone(),
+            &f.oplog,
+            &f.source,
+            f.target.clone(),
             ReplayOptions {
                 aggregate: None,
-                batch_size: self.options.batch_size,
-                skip: self.options.skip.clone(),
+                batch_size: f.options.batch_size,
+                skip: f.options.skip.clone(),
                 ..ReplayOptions::default()
             },
         )?;
-        replayer.set_stop(self.stop.clone());
+        replayer.set_stop(f.stop.clone());
         while !replayer.try_lock_follower()? {
-            if !self.options.wait_for_lock {
+            if !f.options.wait_for_lock {
                 let holder = replayer.follower_lock_holder()?;
                 return Err(Error::ReplicaBusy(format!(
                     "another follower is already applying to this replica ({}); stop it first, or let this one wait for it",
@@ -283,107 +257,63 @@ impl Follower {
                     ))
                 )));
             }
-            events(&FollowEvent::WaitingForLock {
+            (self.events)(&FollowEvent::WaitingForLock {
                 holder: replayer.follower_lock_holder()?,
             });
-            self.pause(Duration::from_secs(1));
-            if self.stopping() {
-                return Ok(SessionEnd::Stopped);
+            pause_unless(stop, Duration::from_secs(1));
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
             }
         }
-        *connected = true;
-        let name = match &self.options.name {
+        let name = match &f.options.name {
             Some(name) => name.clone(),
             None => replayer.replica_name()?,
         };
-        report.consumer = name.clone();
         let positions: Vec<(String, i64)> = replayer
             .checkpoints()?
             .into_iter()
             .map(|(a, c)| (a, c.seq))
             .collect();
-        consumer::register(&mut control, &name, &positions)?;
-        events(&FollowEvent::Following { consumer: &name });
-
-        let mut lag_checked = Instant::now();
-        let mut reported = Instant::now();
-        let mut warned: std::collections::HashSet<String> = Default::default();
-        // The tickets' sum when a pass last found nothing to apply: while it
-        // stays the same nothing was appended, and an idle follower reads
-        // one row per poll instead of every ticket and checkpoint.
-        let mut idle_at: Option<(i64, String)> = None;
-        loop {
-            if self.stopping() {
-                return Ok(SessionEnd::Stopped);
-            }
-            let before = store::ticket_sum(&mut control)?;
-            if idle_at.as_ref() == Some(&before) {
-                if reported.elapsed() >= ALIVE_EVERY {
-                    consumer::report(&mut control, &name, &[], false)?;
-                    reported = Instant::now();
-                }
-                events(&FollowEvent::CaughtUp);
-                self.wait(&mut control)?;
-                continue;
-            }
-            let pass = replayer.run(&mut |p| events(&FollowEvent::Applied(p)))?;
-            report.passes += 1;
-            report.entries_applied += pass.entries_applied;
-            if let Some(stopped) = pass.stopped.into_iter().next() {
-                return Err(stopped.error);
-            }
-            idle_at = (pass.entries_applied == 0).then_some(before);
-            let positions: Vec<(String, i64)> = pass
-                .aggregates
-                .iter()
-                .map(|a| (a.aggregate.clone(), a.to_seq))
-                .collect();
-            // Progress is reported at once; being alive, at most once per
-            // interval, so that an idle follower does not write to the
-            // source at every poll.
-            if !positions.is_empty() || reported.elapsed() >= ALIVE_EVERY {
-                consumer::report(&mut control, &name, &positions, !positions.is_empty())?;
-                reported = Instant::now();
-            }
-            if lag_checked.elapsed() >= self.options.lag_warning.min(Duration::from_secs(5)) {
-                lag_checked = Instant::now();
-                for lag in consumer::lag(&mut control, &name)? {
-                    let late = lag.seconds >= self.options.lag_warning.as_secs_f64();
-                    if late && warned.insert(lag.aggregate.clone()) {
-                        events(&FollowEvent::LagWarning(&lag));
-                    } else if !late {
-                        warned.remove(&lag.aggregate);
-                    }
-                }
-            }
-            if pass.entries_applied > 0 {
-                // More may have been committed meanwhile: look again now.
-                continue;
-            }
-            events(&FollowEvent::CaughtUp);
-            if self.options.until_caught_up {
-                return Ok(SessionEnd::CaughtUp);
-            }
-            self.wait(&mut control)?;
-        }
+        consumer::register(control, &name, &positions)?;
+        (self.events)(&FollowEvent::Following { consumer: &name });
+        self.name.clone_from(&name);
+        self.replayer = Some(replayer);
+        Ok(Some(name))
     }
 
-    /// Waits for a notification, the polling interval, or a stop request.
-    fn wait(&self, control: &mut Client) -> Result<()> {
-        let deadline = Instant::now() + self.options.poll_interval;
-        loop {
-            let now = Instant::now();
-            if now >= deadline || self.stopping() {
-                return Ok(());
-            }
-            let slice = (deadline - now).min(Duration::from_millis(100));
-            let mut notifications = control.notifications();
-            let woken = notifications.timeout_iter(slice).next()?.is_some();
-            if woken {
-                // Take every notification already queued: one pass covers them.
-                while notifications.iter().next()?.is_some() {}
-                return Ok(());
-            }
+    fn pass(&mut self, control: &mut Client) -> Result<u64> {
+        let Some(replayer) = self.replayer.as_mut() else {
+            return Ok(0);
+        };
+        let events = &mut *self.events;
+        let pass = replayer.run(&mut |p| events(&FollowEvent::Applied(p)))?;
+        if let Some(stopped) = pass.stopped.into_iter().next() {
+            return Err(stopped.error);
+        }
+        let positions: Vec<(String, i64)> = pass
+            .aggregates
+            .iter()
+            .map(|a| (a.aggregate.clone(), a.to_seq))
+            .collect();
+        if !positions.is_empty() {
+            consumer::report(control, &self.name, &positions, true)?;
+        }
+        Ok(pass.entries_applied)
+    }
+
+    fn event(&mut self, event: &LiveEvent<'_>) {
+        match event {
+            LiveEvent::Reconnecting {
+                error,
+                retry_in,
+                attempt,
+            } => (self.events)(&FollowEvent::Reconnecting {
+                error,
+                retry_in: *retry_in,
+                attempt: *attempt,
+            }),
+            LiveEvent::CaughtUp => (self.events)(&FollowEvent::CaughtUp),
+            LiveEvent::LagWarning(lag) => (self.events)(&FollowEvent::LagWarning(lag)),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod follow;
+pub(crate) mod live;
 #[cfg(feature = "nats")]
 pub(crate) mod relay;
 pub(crate) mod replay;

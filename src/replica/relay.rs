@@ -54,11 +54,13 @@ use crate::codec::entry::GENESIS_CHAIN;
 use crate::error::{Error, Result};
 use crate::hex::{hex, parse_hex};
 use crate::replica::chain::{ChainCursor, Link};
+use crate::replica::live::{Live, LiveEvent, LiveOptions, LogConsumer};
 use crate::replica::subscribe::{tickets_after, Selection};
 use crate::source::consumer;
 use crate::source::write::row_ref;
 use crate::source::write::Oplog;
 use crate::store::private::Sealed;
+use crate::store::connect::Database;
 use crate::store::{ListQuery, StoredRow};
 
 /// Where the relay publishes, and what it relays.
@@ -608,6 +610,87 @@ impl Relay {
         )?;
         self.reached.clear();
         Ok(())
+    }
+}
+
+/// Relays until `stop` is set (or, with
+/// [`LiveOptions::until_caught_up`], until a pass finds nothing new):
+/// catch-up, then live tail, woken by writers' notifications and polling
+/// otherwise (see [`Live`]). While PostgreSQL or NATS is down, `events`
+/// hears what failed and when the next attempt is; the relay then
+/// connects again and resumes from the stream's last message of each
+/// aggregate. An error other than a lost database connection or a NATS
+/// failure ends it.
+///
+/// ```no_run
+/// use std::sync::atomic::AtomicBool;
+/// use std::sync::Arc;
+/// use oplog::relay::{self, RelayOptions};
+/// use oplog::LiveOptions;
+///
+/// let stop = Arc::new(AtomicBool::new(false)); // set it to stop
+/// let report = relay::run(
+///     "postgres://postgres@127.0.0.1/app",
+///     RelayOptions::default(),
+///     LiveOptions::default(),
+///     stop,
+///     &mut |event| eprintln!("relay: {event:?}"),
+/// )?;
+/// eprintln!("{} entries relayed", report.entries);
+/// # Ok::<(), oplog::Error>(())
+/// ```
+pub fn run(
+    source: impl Into<Database>,
+    opts: RelayOptions,
+    live: LiveOptions,
+    stop: Arc<AtomicBool>,
+    events: &mut dyn FnMut(&LiveEvent<'_>),
+) -> Result<RelayReport> {
+    opts.check()?;
+    let mut relaying = Relaying {
+        opts,
+        relay: None,
+        total: RelayReport::default(),
+        events,
+    };
+    Live::new(source, live).with_stop(stop).run(&mut relaying)?;
+    Ok(relaying.total)
+}
+
+/// The relay as a consumer of the log: each session connects to NATS and
+/// opens the stream anew.
+struct Relaying<'e> {
+    opts: RelayOptions,
+    relay: Option<Relay>,
+    total: RelayReport,
+    events: &'e mut dyn FnMut(&LiveEvent<'_>),
+}
+
+impl LogConsumer for Relaying<'_> {
+    fn start(&mut self, control: &mut Client, _: &AtomicBool) -> Result<Option<String>> {
+        self.relay = None;
+        self.relay = Some(Relay::connect(control, self.opts.clone())?);
+        Ok(Some(self.opts.consumer_name()))
+    }
+
+    fn pass(&mut self, control: &mut Client) -> Result<u64> {
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(0);
+        };
+        let pass = relay.pass(control)?;
+        self.total.entries += pass.entries;
+        self.total.already_published += pass.already_published;
+        self.total.catalogs += pass.catalogs;
+        self.total.aggregates += pass.aggregates;
+        Ok(pass.entries + pass.already_published)
+    }
+
+    fn event(&mut self, event: &LiveEvent<'_>) {
+        (self.events)(event);
+    }
+
+    fn retryable(&self, error: &Error) -> bool {
+        error.is_connection() || matches!(error, Error::Broker(_))
     }
 }
 

@@ -34,15 +34,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use postgres::fallible_iterator::FallibleIterator as _;
 use postgres::types::Type;
 use postgres::Client;
 use serde::Serialize;
 
 use crate::codec::entry::Entry;
 use crate::error::{Error, Result};
+use crate::replica::live::{pause_unless, Live, LiveEvent, LiveOptions, LogConsumer};
 use crate::source::consumer;
 use crate::source::retry::RetryPolicy;
 use crate::source::write::Oplog;
@@ -75,6 +75,9 @@ pub struct SubscribeOptions {
     pub retry: RetryPolicy,
     /// Return once a pass finds nothing to deliver.
     pub until_caught_up: bool,
+    /// Longest pause between reconnection attempts after a lost
+    /// connection to the source.
+    pub max_backoff: Duration,
 }
 
 impl SubscribeOptions {
@@ -92,6 +95,7 @@ impl SubscribeOptions {
                 max_delay: Duration::from_secs(2),
             },
             until_caught_up: false,
+            max_backoff: Duration::from_secs(5),
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct SubscribeReport {
     pub parked: Vec<String>,
     /// Passes over the log.
     pub passes: u64,
+    /// Sessions started again after a lost connection.
+    pub reconnects: u64,
 }
 
 /// A named subscription on a source.
@@ -126,6 +132,7 @@ pub struct Subscription<'o> {
     source: Database,
     opts: SubscribeOptions,
     stop: Arc<AtomicBool>,
+    events: Option<Box<dyn FnMut(&LiveEvent<'_>) + 'o>>,
 }
 
 impl std::fmt::Debug for Subscription<'_> {
@@ -154,7 +161,15 @@ impl<'o> Subscription<'o> {
             source: source.into(),
             opts,
             stop: Arc::default(),
+            events: None,
         }
+    }
+
+    /// Calls `events` with what the live loop has to say: a lost
+    /// connection and the pause before the next attempt, being caught up.
+    pub fn on_event(mut self, events: impl FnMut(&LiveEvent<'_>) + 'o) -> Self {
+        self.events = Some(Box::new(events));
+        self
     }
 
     /// Set it to stop after the batch in hand (e.g. from a signal
@@ -201,87 +216,31 @@ impl<'o> Subscription<'o> {
         self.drive(InTarget { target, handler })
     }
 
-    fn drive(&mut self, mut mode: impl Acknowledge) -> Result<SubscribeReport> {
+    fn drive(&mut self, mode: impl Acknowledge) -> Result<SubscribeReport> {
         consumer::validate_name(&self.opts.name)?;
         if self.opts.batch_entries == 0 {
             return Err(Error::Config("batch_entries must be at least 1".into()));
         }
-        let name = self.opts.name.clone();
-        let mut source = self.source.connect()?;
-        let mut listener = self.source.connect()?;
-        listener.batch_execute(&format!(
-            "LISTEN {}",
-            crate::replica::follow::NOTIFY_CHANNEL
-        ))?;
-        let mut positions = mode.positions(&mut source, &name)?;
-        let mut report = SubscribeReport::default();
-        while !self.stop.load(Ordering::Relaxed) {
-            report.passes += 1;
-            let parked: HashSet<String> =
-                consumer::parked(&mut source, &name)?.into_iter().collect();
-            let mut delivered = false;
-            let mut after = String::new();
-            loop {
-                let page = tickets_after(&mut source, &self.opts.selection, None, &after)?;
-                let Some((last, _)) = page.last() else { break };
-                after.clone_from(last);
-                for (aggregate, version) in page {
-                    if self.stop.load(Ordering::Relaxed) {
-                        return Ok(report);
-                    }
-                    let at = positions.get(&aggregate).copied().unwrap_or(0);
-                    if version <= at || parked.contains(&aggregate) {
-                        continue;
-                    }
-                    let (entries, broken) = self.read(&mut source, &aggregate, at)?;
-                    let Some(last_seq) = entries.last().map(|e| e.seq) else {
-                        if let Some((seq, reason)) = broken {
-                            consumer::park(&mut source, &name, &aggregate, at, seq, &reason)?;
-                            report.parked.push(aggregate);
-                        }
-                        continue;
-                    };
-                    let batch = Batch {
-                        aggregate: aggregate.clone(),
-                        entries,
-                    };
-                    match self.deliver(&mut mode, &batch, &mut report)? {
-                        Ok(()) => {
-                            consumer::report(
-                                &mut source,
-                                &name,
-                                &[(aggregate.clone(), last_seq)],
-                                true,
-                            )?;
-                            positions.insert(aggregate, last_seq);
-                            report.delivered += batch.entries.len() as u64;
-                            report.batches += 1;
-                            delivered = true;
-                        }
-                        Err(reason) => {
-                            let first = batch.entries.first().map_or(at + 1, |e| e.seq);
-                            consumer::park(&mut source, &name, &aggregate, at, first, &reason)?;
-                            report.parked.push(aggregate);
-                        }
-                    }
-                }
-            }
-            if delivered {
-                continue;
-            }
-            consumer::report(&mut source, &name, &[], false)?;
-            if self.opts.until_caught_up {
-                break;
-            }
-            let woken = listener
-                .notifications()
-                .timeout_iter(self.opts.poll_interval)
-                .next()?
-                .is_some();
-            if woken {
-                while listener.notifications().iter().next()?.is_some() {}
-            }
-        }
+        let live = Live::new(
+            self.source.clone(),
+            LiveOptions {
+                poll_interval: self.opts.poll_interval,
+                until_caught_up: self.opts.until_caught_up,
+                max_backoff: self.opts.max_backoff,
+                lag_warning: None,
+            },
+        )
+        .with_stop(self.stop.clone());
+        let mut delivery = Delivery {
+            subscription: self,
+            mode,
+            positions: HashMap::new(),
+            report: SubscribeReport::default(),
+        };
+        let done = live.run(&mut delivery)?;
+        let mut report = delivery.report;
+        report.passes = done.passes;
+        report.reconnects = done.reconnects;
         Ok(report)
     }
 
@@ -371,15 +330,89 @@ impl<'o> Subscription<'o> {
                 }
                 Err(_) => {
                     report.retries += 1;
-                    let pause = policy.backoff(n);
-                    let until = Instant::now() + pause;
-                    while Instant::now() < until && !self.stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(pause.min(Duration::from_millis(20)));
-                    }
+                    pause_unless(&self.stop, policy.backoff(n));
                     n += 1;
                 }
             }
         }
+    }
+}
+
+/// A subscription as a consumer of the log, in one delivery mode.
+struct Delivery<'s, 'o, M> {
+    subscription: &'s mut Subscription<'o>,
+    mode: M,
+    /// Where each aggregate stands, as the mode stored it.
+    positions: HashMap<String, i64>,
+    report: SubscribeReport,
+}
+
+impl<M: Acknowledge> LogConsumer for Delivery<'_, '_, M> {
+    fn start(&mut self, control: &mut Client, _: &AtomicBool) -> Result<Option<String>> {
+        let name = self.subscription.opts.name.clone();
+        self.positions = self.mode.positions(control, &name)?;
+        Ok(Some(name))
+    }
+
+    fn pass(&mut self, source: &mut Client) -> Result<u64> {
+        let sub = &*self.subscription;
+        let name = &sub.opts.name;
+        let report = &mut self.report;
+        let parked: HashSet<String> = consumer::parked(source, name)?.into_iter().collect();
+        let mut delivered = 0;
+        let mut after = String::new();
+        loop {
+            let page = tickets_after(source, &sub.opts.selection, None, &after)?;
+            let Some((last, _)) = page.last() else { break };
+            after.clone_from(last);
+            for (aggregate, version) in page {
+                if sub.stop.load(Ordering::Relaxed) {
+                    return Ok(delivered);
+                }
+                let at = self.positions.get(&aggregate).copied().unwrap_or(0);
+                if version <= at || parked.contains(&aggregate) {
+                    continue;
+                }
+                let (entries, broken) = sub.read(source, &aggregate, at)?;
+                let Some(last_seq) = entries.last().map(|e| e.seq) else {
+                    if let Some((seq, reason)) = broken {
+                        consumer::park(source, name, &aggregate, at, seq, &reason)?;
+                        report.parked.push(aggregate);
+                    }
+                    continue;
+                };
+                let batch = Batch {
+                    aggregate: aggregate.clone(),
+                    entries,
+                };
+                match sub.deliver(&mut self.mode, &batch, report)? {
+                    Ok(()) => {
+                        consumer::report(source, name, &[(aggregate.clone(), last_seq)], true)?;
+                        self.positions.insert(aggregate, last_seq);
+                        let n = batch.entries.len() as u64;
+                        report.delivered += n;
+                        report.batches += 1;
+                        delivered += n;
+                    }
+                    Err(reason) => {
+                        let first = batch.entries.first().map_or(at + 1, |e| e.seq);
+                        consumer::park(source, name, &aggregate, at, first, &reason)?;
+                        report.parked.push(aggregate);
+                    }
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn event(&mut self, event: &LiveEvent<'_>) {
+        if let Some(events) = self.subscription.events.as_mut() {
+            events(event);
+        }
+    }
+
+    fn retryable(&self, error: &Error) -> bool {
+        error.is_connection() && self.mode.can_resume()
     }
 }
 
@@ -396,6 +429,11 @@ trait Acknowledge {
     /// The handler's outcome for `batch`, the position acknowledged with
     /// it when it succeeded; database errors of a target are errors.
     fn hand_over(&mut self, name: &str, batch: &Batch) -> Result<std::result::Result<(), String>>;
+    /// Whether a new session can go on after a lost connection (a target
+    /// connection of the caller's, once closed, cannot).
+    fn can_resume(&self) -> bool {
+        true
+    }
 }
 
 /// At least once: the registry holds the positions, moved on by the
@@ -452,6 +490,10 @@ where
         )?;
         tx.commit()?;
         Ok(Ok(()))
+    }
+
+    fn can_resume(&self) -> bool {
+        !self.target.is_closed()
     }
 }
 

@@ -297,6 +297,14 @@ pub fn resume(c: &mut impl GenericClient, name: &str, aggregate: &str) -> Result
          WHERE consumer = $1 AND aggregate_name = $2 AND parked_seq IS NOT NULL",
         &[(&name, Type::TEXT), (&aggregate, Type::TEXT)],
     )?;
+    if n > 0 {
+        // Wakes the consumer now rather than at the next write (the
+        // payload is the aggregate, as writers send it).
+        c.execute_typed(
+            "SELECT pg_notify($1, $2)",
+            &[(&crate::store::NOTIFY_CHANNEL, Type::TEXT), (&aggregate, Type::TEXT)],
+        )?;
+    }
     Ok(n > 0)
 }
 

@@ -9,6 +9,10 @@
 //! `sql_query`. The ticket's compare-and-swap, the entry and its metadata are
 //! one call of the `oplog_append` function.
 
+/// The channel writers notify on (with the aggregate as payload) and
+/// consumers of the log listen to.
+pub const NOTIFY_CHANNEL: &str = "oplog_entry";
+
 #[cfg(feature = "diesel")]
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
 #[cfg(feature = "diesel")]
