@@ -132,7 +132,7 @@ pub struct Subscription<'o> {
     source: Database,
     opts: SubscribeOptions,
     stop: Arc<AtomicBool>,
-    events: Option<Box<dyn FnMut(&LiveEvent<'_>) + 'o>>,
+    events: Option<Box<dyn FnMut(&LiveEvent<'_>) + Send + 'o>>,
 }
 
 impl std::fmt::Debug for Subscription<'_> {
@@ -167,7 +167,7 @@ impl<'o> Subscription<'o> {
 
     /// Calls `events` with what the live loop has to say: a lost
     /// connection and the pause before the next attempt, being caught up.
-    pub fn on_event(mut self, events: impl FnMut(&LiveEvent<'_>) + 'o) -> Self {
+    pub fn on_event(mut self, events: impl FnMut(&LiveEvent<'_>) + Send + 'o) -> Self {
         self.events = Some(Box::new(events));
         self
     }

@@ -533,3 +533,84 @@ fn a_following_reader_waits_out_nats_going_away_and_goes_on_where_it_was() {
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
     assert!(waited >= 1, "the reader never said it was waiting");
 }
+
+/// The relay's live loop waits out NATS going away and its PostgreSQL
+/// sessions being terminated, says what it waits for, and goes on: the
+/// stream ends up with every entry once, in order.
+#[test]
+fn a_running_relay_waits_out_nats_and_postgres_going_away_and_goes_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys).with_notify(true);
+    let mut nats = PrivateNats::start();
+    let opts = RelayOptions {
+        nats_url: nats.url(),
+        timeout: std::time::Duration::from_secs(2),
+        ..TestStream::new().opts.clone()
+    };
+    create_users(&db.url, &log, "acct", (0..5).map(|i| format!("u{i}")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let said: Mutex<Vec<String>> = Mutex::default();
+    let relayed_through = |seq: i64| {
+        crate::support::eventually(30, || {
+            db.client()
+                .query_opt(
+                    "SELECT 1 FROM oplog_consumer_position \
+                     WHERE consumer LIKE 'relay.%' AND aggregate_name = 'acct' AND seq >= $1",
+                    &[&seq],
+                )
+                .unwrap()
+                .is_some()
+        })
+    };
+    let report = std::thread::scope(|s| {
+        let running = s.spawn(|| {
+            oplog::relay::run(
+                db.url.as_str(),
+                opts.clone(),
+                oplog::LiveOptions {
+                    poll_interval: std::time::Duration::from_millis(100),
+                    max_backoff: std::time::Duration::from_millis(500),
+                    ..oplog::LiveOptions::default()
+                },
+                stop.clone(),
+                &mut |event| {
+                    if let oplog::LiveEvent::Reconnecting { error, .. } = event {
+                        said.lock().unwrap().push(error.to_string());
+                    }
+                },
+            )
+        });
+        assert!(relayed_through(5));
+        nats.kill();
+        create_users(&db.url, &log, "acct", (5..10).map(|i| format!("u{i}")));
+        assert!(crate::support::eventually(20, || !said.lock().unwrap().is_empty()));
+        nats.restart();
+        assert!(relayed_through(10));
+        let mut client = db.client();
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        create_users(&db.url, &log, "acct", (10..15).map(|i| format!("u{i}")));
+        assert!(relayed_through(15));
+        stop.store(true, Ordering::Relaxed);
+        running.join().unwrap().unwrap()
+    });
+    let said = said.into_inner().unwrap();
+    assert!(said.iter().any(|e| e.contains("NATS")), "{said:?}");
+    assert!(said.iter().any(|e| !e.contains("NATS")), "{said:?}");
+    assert_eq!(report.entries, 15, "{report:?}");
+    let stream = TestStream {
+        opts: opts.clone(),
+    };
+    let (seqs, findings) = stream.tail(&oplog_with(&keys));
+    assert!(findings.is_empty(), "{findings:?}");
+    assert_eq!(seqs["acct"], (1..=15).collect::<Vec<_>>());
+}

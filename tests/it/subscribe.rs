@@ -446,3 +446,88 @@ fn a_parked_aggregate_stays_parked_with_its_reason_when_a_target_subscription_st
     assert_eq!((report.delivered, report.batches), (0, 0));
     assert_eq!(parked(&db), before);
 }
+
+/// A live subscription is woken by a resume (no write needed: its polling
+/// interval here is far longer than the test), and comes back on its own
+/// after its database sessions are terminated, delivering what was written
+/// while it was away exactly from where it stood.
+#[test]
+fn a_live_subscription_wakes_on_resume_and_comes_back_after_its_sessions_are_terminated() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    create_users(&db.url, &log, "a", (0..5).map(|i| format!("a-{i}")));
+    create_users(&db.url, &log, "b", (0..5).map(|i| format!("b-{i}")));
+    let seen: Mutex<Seen> = Mutex::default();
+    let fail_b = AtomicBool::new(true);
+    let reconnects = AtomicU32::new(0);
+    let opts = SubscribeOptions {
+        until_caught_up: false,
+        poll_interval: Duration::from_secs(60),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..options("live", Selection::All)
+    };
+    let mut sub = Subscription::new(&log, db.url.as_str(), opts).on_event(|event| {
+        if matches!(event, oplog::LiveEvent::Reconnecting { .. }) {
+            reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let stop = sub.stop_flag();
+    let delivered = |aggregate: &str, upto: i64| {
+        seen.lock().unwrap().get(aggregate).cloned() == Some((1..=upto).collect::<Vec<_>>())
+    };
+    std::thread::scope(|s| {
+        let running = s.spawn(|| {
+            sub.run(|batch| {
+                if batch.aggregate == "b" && fail_b.load(Ordering::Relaxed) {
+                    return Err("b is not wanted yet".to_string());
+                }
+                collect(&mut seen.lock().unwrap(), batch);
+                Ok(())
+            })
+        });
+        let mut client = db.client();
+        assert!(crate::support::eventually(20, || delivered("a", 5)
+            && oplog::consumers(&mut client, Duration::from_secs(3600))
+                .unwrap()
+                .iter()
+                .any(|c| c.name == "live" && c.parked == 1)));
+        fail_b.store(false, Ordering::Relaxed);
+        assert!(oplog::resume_consumer(&mut client, "live", "b").unwrap());
+        assert!(
+            crate::support::eventually(10, || delivered("b", 5)),
+            "the resumed aggregate was not delivered before the next poll: {:?}",
+            seen.lock().unwrap()
+        );
+
+        // Every session of the subscription is cut.
+        let cut: i64 = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(cut >= 1);
+        assert!(crate::support::eventually(20, || reconnects
+            .load(Ordering::Relaxed)
+            >= 1));
+        let notifying = log.clone().with_notify(true);
+        create_users(&db.url, &notifying, "a", (5..8).map(|i| format!("a-{i}")));
+        assert!(
+            crate::support::eventually(20, || delivered("a", 8)),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        stop.store(true, Ordering::Relaxed);
+        let report = running.join().unwrap().unwrap();
+        assert!(report.reconnects >= 1, "{report:?}");
+        assert_eq!(report.delivered, 13, "{report:?}");
+    });
+}
