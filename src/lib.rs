@@ -278,8 +278,8 @@ pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 #[cfg(feature = "nats")]
 pub mod relay {
     pub use crate::replica::relay::{
-        delete_stream, entry_subject, run, tail, Relay, RelayOptions, RelayReport, StreamFinding,
-        StreamItem, TailOptions,
+        delete_stream, entry_subject, run, tail, NatsAuth, NatsTls, Relay, RelayOptions,
+        RelayReport, StreamFinding, StreamItem, TailOptions,
     };
 }
 pub use crate::source::consumer::{

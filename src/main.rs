@@ -590,17 +590,77 @@ struct StreamArgs {
     /// <PREFIX>.e.<aggregate>, catalogs to <PREFIX>.c.<digest>.
     #[arg(long, value_name = "PREFIX", default_value = "oplog")]
     subject_prefix: String,
+
+    /// NATS credentials file (user JWT and NKey seed).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nats_token_file", "nats_user"])]
+    nats_creds: Option<PathBuf>,
+
+    /// File holding the NATS token (kept off the command line).
+    #[arg(long, value_name = "FILE", conflicts_with = "nats_user")]
+    nats_token_file: Option<PathBuf>,
+
+    /// NATS user; the password is read from --nats-password-file.
+    #[arg(long, value_name = "USER", requires = "nats_password_file")]
+    nats_user: Option<String>,
+
+    /// File holding the NATS user's password.
+    #[arg(long, value_name = "FILE", requires = "nats_user")]
+    nats_password_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates for the NATS server's certificate.
+    #[arg(long, value_name = "FILE")]
+    nats_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS (with --nats-key).
+    #[arg(long, value_name = "FILE", requires = "nats_key")]
+    nats_cert: Option<PathBuf>,
+
+    /// PEM key of the client certificate.
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    nats_key: Option<PathBuf>,
+
+    /// Refuse a NATS server without TLS.
+    #[arg(long)]
+    nats_tls: bool,
 }
 
 impl StreamArgs {
-    fn options(self, aggregates: Vec<String>) -> oplog::relay::RelayOptions {
-        oplog::relay::RelayOptions {
+    fn options(self, aggregates: Vec<String>) -> Result<oplog::relay::RelayOptions, Failure> {
+        let secret = |path: &PathBuf, what: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| {
+                    Failure::msg(format!(
+                        "cannot read the NATS {what} from {}: {e}",
+                        path.display()
+                    ))
+                })
+        };
+        let auth = if let Some(creds) = self.nats_creds {
+            oplog::relay::NatsAuth::CredentialsFile(creds)
+        } else if let Some(path) = &self.nats_token_file {
+            oplog::relay::NatsAuth::Token(secret(path, "token")?)
+        } else if let (Some(user), Some(path)) = (self.nats_user, &self.nats_password_file) {
+            oplog::relay::NatsAuth::UserPassword {
+                user,
+                password: secret(path, "password")?,
+            }
+        } else {
+            oplog::relay::NatsAuth::None
+        };
+        Ok(oplog::relay::RelayOptions {
             nats_url: self.nats,
+            auth,
+            tls: oplog::relay::NatsTls {
+                root_certificates: self.nats_ca,
+                client_certificate: self.nats_cert.zip(self.nats_key),
+                required: self.nats_tls,
+            },
             stream: self.stream,
             subject_prefix: self.subject_prefix,
             aggregates,
             ..oplog::relay::RelayOptions::default()
-        }
+        })
     }
 }
 
@@ -722,7 +782,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
         Command::Relay(args) => cli::relay::run(
             ctx,
             out,
-            args.stream.options(args.aggregate),
+            args.stream.options(args.aggregate)?,
             args.once,
             args.poll,
         ),
@@ -730,7 +790,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             ctx,
             out,
             oplog::relay::TailOptions {
-                relay: args.stream.options(Vec::new()),
+                relay: args.stream.options(Vec::new())?,
                 aggregate: args.aggregate,
                 follow: args.follow,
                 idle: std::time::Duration::from_secs(1),

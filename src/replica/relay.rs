@@ -35,6 +35,7 @@
 //! or forged message is a [`StreamFinding`] naming the aggregate and seq.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,15 +60,72 @@ use crate::replica::subscribe::{tickets_after, Selection};
 use crate::source::consumer;
 use crate::source::write::row_ref;
 use crate::source::write::Oplog;
-use crate::store::private::Sealed;
 use crate::store::connect::Database;
+use crate::store::private::Sealed;
 use crate::store::{ListQuery, StoredRow};
 
+/// How the relay and stream readers prove who they are to NATS. Secrets
+/// never appear in debug output or errors: `Debug` names only the kind.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum NatsAuth {
+    /// No credentials (or those in the URL, `nats://user:password@host`).
+    #[default]
+    None,
+    /// A token (`authorization { token: ... }` on the server).
+    Token(String),
+    /// A user and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A `.creds` file (a user JWT and its NKey seed), as issued for
+    /// decentralised authentication.
+    CredentialsFile(PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            NatsAuth::CredentialsFile(path) => {
+                f.debug_tuple("CredentialsFile").field(path).finish()
+            }
+        }
+    }
+}
+
+/// TLS to NATS. The client uses TLS when the server asks for it or the URL
+/// says `tls://`; these add what a private CA or mutual TLS needs.
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    /// PEM file of the CA certificates that sign the server's certificate
+    /// (in addition to the system's roots).
+    pub root_certificates: Option<PathBuf>,
+    /// PEM files of the client's certificate and its key, for servers that
+    /// verify clients.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+    /// Refuse to talk to a server without TLS.
+    pub required: bool,
+}
+
 /// Where the relay publishes, and what it relays.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RelayOptions {
     /// The NATS server, e.g. `nats://127.0.0.1:4222`.
     pub nats_url: String,
+    /// Credentials for NATS.
+    pub auth: NatsAuth,
+    /// TLS to NATS.
+    pub tls: NatsTls,
     /// The JetStream stream; created when missing.
     pub stream: String,
     /// The first token of every subject.
@@ -82,10 +140,49 @@ pub struct RelayOptions {
     pub timeout: Duration,
 }
 
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("nats_url", &redacted_url(&self.nats_url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("aggregates", &self.aggregates)
+            .field("page_entries", &self.page_entries)
+            .field("page_bytes", &self.page_bytes)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `url` with any password or token in it replaced, for messages.
+/// Several servers may be listed, each with its own user information.
+pub(crate) fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), server),
+            };
+            match rest.rsplit_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _)) => format!("{scheme}{user}:<redacted>@{host}"),
+                    None => format!("{scheme}<redacted>@{host}"),
+                },
+                None => server.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             nats_url: "nats://127.0.0.1:4222".into(),
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
             stream: "OPLOG".into(),
             subject_prefix: "oplog".into(),
             aggregates: Vec::new(),
@@ -249,15 +346,36 @@ async fn open_stream(
     .map_err(|e| nats_error(&format!("opening stream {}", opts.stream), e))
 }
 
-/// How the relay and the reader connect to NATS: `opts`' timeouts.
-fn nats_options(opts: &RelayOptions) -> async_nats::ConnectOptions {
-    async_nats::ConnectOptions::new()
+/// How the relay and the reader connect to NATS: `opts`' timeouts,
+/// credentials and TLS.
+async fn nats_options(opts: &RelayOptions) -> Result<async_nats::ConnectOptions> {
+    let mut options = match &opts.auth {
+        NatsAuth::None => async_nats::ConnectOptions::new(),
+        NatsAuth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::CredentialsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| Error::Io {
+                context: format!("reading the NATS credentials file {}", path.display()),
+                source: e,
+            })?,
+    };
+    if let Some(roots) = &opts.tls.root_certificates {
+        options = options.add_root_certificates(roots.clone());
+    }
+    if let Some((cert, key)) = &opts.tls.client_certificate {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options
+        .require_tls(opts.tls.required)
         .connection_timeout(opts.timeout)
-        .request_timeout(Some(opts.timeout))
+        .request_timeout(Some(opts.timeout)))
 }
 
 async fn connect_nats(opts: &RelayOptions) -> Result<async_nats::Client> {
-    connect_nats_with(nats_options(opts), &opts.nats_url).await
+    connect_nats_with(nats_options(opts).await?, &opts.nats_url).await
 }
 
 async fn connect_nats_with(
@@ -267,7 +385,7 @@ async fn connect_nats_with(
     options
         .connect(url)
         .await
-        .map_err(|e| nats_error(&format!("connecting to NATS at {url}"), e))
+        .map_err(|e| nats_error(&format!("connecting to NATS at {}", redacted_url(url)), e))
 }
 
 /// The last message on `subject`: its entry's seq and UUID, and its stream
@@ -835,14 +953,16 @@ pub fn tail(
         let lost = Arc::new(AtomicBool::new(false));
         let back = Arc::new(AtomicBool::new(false));
         let (on_lost, on_back) = (lost.clone(), back.clone());
-        let options = nats_options(&opts.relay).event_callback(move |event| {
-            match event {
-                async_nats::Event::Disconnected => on_lost.store(true, Ordering::Relaxed),
-                async_nats::Event::Connected => on_back.store(true, Ordering::Relaxed),
-                _ => {}
-            }
-            async {}
-        });
+        let options = nats_options(&opts.relay)
+            .await?
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Disconnected => on_lost.store(true, Ordering::Relaxed),
+                    async_nats::Event::Connected => on_back.store(true, Ordering::Relaxed),
+                    _ => {}
+                }
+                async {}
+            });
         let client = connect_nats_with(options, &opts.relay.nats_url).await?;
         let js = jetstream::new(client);
         let stream = js
@@ -864,7 +984,7 @@ pub fn tail(
                 && opts.follow
                 && !each(StreamItem::Waiting(format!(
                     "the connection to {} was lost; reconnecting",
-                    opts.relay.nats_url
+                    redacted_url(&opts.relay.nats_url)
                 )))
             {
                 return Ok(read);
@@ -1130,6 +1250,17 @@ impl<'o> StreamChecker<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_nats_urls_are_redacted_for_messages() {
+        assert_eq!(
+            redacted_url("nats://u:pw@a:4222,nats://v:pw2@b:4222"),
+            "nats://u:<redacted>@a:4222,nats://v:<redacted>@b:4222"
+        );
+        assert_eq!(redacted_url("tls://tok@a:4222"), "tls://<redacted>@a:4222");
+        assert_eq!(redacted_url("nats://a:4222"), "nats://a:4222");
+        assert_eq!(redacted_url("a:4222"), "a:4222");
+    }
 
     #[test]
     fn subjects_keep_plain_names_and_escape_the_rest() {

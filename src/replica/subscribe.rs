@@ -126,13 +126,16 @@ pub struct SubscribeReport {
     pub reconnects: u64,
 }
 
+/// Where a subscription's live-loop events go.
+type EventSink<'o> = Box<dyn FnMut(&LiveEvent<'_>) + Send + 'o>;
+
 /// A named subscription on a source.
 pub struct Subscription<'o> {
     oplog: &'o Oplog,
     source: Database,
     opts: SubscribeOptions,
     stop: Arc<AtomicBool>,
-    events: Option<Box<dyn FnMut(&LiveEvent<'_>) + Send + 'o>>,
+    events: Option<EventSink<'o>>,
 }
 
 impl std::fmt::Debug for Subscription<'_> {

@@ -302,7 +302,10 @@ pub fn resume(c: &mut impl GenericClient, name: &str, aggregate: &str) -> Result
         // payload is the aggregate, as writers send it).
         c.execute_typed(
             "SELECT pg_notify($1, $2)",
-            &[(&crate::store::NOTIFY_CHANNEL, Type::TEXT), (&aggregate, Type::TEXT)],
+            &[
+                (&crate::store::NOTIFY_CHANNEL, Type::TEXT),
+                (&aggregate, Type::TEXT),
+            ],
         )?;
     }
     Ok(n > 0)

@@ -404,10 +404,16 @@ struct PrivateNats {
     port: u16,
     dir: crate::cli::TempDir,
     child: Option<std::process::Child>,
+    args: Vec<String>,
 }
 
 impl PrivateNats {
     fn start() -> PrivateNats {
+        PrivateNats::start_with(&[])
+    }
+
+    /// Started with these further arguments (credentials, say).
+    fn start_with(args: &[&str]) -> PrivateNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -417,6 +423,7 @@ impl PrivateNats {
             port,
             dir: crate::cli::TempDir::new(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         nats.restart();
         nats
@@ -439,6 +446,7 @@ impl PrivateNats {
                 "-sd",
             ])
             .arg(self.dir.join("store"))
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -587,7 +595,10 @@ fn a_running_relay_waits_out_nats_and_postgres_going_away_and_goes_on() {
         assert!(relayed_through(5));
         nats.kill();
         create_users(&db.url, &log, "acct", (5..10).map(|i| format!("u{i}")));
-        assert!(crate::support::eventually(20, || !said.lock().unwrap().is_empty()));
+        assert!(crate::support::eventually(20, || !said
+            .lock()
+            .unwrap()
+            .is_empty()));
         nats.restart();
         assert!(relayed_through(10));
         let mut client = db.client();
@@ -607,10 +618,104 @@ fn a_running_relay_waits_out_nats_and_postgres_going_away_and_goes_on() {
     assert!(said.iter().any(|e| e.contains("NATS")), "{said:?}");
     assert!(said.iter().any(|e| !e.contains("NATS")), "{said:?}");
     assert_eq!(report.entries, 15, "{report:?}");
-    let stream = TestStream {
-        opts: opts.clone(),
-    };
+    let stream = TestStream { opts: opts.clone() };
     let (seqs, findings) = stream.tail(&oplog_with(&keys));
     assert!(findings.is_empty(), "{findings:?}");
     assert_eq!(seqs["acct"], (1..=15).collect::<Vec<_>>());
+}
+
+/// A NATS server that wants credentials: the relay without them, or with
+/// a wrong password in the URL, is refused with an error that names the
+/// server and never the secret; with them (library and command, user and
+/// password or token read from a file) it relays.
+#[test]
+fn the_relay_authenticates_to_nats_and_never_shows_the_secret() {
+    use oplog::relay::NatsAuth;
+
+    let db = TestDb::new();
+    let log = oplog_with(&shared_key());
+    create_users(&db.url, &log, "acct", (0..3).map(|i| format!("u{i}")));
+    let nats = PrivateNats::start_with(&["--user", "relay", "--pass", "s3cret-pw"]);
+    let opts = RelayOptions {
+        nats_url: nats.url(),
+        timeout: std::time::Duration::from_secs(2),
+        ..TestStream::new().opts.clone()
+    };
+    let mut source = db.client();
+    let mut refused = |opts: RelayOptions| match Relay::connect(&mut source, opts) {
+        Ok(_) => panic!("connected without the right credentials"),
+        Err(e) => e.to_string(),
+    };
+    let without = refused(opts.clone());
+    assert!(without.contains("connecting to NATS at"), "{without}");
+    let in_url = RelayOptions {
+        nats_url: format!("nats://relay:wrong-pw-in-url@127.0.0.1:{}", nats.port),
+        ..opts.clone()
+    };
+    let wrong = refused(in_url.clone());
+    assert!(!wrong.contains("wrong-pw-in-url"), "{wrong}");
+    assert!(!format!("{in_url:?}").contains("wrong-pw-in-url"));
+    let with = RelayOptions {
+        auth: NatsAuth::UserPassword {
+            user: "relay".into(),
+            password: "s3cret-pw".into(),
+        },
+        ..opts.clone()
+    };
+    assert!(!format!("{with:?}").contains("s3cret-pw"));
+    let mut relay = Relay::connect(&mut source, with).unwrap();
+    assert_eq!(relay.pass(&mut source).unwrap().entries, 3);
+
+    // The command, with the password and then a token read from files.
+    let dir = crate::cli::TempDir::new();
+    std::fs::write(dir.join("pw"), "s3cret-pw\n").unwrap();
+    std::fs::write(dir.join("token"), "t0ken-value\n").unwrap();
+    create_users(&db.url, &log, "acct", (3..5).map(|i| format!("u{i}")));
+    let command = |url: &str, stream: &str, auth: &[&str]| {
+        let mut cmd = crate::cli::oplog_cmd();
+        cmd.args([
+            "relay",
+            "--once",
+            "--nats",
+            url,
+            "--stream",
+            stream,
+            "--subject-prefix",
+            &opts.subject_prefix,
+            "--database-url",
+            &db.url,
+        ])
+        .args(auth);
+        cmd.output().unwrap()
+    };
+    let pw = dir.join("pw");
+    let out = command(
+        &nats.url(),
+        &opts.stream,
+        &[
+            "--nats-user",
+            "relay",
+            "--nats-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    assert!(crate::cli::success(&out).contains("relayed 2 entries"));
+    drop(nats);
+
+    let nats = PrivateNats::start_with(&["--auth", "t0ken-value"]);
+    let token = dir.join("token");
+    // Another stream (and so another registered relay) on the new server.
+    let stream = format!("{}_T", opts.stream);
+    let refused = command(&nats.url(), &stream, &[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(said.contains("NATS"), "{said}");
+    let out = command(
+        &nats.url(),
+        &stream,
+        &["--nats-token-file", token.to_str().unwrap()],
+    );
+    assert!(crate::cli::success(&out).contains("relayed 5 entries"));
+    let leaked = String::from_utf8_lossy(&out.stderr).contains("t0ken-value");
+    assert!(!leaked);
 }

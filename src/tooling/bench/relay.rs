@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -16,6 +16,7 @@ use crate::codec::crypto::Keyring;
 use crate::codec::entry::NewEntry;
 use crate::error::{Error, Result};
 use crate::replica::follow::{FollowOptions, Follower};
+use crate::replica::live::LiveOptions;
 use crate::replica::relay::{delete_stream, tail, Relay, RelayOptions, StreamItem, TailOptions};
 use crate::replica::Target;
 use crate::source::write::Oplog;
@@ -276,8 +277,8 @@ fn steady_lag(admin_url: &str, opts: RelayOptions, cfg: &RelayBenchConfig) -> Re
     let commits: Mutex<HashMap<String, f64>> = Mutex::default();
     let arrivals: Mutex<Vec<(String, f64)>> = Mutex::default();
     // The relay creates the stream before the reader opens it.
-    let mut relay_client = source.connect()?;
-    let mut relay = Relay::connect(&mut relay_client, opts.clone())?;
+    Relay::connect(&mut source.connect()?, opts.clone())?;
+    let relay_stop = Arc::new(AtomicBool::new(false));
     let mut follower = Follower::new(
         &oplog,
         source.url.as_str(),
@@ -290,13 +291,17 @@ fn steady_lag(admin_url: &str, opts: RelayOptions, cfg: &RelayBenchConfig) -> Re
     let follower_stop = follower.stop_flag();
     let (stop, oplog) = (&stop, &oplog);
     let written = std::thread::scope(|s| {
-        let relay = s.spawn(move || -> Result<()> {
-            let mut client = relay_client;
-            while !stop.load(Ordering::Relaxed) {
-                relay.pass(&mut client)?;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Ok(())
+        let relay = s.spawn(|| {
+            crate::replica::relay::run(
+                source.url.as_str(),
+                opts.clone(),
+                LiveOptions {
+                    poll_interval: Duration::from_millis(2),
+                    ..LiveOptions::default()
+                },
+                relay_stop.clone(),
+                &mut |_| {},
+            )
         });
         let following = s.spawn(move || follower.run(&mut |_| {}));
         let reader = s.spawn(|| {
@@ -358,6 +363,7 @@ fn steady_lag(admin_url: &str, opts: RelayOptions, cfg: &RelayBenchConfig) -> Re
         }
         stop.store(true, Ordering::Relaxed);
         follower_stop.store(true, Ordering::Relaxed);
+        relay_stop.store(true, Ordering::Relaxed);
         relay
             .join()
             .map_err(|_| check_failed("the relay thread panicked".into()))??;
