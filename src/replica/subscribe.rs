@@ -17,6 +17,11 @@
 //!   together or not at all. The registry on the source follows after the
 //!   commit.
 //!
+//! A subscription is one consumer driven by the live loop
+//! ([`Live`](crate::Live)) that also drives the replica follower and the
+//! relay: after a lost connection to the source it says so
+//! ([`Subscription::on_event`]) and starts again from its stored positions.
+//!
 //! Either way the subscription is a registered consumer: trimming never
 //! deletes what it has not acknowledged, and `oplog consumers` and
 //! [`lag`](crate::source::consumer::lag) show how far behind it is.
