@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod agent;
 mod cli;
 
 use cli::{Context, Failure, Output};
@@ -97,6 +98,16 @@ enum Command {
     /// List the replicas registered as consumers, with their lag.
     #[command(args_conflicts_with_subcommands = true)]
     Consumers(ConsumersArgs),
+
+    /// Run an agent: the followers, relays, subscriptions and scheduled
+    /// jobs (trim, verify, anchor, rewrap) of a configuration file, shared
+    /// with every other agent running the same file, until Ctrl-C or
+    /// SIGTERM.
+    Serve(ServeArgs),
+
+    /// Agents, what each holds, jobs with their last runs, consumers with
+    /// their lag.
+    Status(StatusArgs),
 
     /// Delete entries older than a retention age that every registered
     /// consumer has applied.
@@ -626,28 +637,12 @@ struct StreamArgs {
 
 impl StreamArgs {
     fn options(self, aggregates: Vec<String>) -> Result<oplog::relay::RelayOptions, Failure> {
-        let secret = |path: &PathBuf, what: &str| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| {
-                    Failure::msg(format!(
-                        "cannot read the NATS {what} from {}: {e}",
-                        path.display()
-                    ))
-                })
-        };
-        let auth = if let Some(creds) = self.nats_creds {
-            oplog::relay::NatsAuth::CredentialsFile(creds)
-        } else if let Some(path) = &self.nats_token_file {
-            oplog::relay::NatsAuth::Token(secret(path, "token")?)
-        } else if let (Some(user), Some(path)) = (self.nats_user, &self.nats_password_file) {
-            oplog::relay::NatsAuth::UserPassword {
-                user,
-                password: secret(path, "password")?,
-            }
-        } else {
-            oplog::relay::NatsAuth::None
-        };
+        let auth = cli::relay::nats_auth(
+            self.nats_creds,
+            self.nats_token_file.as_deref(),
+            self.nats_user,
+            self.nats_password_file.as_deref(),
+        )?;
         Ok(oplog::relay::RelayOptions {
             nats_url: self.nats,
             auth,
@@ -662,6 +657,26 @@ impl StreamArgs {
             ..oplog::relay::RelayOptions::default()
         })
     }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration (TOML; see the README).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Serve /, /status, /metrics and /healthz on this address (overrides
+    /// [agent] listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The agents' configuration, for workers, schedules and next due
+    /// times.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -857,6 +872,8 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             },
         ),
         Command::Head(args) => cli::head::run(ctx, out, args.aggregate.as_deref()),
+        Command::Serve(args) => cli::serve::run(ctx, &args.config, args.listen),
+        Command::Status(args) => cli::serve::status(ctx, out, args.config.as_deref()),
         Command::Bench(BenchCommand::Write(a)) => cli::bench::run(
             ctx,
             out,

@@ -22,6 +22,7 @@ pub mod migrate;
 pub mod relay;
 mod render;
 pub mod replay;
+pub mod serve;
 pub mod subscribe;
 pub mod trim;
 pub mod verify;
@@ -43,6 +44,14 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// What it says, in words.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Error(m) => m.clone(),
+            Failure::Found => "a check failed".into(),
+        }
+    }
+
     /// A failure with this message.
     pub fn msg(message: impl fmt::Display) -> Self {
         Failure::Error(message.to_string())

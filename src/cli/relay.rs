@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oplog::relay::{self, tail, Relay, RelayOptions, StreamItem, TailOptions};
+use oplog::relay::{self, tail, NatsAuth, Relay, RelayOptions, StreamItem, TailOptions};
 use oplog::{LiveEvent, LiveOptions};
 
 use super::render::EntryView;
@@ -82,6 +82,39 @@ pub fn run(
         total.catalogs,
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// NATS credentials as the command line (or a configuration file) names
+/// them: a `.creds` file, or a token or a user's password read from a
+/// file (so that no secret is in the process list).
+pub fn nats_auth(
+    creds: Option<std::path::PathBuf>,
+    token_file: Option<&std::path::Path>,
+    user: Option<String>,
+    password_file: Option<&std::path::Path>,
+) -> Result<NatsAuth, Failure> {
+    let secret = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| {
+                Failure::msg(format!(
+                    "cannot read the NATS {what} from {}: {e}",
+                    path.display()
+                ))
+            })
+    };
+    Ok(if let Some(creds) = creds {
+        NatsAuth::CredentialsFile(creds)
+    } else if let Some(path) = token_file {
+        NatsAuth::Token(secret(path, "token")?)
+    } else if let (Some(user), Some(path)) = (user, password_file) {
+        NatsAuth::UserPassword {
+            user,
+            password: secret(path, "password")?,
+        }
+    } else {
+        NatsAuth::None
+    })
 }
 
 /// Prints the stream's entries (as `log` does) and findings, in stream

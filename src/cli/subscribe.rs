@@ -13,7 +13,7 @@ use super::{read_failure, Context, Failure, Output};
 
 /// The table `--into` fills: one row per entry, the entry as `oplog log
 /// --json` prints it.
-const DELIVERED: &str = "CREATE TABLE IF NOT EXISTS oplog_delivered (
+pub(crate) const DELIVERED: &str = "CREATE TABLE IF NOT EXISTS oplog_delivered (
     entry_uuid uuid PRIMARY KEY,
     aggregate_name text NOT NULL,
     seq bigint NOT NULL,
@@ -57,10 +57,10 @@ pub fn run(
     let report = match into {
         None => subscription.run(|batch| {
             for entry in &batch.entries {
-                let view = EntryView::decode(entry).map_err(|f| message(&f))?;
-                out.json_line(&view.json()).map_err(|f| message(&f))?;
+                let view = EntryView::decode(entry).map_err(|f| f.message())?;
+                out.json_line(&view.json()).map_err(|f| f.message())?;
             }
-            out.flush().map_err(|f| message(&f))
+            out.flush().map_err(|f| f.message())
         }),
         Some(url) => {
             let target =
@@ -88,17 +88,10 @@ pub fn run(
     Ok(())
 }
 
-fn message(f: &Failure) -> String {
-    match f {
-        Failure::Error(m) => m.clone(),
-        Failure::Found => "a check failed".into(),
-    }
-}
-
 /// Stores a batch in `oplog_delivered`, in the subscription's transaction.
-fn record(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<(), String> {
+pub(crate) fn record(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<(), String> {
     for entry in &batch.entries {
-        let view = EntryView::decode(entry).map_err(|f| message(&f))?;
+        let view = EntryView::decode(entry).map_err(|f| f.message())?;
         let json = serde_json::to_string(&view.json()).map_err(|e| e.to_string())?;
         tx.execute(
             "INSERT INTO oplog_delivered (entry_uuid, aggregate_name, seq, entry) \

@@ -186,6 +186,12 @@ impl Follower {
         self.stop.clone()
     }
 
+    /// Uses `stop` as the stop flag (shared with whoever sets it).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// Follows until stopped, until caught up (with
     /// [`FollowOptions::until_caught_up`]), or until an aggregate cannot be
     /// applied (a divergence, a mapping error, coverage lost to trimming),
@@ -313,6 +319,8 @@ impl LogConsumer for Applier<'_, '_> {
                 attempt: *attempt,
             }),
             LiveEvent::CaughtUp => (self.events)(&FollowEvent::CaughtUp),
+            // Batches were reported as they were applied.
+            LiveEvent::Passed { .. } => {}
             LiveEvent::LagWarning(lag) => (self.events)(&FollowEvent::LagWarning(lag)),
         }
     }

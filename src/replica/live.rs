@@ -82,6 +82,11 @@ pub enum LiveEvent<'a> {
         /// Attempts since the last working session.
         attempt: u32,
     },
+    /// A pass handed over `delivered` entries.
+    Passed {
+        /// Entries handed over by the pass.
+        delivered: u64,
+    },
     /// A pass found nothing to hand over.
     CaughtUp,
     /// An aggregate's oldest entry not yet acknowledged has waited longer
@@ -271,6 +276,7 @@ impl Live {
                 report.delivered += delivered;
                 lag.check(&mut control, &name, &self.options, consumer)?;
                 if delivered > 0 {
+                    consumer.event(&LiveEvent::Passed { delivered });
                     // More may have been committed meanwhile: look again.
                     idle_at = None;
                     woken = true;

@@ -186,6 +186,12 @@ impl<'o> Subscription<'o> {
         self.stop.clone()
     }
 
+    /// Uses `stop` as the stop flag (shared with whoever sets it).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
     /// Delivers at least once: `handler` gets each batch; the position
     /// moves on in the source's registry once it returned `Ok`.
     ///

@@ -16,6 +16,7 @@ mod roles;
 mod scale;
 mod scans;
 mod security;
+mod serve;
 mod sqlx_pg;
 mod subscribe;
 mod support;

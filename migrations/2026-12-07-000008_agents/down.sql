@@ -1,0 +1,2 @@
+DROP TABLE oplog_job_run;
+DROP TABLE oplog_agent;
