@@ -661,9 +661,14 @@ impl StreamArgs {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// The configuration (TOML; see the README).
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    /// The configuration (TOML; `--example` prints one with every option).
+    #[arg(long, value_name = "FILE", required_unless_present = "example")]
+    config: Option<PathBuf>,
+
+    /// Print an example configuration, every option with its default, and
+    /// exit.
+    #[arg(long, conflicts_with = "config")]
+    example: bool,
 
     /// Serve /, /status, /metrics and /healthz on this address (overrides
     /// [agent] listen).
@@ -872,7 +877,13 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             },
         ),
         Command::Head(args) => cli::head::run(ctx, out, args.aggregate.as_deref()),
-        Command::Serve(args) => cli::serve::run(ctx, &args.config, args.listen),
+        Command::Serve(ServeArgs { example: true, .. }) => {
+            out.line(format_args!("{}", agent::config::EXAMPLE.trim_end()))
+        }
+        Command::Serve(args) => match &args.config {
+            Some(config) => cli::serve::run(ctx, config, args.listen),
+            None => Err(Failure::msg("serve needs --config FILE (or --example)")),
+        },
         Command::Status(args) => cli::serve::status(ctx, out, args.config.as_deref()),
         Command::Bench(BenchCommand::Write(a)) => cli::bench::run(
             ctx,

@@ -148,8 +148,9 @@ key_file = "/etc/oplog/keys.json"
 # name = "agent-1"
 # How often the agent tells the others it is alive,
 heartbeat = "1s"
-# and how long without that before they take over its work (more than
-# heartbeat).
+# and how long without that before the others show it as lost and mark
+# its runs in progress failed (more than heartbeat; its workers are taken
+# over as soon as its database session ends).
 lost_after = "10s"
 # How often a standby agent looks for work to take over.
 takeover_poll = "1s"
@@ -494,19 +495,6 @@ impl Config {
         };
         check(&root, &lines).map_err(|p| failed(p.line, p.message))
     }
-
-    /// Every worker and job name (they share one namespace).
-    pub fn names(&self) -> Vec<&str> {
-        let followers = self.followers.iter().map(|f| f.name.as_str());
-        let relays = self.relays.iter().map(|r| r.name.as_str());
-        let subscriptions = self.subscriptions.iter().map(|s| s.name.as_str());
-        let jobs = self.jobs.iter().map(|j| j.name.as_str());
-        followers
-            .chain(relays)
-            .chain(subscriptions)
-            .chain(jobs)
-            .collect()
-    }
 }
 
 /// A toml error's message on one line, without serde's internals.
@@ -532,7 +520,7 @@ fn toml_message(e: &toml::de::Error) -> String {
 enum Raw {
     String(String),
     Integer(i128),
-    Float(f64),
+    Float,
     Boolean(bool),
     Array(Vec<Spanned<Raw>>),
     Table(RawTable),
@@ -550,7 +538,7 @@ impl Raw {
         match self {
             Raw::String(_) => "a string",
             Raw::Integer(_) => "a whole number",
-            Raw::Float(_) => "a number",
+            Raw::Float => "a number",
             Raw::Boolean(_) => "true or false",
             Raw::Array(_) => "a list",
             Raw::Table(_) => "a table",
@@ -595,8 +583,8 @@ impl<'de> Visitor<'de> for RawVisitor {
             .map_err(|_| E::custom("the number is too large"))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
-        Ok(Raw::Float(v))
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Raw, E> {
+        Ok(Raw::Float)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
@@ -1419,6 +1407,19 @@ fn job(section: &Section<'_>, names: &mut Vec<NameUse>) -> Checked<JobConfig> {
 mod tests {
     use super::*;
 
+    /// Every worker and job name, in the order they are checked.
+    fn names(config: &Config) -> Vec<&str> {
+        let followers = config.followers.iter().map(|f| f.name.as_str());
+        let relays = config.relays.iter().map(|r| r.name.as_str());
+        let subscriptions = config.subscriptions.iter().map(|s| s.name.as_str());
+        let jobs = config.jobs.iter().map(|j| j.name.as_str());
+        followers
+            .chain(relays)
+            .chain(subscriptions)
+            .chain(jobs)
+            .collect()
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "agent.toml")
     }
@@ -1535,7 +1536,7 @@ mod tests {
             header_lines
         );
         assert_eq!(
-            config.names(),
+            names(&config),
             [
                 "replica",
                 "nats",
@@ -1599,7 +1600,8 @@ mod tests {
         assert_eq!(config.jobs[1].window, Duration::from_secs(60));
     }
 
-    const JOB: &str = "[[job]]\nname = \"j\"\nkind = \"trim\"\nolder_than = \"7d\"\n";
+    const JOB: &str =
+        "[[job]]\nname = \"j\"\nkind = \"trim\"\nevery = \"1d\"\nolder_than = \"7d\"\n";
 
     #[test]
     fn unknown_keys_name_the_key_the_table_and_the_allowed_keys() {
@@ -1612,18 +1614,18 @@ mod tests {
         // In the second [[job]], at the line of the key.
         fails(
             &format!("{JOB}\n[[job]]\nname = \"k\"\nkind = \"trim\"\nolder_than = \"1d\"\ncorn = \"0 3 * * *\"\n"),
-            Some(10),
+            Some(11),
             &["`corn`", "[[job]]", "every, cron, window"],
         );
         fails(
             &format!("{JOB}[[followers]]\nname = \"f\"\n"),
-            Some(5),
+            Some(6),
             &["`followers`", "[[follower]]"],
         );
         // After a blank line, with the keys allowed in a [[relay]].
         fails(
             &format!("{JOB}[[relay]]\nname = \"r\"\n\nnats = \"nats://n:4222\"\ntoken = \"x\"\n"),
-            Some(9),
+            Some(10),
             &["`token`", "[[relay]]", "token_file"],
         );
     }
@@ -1632,7 +1634,7 @@ mod tests {
     fn bad_durations_name_the_key_and_line() {
         fails(
             &format!("{JOB}[[follower]]\nname = \"f\"\ninto = \"postgres://r/db\"\npoll = \"50 parsecs\"\n"),
-            Some(8),
+            Some(9),
             &["`poll`", "[[follower]]", "\"50 parsecs\"", "\"500ms\""],
         );
         fails(
@@ -1723,7 +1725,7 @@ mod tests {
         // The second in the file is at fault, whatever its kind.
         fails(
             &format!("{JOB}[[follower]]\nname = \"j\"\ninto = \"postgres://r/db\"\n"),
-            Some(6),
+            Some(7),
             &["[[follower]]", "[[job]] at line 2"],
         );
         fails(
@@ -1790,15 +1792,15 @@ mod tests {
 
     #[test]
     fn toml_mistakes_name_their_line() {
-        fails(&format!("{JOB}[[job]\n"), Some(5), &["not valid TOML"]);
+        fails(&format!("{JOB}[[job]\n"), Some(6), &["not valid TOML"]);
         fails(
             &format!("{JOB}[follower]\nname = \"f\"\n"),
-            Some(5),
+            Some(6),
             &["[[follower]]", "double brackets"],
         );
         fails(
-            &format!("{JOB}agent = 3\n"),
-            Some(5),
+            &format!("agent = 3\n{JOB}"),
+            Some(1),
             &["`agent`", "[agent]"],
         );
         fails(

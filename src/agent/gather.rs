@@ -68,7 +68,11 @@ pub fn status(
             heartbeat_at: time(a.heartbeat_at),
             heartbeat_age_s: a.heartbeat_age.as_secs_f64(),
             state: state.into(),
-            holds: if state == "running" { a.holds.clone() } else { Vec::new() },
+            holds: if state == "running" {
+                a.holds.clone()
+            } else {
+                Vec::new()
+            },
             this_agent: local.is_some_and(|l| l.id == a.id),
         });
     }
@@ -170,7 +174,11 @@ pub fn status(
                 seconds: l.seconds,
             })
             .collect();
-        lag.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(b.entries.cmp(&a.entries)));
+        lag.sort_by(|a, b| {
+            b.seconds
+                .total_cmp(&a.seconds)
+                .then(b.entries.cmp(&a.entries))
+        });
         lag.truncate(LAG_SHOWN);
         status.consumers.push(ConsumerStatus {
             name: info.name,
@@ -188,7 +196,11 @@ pub fn status(
                 not_ready.insert(0, format!("no session to the source: {p}"));
             }
         }
-        if !status.agents.iter().any(|a| a.this_agent && a.state == "running") {
+        if !status
+            .agents
+            .iter()
+            .any(|a| a.this_agent && a.state == "running")
+        {
             not_ready.insert(0, "this agent is not registered as running".into());
         }
     }

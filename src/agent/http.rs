@@ -49,15 +49,6 @@ pub struct Response {
 }
 
 impl Response {
-    /// A `200 OK` response.
-    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
-        Response {
-            status: 200,
-            content_type,
-            body: body.into(),
-        }
-    }
-
     /// A plain-text response the server makes itself.
     fn text(status: u16, body: &str) -> Response {
         Response {
@@ -650,13 +641,21 @@ mod tests {
         read_reply(stream)
     }
 
+    fn ok(content_type: &'static str, body: &str) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
     fn route() -> Route {
         Arc::new(|path: &str| match path {
-            "/" => Some(Response::ok("text/plain; charset=utf-8", "hello\n")),
-            "/status.json" => Some(Response::ok("application/json", "{}")),
+            "/" => Some(ok("text/plain; charset=utf-8", "hello\n")),
+            "/status.json" => Some(ok("application/json", "{}")),
             "/weird" => Some(Response {
                 status: 42,
-                ..Response::ok("text/plain", "")
+                ..ok("text/plain", "")
             }),
             "/panic" => panic!("a route that fails"),
             _ => None,

@@ -103,10 +103,7 @@ fn attempt(
         JobKind::Anchor { dir } => {
             let heads = oplog::heads(&mut source.connect()?, None)?;
             let file = write_anchor(dir, &heads)?;
-            Ok((
-                SUCCESS,
-                json!({ "file": file, "aggregates": heads.len() }),
-            ))
+            Ok((SUCCESS, json!({ "file": file, "aggregates": heads.len() })))
         }
         JobKind::Rewrap { batch } => {
             let oplog = keys(reader, "rewrap")?;
@@ -142,8 +139,8 @@ fn write_anchor(dir: &Path, heads: &[oplog::Head]) -> oplog::Result<String> {
         text.push_str(&line);
         text.push('\n');
     }
-    let mut file = std::fs::File::create(&partial)
-        .map_err(io(format!("creating {}", partial.display())))?;
+    let mut file =
+        std::fs::File::create(&partial).map_err(io(format!("creating {}", partial.display())))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io(format!("writing {}", partial.display())))?;

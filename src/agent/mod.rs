@@ -51,8 +51,6 @@ pub struct Shared {
 /// One worker as this agent sees it.
 #[derive(Debug, Default, Clone)]
 pub struct WorkerState {
-    /// `follower`, `relay` or `subscription`.
-    pub kind: &'static str,
     /// Whether this agent runs it now.
     pub held: bool,
     /// Entries it handed over on this agent since it started.

@@ -9,14 +9,10 @@ use postgres::types::Type;
 use postgres::Client;
 use uuid::Uuid;
 
-/// The run states of the run log.
-pub const IN_PROGRESS: &str = "in_progress";
 /// A run that ended well.
 pub const SUCCESS: &str = "success";
 /// A run that failed, found something, or whose agent died.
 pub const FAILED: &str = "failed";
-/// A slot no agent could start within its window.
-pub const DROPPED: &str = "dropped_out_of_window";
 
 /// An agent as the registry holds it.
 #[derive(Debug, Clone)]
@@ -169,7 +165,11 @@ pub fn finish(c: &mut Client, id: i64, state: &str, detail: &serde_json::Value) 
     c.execute_typed(
         "UPDATE oplog_job_run SET ended_at = now(), state = $2, detail = $3 \
          WHERE id = $1 AND state = 'in_progress'",
-        &[(&id, Type::INT8), (&state, Type::TEXT), (detail, Type::JSONB)],
+        &[
+            (&id, Type::INT8),
+            (&state, Type::TEXT),
+            (detail, Type::JSONB),
+        ],
     )?;
     Ok(())
 }

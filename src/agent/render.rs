@@ -17,16 +17,6 @@ use super::status::{
     RUN_STATES,
 };
 
-/// The media type of [`json`]'s output.
-pub const JSON_CONTENT_TYPE: &str = "application/json";
-
-/// The media type of [`metrics`]' output: the Prometheus text exposition
-/// format, version 0.0.4.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The media type of [`page`]'s output.
-pub const PAGE_CONTENT_TYPE: &str = "text/html; charset=utf-8";
-
 /// How many characters of a run's detail the page shows (the JSON has all
 /// of it).
 const DETAIL_CHARS: usize = 1000;

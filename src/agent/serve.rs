@@ -106,13 +106,7 @@ impl Agent {
         let shared = Arc::new(Shared::default());
         if let Ok(mut w) = shared.workers.lock() {
             for worker in workers(&config) {
-                w.insert(
-                    worker.name().to_string(),
-                    WorkerState {
-                        kind: worker.kind(),
-                        ..WorkerState::default()
-                    },
-                );
+                w.insert(worker.name().to_string(), WorkerState::default());
             }
         }
         Agent {
@@ -427,8 +421,10 @@ fn run_worker(
     count: &(dyn Fn(u64) + Sync),
 ) -> oplog::Result<()> {
     let events = |event: &LiveEvent<'_>| match event {
-        LiveEvent::Reconnecting { error, retry_in, .. } => {
-            warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64, "waiting");
+        LiveEvent::Reconnecting {
+            error, retry_in, ..
+        } => {
+            warn!(error = %error, retry_in = ?retry_in, "waiting");
         }
         LiveEvent::Passed { delivered } => count(*delivered),
         LiveEvent::LagWarning(lag) => {
@@ -487,7 +483,10 @@ fn run_worker(
             // the agents believe they hold.
             let key = format!("oplog-subscribe/{}", c.name);
             while !client
-                .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])?
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&key],
+                )?
                 .get::<_, bool>(0)
             {
                 if stop.load(Ordering::Relaxed) {

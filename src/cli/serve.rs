@@ -10,7 +10,7 @@ use oplog::{Database, Keyring};
 use super::{Context, Failure, Output};
 use crate::agent::config::{Config, JobKind, LogFormat};
 use crate::agent::gather::{self, Local};
-use crate::agent::http::{Response, Server};
+use crate::agent::http::{Response, Route, Server};
 use crate::agent::serve::Agent;
 use crate::agent::status::Status;
 use crate::agent::{render, Shared};
@@ -19,11 +19,15 @@ use crate::agent::{render, Shared};
 pub fn run(ctx: &Context, config: &Path, listen: Option<SocketAddr>) -> Result<(), Failure> {
     let config = Config::load(config).map_err(|e| Failure::msg(e.to_string()))?;
     let source = match &config.source.database_url {
-        Some(url) => Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?,
+        Some(url) => {
+            Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?
+        }
         None => ctx.database()?.clone(),
     };
     let keyring = match &config.source.key_file {
-        Some(path) => Some(Keyring::load(path).map_err(|e| Failure::msg(format!("[source] key_file: {e}")))?),
+        Some(path) => {
+            Some(Keyring::load(path).map_err(|e| Failure::msg(format!("[source] key_file: {e}")))?)
+        }
         None => ctx.optional_keyring()?,
     };
     if keyring.is_none() {
@@ -41,11 +45,7 @@ pub fn run(ctx: &Context, config: &Path, listen: Option<SocketAddr>) -> Result<(
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C/SIGTERM handler: {e}")))?;
     let server = match listen {
         Some(addr) => {
-            let route = router(
-                source,
-                agent.config(),
-                Some((agent.id(), agent.shared())),
-            );
+            let route = router(source, agent.config(), Some((agent.id(), agent.shared())));
             let server = Server::start(addr, route)
                 .map_err(|e| Failure::msg(format!("cannot listen on {addr}: {e}")))?;
             tracing::info!(addr = %server.local_addr(), "serving /, /status, /metrics and /healthz");
@@ -77,8 +77,10 @@ fn needs_keys(config: &Config) -> Option<String> {
 }
 
 fn init_logs(format: &LogFormat) {
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -92,7 +94,7 @@ fn router(
     source: Database,
     config: Arc<Config>,
     local: Option<(uuid::Uuid, Arc<Shared>)>,
-) -> Arc<dyn Fn(&str) -> Option<Response> + Send + Sync> {
+) -> Route {
     let client: Mutex<Option<postgres::Client>> = Mutex::new(None);
     Arc::new(move |path: &str| {
         if !matches!(path, "/" | "/status" | "/metrics" | "/healthz") {
@@ -100,13 +102,18 @@ fn router(
         }
         let status = {
             let Ok(mut slot) = client.lock() else {
-                return Some(text(500, "the status connection's lock is poisoned\n".into()));
+                return Some(text(
+                    500,
+                    "the status connection's lock is poisoned\n".into(),
+                ));
             };
             let gathered = (|| {
                 if slot.is_none() {
                     *slot = Some(source.connect()?);
                 }
-                let c = slot.as_mut().ok_or_else(|| oplog::Error::Config("no connection".into()))?;
+                let c = slot
+                    .as_mut()
+                    .ok_or_else(|| oplog::Error::Config("no connection".into()))?;
                 let local = local.as_ref().map(|(id, shared)| Local { id: *id, shared });
                 gather::status(c, Some(&config), local.as_ref())
             })();
@@ -163,8 +170,13 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
         Some(path) => Some(Config::load(path).map_err(|e| Failure::msg(e.to_string()))?),
         None => None,
     };
-    let source = match config.as_ref().and_then(|c| c.source.database_url.as_deref()) {
-        Some(url) => Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?,
+    let source = match config
+        .as_ref()
+        .and_then(|c| c.source.database_url.as_deref())
+    {
+        Some(url) => {
+            Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?
+        }
         None => ctx.database()?.clone(),
     };
     let mut c = source.connect()?;
@@ -182,7 +194,11 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
             a.version,
             a.state,
             a.heartbeat_age_s,
-            if a.holds.is_empty() { "nothing".into() } else { a.holds.join(", ") }
+            if a.holds.is_empty() {
+                "nothing".into()
+            } else {
+                a.holds.join(", ")
+            }
         ))?;
     }
     if !status.workers.is_empty() {
@@ -192,7 +208,9 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
                 "  {} {}: {}",
                 w.kind,
                 w.name,
-                w.held_by.as_deref().map_or("held by no agent".to_string(), |a| format!("held by {a}"))
+                w.held_by
+                    .as_deref()
+                    .map_or("held by no agent".to_string(), |a| format!("held by {a}"))
             ))?;
         }
     }
@@ -204,8 +222,13 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
             j.name,
             j.kind,
             j.schedule,
-            last.map_or("never run".to_string(), |r| format!("{} (slot {})", r.state, r.expected_at)),
-            j.next_due.as_deref().map_or(String::new(), |n| format!(", next due {n}"))
+            last.map_or("never run".to_string(), |r| format!(
+                "{} (slot {})",
+                r.state, r.expected_at
+            )),
+            j.next_due
+                .as_deref()
+                .map_or(String::new(), |n| format!(", next due {n}"))
         ))?;
         if let Some(r) = last.filter(|r| r.state == "failed") {
             out.line(format_args!("    {}", r.detail))?;
@@ -219,7 +242,11 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
             c.entries_behind,
             c.aggregates_behind,
             c.oldest_seconds,
-            if c.parked > 0 { format!(", {} parked", c.parked) } else { String::new() },
+            if c.parked > 0 {
+                format!(", {} parked", c.parked)
+            } else {
+                String::new()
+            },
             if c.stalled { ", stalled" } else { "" }
         ))?;
     }
