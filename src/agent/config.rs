@@ -31,8 +31,9 @@
 //! # name = "agent-1"
 //! # How often the agent tells the others it is alive,
 //! heartbeat = "1s"
-//! # and how long without that before they take over its work (more than
-//! # heartbeat).
+//! # and how long without that before the others show it as lost and mark
+//! # its runs in progress failed (more than heartbeat; its workers are taken
+//! # over as soon as its database session ends).
 //! lost_after = "10s"
 //! # How often a standby agent looks for work to take over.
 //! takeover_poll = "1s"
