@@ -113,7 +113,7 @@ enum Command {
     /// consumer has applied.
     Trim(TrimArgs),
 
-    /// Grant a database role what a writer, reader, trimmer or key
+    /// Grant a database role what a writer, reader, trimmer, agent or key
     /// administrator needs, and no more (run as the role that migrated).
     Grant(GrantArgs),
 
@@ -460,7 +460,7 @@ enum ConsumersCommand {
 
 #[derive(Debug, Args)]
 struct GrantArgs {
-    /// What the role is for: writer, reader, trimmer or keys.
+    /// What the role is for: writer, reader, trimmer, keys or agent.
     #[arg(value_name = "KIND")]
     kind: String,
 

@@ -11,7 +11,12 @@ CREATE TABLE oplog_agent (
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     stopped_at timestamptz,
-    holds text[] NOT NULL DEFAULT '{}'
+    holds text[] NOT NULL DEFAULT '{}',
+    -- The session it holds its workers in: an agent that stops
+    -- heartbeating while that session lives (hung, stopped) has it ended
+    -- by the agent that notices, so that its locks are released.
+    backend_pid integer,
+    backend_start timestamptz
 );
 
 CREATE TABLE oplog_job_run (

@@ -53,8 +53,11 @@ pub fn register(
     version: &str,
 ) -> Result<()> {
     c.execute_typed(
-        "INSERT INTO oplog_agent (id, name, host, pid, version) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL, holds = '{}'",
+        "INSERT INTO oplog_agent (id, name, host, pid, version, backend_pid, backend_start) \
+         SELECT $1, $2, $3, $4, $5, pg_backend_pid(), \
+                (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL, holds = '{}', \
+             backend_pid = excluded.backend_pid, backend_start = excluded.backend_start",
         &[
             (&id, Type::UUID),
             (&name, Type::TEXT),
@@ -192,6 +195,28 @@ pub fn fail_orphans(c: &mut Client, lost_after: Duration) -> Result<Vec<(i64, St
         &[(&secs, Type::FLOAT8)],
     )?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Ends the sessions of agents that stopped heartbeating more than
+/// `lost_after` ago while their session lives on (a hung or stopped
+/// process): their locks go with it, so that others take their workers
+/// over. The names of the agents whose session was ended.
+pub fn end_lost_sessions(c: &mut Client, lost_after: Duration) -> Result<Vec<String>> {
+    let secs = lost_after.as_secs_f64();
+    // The call is in the select list, evaluated for the rows the joins and
+    // filters keep: in WHERE, the planner may push it down to every row
+    // of pg_stat_activity.
+    let rows = c.query_typed(
+        "SELECT a.name, pg_terminate_backend(s.pid) FROM oplog_agent a \
+         JOIN pg_stat_activity s ON s.pid = a.backend_pid AND s.backend_start = a.backend_start \
+         WHERE a.stopped_at IS NULL AND a.heartbeat_at < now() - make_interval(secs => $1) \
+           AND s.pid <> pg_backend_pid()",
+        &[(&secs, Type::FLOAT8)],
+    )?;
+    rows.iter()
+        .filter(|r| r.try_get::<_, bool>(1).unwrap_or(false))
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
 }
 
 /// Deletes runs, and agents stopped or lost, older than `retention`.

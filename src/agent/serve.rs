@@ -247,6 +247,9 @@ impl Agent {
                 for (id, job) in records::fail_orphans(&mut c, agent.lost_after)? {
                     warn!(run = id, job = %job, "a run whose agent died is marked failed");
                 }
+                for lost in records::end_lost_sessions(&mut c, agent.lost_after)? {
+                    warn!(agent = %lost, "ended the session of an agent that stopped heartbeating");
+                }
             }
             if pruned.is_none_or(|p| p.elapsed() >= Duration::from_secs(3600)) {
                 pruned = Some(Instant::now());

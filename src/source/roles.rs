@@ -22,6 +22,11 @@
 //! - **Keys** (`keys rewrap`, `keys remove`): reads entries and may change
 //!   exactly their `key_id` and `data`, which the entry trigger allows only
 //!   through `oplog_rewrap`.
+//! - **Agent** (`serve`): what a reader and a trimmer may do, and keeping
+//!   the agents' registry and run log (`oplog_agent`, `oplog_job_run`).
+//!   Run every agent of a source as the same role: an agent ends the
+//!   session of one that stopped heartbeating, which PostgreSQL allows
+//!   between sessions of one role. A `rewrap` job needs `keys` too.
 //!
 //! The migrating role owns the tables and stays the only one that can alter
 //! them, set the retention floor (`oplog_trim_policy`) or manage another
@@ -47,6 +52,8 @@ pub enum Role {
     Trimmer,
     /// Whoever re-encrypts entries under a new key.
     Keys,
+    /// The agents of `oplog serve`.
+    Agent,
 }
 
 impl FromStr for Role {
@@ -58,8 +65,9 @@ impl FromStr for Role {
             "reader" => Ok(Role::Reader),
             "trimmer" => Ok(Role::Trimmer),
             "keys" => Ok(Role::Keys),
+            "agent" => Ok(Role::Agent),
             other => Err(Error::Config(format!(
-                "unknown role kind {other:?}; use writer, reader, trimmer or keys"
+                "unknown role kind {other:?}; use writer, reader, trimmer, keys or agent"
             ))),
         }
     }
@@ -72,6 +80,7 @@ impl fmt::Display for Role {
             Role::Reader => "reader",
             Role::Trimmer => "trimmer",
             Role::Keys => "keys",
+            Role::Agent => "agent",
         })
     }
 }
@@ -109,6 +118,7 @@ pub fn grants(role: Role, name: &str) -> String {
             format!("GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {to}"),
             format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint, interval) TO {to}"),
         ],
+        Role::Agent => Vec::new(),
         Role::Keys => vec![
             format!("GRANT SELECT ON oplog_entry, oplog_metadata, oplog_catalog TO {to}"),
             format!("GRANT UPDATE (key_id, data) ON oplog_entry TO {to}"),
@@ -116,6 +126,23 @@ pub fn grants(role: Role, name: &str) -> String {
                 "GRANT EXECUTE ON FUNCTION oplog_rewrap(bigint, text, text, bytea) TO {to}"
             ),
         ],
+    };
+    let lines = match role {
+        Role::Agent => {
+            let mut lines = Vec::new();
+            for kind in [Role::Reader, Role::Trimmer] {
+                lines.extend(
+                    grants(kind, name)
+                        .lines()
+                        .map(|l| l.trim_end_matches(';').to_string()),
+                );
+            }
+            lines.push(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON oplog_agent, oplog_job_run TO {to}"
+            ));
+            lines
+        }
+        _ => lines,
     };
     let mut sql = lines.join(";\n");
     sql.push_str(";\n");

@@ -1254,3 +1254,58 @@ fn a_follower_of_a_rebuilt_replica_holds_trimming_back_before_its_first_pass() {
     .unwrap();
     assert!(checked.is_clean(), "{:?}", checked.findings);
 }
+
+/// The agent role runs `oplog serve` (trim and anchor jobs, the registry
+/// and run log) and can no more rewrite the log than a reader or trimmer.
+#[test]
+fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
+    let agent = TestRole::new("agent");
+    let db = TestDb::new();
+    grant(&mut db.client(), Role::Agent, &agent.name).unwrap();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
+    let dir = crate::cli::TempDir::new();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\ndatabase_url = \"{}\"\n[agent]\nheartbeat = \"200ms\"\n\
+             [[job]]\nname = \"trim\"\nkind = \"trim\"\nevery = \"1s\"\nolder_than = \"30d\"\n\
+             [[job]]\nname = \"heads\"\nkind = \"anchor\"\nevery = \"1s\"\ndir = \"{}\"\n",
+            agent.url(&db.url),
+            dir.join("anchors").display()
+        ),
+    )
+    .unwrap();
+    let mut serve = crate::cli::oplog_cmd()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let succeeded = |job: &str| {
+        db.scalar::<i64>(&format!(
+            "SELECT count(*) FROM oplog_job_run WHERE job = '{job}' AND state = 'success'"
+        )) >= 1
+    };
+    let ran = crate::support::eventually(20, || succeeded("trim") && succeeded("heads"));
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        ran,
+        "{:?}",
+        db.scalar::<String>(
+            "SELECT coalesce(string_agg(detail::text, ' '), '') FROM oplog_job_run"
+        )
+    );
+    let mut c = connect_as(&agent, &db);
+    denied(&mut c, "DELETE FROM oplog_entry");
+    denied(&mut c, "UPDATE oplog_entry SET data = '\\x00'");
+    denied(&mut c, "UPDATE oplog_ticket SET version = version + 1");
+    denied(&mut c, "INSERT INTO oplog_ticket (name) VALUES ('x')");
+    denied(&mut c, "TRUNCATE oplog_job_run");
+    denied(
+        &mut c,
+        "ALTER TABLE oplog_job_run DROP CONSTRAINT oplog_job_run_job_expected_at_key",
+    );
+}

@@ -231,6 +231,31 @@ window = "900ms"
     eprintln!("takeover times (kill to work resumed): {takeovers:?}");
     assert!(takeovers.iter().all(|t| *t < Duration::from_secs(10)));
 
+    // Losing its session to the source is like dying: the other agent
+    // takes over, and the one that lost it keeps running, holding
+    // nothing, registered again.
+    let pid = holder(&db, "replica").unwrap();
+    let other = if pid == a.pid() { b.pid() } else { a.pid() };
+    let cut: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(pg_terminate_backend(backend_pid)) FROM oplog_agent \
+             WHERE pid = $1 AND stopped_at IS NULL",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1);
+    create_users(&db.url, &log, "t-0", (0..10).map(|i| format!("s-{i}")));
+    assert!(
+        eventually(10, || holder(&db, "replica") == Some(other)
+            && holder(&db, "nats") == Some(other)),
+        "no takeover after a lost session: {}\n{}",
+        a.said(),
+        b.said()
+    );
+    assert!(applied(50));
+
     // Slots: one run each, one anchor file per successful run.
     std::thread::sleep(Duration::from_secs(2));
     a.kill();
@@ -302,7 +327,7 @@ window = "900ms"
         },
     )
     .unwrap();
-    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
     let _ = oplog::relay::delete_stream(&opts);
 }
 
@@ -572,4 +597,153 @@ fn a_bad_configuration_is_one_clear_line_and_exit_status_2() {
         assert!(said.contains("serve.toml"), "{said}");
         assert!(said.contains(needle), "{said}");
     }
+}
+
+/// The run of an agent killed while it runs a job is marked failed by the
+/// agent that notices, naming the lost agent.
+#[test]
+fn the_run_of_an_agent_that_died_is_marked_failed_by_the_one_that_notices() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[source]
+database_url = "{db}"
+
+[agent]
+heartbeat = "200ms"
+lost_after = "2s"
+
+[[job]]
+name = "retention"
+kind = "trim"
+every = "1s"
+older_than = "30d"
+"#,
+            db = db.url,
+        ),
+    );
+    // The trim waits for this lock: its run stays in progress.
+    let mut blocker = db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE oplog_trim_policy IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut first = Served::start(&dir, &config, "first");
+    let in_progress = || -> Option<i64> {
+        db.client()
+            .query_opt(
+                "SELECT id FROM oplog_job_run WHERE state = 'in_progress' LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    assert!(
+        eventually(20, || in_progress().is_some()),
+        "{}",
+        first.said()
+    );
+    let run = in_progress().unwrap();
+    first.kill();
+    tx.rollback().unwrap();
+    let second = Served::start(&dir, &config, "second");
+    let failed = || {
+        db.client()
+            .query_opt(
+                "SELECT detail->>'error' FROM oplog_job_run WHERE id = $1 AND state = 'failed'",
+                &[&run],
+            )
+            .unwrap()
+            .map(|r| r.get::<_, String>(0))
+    };
+    assert!(eventually(20, || failed().is_some()), "{}", second.said());
+    assert!(failed().unwrap().contains("was lost"), "{:?}", failed());
+}
+
+/// An agent that stops heartbeating while its session lives on (here
+/// SIGSTOP) has that session ended by the other agent, which takes its
+/// relay over; when it runs again it finds its session gone, lets go of
+/// what it ran, and registers again.
+#[test]
+fn a_hung_agent_is_cut_off_and_its_relay_taken_over() {
+    let db = TestDb::new();
+    let dir = TempDir::new();
+    let (_, log) = keys(&dir);
+    let stream = format!(
+        "OPLOG_HUNG_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let prefix = stream.to_lowercase();
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[source]
+database_url = "{db}"
+
+[agent]
+heartbeat = "200ms"
+takeover_poll = "200ms"
+lost_after = "2s"
+
+[[relay]]
+name = "nats"
+nats = "{nats}"
+stream = "{stream}"
+subject_prefix = "{prefix}"
+poll = "20ms"
+"#,
+            db = db.url,
+            nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+        ),
+    );
+    let a = Served::start(&dir, &config, "a");
+    let b = Served::start(&dir, &config, "b");
+    assert!(eventually(20, || holder(&db, "nats").is_some()));
+    let hung = holder(&db, "nats").unwrap();
+    let other = if hung == a.pid() { b.pid() } else { a.pid() };
+    let signal = |sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(hung), sig).unwrap();
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let stopped_at = Instant::now();
+    create_users(&db.url, &log, "acct", (0..5).map(|i| format!("u{i}")));
+    let relayed = |n: i64| {
+        eventually(20, || {
+            db.client()
+                .query_opt(
+                    "SELECT 1 FROM oplog_consumer_position WHERE consumer LIKE 'relay.%' AND seq >= $1",
+                    &[&n],
+                )
+                .unwrap()
+                .is_some()
+        })
+    };
+    assert!(
+        eventually(15, || holder(&db, "nats") == Some(other)),
+        "the relay was not taken over"
+    );
+    assert!(relayed(5));
+    let took = stopped_at.elapsed();
+    signal(nix::sys::signal::Signal::SIGCONT);
+    // It comes back holding nothing, registered again.
+    assert!(eventually(15, || {
+        db.client()
+            .query_one(
+                "SELECT count(*) FROM oplog_agent WHERE pid = $1 AND stopped_at IS NULL \
+                 AND heartbeat_at > now() - interval '1 second' AND holds = '{}'",
+                &[&hung],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    }));
+    eprintln!("a hung agent's relay taken over in {took:?}");
+    let _ = oplog::relay::delete_stream(&oplog::relay::RelayOptions {
+        stream,
+        subject_prefix: prefix,
+        ..oplog::relay::RelayOptions::default()
+    });
 }
