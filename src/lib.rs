@@ -260,7 +260,9 @@ pub use crate::proto::OpType;
 pub use crate::replica::follow::{
     FollowEvent, FollowOptions, FollowReport, Follower, NOTIFY_CHANNEL,
 };
-pub use crate::replica::live::{Live, LiveEvent, LiveOptions, LiveReport, LogConsumer};
+pub use crate::replica::live::{
+    pause_unless, Live, LiveEvent, LiveOptions, LiveReport, LogConsumer,
+};
 pub use crate::replica::replay::{
     AggregateReplay, AppliedEntry, Progress, ReplayOptions, ReplayReport, Replayer, Skip, Stopped,
 };

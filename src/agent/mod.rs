@@ -24,9 +24,7 @@
 //!   (Prometheus) and `/` (a page that refreshes itself).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 pub mod config;
 pub mod gather;
@@ -57,16 +55,4 @@ pub struct WorkerState {
     pub entries: u64,
     /// Why it last stopped, when it failed.
     pub last_error: Option<String>,
-}
-
-/// Sleeps up to `d`, waking early once `stop` is set.
-pub fn pause_unless(stop: &AtomicBool, d: Duration) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= until {
-            break;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(20)));
-    }
 }

@@ -163,7 +163,7 @@ impl Agent {
                     self.set_session(Some(e.to_string()));
                     error!(error = %e, "lost the session to the source; letting go of every worker");
                     self.stop_workers(&mut running);
-                    super::pause_unless(&self.stop, backoff);
+                    oplog::pause_unless(&self.stop, backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
@@ -258,7 +258,7 @@ impl Agent {
                     info!(runs = n, "pruned the run log");
                 }
             }
-            super::pause_unless(&self.stop, Duration::from_millis(100));
+            oplog::pause_unless(&self.stop, Duration::from_millis(100));
         }
         Ok(())
     }
@@ -408,7 +408,7 @@ impl Agent {
             if !stopped() {
                 // Give another agent a chance before this one takes it
                 // again.
-                super::pause_unless(&flag, WORKER_RETRY);
+                oplog::pause_unless(&flag, WORKER_RETRY);
             }
         });
         Running { stop, handle }
@@ -495,7 +495,7 @@ fn run_worker(
                 if stop.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                super::pause_unless(stop, Duration::from_secs(1));
+                oplog::pause_unless(stop, Duration::from_secs(1));
             }
             Subscription::new(
                 oplog,

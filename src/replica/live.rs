@@ -318,8 +318,10 @@ impl Live {
     }
 }
 
-/// Sleeps up to `d`, waking early once `stop` is set.
-pub(crate) fn pause_unless(stop: &AtomicBool, d: Duration) {
+/// Sleeps up to `d`, waking early once `stop` is set: for a
+/// [`LogConsumer`] that waits (for a lock, before a retry) while its live
+/// loop may be asked to stop.
+pub fn pause_unless(stop: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();

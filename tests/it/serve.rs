@@ -93,6 +93,16 @@ fn write_config(dir: &TempDir, text: &str) -> PathBuf {
     path
 }
 
+/// A configuration for `db` (with `keys` when given): its `[source]`, then
+/// `rest`.
+fn config_for(dir: &TempDir, db: &TestDb, keys: Option<&Path>, rest: &str) -> PathBuf {
+    let mut text = format!("[source]\ndatabase_url = \"{}\"\n", db.url);
+    if let Some(keys) = keys {
+        text.push_str(&format!("key_file = \"{}\"\n", keys.display()));
+    }
+    write_config(dir, &(text + rest))
+}
+
 /// GET `path` from 127.0.0.1:`port`: status code and body.
 fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -143,14 +153,12 @@ fn two_agents_share_the_work_and_one_takes_over_when_the_other_is_killed() {
     let prefix = stream.to_lowercase();
     create_users(&db.url, &log, "t-0", (0..20).map(|i| format!("a{i}")));
     let anchors = dir.join("anchors");
-    let config = write_config(
+    let config = config_for(
         &dir,
+        &db,
+        Some(&key_file),
         &format!(
             r#"
-[source]
-database_url = "{db}"
-key_file = "{keys}"
-
 [agent]
 heartbeat = "200ms"
 takeover_poll = "200ms"
@@ -175,8 +183,6 @@ dir = "{anchors}"
 every = "1s"
 window = "900ms"
 "#,
-            db = db.url,
-            keys = key_file.display(),
             replica = replica.url,
             nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
             anchors = anchors.display(),
@@ -346,14 +352,12 @@ fn a_failing_job_is_recorded_and_shown_in_status_metrics_and_the_page() {
          WHERE aggregate_name = 'acct' AND seq = 2",
     );
     let port = free_port();
-    let config = write_config(
+    let config = config_for(
         &dir,
+        &db,
+        Some(&key_file),
         &format!(
             r#"
-[source]
-database_url = "{db}"
-key_file = "{keys}"
-
 [agent]
 name = "page-agent"
 heartbeat = "200ms"
@@ -363,9 +367,7 @@ listen = "127.0.0.1:{port}"
 name = "integrity"
 kind = "verify"
 every = "1s"
-"#,
-            db = db.url,
-            keys = key_file.display(),
+"#
         ),
     );
     let mut agent = Served::start(&dir, &config, "page");
@@ -500,13 +502,12 @@ fn a_slot_missed_while_no_agent_ran_is_recorded_as_dropped() {
     let db = TestDb::new();
     let dir = TempDir::new();
     let anchors = dir.join("anchors");
-    let config = write_config(
+    let config = config_for(
         &dir,
+        &db,
+        None,
         &format!(
             r#"
-[source]
-database_url = "{db}"
-
 [agent]
 heartbeat = "200ms"
 
@@ -517,7 +518,6 @@ dir = "{anchors}"
 every = "4s"
 window = "1s"
 "#,
-            db = db.url,
             anchors = anchors.display(),
         ),
     );
@@ -605,13 +605,11 @@ fn a_bad_configuration_is_one_clear_line_and_exit_status_2() {
 fn the_run_of_an_agent_that_died_is_marked_failed_by_the_one_that_notices() {
     let db = TestDb::new();
     let dir = TempDir::new();
-    let config = write_config(
+    let config = config_for(
         &dir,
-        &format!(
-            r#"
-[source]
-database_url = "{db}"
-
+        &db,
+        None,
+        r#"
 [agent]
 heartbeat = "200ms"
 lost_after = "2s"
@@ -622,8 +620,6 @@ kind = "trim"
 every = "1s"
 older_than = "30d"
 "#,
-            db = db.url,
-        ),
     );
     // The trim waits for this lock: its run stays in progress.
     let mut blocker = db.client();
@@ -676,13 +672,12 @@ fn a_hung_agent_is_cut_off_and_its_relay_taken_over() {
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     );
     let prefix = stream.to_lowercase();
-    let config = write_config(
+    let config = config_for(
         &dir,
+        &db,
+        None,
         &format!(
             r#"
-[source]
-database_url = "{db}"
-
 [agent]
 heartbeat = "200ms"
 takeover_poll = "200ms"
@@ -695,7 +690,6 @@ stream = "{stream}"
 subject_prefix = "{prefix}"
 poll = "20ms"
 "#,
-            db = db.url,
             nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         ),
     );
