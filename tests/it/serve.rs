@@ -425,7 +425,29 @@ every = "1s"
     let loads = agent.said().matches("path=/ ").count() - before;
     assert!(loads >= 2, "the open page was loaded {loads} times in 12 s");
 
-    // SIGTERM: stopped in the registry, and the page's /healthz is gone.
+    // The command says the same, with and without the configuration.
+    let status = |args: &[&str]| {
+        let out = oplog_cmd()
+            .args(["--database-url", &db.url, "status"])
+            .args(args)
+            .output()
+            .unwrap();
+        crate::cli::success(&out)
+    };
+    let json: serde_json::Value = serde_json::from_str(status(&["--json"]).trim()).unwrap();
+    assert_eq!(json["agents"][0]["name"], "page-agent");
+    assert_eq!(json["agents"][0]["state"], "running");
+    assert!(json["jobs"][0]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["state"] == "failed" && r["detail"]["findings"] == 1));
+    let text = status(&["--config", config.to_str().unwrap()]);
+    assert!(text.contains("page-agent"), "{text}");
+    assert!(text.contains("integrity verify every 1s"), "{text}");
+    assert!(text.contains("next due"), "{text}");
+
+    // SIGTERM: stopped in the registry.
     assert!(agent.terminate().success());
     let stopped: bool = db
         .client()
@@ -613,6 +635,7 @@ fn the_run_of_an_agent_that_died_is_marked_failed_by_the_one_that_notices() {
 [agent]
 heartbeat = "200ms"
 lost_after = "2s"
+run_log_retention = "1d"
 
 [[job]]
 name = "retention"
@@ -620,6 +643,12 @@ kind = "trim"
 every = "1s"
 older_than = "30d"
 "#,
+    );
+    // A run older than the retention: the agent prunes it.
+    superuser_exec(
+        &db,
+        "INSERT INTO oplog_job_run (job, expected_at, state) \
+         VALUES ('retention', now() - interval '2 days', 'success')",
     );
     // The trim waits for this lock: its run stays in progress.
     let mut blocker = db.client();
@@ -656,6 +685,9 @@ older_than = "30d"
     };
     assert!(eventually(20, || failed().is_some()), "{}", second.said());
     assert!(failed().unwrap().contains("was lost"), "{:?}", failed());
+    let old: i64 = db
+        .scalar("SELECT count(*) FROM oplog_job_run WHERE expected_at < now() - interval '1 day'");
+    assert_eq!(old, 0, "the run log keeps what is older than its retention");
 }
 
 /// An agent that stops heartbeating while its session lives on (here
