@@ -255,6 +255,7 @@ pub use crate::codec::entry::{
     Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
 };
 pub use crate::codec::queue::{Limits, Operation, Queue};
+pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};
 pub use crate::proto::OpType;
 pub use crate::replica::follow::{

@@ -513,6 +513,31 @@ enum KeysCommand {
     /// older entries.
     Rotate,
 
+    /// Generate a signing key for checkpoints (Ed25519, separate from the
+    /// keyring), write it to a file (mode 0600), and print its verifier
+    /// key, which is public.
+    GenerateSigning {
+        /// The log's name the key signs as (its origin), e.g.
+        /// example.com/app.
+        #[arg(long, value_name = "ORIGIN")]
+        name: String,
+
+        /// Where to write the signing key.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+
+        /// Replace PATH if it exists; the key in it is lost.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Print the verifier key (public) of a signing key.
+    Public {
+        /// The signing key file.
+        #[arg(long, value_name = "PATH")]
+        signing_key: PathBuf,
+    },
+
     /// Re-encrypt the entries under older keys to the active key, a batch
     /// per transaction, while writers go on; afterwards the older keys can
     /// be removed.
@@ -789,6 +814,12 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             cli::keys::generate(out, path.as_deref(), force)
         }
         Command::Keys(KeysCommand::Rotate) => cli::keys::rotate(ctx, out),
+        Command::Keys(KeysCommand::GenerateSigning {
+            name,
+            out: path,
+            force,
+        }) => cli::keys::generate_signing(out, &name, &path, force),
+        Command::Keys(KeysCommand::Public { signing_key }) => cli::keys::public(out, &signing_key),
         Command::Keys(KeysCommand::Rewrap { batch }) => {
             cli::keys::rewrap(ctx, out, usize::try_from(batch).unwrap_or(usize::MAX))
         }

@@ -37,28 +37,7 @@ pub fn generate(out: &mut Output, path: Option<&Path>, force: bool) -> Result<()
         // alike, so that `oplog keys generate > keys.json` works.
         return out.raw(&ring.to_json());
     };
-    // `Keyring::save` replaces the file; losing a key makes every entry it
-    // encrypted unreadable, so replacing one takes an explicit --force. A
-    // symbolic link is refused too, even a dangling one: with --force the
-    // keyring is written to the file it points to, as `keys rotate` does.
-    match path.symlink_metadata() {
-        Ok(meta) if !force && meta.file_type().is_symlink() => {
-            let to = std::fs::read_link(path)
-                .map(|to| format!(" to {}", to.display()))
-                .unwrap_or_default();
-            return Err(Failure::msg(format!(
-                "key file {} is a symbolic link{to}; pass --force to write the keyring to the file it points to (any keys there would be lost)",
-                path.display()
-            )));
-        }
-        Ok(_) if !force => {
-            return Err(Failure::msg(format!(
-                "key file {} already exists; pass --force to replace it (the keys in it would be lost)",
-                path.display()
-            )));
-        }
-        _ => {}
-    }
+    may_write(path, force, "the keys in it")?;
     ring.save(path)?;
     if out.json() {
         out.json_line(&KeyringSummary::new(&ring, Some(path)))
@@ -69,6 +48,59 @@ pub fn generate(out: &mut Output, path: Option<&Path>, force: bool) -> Result<()
             ring.key_id()
         ))
     }
+}
+
+/// Refuses to replace `path` without `force`: a key file holds `what`,
+/// lost when it is replaced. A symbolic link is refused too, even a
+/// dangling one: with `force` the key is written to the file it points to.
+fn may_write(path: &Path, force: bool, what: &str) -> Result<(), Failure> {
+    match path.symlink_metadata() {
+        Ok(meta) if !force && meta.file_type().is_symlink() => {
+            let to = std::fs::read_link(path)
+                .map(|to| format!(" to {}", to.display()))
+                .unwrap_or_default();
+            Err(Failure::msg(format!(
+                "key file {} is a symbolic link{to}; pass --force to write to the file it points to ({what} would be lost)",
+                path.display()
+            )))
+        }
+        Ok(_) if !force => Err(Failure::msg(format!(
+            "key file {} already exists; pass --force to replace it ({what} would be lost)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `oplog keys generate-signing --name ORIGIN --out PATH`: a new signing
+/// key for checkpoints (mode 0600); prints its verifier key, which is
+/// public.
+pub fn generate_signing(
+    out: &mut Output,
+    name: &str,
+    path: &Path,
+    force: bool,
+) -> Result<(), Failure> {
+    may_write(path, force, "the signing key in it")?;
+    let key = oplog::SigningKey::generate(name)?;
+    key.save(path)?;
+    let verifier = key.verifier().to_string();
+    if out.json() {
+        out.json_line(&serde_json::json!({ "file": path, "verifier_key": verifier }))
+    } else {
+        out.line(format_args!(
+            "wrote signing key {}; its verifier key (public):",
+            path.display()
+        ))?;
+        out.line(format_args!("{verifier}"))
+    }
+}
+
+/// `oplog keys public --signing-key PATH`: the verifier key of a signing
+/// key.
+pub fn public(out: &mut Output, path: &Path) -> Result<(), Failure> {
+    let key = oplog::SigningKey::load(path)?;
+    out.line(format_args!("{}", key.verifier()))
 }
 
 /// `oplog keys rotate`: adds a key to the key file and makes it active.

@@ -318,56 +318,7 @@ impl Keyring {
     /// not by a second look at the path: a FIFO cannot hang the open, and
     /// the path cannot be swapped between the checks and the read.
     pub fn load(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
-            context: format!("cannot read key file {}", path.display()),
-            source,
-        };
-        let file = open_nonblocking(path).map_err(io)?;
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(Error::Keyring(format!(
-                "key file {} is {}, not a regular file; pass the path of the keyring file itself",
-                path.display(),
-                file_kind(&meta.file_type())
-            )));
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(Error::Keyring(format!(
-                    "key file {} has mode {mode:o}, readable by group or others; run `chmod 600 {}`",
-                    path.display(),
-                    path.display()
-                )));
-            }
-        }
-        if meta.len() > MAX_KEY_FILE_BYTES {
-            return Err(Error::Keyring(format!(
-                "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES} (1 MiB); check the path",
-                path.display(),
-                meta.len()
-            )));
-        }
-        // Capacity for the whole file, so that the text holding key
-        // material is never reallocated (which would leave a copy behind
-        // that is not zeroed). At most one byte past the limit is read, in
-        // case the file grew since its size was read.
-        let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
-        let mut text = Zeroizing::new(String::with_capacity(capacity));
-        {
-            use std::io::Read;
-            file.take(MAX_KEY_FILE_BYTES + 1)
-                .read_to_string(&mut text)
-                .map_err(io)?;
-        }
-        if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
-            return Err(Error::Keyring(format!(
-                "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes (1 MiB); check the path",
-                path.display()
-            )));
-        }
+        let text = read_secret(path)?;
         Keyring::from_json(&text).map_err(|e| match e {
             Error::Keyring(msg) => Error::Keyring(format!("{}: {msg}", path.display())),
             other => other,
@@ -384,59 +335,123 @@ impl Keyring {
     /// at the path other than a regular file (a directory, a FIFO, a
     /// device) is refused, never replaced.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io {
-            context: format!("cannot write key file {}", path.display()),
-            source,
-        };
-        let target = resolve_links(path).map_err(io)?;
-        match fs::symlink_metadata(&target) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(Error::Keyring(format!(
-                    "{} is {}, not a key file; it is left as it is: choose another path",
-                    describe_target(path, &target),
-                    file_kind(&meta.file_type())
-                )));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        let dir = match target.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let result = (|| {
-            let mut file = options.open(&tmp)?;
-            file.write_all(self.to_json().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &target)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(io)?;
-        // Make the rename itself durable. The file is in place whether or
-        // not this succeeds, so a failure here is not reported as a failed
-        // save.
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_secret(path, &self.to_json())
     }
 
     fn key(&self, id: &str) -> Option<&DataKey> {
         self.keys.iter().find(|k| k.id == id)
     }
+}
+
+/// Reads a secret file (a keyring, a signing key): refuses one that group
+/// or others can read, anything that is not a regular file, and a file
+/// over 1 MiB; opened without blocking and judged by what was opened.
+pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
+    let io = |source| Error::Io {
+        context: format!("cannot read key file {}", path.display()),
+        source,
+    };
+    let file = open_nonblocking(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::Keyring(format!(
+            "key file {} is {}, not a regular file; pass the path of the keyring file itself",
+            path.display(),
+            file_kind(&meta.file_type())
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Keyring(format!(
+                "key file {} has mode {mode:o}, readable by group or others; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    if meta.len() > MAX_KEY_FILE_BYTES {
+        return Err(Error::Keyring(format!(
+            "key file {} is {} bytes, over the limit of {MAX_KEY_FILE_BYTES} (1 MiB); check the path",
+            path.display(),
+            meta.len()
+        )));
+    }
+    // Capacity for the whole file, so that the text holding key
+    // material is never reallocated (which would leave a copy behind
+    // that is not zeroed). At most one byte past the limit is read, in
+    // case the file grew since its size was read.
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut text = Zeroizing::new(String::with_capacity(capacity));
+    {
+        use std::io::Read;
+        file.take(MAX_KEY_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+    }
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
+        return Err(Error::Keyring(format!(
+            "key file {} is over the limit of {MAX_KEY_FILE_BYTES} bytes (1 MiB); check the path",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// Writes `text` to the secret file `path` with mode 0600, atomically
+/// (a temporary file in the same directory, renamed over it); a link is
+/// followed and stays; anything but a regular file is refused.
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<()> {
+    let io = |source| Error::Io {
+        context: format!("cannot write key file {}", path.display()),
+        source,
+    };
+    let target = resolve_links(path).map_err(io)?;
+    match fs::symlink_metadata(&target) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(Error::Keyring(format!(
+                "{} is {}, not a key file; it is left as it is: choose another path",
+                describe_target(path, &target),
+                file_kind(&meta.file_type())
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io)?;
+    // Make the rename itself durable. The file is in place whether or
+    // not this succeeds, so a failure here is not reported as a failed
+    // save.
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Most symbolic links followed to find the file a key file path names, as

@@ -2,8 +2,9 @@
 //!
 //! The FIFO queue of operations ([`queue`]), the entry's format, chain and
 //! seal ([`entry`]), the type catalog ([`catalog`]), the key wrappers
-//! ([`crypto`]) and the field-to-column mapping replay and verify share
-//! ([`mapping`]). Nothing here opens a connection or names a statement;
+//! ([`crypto`]), the field-to-column mapping replay and verify share
+//! ([`mapping`]), and the signing keys and signed notes of checkpoints
+//! ([`signing`]). Nothing here opens a connection or names a statement;
 //! every layer above builds on it.
 
 pub(crate) mod catalog;
@@ -11,3 +12,4 @@ pub(crate) mod crypto;
 pub(crate) mod entry;
 pub(crate) mod mapping;
 pub(crate) mod queue;
+pub(crate) mod signing;

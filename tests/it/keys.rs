@@ -601,3 +601,50 @@ fn key_commands_write_through_a_symlinked_key_file_and_keep_the_link() {
         .file_type()
         .is_fifo());
 }
+
+/// A signing key for checkpoints: written mode 0600, never replaced
+/// without --force, and its verifier key (public) printed at birth and on
+/// demand, the same.
+#[test]
+fn a_signing_key_is_generated_apart_from_the_keyring_and_its_public_half_printed() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = crate::cli::TempDir::new();
+    let path = dir.join("signing.key");
+    let path_str = path.to_str().unwrap();
+    let generate = |force: bool| {
+        let mut cmd = crate::cli::oplog_cmd();
+        cmd.args([
+            "keys",
+            "generate-signing",
+            "--name",
+            "example.com/app",
+            "--out",
+            path_str,
+        ]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    let said = crate::cli::success(&generate(false));
+    let verifier = said.lines().last().unwrap().to_string();
+    assert!(verifier.starts_with("example.com/app+"), "{said}");
+    let key: oplog::VerifierKey = verifier.parse().unwrap();
+    assert_eq!(key.name(), "example.com/app");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let secret = std::fs::read_to_string(&path).unwrap();
+    assert!(!said.contains(secret.trim_end().rsplit('+').next().unwrap()));
+    crate::cli::failure(&generate(false), &["already exists", "--force"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), secret);
+    let public = crate::cli::oplog_cmd()
+        .args(["keys", "public", "--signing-key", path_str])
+        .output()
+        .unwrap();
+    assert_eq!(crate::cli::success(&public).trim(), verifier);
+    crate::cli::success(&generate(true));
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), secret);
+}
