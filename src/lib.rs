@@ -256,6 +256,17 @@ pub use crate::codec::entry::{
 };
 pub use crate::codec::queue::{Limits, Operation, Queue};
 pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
+
+/// Merkle trees over the log's entries as transparency logs build them
+/// (RFC 9162): roots, inclusion proofs (one entry is in a tree of a given
+/// size, in O(log n) hashes) and consistency proofs (a larger tree extends
+/// a smaller one), checked without the database or any key.
+pub mod merkle {
+    pub use crate::codec::merkle::{
+        consistency_proof, inclusion_proof, leaf_hash, node_hash, root, verify_consistency,
+        verify_inclusion, Frontier, Hash, ProofError, HASH_LEN, MAX_TREE_SIZE,
+    };
+}
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};
 pub use crate::proto::OpType;
 pub use crate::replica::follow::{

@@ -112,7 +112,7 @@ pub enum ProofError {
     },
     /// A stored frontier has a different number of hashes than its size
     /// calls for (one per set bit of the size).
-    #[error("a frontier of {size} leaves has {expected} hashes, but {found} were given")]
+    #[error("a frontier of {size} leaves needs {expected} hashes, but {found} were given")]
     FrontierMismatch {
         /// The frontier's size.
         size: u64,
@@ -231,8 +231,9 @@ pub fn verify_inclusion(
         }
         if fn_ & 1 == 1 || fn_ == sn {
             r = node_hash(p, &r);
-            // The node is a right child at the tree's right edge: climb to
-            // the level where it stops being one.
+            // An even fn here is the last node of its level, with no
+            // sibling on its right: it rises unchanged until it is a right
+            // child, and p is its left sibling there.
             while fn_ & 1 == 0 && fn_ != 0 {
                 fn_ >>= 1;
                 sn >>= 1;
@@ -287,7 +288,10 @@ pub fn consistency_proof(
 /// Checks a consistency proof (RFC 9162 §2.1.4.2 algorithm).
 ///
 /// Equal sizes are consistent when the proof is empty and the roots are
-/// equal, as [`consistency_proof`] makes them. An old size of 0 is an
+/// equal, as [`consistency_proof`] makes them. As with
+/// [`verify_inclusion`], the proof pins the sizes only as far as they
+/// shape it (the proof from 4 to 5 leaves also holds from 4 to 6); the
+/// roots, signed with their sizes, pin the sizes. An old size of 0 is an
 /// error ([`ProofError::EmptyOldTree`]), as RFC 9162 defines no proof for
 /// it; a caller that trusts the empty tree to be a prefix of every tree
 /// handles it before calling.
@@ -353,6 +357,7 @@ pub fn verify_consistency(
         if fn_ & 1 == 1 || fn_ == sn {
             fr = node_hash(c, &fr);
             sr = node_hash(c, &sr);
+            // As in `verify_inclusion`: a last node rises unchanged.
             while fn_ & 1 == 0 && fn_ != 0 {
                 fn_ >>= 1;
                 sn >>= 1;
@@ -555,11 +560,11 @@ fn subproof(old: usize, leaves: &[Hash], complete: bool, proof: &mut Vec<Hash>) 
 }
 
 /// The number of hashes in the inclusion proof of `index` in a tree of
-/// `size > index` leaves: one per level where the path has a full sibling
-/// subtree below the point where the path leaves the tree's right edge
-/// (the highest bit where `index` and `size - 1` differ), plus one per set
-/// bit of `index` above it, where the sibling is a left subtree on the
-/// right edge.
+/// `size > index` leaves. The leaf's path leaves the tree's right edge at
+/// the highest bit where `index` and `size - 1` differ; below that level
+/// every node of the path has a sibling (one hash each), and above it the
+/// path runs along the right edge, where it has a sibling (a left one)
+/// only at the set bits of `index`.
 fn inclusion_proof_len(index: u64, size: u64) -> usize {
     let inner = u64::BITS - (index ^ size.saturating_sub(1)).leading_zeros();
     let border = index.checked_shr(inner).unwrap_or(0).count_ones();
@@ -663,6 +668,55 @@ mod tests {
                 p
             }
         }
+
+        /// Where a proof hash sits relative to the path it is hashed into.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Side {
+            /// The first hash of a consistency proof: a subtree root of
+            /// the old tree itself, where the path starts.
+            Seed,
+            /// A sibling on the left of the path.
+            Left,
+            /// A sibling on the right of the path.
+            Right,
+        }
+
+        /// The sides of the hashes of PATH(m, D[n]), following PATH's
+        /// recursion. A proof for one tree verifies for another exactly
+        /// when these agree.
+        pub fn path_sides(m: usize, n: usize) -> Vec<Side> {
+            if n == 1 {
+                return Vec::new();
+            }
+            let k = k(n);
+            let (mut sides, side) = if m < k {
+                (path_sides(m, k), Side::Right)
+            } else {
+                (path_sides(m - k, n - k), Side::Left)
+            };
+            sides.push(side);
+            sides
+        }
+
+        /// The sides of the hashes of PROOF(m, D[n]), following
+        /// SUBPROOF's recursion.
+        pub fn proof_sides(m: usize, n: usize) -> Vec<Side> {
+            subproof_sides(m, n, true)
+        }
+
+        fn subproof_sides(m: usize, n: usize, b: bool) -> Vec<Side> {
+            if m == n {
+                return if b { Vec::new() } else { vec![Side::Seed] };
+            }
+            let k = k(n);
+            let (mut sides, side) = if m <= k {
+                (subproof_sides(m, k, b), Side::Right)
+            } else {
+                (subproof_sides(m - k, n - k, false), Side::Left)
+            };
+            sides.push(side);
+            sides
+        }
     }
 
     /// The inputs of the Certificate Transparency test vectors
@@ -705,7 +759,7 @@ mod tests {
 
     /// Distinct leaf hashes for trees of up to `n` leaves.
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n as u64).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+        (0..u(n)).map(|i| leaf_hash(&i.to_be_bytes())).collect()
     }
 
     fn u(n: usize) -> u64 {
@@ -749,7 +803,12 @@ mod tests {
             assert_eq!(hex(&root(&leaves[..=n])), *expected, "size {}", n + 1);
             let mut frontier = Frontier::new();
             leaves[..=n].iter().for_each(|leaf| frontier.push(*leaf));
-            assert_eq!(hex(&frontier.root()), *expected, "frontier of size {}", n + 1);
+            assert_eq!(
+                hex(&frontier.root()),
+                *expected,
+                "frontier of size {}",
+                n + 1
+            );
         }
     }
 
@@ -943,7 +1002,10 @@ mod tests {
         assert_eq!(grown.hashes().len(), 1);
         for size in [MAX_TREE_SIZE + 1, u64::MAX] {
             assert_eq!(
-                Frontier::from_parts(size, vec![hash; size.count_ones() as usize]),
+                Frontier::from_parts(
+                    size,
+                    vec![hash; usize::try_from(size.count_ones()).unwrap()]
+                ),
                 Err(ProofError::TreeTooLarge { size })
             );
         }
@@ -965,60 +1027,90 @@ mod tests {
         }
     }
 
-    /// Every alteration of a good inclusion proof's inputs fails.
+    /// The inputs of an inclusion check, to alter one at a time.
+    #[derive(Clone)]
+    struct Inclusion {
+        leaf: Hash,
+        index: u64,
+        size: u64,
+        proof: Vec<Hash>,
+        root: Hash,
+    }
+
+    impl Inclusion {
+        fn verify(&self) -> Result<(), ProofError> {
+            verify_inclusion(&self.leaf, self.index, self.size, &self.proof, &self.root)
+        }
+    }
+
+    /// Every alteration of a good inclusion proof's inputs fails, except a
+    /// size that gives the same path (see `sizes_are_pinned_by_the_root`).
     fn assert_inclusion_tampering_fails(tree: &[Hash], i: usize, rng: &mut StdRng) {
-        let (n, index, size) = (tree.len(), u(i), u(tree.len()));
-        let leaf = tree[i];
-        let tree_root = root(tree);
-        let proof = inclusion_proof(tree, index, size).unwrap();
-        let fails = |leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash, what: &str| {
-            assert!(
-                verify_inclusion(leaf, index, size, proof, root).is_err(),
-                "leaf {i} of {n}: {what} verified"
-            );
+        let n = tree.len();
+        let good = Inclusion {
+            leaf: tree[i],
+            index: u(i),
+            size: u(n),
+            proof: inclusion_proof(tree, u(i), u(n)).unwrap(),
+            root: root(tree),
         };
-        for k in 0..proof.len() {
+        good.verify().unwrap();
+        let fails = |what: &str, change: &dyn Fn(&mut Inclusion)| {
+            let mut bad = good.clone();
+            change(&mut bad);
+            assert!(bad.verify().is_err(), "leaf {i} of {n}: {what} verified");
+        };
+        for k in 0..good.proof.len() {
             for bit in [0, 255, rng.gen_range(0..256)] {
-                let mut bad = proof.clone();
-                bad[k] = flip(&bad[k], bit);
-                fails(&leaf, index, size, &bad, &tree_root, "a flipped bit");
+                fails("a flipped bit", &|c| c.proof[k] = flip(&c.proof[k], bit));
             }
         }
-        fails(&flip(&leaf, 0), index, size, &proof, &tree_root, "a changed leaf");
+        fails("a changed leaf", &|c| c.leaf = flip(&c.leaf, 0));
         for other in [0, i.saturating_sub(1), i + 1, i ^ 2, n - 1] {
             if other != i && other < n {
-                fails(&tree[other], index, size, &proof, &tree_root, "another leaf");
+                fails("another leaf", &|c| c.leaf = tree[other]);
             }
         }
-        fails(&leaf, index, size, &proof, &flip(&tree_root, 7), "a changed root");
-        fails(&leaf, index, size, &proof, &root(&[]), "the empty root");
-        for other in [index.wrapping_sub(1), index + 1, index ^ 2, size, u64::MAX] {
-            if other != index {
-                fails(&leaf, other, size, &proof, &tree_root, "another index");
-            }
+        fails("a changed root", &|c| c.root = flip(&c.root, 7));
+        fails("the empty root", &|c| c.root = root(&[]));
+        for other in [good.index.wrapping_sub(1), good.index + 1, good.index ^ 2] {
+            fails("another index", &|c| c.index = other);
         }
-        for other in [0, size / 2, size * 2, index, u64::MAX] {
-            if other != size {
-                fails(&leaf, index, other, &proof, &tree_root, "another size");
-            }
+        for other in [good.size, u64::MAX] {
+            fails("an index out of range", &|c| c.index = other);
         }
-        if let Some((_, shorter)) = proof.split_last() {
-            fails(&leaf, index, size, shorter, &tree_root, "a truncated proof");
-            fails(&leaf, index, size, &proof[1..], &tree_root, "a proof without its first hash");
+        // Another size is refused when it changes the path's shape.
+        let sides = reference::path_sides(i, n);
+        for other in [0, i, n - 1, n + 1, n / 2, n * 2, n + 64]
+            .map(u)
+            .into_iter()
+            .chain([u64::MAX])
+        {
+            let mut probe = good.clone();
+            probe.size = other;
+            let same_shape = other > good.index
+                && other <= 4096
+                && reference::path_sides(i, usize::try_from(other).unwrap()) == sides;
+            assert_eq!(
+                probe.verify().is_ok(),
+                same_shape,
+                "leaf {i} of {n}: as if of {other}"
+            );
         }
-        for extra in [tree_root, leaf, [0; HASH_LEN]] {
-            let mut longer = proof.clone();
-            longer.push(extra);
-            fails(&leaf, index, size, &longer, &tree_root, "an extended proof");
-            longer.rotate_right(1);
-            fails(&leaf, index, size, &longer, &tree_root, "a prefixed proof");
+        if !good.proof.is_empty() {
+            fails("a truncated proof", &|c| {
+                c.proof.truncate(c.proof.len() - 1)
+            });
+            fails("a proof without its first hash", &|c| {
+                c.proof = c.proof[1..].to_vec()
+            });
         }
-        if proof.len() > 1 {
-            let mut swapped = proof.clone();
-            swapped.swap(0, 1);
-            if swapped != proof {
-                fails(&leaf, index, size, &swapped, &tree_root, "a reordered proof");
-            }
+        for extra in [good.root, good.leaf, [0; HASH_LEN]] {
+            fails("an extended proof", &|c| c.proof.push(extra));
+            fails("a prefixed proof", &|c| c.proof.insert(0, extra));
+        }
+        if good.proof.len() > 1 {
+            fails("a reordered proof", &|c| c.proof.swap(0, 1));
         }
     }
 
@@ -1037,6 +1129,28 @@ mod tests {
                 assert_inclusion_tampering_fails(&all[..n], i, &mut rng);
             }
         }
+    }
+
+    #[test]
+    fn sizes_are_pinned_by_the_root() {
+        // A proof pins a size only as far as the size shapes it: leaf 0's
+        // path turns the same way in trees of 5 and 6 leaves, and the
+        // consistency proof from 4 to 5 leaves reads the same from 4 to 6.
+        // The root, signed with its size in a checkpoint, pins the size.
+        let all = leaves(6);
+        let (r4, r5, r6) = (root(&all[..4]), root(&all[..5]), root(&all));
+        let proof = inclusion_proof(&all, 0, 5).unwrap();
+        verify_inclusion(&all[0], 0, 6, &proof, &r5).unwrap();
+        assert_eq!(
+            verify_inclusion(&all[0], 0, 6, &proof, &r6),
+            Err(ProofError::RootMismatch)
+        );
+        let proof = consistency_proof(&all, 4, 5).unwrap();
+        verify_consistency(4, &r4, 6, &r5, &proof).unwrap();
+        assert_eq!(
+            verify_consistency(4, &r4, 6, &r6, &proof),
+            Err(ProofError::RootMismatch)
+        );
     }
 
     #[test]
@@ -1121,60 +1235,117 @@ mod tests {
         }
     }
 
-    /// Every alteration of a good consistency proof's inputs fails.
+    /// The inputs of a consistency check, to alter one at a time.
+    #[derive(Clone)]
+    struct Consistency {
+        old: u64,
+        old_root: Hash,
+        new: u64,
+        new_root: Hash,
+        proof: Vec<Hash>,
+    }
+
+    impl Consistency {
+        fn verify(&self) -> Result<(), ProofError> {
+            verify_consistency(
+                self.old,
+                &self.old_root,
+                self.new,
+                &self.new_root,
+                &self.proof,
+            )
+        }
+    }
+
+    /// Every alteration of a good consistency proof's inputs fails, except
+    /// sizes that give the proof the same shape (see
+    /// `sizes_are_pinned_by_the_root`).
     fn assert_consistency_tampering_fails(all: &[Hash], m: usize, n: usize, rng: &mut StdRng) {
-        let (old, new) = (u(m), u(n));
-        let (old_root, new_root) = (root(&all[..m]), root(&all[..n]));
-        let proof = consistency_proof(all, old, new).unwrap();
-        let fails = |old: u64, old_root: &Hash, new: u64, new_root: &Hash, proof: &[Hash], what: &str| {
-            assert!(
-                verify_consistency(old, old_root, new, new_root, proof).is_err(),
-                "{m} to {n}: {what} verified"
-            );
+        let good = Consistency {
+            old: u(m),
+            old_root: root(&all[..m]),
+            new: u(n),
+            new_root: root(&all[..n]),
+            proof: consistency_proof(all, u(m), u(n)).unwrap(),
         };
-        for k in 0..proof.len() {
+        good.verify().unwrap();
+        let fails = |what: &str, change: &dyn Fn(&mut Consistency)| {
+            let mut bad = good.clone();
+            change(&mut bad);
+            assert!(bad.verify().is_err(), "{m} to {n}: {what} verified");
+        };
+        for k in 0..good.proof.len() {
             for bit in [0, 255, rng.gen_range(0..256)] {
-                let mut bad = proof.clone();
-                bad[k] = flip(&bad[k], bit);
-                fails(old, &old_root, new, &new_root, &bad, "a flipped bit");
+                fails("a flipped bit", &|c| c.proof[k] = flip(&c.proof[k], bit));
             }
         }
-        fails(old, &flip(&old_root, 3), new, &new_root, &proof, "a changed old root");
-        fails(old, &old_root, new, &flip(&new_root, 3), &proof, "a changed new root");
-        fails(old, &new_root, new, &old_root, &proof, "swapped roots");
-        fails(new, &new_root, old, &old_root, &proof, "swapped trees");
-        fails(old, &root(&[]), new, &new_root, &proof, "the empty old root");
-        for other in [0, old - 1, old + 1, old ^ 2, old * 2, new, u64::MAX] {
-            if other != old && other <= new {
-                let other_root = usize::try_from(other)
-                    .ok()
-                    .and_then(|o| all.get(..o))
-                    .map_or(old_root, root);
-                fails(other, &old_root, new, &new_root, &proof, "another old size");
-                fails(other, &other_root, new, &new_root, &proof, "another old tree");
+        fails("a changed old root", &|c| c.old_root = flip(&c.old_root, 3));
+        fails("a changed new root", &|c| c.new_root = flip(&c.new_root, 3));
+        fails("the empty old root", &|c| c.old_root = root(&[]));
+        fails("swapped roots", &|c| {
+            std::mem::swap(&mut c.old_root, &mut c.new_root)
+        });
+        fails("swapped trees", &|c| {
+            std::mem::swap(&mut c.old_root, &mut c.new_root);
+            std::mem::swap(&mut c.old, &mut c.new);
+        });
+        // Another old tree, with its own root, is refused; another size
+        // with the same roots is refused when it changes the proof's shape.
+        let sides = reference::proof_sides(m, n);
+        let others = [0, m - 1, m + 1, m ^ 2, m * 2, n - 1, n, n + 1];
+        for other in others.map(u).into_iter().chain([u64::MAX]) {
+            if other == good.old {
+                continue;
             }
-        }
-        for other in [old, new - 1, new + 1, new ^ 2, new * 2, new / 2, u64::MAX] {
-            if other != new && other >= old {
-                fails(old, &old_root, other, &new_root, &proof, "another new size");
+            if let Some(other_tree) = usize::try_from(other).ok().and_then(|o| all.get(..o)) {
+                let other_root = root(other_tree);
+                fails("another old tree", &|c| {
+                    c.old = other;
+                    c.old_root = other_root;
+                });
             }
+            let mut probe = good.clone();
+            probe.old = other;
+            let same_shape = other > 0
+                && other <= good.new
+                && reference::proof_sides(usize::try_from(other).unwrap(), n) == sides;
+            assert_eq!(
+                probe.verify().is_ok(),
+                same_shape,
+                "{m} to {n}: as if from {other}"
+            );
         }
-        if let Some((_, shorter)) = proof.split_last() {
-            fails(old, &old_root, new, &new_root, shorter, "a truncated proof");
-            fails(old, &old_root, new, &new_root, &proof[1..], "a proof without its first hash");
-            fails(old, &old_root, new, &new_root, &[], "an empty proof");
+        let others = [0, m, n - 1, n + 1, n ^ 2, n * 2, n / 2, n + 64];
+        for other in others.map(u).into_iter().chain([u64::MAX]) {
+            if other == good.new {
+                continue;
+            }
+            let mut probe = good.clone();
+            probe.new = other;
+            let same_shape = other >= good.old
+                && other <= 4096
+                && reference::proof_sides(m, usize::try_from(other).unwrap()) == sides;
+            assert_eq!(
+                probe.verify().is_ok(),
+                same_shape,
+                "{m} to {n}: as if to {other}"
+            );
         }
-        for extra in [old_root, new_root, [0; HASH_LEN]] {
-            let mut longer = proof.clone();
-            longer.push(extra);
-            fails(old, &old_root, new, &new_root, &longer, "an extended proof");
-            longer.rotate_right(1);
-            fails(old, &old_root, new, &new_root, &longer, "a prefixed proof");
+        if !good.proof.is_empty() {
+            fails("a truncated proof", &|c| {
+                c.proof.truncate(c.proof.len() - 1)
+            });
+            fails("a proof without its first hash", &|c| {
+                c.proof = c.proof[1..].to_vec()
+            });
+            fails("an empty proof", &|c| c.proof.clear());
         }
-        if proof.len() > 1 {
-            let mut swapped = proof.clone();
-            swapped.swap(0, 1);
-            fails(old, &old_root, new, &new_root, &swapped, "a reordered proof");
+        for extra in [good.old_root, good.new_root, [0; HASH_LEN]] {
+            fails("an extended proof", &|c| c.proof.push(extra));
+            fails("a prefixed proof", &|c| c.proof.insert(0, extra));
+        }
+        if good.proof.len() > 1 {
+            fails("a reordered proof", &|c| c.proof.swap(0, 1));
         }
     }
 
@@ -1214,14 +1385,8 @@ mod tests {
             })
         );
         // The empty old tree has no proof, made or checked.
-        assert_eq!(
-            consistency_proof(&all, 0, 5),
-            Err(ProofError::EmptyOldTree)
-        );
-        assert_eq!(
-            consistency_proof(&all, 0, 0),
-            Err(ProofError::EmptyOldTree)
-        );
+        assert_eq!(consistency_proof(&all, 0, 5), Err(ProofError::EmptyOldTree));
+        assert_eq!(consistency_proof(&all, 0, 0), Err(ProofError::EmptyOldTree));
         assert_eq!(
             verify_consistency(0, &root(&[]), 5, &r5, &[]),
             Err(ProofError::EmptyOldTree)
@@ -1257,7 +1422,11 @@ mod tests {
             Err(ProofError::RootMismatch)
         );
         // The largest sizes are handled without overflow.
-        for (old, new) in [(u64::MAX - 1, u64::MAX), (1, u64::MAX), (u64::MAX >> 1, u64::MAX)] {
+        for (old, new) in [
+            (u64::MAX - 1, u64::MAX),
+            (1, u64::MAX),
+            (u64::MAX >> 1, u64::MAX),
+        ] {
             let expected = consistency_proof_len(old, new);
             assert!(expected <= 128, "{old} to {new}: {expected} hashes");
             let proof = vec![r5; expected];

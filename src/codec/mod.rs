@@ -3,7 +3,8 @@
 //! The FIFO queue of operations ([`queue`]), the entry's format, chain and
 //! seal ([`entry`]), the type catalog ([`catalog`]), the key wrappers
 //! ([`crypto`]), the field-to-column mapping replay and verify share
-//! ([`mapping`]), and the signing keys and signed notes of checkpoints
+//! ([`mapping`]), the Merkle trees and proofs checkpoints commit to
+//! ([`merkle`]), and the signing keys and signed notes of checkpoints
 //! ([`signing`]). Nothing here opens a connection or names a statement;
 //! every layer above builds on it.
 
@@ -11,5 +12,6 @@ pub(crate) mod catalog;
 pub(crate) mod crypto;
 pub(crate) mod entry;
 pub(crate) mod mapping;
+pub(crate) mod merkle;
 pub(crate) mod queue;
 pub(crate) mod signing;

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::codec::crypto::{read_secret, write_secret};
+use crate::codec::merkle::{Hash, HASH_LEN};
 use crate::error::{Error, Result};
 
 /// The algorithm byte of Ed25519 keys in signed notes.
@@ -316,7 +317,7 @@ pub struct TreeHead {
     /// Leaves in the tree.
     pub size: u64,
     /// The tree's root.
-    pub root: [u8; 32],
+    pub root: Hash,
     /// When it was taken (RFC 3339), when known.
     pub time: Option<String>,
 }
@@ -378,7 +379,7 @@ impl TreeHead {
         let root = lines
             .next()
             .and_then(|r| b64().decode(r).ok())
-            .and_then(|r| <[u8; 32]>::try_from(r).ok())
+            .and_then(|r| <[u8; HASH_LEN]>::try_from(r).ok())
             .ok_or_else(|| bad("the third line is not a base64 SHA-256 root"))?;
         let time = lines
             .find_map(|l| l.strip_prefix("time "))
