@@ -263,8 +263,9 @@ pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
 /// a smaller one), checked without the database or any key.
 pub mod merkle {
     pub use crate::codec::merkle::{
-        consistency_proof, inclusion_proof, leaf_hash, node_hash, root, verify_consistency,
-        verify_inclusion, Frontier, Hash, ProofError, HASH_LEN, MAX_TREE_SIZE,
+        consistency_proof, consistency_ranges, inclusion_proof, inclusion_ranges, leaf_hash,
+        node_hash, root, verify_consistency, verify_inclusion, Frontier, Hash, ProofBuilder,
+        ProofError, HASH_LEN, MAX_TREE_SIZE,
     };
 }
 pub use crate::error::{DivergenceKind, EntryRef, Error, Result, TlsFailure};

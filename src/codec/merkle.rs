@@ -25,6 +25,8 @@
 //! the database. What a leaf commits to, and where roots and frontiers are
 //! kept, is decided by its callers.
 
+use std::ops::Range;
+
 use sha2::{Digest, Sha256};
 
 /// Bytes of a hash: a SHA-256 digest.
@@ -523,6 +525,134 @@ fn check_sizes(old_size: u64, new_size: u64) -> Result<(), ProofError> {
     Ok(())
 }
 
+/// The leaf ranges whose subtree roots make up the inclusion proof of
+/// `index` in a tree of `size` leaves, in the proof's order: a proof can be
+/// built by streaming the leaves once, in order, through one [`Frontier`]
+/// per range, with memory for O(log n) hashes whatever the tree's size.
+///
+/// # Errors
+///
+/// [`ProofError::IndexOutOfRange`] when `index >= size`.
+pub fn inclusion_ranges(index: u64, size: u64) -> Result<Vec<Range<u64>>, ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    let mut ranges = Vec::new();
+    path_ranges(index, 0..size, &mut ranges);
+    Ok(ranges)
+}
+
+/// The leaf ranges whose subtree roots make up the consistency proof from
+/// `old_size` to `new_size` leaves, in the proof's order (see
+/// [`inclusion_ranges`]).
+///
+/// # Errors
+///
+/// As [`consistency_proof`]: [`ProofError::SizeOutOfRange`] and
+/// [`ProofError::EmptyOldTree`].
+pub fn consistency_ranges(old_size: u64, new_size: u64) -> Result<Vec<Range<u64>>, ProofError> {
+    check_sizes(old_size, new_size)?;
+    let mut ranges = Vec::new();
+    subproof_ranges(old_size, 0..new_size, true, &mut ranges);
+    Ok(ranges)
+}
+
+/// The largest power of two below `n` (for `n >= 2`).
+fn split_u64(n: u64) -> u64 {
+    n.saturating_sub(1)
+        .checked_ilog2()
+        .map_or(0, |bits| 1u64 << bits)
+}
+
+/// PATH over the leaves `within`, as ranges.
+fn path_ranges(index: u64, within: Range<u64>, out: &mut Vec<Range<u64>>) {
+    let n = within.end - within.start;
+    if n <= 1 {
+        return;
+    }
+    let mid = within.start + split_u64(n);
+    if index < mid {
+        path_ranges(index, within.start..mid, out);
+        out.push(mid..within.end);
+    } else {
+        path_ranges(index, mid..within.end, out);
+        out.push(within.start..mid);
+    }
+}
+
+/// SUBPROOF over the leaves `within`, as ranges; `old` counts from
+/// `within.start`.
+fn subproof_ranges(old: u64, within: Range<u64>, complete: bool, out: &mut Vec<Range<u64>>) {
+    let n = within.end - within.start;
+    if old >= n {
+        if !complete {
+            out.push(within);
+        }
+        return;
+    }
+    let k = split_u64(n);
+    let mid = within.start + k;
+    if old <= k {
+        subproof_ranges(old, within.start..mid, complete, out);
+        out.push(mid..within.end);
+    } else {
+        subproof_ranges(old - k, mid..within.end, false, out);
+        out.push(within.start..mid);
+    }
+}
+
+/// Builds a proof from its `ranges` by streaming leaf hashes in order:
+/// feed every leaf from 0 to the end of the last range to
+/// [`ProofBuilder::push`], then take [`ProofBuilder::finish`]. Memory is
+/// one frontier per range.
+#[derive(Debug, Clone)]
+pub struct ProofBuilder {
+    ranges: Vec<(Range<u64>, Frontier)>,
+    next: u64,
+}
+
+impl ProofBuilder {
+    /// A builder for the proof made of `ranges`.
+    pub fn new(ranges: Vec<Range<u64>>) -> ProofBuilder {
+        ProofBuilder {
+            ranges: ranges.into_iter().map(|r| (r, Frontier::new())).collect(),
+            next: 0,
+        }
+    }
+
+    /// The leaves it needs: 0 up to this (exclusive).
+    pub fn needs(&self) -> u64 {
+        self.ranges.iter().map(|(r, _)| r.end).max().unwrap_or(0)
+    }
+
+    /// The next leaf, in order.
+    pub fn push(&mut self, leaf: Hash) {
+        let at = self.next;
+        self.next += 1;
+        for (range, frontier) in &mut self.ranges {
+            if range.contains(&at) {
+                frontier.push(leaf);
+            }
+        }
+    }
+
+    /// The proof, once every needed leaf was pushed.
+    ///
+    /// # Errors
+    ///
+    /// [`ProofError::TooFewLeaves`] when fewer leaves came than needed.
+    pub fn finish(self) -> Result<Vec<Hash>, ProofError> {
+        let needs = self.needs();
+        if self.next < needs {
+            return Err(ProofError::TooFewLeaves {
+                size: needs,
+                available: usize::try_from(self.next).unwrap_or(usize::MAX),
+            });
+        }
+        Ok(self.ranges.into_iter().map(|(_, f)| f.root()).collect())
+    }
+}
+
 /// Appends RFC 6962's PATH(index, leaves), deepest sibling first.
 fn path(index: usize, leaves: &[Hash], proof: &mut Vec<Hash>) {
     if leaves.len() <= 1 {
@@ -590,6 +720,45 @@ fn consistency_proof_len(old_size: u64, new_size: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    /// Proofs streamed from ranges equal the proofs built from the leaves.
+    #[test]
+    fn proofs_from_ranges_equal_proofs_from_leaves() {
+        let leaves: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let stream = |ranges: Vec<Range<u64>>, size: u64| {
+            let mut b = ProofBuilder::new(ranges);
+            assert!(b.needs() <= size);
+            for leaf in &leaves[..usize::try_from(b.needs()).unwrap()] {
+                b.push(*leaf);
+            }
+            b.finish().unwrap()
+        };
+        for size in 1..=140u64 {
+            for index in 0..size {
+                let ranges = inclusion_ranges(index, size).unwrap();
+                assert_eq!(
+                    stream(ranges, size),
+                    inclusion_proof(&leaves, index, size).unwrap(),
+                    "{index} of {size}"
+                );
+            }
+            for old in 1..=size {
+                let ranges = consistency_ranges(old, size).unwrap();
+                assert_eq!(
+                    stream(ranges, size),
+                    consistency_proof(&leaves, old, size).unwrap(),
+                    "{old} to {size}"
+                );
+            }
+        }
+        assert!(inclusion_ranges(3, 3).is_err());
+        assert!(consistency_ranges(0, 3).is_err());
+        assert!(consistency_ranges(4, 3).is_err());
+        let mut short = ProofBuilder::new(inclusion_ranges(0, 8).unwrap());
+        short.push(leaves[0]);
+        assert!(short.finish().is_err());
+    }
+
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
