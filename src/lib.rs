@@ -257,6 +257,17 @@ pub use crate::codec::entry::{
 pub use crate::codec::queue::{Limits, Operation, Queue};
 pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
 
+/// Signed checkpoints of the log and proofs against them: [`checkpoint`](tree::checkpoint)
+/// appends the new entries to the log's Merkle tree and signs its size and
+/// root; [`prove`](tree::prove) and [`prove_consistency`](tree::prove_consistency)
+/// build proofs that anyone checks with the verifier key alone.
+pub mod tree {
+    pub use crate::replica::tree::{
+        altered_since_checkpoint, checkpoint, leaf_data, prove, prove_consistency,
+        CheckpointReport, ConsistencyProof, InclusionProof,
+    };
+}
+
 /// Merkle trees over the log's entries as transparency logs build them
 /// (RFC 9162): roots, inclusion proofs (one entry is in a tree of a given
 /// size, in O(log n) hashes) and consistency proofs (a larger tree extends

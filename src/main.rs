@@ -109,6 +109,19 @@ enum Command {
     /// their lag.
     Status(StatusArgs),
 
+    /// Append the new entries to the log's Merkle tree and sign a
+    /// checkpoint of it (its size and root) with a signing key.
+    Checkpoint(CheckpointArgs),
+
+    /// Prove that an entry is in a checkpoint (AGGREGATE:SEQ
+    /// --checkpoint FILE), or that a checkpoint extends an earlier one
+    /// (--from OLD --to NEW); the proof is JSON, checked by verify-proof.
+    Prove(ProveArgs),
+
+    /// Check a proof with the verifier key alone (no database, no keys):
+    /// exit status 1 when it does not hold.
+    VerifyProof(VerifyProofArgs),
+
     /// Delete entries older than a retention age that every registered
     /// consumer has applied.
     Trim(TrimArgs),
@@ -702,6 +715,50 @@ struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckpointArgs {
+    /// The signing key (from `oplog keys generate-signing`).
+    #[arg(long, value_name = "PATH")]
+    signing_key: PathBuf,
+
+    /// Write the signed checkpoint to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ProveArgs {
+    /// The entry, as AGGREGATE:SEQ.
+    #[arg(
+        value_name = "AGGREGATE:SEQ",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    entry: Option<String>,
+
+    /// The checkpoint to prove the entry in.
+    #[arg(long, value_name = "FILE", requires = "entry")]
+    checkpoint: Option<PathBuf>,
+
+    /// The earlier checkpoint, for a consistency proof.
+    #[arg(long, value_name = "OLD", requires = "to")]
+    from: Option<PathBuf>,
+
+    /// The later checkpoint.
+    #[arg(long, value_name = "NEW", requires = "from")]
+    to: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct VerifyProofArgs {
+    /// The proof (JSON, from `oplog prove`).
+    proof: PathBuf,
+
+    /// The verifier key, or a file holding it.
+    #[arg(long, value_name = "KEY")]
+    public_key: String,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     /// The agents' configuration, for workers, schedules and next due
     /// times.
@@ -916,6 +973,23 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             None => Err(Failure::msg("serve needs --config FILE (or --example)")),
         },
         Command::Status(args) => cli::serve::status(ctx, out, args.config.as_deref()),
+        Command::Checkpoint(args) => {
+            cli::tree::checkpoint(ctx, out, &args.signing_key, args.out.as_deref())
+        }
+        Command::Prove(ProveArgs {
+            entry: Some(entry),
+            checkpoint: Some(checkpoint),
+            ..
+        }) => cli::tree::prove(ctx, out, &entry, &checkpoint),
+        Command::Prove(ProveArgs {
+            from: Some(from),
+            to: Some(to),
+            ..
+        }) => cli::tree::prove_consistency(ctx, out, &from, &to),
+        Command::Prove(_) => Err(Failure::msg(
+            "prove needs AGGREGATE:SEQ --checkpoint FILE, or --from OLD --to NEW",
+        )),
+        Command::VerifyProof(args) => cli::tree::verify_proof(out, &args.proof, &args.public_key),
         Command::Bench(BenchCommand::Write(a)) => cli::bench::run(
             ctx,
             out,

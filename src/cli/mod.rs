@@ -24,6 +24,7 @@ mod render;
 pub mod replay;
 pub mod serve;
 pub mod subscribe;
+pub mod tree;
 pub mod trim;
 pub mod verify;
 

@@ -17,6 +17,7 @@ pub(crate) mod live;
 pub(crate) mod relay;
 pub(crate) mod replay;
 pub(crate) mod subscribe;
+pub(crate) mod tree;
 pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap};

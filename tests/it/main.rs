@@ -23,5 +23,6 @@ mod support;
 mod targets;
 mod tls;
 mod tokio_pg;
+mod tree;
 mod verify;
 mod write;

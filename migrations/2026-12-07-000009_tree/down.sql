@@ -1,0 +1,2 @@
+DROP TABLE oplog_tree_head;
+DROP TABLE oplog_tree_leaf;
