@@ -263,8 +263,8 @@ pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
 /// build proofs that anyone checks with the verifier key alone.
 pub mod tree {
     pub use crate::replica::tree::{
-        altered_since_checkpoint, checkpoint, leaf_data, prove, prove_consistency,
-        CheckpointReport, ConsistencyProof, InclusionProof,
+        altered_since_checkpoint, check_checkpoint, checkpoint, leaf_data, prove,
+        prove_consistency, CheckpointCheck, CheckpointReport, ConsistencyProof, InclusionProof,
     };
 }
 

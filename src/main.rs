@@ -836,6 +836,15 @@ struct VerifyArgs {
     /// still be in the log with the same chain value.
     #[arg(long, value_name = "FILE")]
     anchor: Option<PathBuf>,
+
+    /// A signed checkpoint (from `oplog checkpoint`) the log must still
+    /// extend: its leaves unchanged and no checkpointed entry rewritten.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    checkpoint: Option<PathBuf>,
+
+    /// The verifier key of the checkpoint's signer, or a file holding it.
+    #[arg(long, value_name = "KEY", requires = "checkpoint")]
+    public_key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -962,6 +971,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 suffix: args.suffix,
                 aggregate: args.aggregate,
                 anchor: args.anchor,
+                checkpoint: args.checkpoint.zip(args.public_key),
             },
         ),
         Command::Head(args) => cli::head::run(ctx, out, args.aggregate.as_deref()),

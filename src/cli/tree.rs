@@ -12,7 +12,7 @@ use super::{open_input, read_failure, Context, Failure, Output};
 /// Most bytes read from a checkpoint or proof file.
 const MAX_INPUT: u64 = 4 << 20;
 
-fn read_text(path: &Path, what: &str) -> Result<String, Failure> {
+pub(crate) fn read_text(path: &Path, what: &str) -> Result<String, Failure> {
     let mut text = String::new();
     open_input(path, what)?
         .take(MAX_INPUT)
@@ -94,12 +94,7 @@ pub fn prove_consistency(
 /// Checks a proof with the verifier key alone (the key itself, or a file
 /// holding it): exit status 1 when it does not hold.
 pub fn verify_proof(out: &mut Output, proof: &Path, public_key: &str) -> Result<(), Failure> {
-    let key_text = if Path::new(public_key).is_file() {
-        read_text(Path::new(public_key), "public key file")?
-    } else {
-        public_key.to_string()
-    };
-    let key: VerifierKey = key_text.parse()?;
+    let key = verifier_key(public_key)?;
     let text = read_text(proof, "proof")?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Failure::msg(format!("proof {} is not JSON: {e}", proof.display())))?;
@@ -129,4 +124,15 @@ pub fn verify_proof(out: &mut Output, proof: &Path, public_key: &str) -> Result<
             Err(Failure::Found)
         }
     }
+}
+
+/// A verifier key given on the command line: the key itself, or a file
+/// holding it.
+pub(crate) fn verifier_key(arg: &str) -> Result<VerifierKey, Failure> {
+    let text = if Path::new(arg).is_file() {
+        read_text(Path::new(arg), "public key file")?
+    } else {
+        arg.to_string()
+    };
+    Ok(text.parse()?)
 }

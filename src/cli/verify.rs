@@ -18,6 +18,9 @@ pub struct Request {
     pub aggregate: Option<String>,
     /// File of heads written by `oplog head --json`.
     pub anchor: Option<PathBuf>,
+    /// A signed checkpoint and its signer's verifier key (or a file
+    /// holding it).
+    pub checkpoint: Option<(PathBuf, String)>,
 }
 
 /// Verifies, prints the report (text, or one JSON document with `--json`)
@@ -42,14 +45,29 @@ pub fn run(ctx: &Context, out: &mut Output, request: Request) -> Result<(), Fail
         against,
         ..VerifyOptions::default()
     };
+    let checked = match &request.checkpoint {
+        Some((note, key)) => {
+            let key = super::tree::verifier_key(key)?;
+            let note = super::tree::read_text(note, "checkpoint")?;
+            let mut c = ctx.connect()?;
+            Some(oplog::tree::check_checkpoint(&mut c, &note, &key).map_err(read_failure)?)
+        }
+        None => None,
+    };
     let oplog = reader(ctx.keyring()?);
     let report = oplog::verify(&oplog, ctx.database()?, &options).map_err(read_failure)?;
     if out.json() {
         out.json_line(&report)?;
+        if let Some(check) = &checked {
+            out.json_line(&serde_json::json!({ "checkpoint": check }))?;
+        }
     } else {
         write_text(out, &report)?;
+        if let Some(check) = &checked {
+            write_checkpoint(out, check)?;
+        }
     }
-    if report.is_clean() {
+    if report.is_clean() && checked.as_ref().is_none_or(|c| c.is_clean()) {
         return Ok(());
     }
     out.flush()?;
@@ -199,4 +217,29 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     } else {
         many
     }
+}
+
+/// The checkpoint check in words.
+fn write_checkpoint(out: &mut Output, check: &oplog::tree::CheckpointCheck) -> Result<(), Failure> {
+    out.line(format_args!(
+        "checkpoint of size {}: {}",
+        check.size,
+        if check.root_matches {
+            "the log still extends it"
+        } else {
+            "FINDING: the tree's leaves no longer have its signed root"
+        }
+    ))?;
+    if !check.latest_matches {
+        out.line(format_args!(
+            "FINDING: the newest checkpoint kept here (size {}) does not match the tree's leaves",
+            check.latest_size
+        ))?;
+    }
+    for (aggregate, seq) in &check.rewritten {
+        out.line(format_args!(
+            "FINDING: entry {aggregate}:{seq} was rewritten after it was checkpointed"
+        ))?;
+    }
+    Ok(())
 }

@@ -401,3 +401,70 @@ pub fn altered_since_checkpoint(c: &mut Client) -> Result<Vec<(String, i64)>> {
     }
     Ok(altered)
 }
+
+/// What [`check_checkpoint`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointCheck {
+    /// The checkpoint's size.
+    pub size: u64,
+    /// The first `size` leaves still have the signed root.
+    pub root_matches: bool,
+    /// The newest checkpoint kept in the database, and whether the leaves
+    /// still have its root (so that it extends the one checked).
+    pub latest_size: u64,
+    /// See `latest_size`.
+    pub latest_matches: bool,
+    /// Entries whose chain value is no longer their leaf's: rewritten
+    /// after they were checkpointed (aggregate, seq).
+    pub rewritten: Vec<(String, i64)>,
+}
+
+impl CheckpointCheck {
+    /// Nothing found.
+    pub fn is_clean(&self) -> bool {
+        self.root_matches && self.latest_matches && self.rewritten.is_empty()
+    }
+}
+
+/// The root of the first `size` leaves, streamed.
+fn root_of_leaves(c: &mut Client, size: u64) -> Result<Hash> {
+    if size == 0 {
+        return Ok(Frontier::new().root());
+    }
+    let mut builder = ProofBuilder::new(vec![0..size]);
+    stream_leaves(c, &mut builder)?;
+    let roots = builder.finish().map_err(proof_error)?;
+    roots
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Config("no root".into()))
+}
+
+/// Checks that the log still extends the checkpoint `note`, signed by
+/// `key`: the leaves still have its root, the newest checkpoint kept here
+/// still has its own (so it extends the one checked), and no
+/// checkpointed entry was rewritten since. A note not signed by the key
+/// is an error.
+pub fn check_checkpoint(c: &mut Client, note: &str, key: &VerifierKey) -> Result<CheckpointCheck> {
+    let head = TreeHead::open(note, key)?;
+    let root_matches = root_of_leaves(c, head.size)? == head.root;
+    let latest = c.query_typed_opt(
+        "SELECT size, root FROM oplog_tree_head ORDER BY size DESC LIMIT 1",
+        &[],
+    )?;
+    let (latest_size, latest_matches) = match latest {
+        Some(r) => {
+            let size = u64::try_from(r.try_get::<_, i64>(0)?).unwrap_or(0);
+            let root = root_of(&r.try_get::<_, Vec<u8>>(1)?, "a stored root")?;
+            (size, size >= head.size && root_of_leaves(c, size)? == root)
+        }
+        None => (0, false),
+    };
+    Ok(CheckpointCheck {
+        size: head.size,
+        root_matches,
+        latest_size,
+        latest_matches,
+        rewritten: altered_since_checkpoint(c)?,
+    })
+}

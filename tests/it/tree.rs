@@ -45,7 +45,12 @@ fn verify(proof: &Path, key: &str) -> Result<String, i32> {
 fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() {
     let db = TestDb::new();
     let dir = TempDir::new();
-    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    let keyring = dir.join("keys.json");
+    Keyring::generate().save(&keyring).unwrap();
+    let log = Oplog::new(
+        oplog::demo::user_catalog(),
+        Keyring::load(&keyring).unwrap(),
+    );
     for (a, n) in [("a", 5), ("b", 3), ("c", 7)] {
         create_users(&db.url, &log, a, (0..n).map(|i| format!("{a}{i}")));
     }
@@ -178,14 +183,50 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
         Err(1)
     );
 
+    // The log extends both checkpoints.
+    let check = |cp: &Path| {
+        oplog_cmd()
+            .args([
+                "--database-url",
+                &db.url,
+                "--key-file",
+                path(&keyring),
+                "verify",
+            ])
+            .args(["--checkpoint", path(cp), "--public-key", &verifier])
+            .output()
+            .unwrap()
+    };
+    for cp in [&cp1, &cp2] {
+        assert!(success(&check(cp)).contains("the log still extends it"));
+    }
+    // An entry rewritten after it was checkpointed is named.
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry SET chain = sha256(chain) WHERE aggregate_name = 'a' AND seq = 2",
+    );
+    let out = check(&cp1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("entry a:2 was rewritten after it was checkpointed"));
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry e SET chain = l.chain FROM oplog_tree_leaf l \
+         WHERE e.aggregate_name = 'a' AND e.seq = 2 AND l.aggregate_name = 'a' AND l.seq = 2",
+    );
+    assert!(success(&check(&cp1)).contains("the log still extends it"));
+
     // The database's leaves altered after the checkpoint: the proofs built
-    // from them fail.
+    // from them fail, and the log no longer extends the checkpoint.
     superuser_exec(
         &db,
         "UPDATE oplog_tree_leaf SET chain = sha256(chain) WHERE aggregate_name = 'c' AND seq = 4",
     );
     let proof = success(&run(&db, &["prove", "c:6", "--checkpoint", path(&cp2)]));
     assert_eq!(verify(&file(&dir, "t6.json", &proof), &verifier), Err(1));
+    let out = check(&cp2);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no longer have its signed root"));
 
     // A checkpoint of another log (another database, the same key) is
     // refused by this one.
