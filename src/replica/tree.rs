@@ -431,7 +431,8 @@ fn root_of_leaves(c: &mut Client, size: u64) -> Result<Hash> {
     if size == 0 {
         return Ok(Frontier::new().root());
     }
-    let mut builder = ProofBuilder::new(vec![0..size]);
+    let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..size).collect();
+    let mut builder = ProofBuilder::new(whole);
     stream_leaves(c, &mut builder)?;
     let roots = builder.finish().map_err(proof_error)?;
     roots
