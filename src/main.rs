@@ -220,6 +220,21 @@ enum BenchCommand {
     /// aggregates against multi-row INSERTs), and the memory `verify`,
     /// `log` and `replay` need for entries near the size limit.
     Verify(BenchVerifyArgs),
+    /// Sign a checkpoint of a log (against reading its entries in index
+    /// order), a checkpoint of 1,000 more, and proofs of the first, middle
+    /// and last entry: their size, and the time to build and to check one.
+    Checkpoint(BenchCheckpointArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchCheckpointArgs {
+    /// Entries in the log.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    entries: u64,
+
+    /// Aggregates the log is spread over.
+    #[arg(long, value_name = "K", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    aggregates: u64,
 }
 
 #[derive(Debug, Args)]
@@ -1060,6 +1075,14 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
                 entries: count(a.entries),
                 aggregates: count(a.aggregates),
                 batch_size: count(a.batch_size),
+            },
+        ),
+        Command::Bench(BenchCommand::Checkpoint(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Checkpoint {
+                entries: count(a.entries),
+                aggregates: count(a.aggregates),
             },
         ),
         Command::Bench(BenchCommand::Verify(a)) => cli::bench::run(

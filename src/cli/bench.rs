@@ -73,6 +73,14 @@ pub enum Scenario {
         /// Their size in bytes.
         big_entry_bytes: usize,
     },
+    /// Sign a checkpoint of a log against reading its entries, a checkpoint
+    /// of a few more, and proofs: size, build and check times.
+    Checkpoint {
+        /// Entries in the log.
+        entries: usize,
+        /// Aggregates.
+        aggregates: usize,
+    },
     /// Relay a log to NATS JetStream against publishing directly, and the
     /// lag to a stream reader at a steady rate.
     Relay {
@@ -186,6 +194,17 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
                 ..VerifyBenchConfig::default()
             };
             print(out, &server, &bench::verify_bench(&cfg)?)
+        }
+        Scenario::Checkpoint {
+            entries,
+            aggregates,
+        } => {
+            let cfg = bench::TreeBenchConfig {
+                url: server.url.clone(),
+                entries,
+                aggregates,
+            };
+            print(out, &server, &bench::tree(&cfg)?)
         }
         Scenario::Relay {
             nats_url,

@@ -248,3 +248,28 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
         &["not one of this log's"],
     );
 }
+
+#[test]
+fn the_checkpoint_benchmark_runs_and_reports() {
+    let out = oplog_cmd()
+        .args(["--json", "--database-url", &crate::support::admin_url()])
+        .args([
+            "bench",
+            "checkpoint",
+            "--entries",
+            "3000",
+            "--aggregates",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(success(&out).trim()).unwrap();
+    assert_eq!(report["entries"], 3000);
+    assert!(report["ratio"].as_f64().unwrap() > 0.0, "{report}");
+    // log2(3000) < 12: O(log n) hashes.
+    assert!(report["proof_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h.as_u64().unwrap() <= 12));
+}

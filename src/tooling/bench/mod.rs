@@ -40,6 +40,7 @@ mod codec;
 mod follow;
 mod relay;
 mod replay;
+mod tree;
 mod verify;
 mod write;
 mod write_async;
@@ -59,6 +60,7 @@ pub use relay::{
     relay, RelayBenchConfig, RelayBenchReport, RELAY_TARGET_P99_MS, RELAY_TARGET_RATE,
 };
 pub use replay::{replay, ReplayBenchConfig, ReplayBenchReport, REPLAY_TARGET_RATIO};
+pub use tree::{tree, TreeBenchConfig, TreeBenchReport};
 pub use verify::{
     verify_bench, VerifyBenchConfig, VerifyBenchReport, VERIFY_REPLAY_TARGET_RATIO,
     VERIFY_TARGET_COST_RATIO, VERIFY_TARGET_MAX_RSS_MB, VERIFY_TARGET_RATIO,
