@@ -111,6 +111,14 @@
 //! every = "15m"
 //! dir = "/var/lib/oplog/anchors"  # required
 //!
+//! # Appends new entries to the log's Merkle tree and signs a checkpoint
+//! # (kept in the database, and in the run's detail).
+//! [[job]]
+//! name = "checkpoint"
+//! kind = "checkpoint"
+//! every = "1h"
+//! signing_key = "/etc/oplog/signing.key"  # required
+//!
 //! # Re-encrypts entries under the active key, `batch` entries at a time.
 //! [[job]]
 //! name = "rewrap"
@@ -228,6 +236,14 @@ name = "anchor"
 kind = "anchor"
 every = "15m"
 dir = "/var/lib/oplog/anchors"  # required
+
+# Appends new entries to the log's Merkle tree and signs a checkpoint
+# (kept in the database, and in the run's detail).
+[[job]]
+name = "checkpoint"
+kind = "checkpoint"
+every = "1h"
+signing_key = "/etc/oplog/signing.key"  # required
 
 # Re-encrypts entries under the active key, `batch` entries at a time.
 [[job]]
@@ -426,6 +442,12 @@ pub enum JobKind {
         /// The directory of the anchor files (`dir`; required).
         dir: PathBuf,
     },
+    /// `kind = "checkpoint"`: append new entries to the log's Merkle tree
+    /// and sign a checkpoint.
+    Checkpoint {
+        /// The signing key file (`signing_key`; required).
+        signing_key: PathBuf,
+    },
     /// `kind = "rewrap"`: re-encrypt entries under the active key.
     Rewrap {
         /// Entries per transaction (`batch`; default 500, at least 1).
@@ -435,12 +457,13 @@ pub enum JobKind {
 
 impl JobKind {
     /// The kind as written in the file: "trim" | "verify" | "anchor" |
-    /// "rewrap".
+    /// "checkpoint" | "rewrap".
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Trim { .. } => "trim",
             JobKind::Verify { .. } => "verify",
             JobKind::Anchor { .. } => "anchor",
+            JobKind::Checkpoint { .. } => "checkpoint",
             JobKind::Rewrap { .. } => "rewrap",
         }
     }
@@ -976,6 +999,7 @@ const JOB_KEYS: &[&str] = &[
     "against",
     "dir",
     "batch",
+    "signing_key",
 ];
 /// The keys of one kind of job only, and that kind.
 const JOB_KIND_KEYS: &[(&str, &str)] = &[
@@ -983,6 +1007,7 @@ const JOB_KIND_KEYS: &[(&str, &str)] = &[
     ("against", "verify"),
     ("dir", "anchor"),
     ("batch", "rewrap"),
+    ("signing_key", "checkpoint"),
 ];
 
 /// A name with where it was given, to find one used twice.
@@ -1280,10 +1305,10 @@ fn subscription(section: &Section<'_>, names: &mut Vec<NameUse>) -> Checked<Subs
 
 fn job(section: &Section<'_>, names: &mut Vec<NameUse>) -> Checked<JobConfig> {
     section.allow(JOB_KEYS)?;
-    let kinds = "\"trim\", \"verify\", \"anchor\" or \"rewrap\"";
+    let kinds = "\"trim\", \"verify\", \"anchor\", \"checkpoint\" or \"rewrap\"";
     let kind_field = section.require("kind", &format!("one of {kinds}"))?;
     let kind = match kind_field.string()? {
-        kind @ ("trim" | "verify" | "anchor" | "rewrap") => kind,
+        kind @ ("trim" | "verify" | "anchor" | "checkpoint" | "rewrap") => kind,
         other => {
             return Err(problem(
                 kind_field.line,
@@ -1389,6 +1414,14 @@ fn job(section: &Section<'_>, names: &mut Vec<NameUse>) -> Checked<JobConfig> {
         "anchor" => JobKind::Anchor {
             dir: section
                 .require("dir", "the directory to write anchor files into")?
+                .path()?,
+        },
+        "checkpoint" => JobKind::Checkpoint {
+            signing_key: section
+                .require(
+                    "signing_key",
+                    "the signing key file (from `oplog keys generate-signing`)",
+                )?
                 .path()?,
         },
         _ => JobKind::Rewrap {
@@ -1518,6 +1551,14 @@ mod tests {
                     minute
                 ),
                 (
+                    "checkpoint",
+                    JobKind::Checkpoint {
+                        signing_key: "/etc/oplog/signing.key".into()
+                    },
+                    "every 1h".to_owned(),
+                    minute
+                ),
+                (
                     "rewrap",
                     JobKind::Rewrap { batch: 500 },
                     "cron 30 4 * * sun".to_owned(),
@@ -1545,6 +1586,7 @@ mod tests {
                 "nightly-trim",
                 "hourly-verify",
                 "anchor",
+                "checkpoint",
                 "rewrap"
             ]
         );

@@ -105,6 +105,18 @@ fn attempt(
             let file = write_anchor(dir, &heads)?;
             Ok((SUCCESS, json!({ "file": file, "aggregates": heads.len() })))
         }
+        JobKind::Checkpoint { signing_key } => {
+            let key = oplog::SigningKey::load(signing_key)?;
+            let report = oplog::tree::checkpoint(&mut source.connect()?, &key)?;
+            Ok((
+                SUCCESS,
+                json!({
+                    "size": report.head.size,
+                    "added": report.added,
+                    "note": report.note,
+                }),
+            ))
+        }
         JobKind::Rewrap { batch } => {
             let oplog = keys(reader, "rewrap")?;
             let report = oplog.rewrap(&mut source.connect()?, *batch, |_| {})?;

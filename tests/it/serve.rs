@@ -153,6 +153,11 @@ fn two_agents_share_the_work_and_one_takes_over_when_the_other_is_killed() {
     let prefix = stream.to_lowercase();
     create_users(&db.url, &log, "t-0", (0..20).map(|i| format!("a{i}")));
     let anchors = dir.join("anchors");
+    let signing = dir.join("signing.key");
+    oplog::SigningKey::generate("example.com/served")
+        .unwrap()
+        .save(&signing)
+        .unwrap();
     let config = config_for(
         &dir,
         &db,
@@ -182,10 +187,17 @@ kind = "anchor"
 dir = "{anchors}"
 every = "1s"
 window = "900ms"
+
+[[job]]
+name = "signed"
+kind = "checkpoint"
+signing_key = "{signing}"
+every = "1s"
 "#,
             replica = replica.url,
             nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
             anchors = anchors.display(),
+            signing = signing.display(),
         ),
     );
     let mut a = Served::start(&dir, &config, "a");
@@ -285,6 +297,12 @@ window = "900ms"
         })
         .count();
     assert!(runs >= 3, "{runs} anchor runs");
+    // Checkpoints signed on schedule, each kept in the database.
+    let heads: i64 = c
+        .query_one("SELECT count(*) FROM oplog_tree_head", &[])
+        .unwrap()
+        .get(0);
+    assert!(heads >= 2, "{heads} checkpoints");
     assert_eq!(
         i64::try_from(files).unwrap(),
         runs,
