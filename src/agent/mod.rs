@@ -1,5 +1,6 @@
 //! `oplog serve`: an agent that keeps followers, relays and subscriptions
-//! running and runs scheduled jobs (trim, verify, anchor, rewrap), on as
+//! running and runs scheduled jobs (trim, verify, anchor, checkpoint,
+//! rewrap), on as
 //! many hosts as wanted with the same configuration.
 //!
 //! - Each worker (follower, relay, subscription) runs on one agent at a
