@@ -22,8 +22,10 @@
 //! - **Keys** (`keys rewrap`, `keys remove`): reads entries and may change
 //!   exactly their `key_id` and `data`, which the entry trigger allows only
 //!   through `oplog_rewrap`.
-//! - **Agent** (`serve`): what a reader and a trimmer may do, and keeping
-//!   the agents' registry and run log (`oplog_agent`, `oplog_job_run`).
+//! - **Agent** (`serve`): what a reader and a trimmer may do, keeping the
+//!   agents' registry and run log (`oplog_agent`, `oplog_job_run`), and
+//!   appending checkpoints (leaves and heads of the log's Merkle tree,
+//!   never changing them).
 //!   Run every agent of a source as the same role: an agent ends the
 //!   session of one that stopped heartbeating, which PostgreSQL allows
 //!   between sessions of one role. A `rewrap` job needs `keys` too.
@@ -106,7 +108,7 @@ pub fn grants(role: Role, name: &str) -> String {
         ],
         Role::Reader => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy, oplog_tree_leaf, oplog_tree_head TO {to}"
             ),
             format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
             format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),
@@ -139,6 +141,10 @@ pub fn grants(role: Role, name: &str) -> String {
             }
             lines.push(format!(
                 "GRANT SELECT, INSERT, UPDATE, DELETE ON oplog_agent, oplog_job_run TO {to}"
+            ));
+            // Checkpoints: leaves and heads are appended, never changed.
+            lines.push(format!(
+                "GRANT INSERT ON oplog_tree_leaf, oplog_tree_head TO {to}"
             ));
             lines
         }

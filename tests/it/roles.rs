@@ -1265,15 +1265,22 @@ fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
     let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
     create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
     let dir = crate::cli::TempDir::new();
+    let signing = dir.join("signing.key");
+    oplog::SigningKey::generate("example.com/agent")
+        .unwrap()
+        .save(&signing)
+        .unwrap();
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "[source]\ndatabase_url = \"{}\"\n[agent]\nheartbeat = \"200ms\"\n\
              [[job]]\nname = \"trim\"\nkind = \"trim\"\nevery = \"1s\"\nolder_than = \"30d\"\n\
-             [[job]]\nname = \"heads\"\nkind = \"anchor\"\nevery = \"1s\"\ndir = \"{}\"\n",
+             [[job]]\nname = \"heads\"\nkind = \"anchor\"\nevery = \"1s\"\ndir = \"{}\"\n\
+             [[job]]\nname = \"signed\"\nkind = \"checkpoint\"\nevery = \"1s\"\nsigning_key = \"{}\"\n",
             agent.url(&db.url),
-            dir.join("anchors").display()
+            dir.join("anchors").display(),
+            signing.display()
         ),
     )
     .unwrap();
@@ -1288,7 +1295,9 @@ fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
             "SELECT count(*) FROM oplog_job_run WHERE job = '{job}' AND state = 'success'"
         )) >= 1
     };
-    let ran = crate::support::eventually(20, || succeeded("trim") && succeeded("heads"));
+    let ran = crate::support::eventually(20, || {
+        succeeded("trim") && succeeded("heads") && succeeded("signed")
+    });
     let _ = serve.kill();
     let _ = serve.wait();
     assert!(
@@ -1304,6 +1313,8 @@ fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
     denied(&mut c, "UPDATE oplog_ticket SET version = version + 1");
     denied(&mut c, "INSERT INTO oplog_ticket (name) VALUES ('x')");
     denied(&mut c, "TRUNCATE oplog_job_run");
+    denied(&mut c, "UPDATE oplog_tree_leaf SET chain = sha256(chain)");
+    denied(&mut c, "DELETE FROM oplog_tree_head");
     denied(
         &mut c,
         "ALTER TABLE oplog_job_run DROP CONSTRAINT oplog_job_run_job_expected_at_key",
