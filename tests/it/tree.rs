@@ -28,6 +28,24 @@ fn file(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `oplog keys generate-signing` for example.com/app into `key`: what it
+/// said.
+fn generate_signing(key: &Path) -> String {
+    success(
+        &oplog_cmd()
+            .args([
+                "keys",
+                "generate-signing",
+                "--name",
+                "example.com/app",
+                "--out",
+            ])
+            .arg(key)
+            .output()
+            .unwrap(),
+    )
+}
+
 /// `oplog verify-proof`: Ok(line) when proven, Err(status) otherwise.
 fn verify(proof: &Path, key: &str) -> Result<String, i32> {
     let out = oplog_cmd()
@@ -55,19 +73,7 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
         create_users(&db.url, &log, a, (0..n).map(|i| format!("{a}{i}")));
     }
     let key = dir.join("signing.key");
-    let said = success(
-        &oplog_cmd()
-            .args([
-                "keys",
-                "generate-signing",
-                "--name",
-                "example.com/app",
-                "--out",
-                path(&key),
-            ])
-            .output()
-            .unwrap(),
-    );
+    let said = generate_signing(&key);
     let verifier = said.lines().last().unwrap().to_string();
     let cp1 = dir.join("cp1");
     success(&run(
@@ -157,19 +163,7 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
     // A forged checkpoint: the same size and root, signed by another key
     // of the same name; and a checkpoint of another origin.
     let other = dir.join("other.key");
-    success(
-        &oplog_cmd()
-            .args([
-                "keys",
-                "generate-signing",
-                "--name",
-                "example.com/app",
-                "--out",
-                path(&other),
-            ])
-            .output()
-            .unwrap(),
-    );
+    generate_signing(&other);
     let text = std::fs::read_to_string(&cp2).unwrap();
     let (body, _) = text.split_once("\n\n").unwrap();
     let head = oplog::TreeHead::parse(&format!("{body}\n")).unwrap();
