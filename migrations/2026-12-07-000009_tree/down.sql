@@ -1,2 +1,3 @@
+DROP TABLE oplog_tree_node;
 DROP TABLE oplog_tree_head;
 DROP TABLE oplog_tree_leaf;

@@ -22,3 +22,14 @@ CREATE TABLE oplog_tree_head (
     note text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Roots of complete aligned blocks of the tree, at every 8th level: the
+-- root of leaves [idx * 2^level, (idx + 1) * 2^level). Written as a
+-- checkpoint appends leaves, so that a proof reads O(log n) rows, never
+-- every leaf.
+CREATE TABLE oplog_tree_node (
+    level smallint NOT NULL CHECK (level > 0 AND level % 8 = 0),
+    idx bigint NOT NULL CHECK (idx >= 0),
+    hash bytea NOT NULL,
+    PRIMARY KEY (level, idx)
+);

@@ -26,6 +26,191 @@ use crate::hex::{hex, parse_hex};
 /// Leaves read from the database at a time.
 const PAGE: i64 = 5_000;
 
+/// The levels at which block roots are stored (`oplog_tree_node`): every
+/// 8th, so that any perfect subtree's root is at most 128 stored hashes.
+const LEVELS: [u32; 7] = [8, 16, 24, 32, 40, 48, 56];
+
+/// Children per stored block.
+const FANOUT: usize = 256;
+
+/// The stored block roots being built as leaves are appended: per level,
+/// the children of its incomplete block, and the roots completed.
+struct Tiles {
+    size: u64,
+    pending: Vec<Vec<Hash>>,
+    done: Vec<(i16, i64, Hash)>,
+}
+
+impl Tiles {
+    /// The incomplete blocks of a tree of `size` leaves, read back (fewer
+    /// than 256 rows per level).
+    fn load(tx: &mut impl postgres::GenericClient, size: u64) -> Result<Tiles> {
+        let mut pending = Vec::with_capacity(LEVELS.len());
+        for level in LEVELS {
+            let start = size - size % (1u64 << level);
+            let child = level - 8;
+            let (from, to) = (
+                i64::try_from(start >> child).unwrap_or(i64::MAX),
+                i64::try_from(size >> child).unwrap_or(i64::MAX),
+            );
+            let hashes =
+                if child == 0 {
+                    tx.query_typed(
+                        "SELECT aggregate_name, seq, chain FROM oplog_tree_leaf \
+                     WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                        &[(&from, Type::INT8), (&to, Type::INT8)],
+                    )?
+                    .iter()
+                    .map(|r| {
+                        let chain: Vec<u8> = r.try_get(2)?;
+                        Ok(leaf_hash(&leaf_data(
+                            &r.try_get::<_, String>(0)?,
+                            r.try_get(1)?,
+                            &chain,
+                        )))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+                } else {
+                    let child_level = i16::try_from(child).unwrap_or(i16::MAX);
+                    tx.query_typed(
+                    "SELECT hash FROM oplog_tree_node WHERE level = $1 AND idx >= $2 AND idx < $3 \
+                     ORDER BY idx",
+                    &[(&child_level, Type::INT2), (&from, Type::INT8), (&to, Type::INT8)],
+                )?
+                .iter()
+                .map(|r| root_of(&r.try_get::<_, Vec<u8>>(0)?, "a stored node"))
+                .collect::<Result<Vec<_>>>()?
+                };
+            if u64::try_from(hashes.len()).unwrap_or(u64::MAX) != (size - start) >> child {
+                return Err(Error::Config(format!(
+                    "the tree's stored blocks at level {level} are incomplete; the tree cannot be extended"
+                )));
+            }
+            pending.push(hashes);
+        }
+        Ok(Tiles {
+            size,
+            pending,
+            done: Vec::new(),
+        })
+    }
+
+    /// The next leaf.
+    fn push(&mut self, leaf: Hash) {
+        self.size += 1;
+        let mut hash = leaf;
+        for (l, level) in LEVELS.iter().enumerate() {
+            self.pending[l].push(hash);
+            if self.pending[l].len() < FANOUT {
+                return;
+            }
+            hash = merkle::root(&self.pending[l]);
+            self.pending[l].clear();
+            let idx = i64::try_from((self.size >> level) - 1).unwrap_or(i64::MAX);
+            self.done
+                .push((i16::try_from(*level).unwrap_or(i16::MAX), idx, hash));
+        }
+    }
+
+    /// Writes the block roots completed so far.
+    fn flush(&mut self, tx: &mut impl postgres::GenericClient) -> Result<()> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let levels: Vec<i16> = self.done.iter().map(|d| d.0).collect();
+        let idxs: Vec<i64> = self.done.iter().map(|d| d.1).collect();
+        let hashes: Vec<Vec<u8>> = self.done.iter().map(|d| d.2.to_vec()).collect();
+        tx.execute_typed(
+            "INSERT INTO oplog_tree_node (level, idx, hash) \
+             SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+            &[
+                (&levels, Type::INT2_ARRAY),
+                (&idxs, Type::INT8_ARRAY),
+                (&hashes, Type::BYTEA_ARRAY),
+            ],
+        )?;
+        self.done.clear();
+        Ok(())
+    }
+}
+
+/// The root of the leaves `range` (a range of a proof: its start is a
+/// multiple of the largest power of two in its length), from stored block
+/// roots where they cover it and leaves elsewhere: O(log n) reads.
+fn range_root(c: &mut impl postgres::GenericClient, range: std::ops::Range<u64>) -> Result<Hash> {
+    // The range as perfect aligned blocks, largest first; its root folds
+    // them from the right (RFC 9162 splits at the largest power of two).
+    let mut blocks = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let len = range.end - at;
+        let size = 1u64 << len.ilog2();
+        blocks.push((at, size));
+        at += size;
+    }
+    let mut root: Option<Hash> = None;
+    for (start, size) in blocks.into_iter().rev() {
+        let block = block_root(c, start, size)?;
+        root = Some(match root {
+            None => block,
+            Some(right) => merkle::node_hash(&block, &right),
+        });
+    }
+    root.ok_or_else(|| Error::Config("an empty range has no root".into()))
+}
+
+/// The root of the perfect aligned block of `size` leaves at `start`.
+fn block_root(c: &mut impl postgres::GenericClient, start: u64, size: u64) -> Result<Hash> {
+    let k = size.ilog2();
+    let level = LEVELS.iter().rev().find(|l| **l <= k).copied();
+    let (from, to) = match level {
+        Some(l) => (start >> l, (start + size) >> l),
+        None => (start, start + size),
+    };
+    let (from, to) = (
+        i64::try_from(from).unwrap_or(i64::MAX),
+        i64::try_from(to).unwrap_or(i64::MAX),
+    );
+    let hashes: Vec<Hash> = match level {
+        Some(l) => {
+            let l = i16::try_from(l).unwrap_or(i16::MAX);
+            c.query_typed(
+                "SELECT hash FROM oplog_tree_node WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                &[(&l, Type::INT2), (&from, Type::INT8), (&to, Type::INT8)],
+            )?
+            .iter()
+            .map(|r| root_of(&r.try_get::<_, Vec<u8>>(0)?, "a stored node"))
+            .collect::<Result<_>>()?
+        }
+        None => c
+            .query_typed(
+                "SELECT aggregate_name, seq, chain FROM oplog_tree_leaf WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                &[(&from, Type::INT8), (&to, Type::INT8)],
+            )?
+            .iter()
+            .map(|r| {
+                let chain: Vec<u8> = r.try_get(2)?;
+                Ok(leaf_hash(&leaf_data(&r.try_get::<_, String>(0)?, r.try_get(1)?, &chain)))
+            })
+            .collect::<Result<_>>()?,
+    };
+    if i64::try_from(hashes.len()).unwrap_or(-1) != to - from {
+        return Err(Error::Config(format!(
+            "the tree is missing stored hashes for leaves {start}..{}",
+            start + size
+        )));
+    }
+    Ok(merkle::root(&hashes))
+}
+
+/// A proof's hashes: the roots of its ranges.
+fn proof_from_ranges(c: &mut Client, ranges: Vec<std::ops::Range<u64>>) -> Result<Vec<String>> {
+    ranges
+        .into_iter()
+        .map(|r| range_root(c, r).map(|h| hex(&h)))
+        .collect()
+}
+
 /// The bytes a leaf commits to: a tag, the aggregate (length first), the
 /// seq and the chain value.
 pub fn leaf_data(aggregate: &str, seq: i64, chain: &[u8]) -> Vec<u8> {
@@ -91,6 +276,7 @@ pub fn checkpoint(c: &mut Client, key: &SigningKey) -> Result<CheckpointReport> 
         None => Frontier::new(),
     };
     let start = frontier.size();
+    let mut tiles = Tiles::load(&mut tx, start)?;
     let mut after = String::new();
     loop {
         // Aggregates by name, with where their leaves end.
@@ -126,7 +312,9 @@ pub fn checkpoint(c: &mut Client, key: &SigningKey) -> Result<CheckpointReport> 
                     let seq: i64 = r.try_get(0)?;
                     let chain: Vec<u8> = r.try_get(1)?;
                     idxs.push(i64::try_from(frontier.size()).unwrap_or(i64::MAX));
-                    frontier.push(leaf_hash(&leaf_data(&name, seq, &chain)));
+                    let leaf = leaf_hash(&leaf_data(&name, seq, &chain));
+                    frontier.push(leaf);
+                    tiles.push(leaf);
                     seqs.push(seq);
                     chains.push(chain);
                     leafed = seq;
@@ -141,6 +329,7 @@ pub fn checkpoint(c: &mut Client, key: &SigningKey) -> Result<CheckpointReport> 
                         (&chains, Type::BYTEA_ARRAY),
                     ],
                 )?;
+                tiles.flush(&mut tx)?;
             }
         }
     }
@@ -260,20 +449,14 @@ pub fn prove(c: &mut Client, aggregate: &str, seq: i64, note: &str) -> Result<In
         )));
     }
     let chain: Vec<u8> = leaf.try_get(1)?;
-    let mut builder = ProofBuilder::new(inclusion_ranges(index, head.size).map_err(proof_error)?);
-    stream_leaves(c, &mut builder)?;
+    let ranges = inclusion_ranges(index, head.size).map_err(proof_error)?;
     Ok(InclusionProof {
         checkpoint: note.to_string(),
         aggregate: aggregate.to_string(),
         seq,
         chain: hex(&chain),
         index,
-        proof: builder
-            .finish()
-            .map_err(proof_error)?
-            .iter()
-            .map(|h| hex(h))
-            .collect(),
+        proof: proof_from_ranges(c, ranges)?,
     })
 }
 
@@ -331,15 +514,7 @@ pub fn prove_consistency(c: &mut Client, old: &str, new: &str) -> Result<Consist
     let proof = if o.size == 0 || o.size == n.size {
         Vec::new()
     } else {
-        let mut builder =
-            ProofBuilder::new(consistency_ranges(o.size, n.size).map_err(proof_error)?);
-        stream_leaves(c, &mut builder)?;
-        builder
-            .finish()
-            .map_err(proof_error)?
-            .iter()
-            .map(|h| hex(h))
-            .collect()
+        proof_from_ranges(c, consistency_ranges(o.size, n.size).map_err(proof_error)?)?
     };
     Ok(ConsistencyProof {
         old: old.to_string(),

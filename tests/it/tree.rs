@@ -267,3 +267,61 @@ fn the_checkpoint_benchmark_runs_and_reports() {
         .iter()
         .all(|h| h.as_u64().unwrap() <= 12));
 }
+
+/// Checkpoints taken at sizes on both sides of the stored blocks' bounds
+/// (256 leaves): every tenth entry is proven in every checkpoint that
+/// holds it, and every checkpoint extends every earlier one.
+#[test]
+fn proofs_from_stored_blocks_hold_across_block_bounds_and_checkpoints() {
+    let db = TestDb::new();
+    let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
+    let key = oplog::SigningKey::generate("example.com/blocks").unwrap();
+    let verifier = key.verifier();
+    let mut c = db.client();
+    let mut notes = Vec::new();
+    let mut written: Vec<(String, i64)> = Vec::new();
+    for (round, n) in [100usize, 155, 2, 256, 100].into_iter().enumerate() {
+        for a in 0..3 {
+            let aggregate = format!("t{a}");
+            let ids = (0..n / 3 + usize::from(a < n % 3)).map(|i| format!("r{round}-{a}-{i}"));
+            for w in create_users(&db.url, &log, &aggregate, ids) {
+                written.push((aggregate.clone(), w.seq));
+            }
+        }
+        notes.push(oplog::tree::checkpoint(&mut c, &key).unwrap().note);
+    }
+    let sizes: Vec<u64> = notes
+        .iter()
+        .map(|n| oplog::TreeHead::open(n, &verifier).unwrap().size)
+        .collect();
+    assert_eq!(sizes, [100, 255, 257, 513, 613]);
+    let index = |(a, s): &(String, i64)| u64::try_from(leaf_index(&db, a, *s)).unwrap();
+    for (n, note) in notes.iter().enumerate() {
+        for entry in written.iter().step_by(10) {
+            if index(entry) >= sizes[n] {
+                continue;
+            }
+            let proof = oplog::tree::prove(&mut c, &entry.0, entry.1, note).unwrap();
+            proof
+                .verify(&verifier)
+                .unwrap_or_else(|e| panic!("{entry:?} in {}: {e}", sizes[n]));
+        }
+        for old in &notes[..n] {
+            oplog::tree::prove_consistency(&mut c, old, note)
+                .unwrap()
+                .verify(&verifier)
+                .unwrap();
+        }
+    }
+}
+
+/// The leaf index of `aggregate`'s entry `seq`.
+fn leaf_index(db: &TestDb, aggregate: &str, seq: i64) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT idx FROM oplog_tree_leaf WHERE aggregate_name = $1 AND seq = $2",
+            &[&aggregate, &seq],
+        )
+        .unwrap()
+        .get(0)
+}

@@ -15,7 +15,7 @@ use super::{check_failed, invalid, Scratch};
 use crate::codec::crypto::Keyring;
 use crate::codec::signing::SigningKey;
 use crate::error::Result;
-use crate::replica::tree::{checkpoint, prove};
+use crate::replica::tree::{checkpoint, prove, prove_consistency};
 use crate::source::write::Oplog;
 
 /// What to measure.
@@ -156,6 +156,22 @@ pub fn tree(cfg: &TreeBenchConfig) -> Result<TreeBenchReport> {
         hashes.push(proof.proof.len());
         bytes = bytes.max(serde_json::to_string(&proof).map_or(0, |j| j.len()));
     }
+    // The entries added on top, against the second checkpoint, and the
+    // second checkpoint against the first: the stored blocks that the
+    // second one completed must hold.
+    let last = i64::try_from(second.head.size).unwrap_or(i64::MAX) - 1;
+    let leaf = c.query_one(
+        "SELECT aggregate_name, seq FROM oplog_tree_leaf WHERE idx = $1",
+        &[&last],
+    )?;
+    prove(
+        &mut c,
+        &leaf.try_get::<_, String>(0)?,
+        leaf.try_get(1)?,
+        &second.note,
+    )?
+    .verify(&verifier)?;
+    prove_consistency(&mut c, &first.note, &second.note)?.verify(&verifier)?;
     let rate = cfg.entries as f64 / checkpoint_s;
     let baseline = cfg.entries as f64 / baseline_s;
     Ok(TreeBenchReport {
