@@ -9,8 +9,11 @@
 //! reading earlier leaves, and signs the new size and root; all in one
 //! transaction, one checkpointer at a time. A leaf commits to its entry's
 //! aggregate, seq and chain value; the chain value covers the entry's
-//! content and its predecessors'. Proofs are built by streaming the
-//! leaves once in order, with memory for O(log n) hashes.
+//! content and its predecessors'. As it appends, it stores the roots of
+//! complete aligned blocks of 256^k leaves (`oplog_tree_node`, every 8th
+//! level), so that a proof reads at most a few hundred rows per level
+//! instead of every leaf; [`check_checkpoint`] still streams every leaf,
+//! as verification must.
 
 use postgres::types::Type;
 use postgres::Client;
