@@ -78,8 +78,8 @@ impl fmt::Display for TreeBenchReport {
         )?;
         writeln!(
             f,
-            "  proofs of the first, middle and last entry: {:?} hashes ({} bytes as JSON at most); built in {:.2} s, checked in {:.0} µs",
-            self.proof_hashes, self.proof_bytes, self.prove_s, self.verify_us
+            "  proofs of the first, middle and last entry: {:?} hashes ({} bytes as JSON at most); built in {:.1} ms, checked in {:.0} µs",
+            self.proof_hashes, self.proof_bytes, self.prove_s * 1000.0, self.verify_us
         )
     }
 }
