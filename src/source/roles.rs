@@ -108,7 +108,7 @@ pub fn grants(role: Role, name: &str) -> String {
         ],
         Role::Reader => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy, oplog_tree_leaf, oplog_tree_head TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy, oplog_tree_leaf, oplog_tree_head, oplog_tree_node TO {to}"
             ),
             format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
             format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),
@@ -142,9 +142,10 @@ pub fn grants(role: Role, name: &str) -> String {
             lines.push(format!(
                 "GRANT SELECT, INSERT, UPDATE, DELETE ON oplog_agent, oplog_job_run TO {to}"
             ));
-            // Checkpoints: leaves and heads are appended, never changed.
+            // Checkpoints: leaves, block roots and heads are appended,
+            // never changed.
             lines.push(format!(
-                "GRANT INSERT ON oplog_tree_leaf, oplog_tree_head TO {to}"
+                "GRANT INSERT ON oplog_tree_leaf, oplog_tree_head, oplog_tree_node TO {to}"
             ));
             lines
         }

@@ -1263,7 +1263,8 @@ fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
     let db = TestDb::new();
     grant(&mut db.client(), Role::Agent, &agent.name).unwrap();
     let log = Oplog::new(oplog::demo::user_catalog(), Keyring::generate());
-    create_users(&db.url, &log, "agg", (0..3).map(|i| format!("u{i}")));
+    // More than a block of 256 leaves: the checkpoint stores a block root.
+    create_users(&db.url, &log, "agg", (0..300).map(|i| format!("u{i}")));
     let dir = crate::cli::TempDir::new();
     let signing = dir.join("signing.key");
     oplog::SigningKey::generate("example.com/agent")
@@ -1315,6 +1316,7 @@ fn an_agent_runs_its_jobs_and_cannot_rewrite_the_log() {
     denied(&mut c, "TRUNCATE oplog_job_run");
     denied(&mut c, "UPDATE oplog_tree_leaf SET chain = sha256(chain)");
     denied(&mut c, "DELETE FROM oplog_tree_head");
+    denied(&mut c, "UPDATE oplog_tree_node SET hash = sha256(hash)");
     denied(
         &mut c,
         "ALTER TABLE oplog_job_run DROP CONSTRAINT oplog_job_run_job_expected_at_key",
