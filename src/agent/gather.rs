@@ -87,26 +87,16 @@ pub fn status(
         let mine: BTreeMap<String, super::WorkerState> = local
             .and_then(|l| l.shared.workers.lock().ok().map(|w| w.clone()))
             .unwrap_or_default();
-        let kinds = config
-            .followers
-            .iter()
-            .map(|f| (f.name.clone(), "follower"))
-            .chain(config.relays.iter().map(|r| (r.name.clone(), "relay")))
-            .chain(
-                config
-                    .subscriptions
-                    .iter()
-                    .map(|s| (s.name.clone(), "subscription")),
-            );
         let mut workers = Vec::new();
-        for (name, kind) in kinds {
-            let here = mine.get(&name);
+        for worker in super::serve::workers(config) {
+            let name = worker.name();
+            let here = mine.get(name);
             workers.push(WorkerStatus {
-                held_by: holder(&name),
+                held_by: holder(name),
                 entries: here.map_or(0, |w| w.entries),
                 last_error: here.and_then(|w| w.last_error.clone()),
-                name,
-                kind: kind.into(),
+                name: name.to_string(),
+                kind: worker.kind().into(),
             });
         }
         for w in &workers {

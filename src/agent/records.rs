@@ -87,10 +87,15 @@ pub fn stopped(c: &mut Client, id: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// The advisory lock's name of the worker `name`.
+fn lock_key(name: &str) -> String {
+    format!("oplog-serve/{name}")
+}
+
 /// Takes a session-level advisory lock on `name` for this session; false
 /// when another session holds it.
 pub fn try_hold(c: &mut Client, name: &str) -> Result<bool> {
-    let key = format!("oplog-serve/{name}");
+    let key = lock_key(name);
     Ok(c.query_typed_one(
         "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
         &[(&key, Type::TEXT)],
@@ -100,7 +105,7 @@ pub fn try_hold(c: &mut Client, name: &str) -> Result<bool> {
 
 /// Lets go of `name`'s lock.
 pub fn release(c: &mut Client, name: &str) -> Result<()> {
-    let key = format!("oplog-serve/{name}");
+    let key = lock_key(name);
     c.query_typed_one(
         "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
         &[(&key, Type::TEXT)],

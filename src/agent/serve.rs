@@ -56,14 +56,14 @@ struct JobRun {
 
 /// What a worker is.
 #[derive(Clone)]
-enum Worker {
+pub(super) enum Worker {
     Follower(FollowerConfig),
     Relay(RelayConfig),
     Subscription(SubscriptionConfig),
 }
 
 impl Worker {
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         match self {
             Worker::Follower(c) => &c.name,
             Worker::Relay(c) => &c.name,
@@ -71,7 +71,7 @@ impl Worker {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             Worker::Follower(_) => "follower",
             Worker::Relay(_) => "relay",
@@ -80,7 +80,8 @@ impl Worker {
     }
 }
 
-fn workers(config: &Config) -> Vec<Worker> {
+/// The followers, relays and subscriptions of `config`, in that order.
+pub(super) fn workers(config: &Config) -> Vec<Worker> {
     config
         .followers
         .iter()

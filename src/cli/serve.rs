@@ -18,12 +18,7 @@ use crate::agent::{render, Shared};
 /// Runs the agent of `config` until Ctrl-C or SIGTERM.
 pub fn run(ctx: &Context, config: &Path, listen: Option<SocketAddr>) -> Result<(), Failure> {
     let config = Config::load(config).map_err(|e| Failure::msg(e.to_string()))?;
-    let source = match &config.source.database_url {
-        Some(url) => {
-            Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?
-        }
-        None => ctx.database()?.clone(),
-    };
+    let source = source(ctx, Some(&config))?;
     let keyring = match &config.source.key_file {
         Some(path) => {
             Some(Keyring::load(path).map_err(|e| Failure::msg(format!("[source] key_file: {e}")))?)
@@ -58,6 +53,17 @@ pub fn run(ctx: &Context, config: &Path, listen: Option<SocketAddr>) -> Result<(
         server.stop();
     }
     result.map_err(Failure::from)
+}
+
+/// The source: `[source] database_url` when the configuration gives one,
+/// else `--database-url`.
+fn source(ctx: &Context, config: Option<&Config>) -> Result<Database, Failure> {
+    match config.and_then(|c| c.source.database_url.as_deref()) {
+        Some(url) => {
+            Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))
+        }
+        None => Ok(ctx.database()?.clone()),
+    }
 }
 
 /// What among `config`'s workers and jobs reads entries, so needs the
@@ -170,16 +176,7 @@ pub fn status(ctx: &Context, out: &mut Output, config: Option<&Path>) -> Result<
         Some(path) => Some(Config::load(path).map_err(|e| Failure::msg(e.to_string()))?),
         None => None,
     };
-    let source = match config
-        .as_ref()
-        .and_then(|c| c.source.database_url.as_deref())
-    {
-        Some(url) => {
-            Database::parse(url).map_err(|e| Failure::msg(format!("[source] database_url: {e}")))?
-        }
-        None => ctx.database()?.clone(),
-    };
-    let mut c = source.connect()?;
+    let mut c = source(ctx, config.as_ref())?.connect()?;
     let status = gather::status(&mut c, config.as_ref(), None)?;
     if out.json() {
         return out.json_line(&status);

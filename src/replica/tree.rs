@@ -52,38 +52,7 @@ impl Tiles {
         for level in LEVELS {
             let start = size - size % (1u64 << level);
             let child = level - 8;
-            let (from, to) = (
-                i64::try_from(start >> child).unwrap_or(i64::MAX),
-                i64::try_from(size >> child).unwrap_or(i64::MAX),
-            );
-            let hashes =
-                if child == 0 {
-                    tx.query_typed(
-                        "SELECT aggregate_name, seq, chain FROM oplog_tree_leaf \
-                     WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                        &[(&from, Type::INT8), (&to, Type::INT8)],
-                    )?
-                    .iter()
-                    .map(|r| {
-                        let chain: Vec<u8> = r.try_get(2)?;
-                        Ok(leaf_hash(&leaf_data(
-                            &r.try_get::<_, String>(0)?,
-                            r.try_get(1)?,
-                            &chain,
-                        )))
-                    })
-                    .collect::<Result<Vec<_>>>()?
-                } else {
-                    let child_level = i16::try_from(child).unwrap_or(i16::MAX);
-                    tx.query_typed(
-                    "SELECT hash FROM oplog_tree_node WHERE level = $1 AND idx >= $2 AND idx < $3 \
-                     ORDER BY idx",
-                    &[(&child_level, Type::INT2), (&from, Type::INT8), (&to, Type::INT8)],
-                )?
-                .iter()
-                .map(|r| root_of(&r.try_get::<_, Vec<u8>>(0)?, "a stored node"))
-                .collect::<Result<Vec<_>>>()?
-                };
+            let hashes = stored_hashes(tx, child, start >> child, size >> child)?;
             if u64::try_from(hashes.len()).unwrap_or(u64::MAX) != (size - start) >> child {
                 return Err(Error::Config(format!(
                     "the tree's stored blocks at level {level} are incomplete; the tree cannot be extended"
@@ -166,44 +135,56 @@ fn range_root(c: &mut impl postgres::GenericClient, range: std::ops::Range<u64>)
 fn block_root(c: &mut impl postgres::GenericClient, start: u64, size: u64) -> Result<Hash> {
     let k = size.ilog2();
     let level = LEVELS.iter().rev().find(|l| **l <= k).copied();
-    let (from, to) = match level {
-        Some(l) => (start >> l, (start + size) >> l),
-        None => (start, start + size),
-    };
-    let (from, to) = (
-        i64::try_from(from).unwrap_or(i64::MAX),
-        i64::try_from(to).unwrap_or(i64::MAX),
-    );
-    let hashes: Vec<Hash> = match level {
-        Some(l) => {
-            let l = i16::try_from(l).unwrap_or(i16::MAX);
-            c.query_typed(
-                "SELECT hash FROM oplog_tree_node WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-                &[(&l, Type::INT2), (&from, Type::INT8), (&to, Type::INT8)],
-            )?
-            .iter()
-            .map(|r| root_of(&r.try_get::<_, Vec<u8>>(0)?, "a stored node"))
-            .collect::<Result<_>>()?
-        }
-        None => c
-            .query_typed(
-                "SELECT aggregate_name, seq, chain FROM oplog_tree_leaf WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                &[(&from, Type::INT8), (&to, Type::INT8)],
-            )?
-            .iter()
-            .map(|r| {
-                let chain: Vec<u8> = r.try_get(2)?;
-                Ok(leaf_hash(&leaf_data(&r.try_get::<_, String>(0)?, r.try_get(1)?, &chain)))
-            })
-            .collect::<Result<_>>()?,
-    };
-    if i64::try_from(hashes.len()).unwrap_or(-1) != to - from {
+    let l = level.unwrap_or(0);
+    let hashes = stored_hashes(c, l, start >> l, (start + size) >> l)?;
+    if u64::try_from(hashes.len()).unwrap_or(u64::MAX) != size >> l {
         return Err(Error::Config(format!(
             "the tree is missing stored hashes for leaves {start}..{}",
             start + size
         )));
     }
     Ok(merkle::root(&hashes))
+}
+
+/// The stored hashes `from..to` at `level`, in order: leaf hashes (of
+/// `oplog_tree_leaf`) at level 0, block roots (of `oplog_tree_node`)
+/// above. Fewer than asked for when some are missing.
+fn stored_hashes(
+    c: &mut impl postgres::GenericClient,
+    level: u32,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash>> {
+    let (from, to) = (
+        i64::try_from(from).unwrap_or(i64::MAX),
+        i64::try_from(to).unwrap_or(i64::MAX),
+    );
+    if level == 0 {
+        return c
+            .query_typed(
+                "SELECT aggregate_name, seq, chain FROM oplog_tree_leaf \
+                 WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                &[(&from, Type::INT8), (&to, Type::INT8)],
+            )?
+            .iter()
+            .map(|r| {
+                let chain: Vec<u8> = r.try_get(2)?;
+                Ok(leaf_hash(&leaf_data(
+                    &r.try_get::<_, String>(0)?,
+                    r.try_get(1)?,
+                    &chain,
+                )))
+            })
+            .collect();
+    }
+    let level = i16::try_from(level).unwrap_or(i16::MAX);
+    c.query_typed(
+        "SELECT hash FROM oplog_tree_node WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+        &[(&level, Type::INT2), (&from, Type::INT8), (&to, Type::INT8)],
+    )?
+    .iter()
+    .map(|r| root_of(&r.try_get::<_, Vec<u8>>(0)?, "a stored node"))
+    .collect()
 }
 
 /// A proof's hashes: the roots of its ranges.
