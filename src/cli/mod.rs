@@ -412,6 +412,30 @@ pub fn reader(keyring: Keyring) -> Oplog {
     Oplog::new(TypeCatalog::new(), keyring)
 }
 
+/// What a command following the log (`relay`, `subscribe`) says on
+/// standard error about a lost connection: what failed and when it tries
+/// again, then that it resumed.
+pub fn waiting_said(command: &'static str) -> impl FnMut(&oplog::LiveEvent<'_>) + Send {
+    let mut waiting = false;
+    move |event| match event {
+        oplog::LiveEvent::Reconnecting {
+            error, retry_in, ..
+        } => {
+            waiting = true;
+            let _ = writeln!(
+                io::stderr(),
+                "oplog: {command}: waiting ({error}); trying again in {:.1} s",
+                retry_in.as_secs_f64()
+            );
+        }
+        oplog::LiveEvent::CaughtUp if waiting => {
+            waiting = false;
+            let _ = writeln!(io::stderr(), "oplog: {command}: resumed");
+        }
+        _ => {}
+    }
+}
+
 /// Opens an input file named on the command line, refusing anything that
 /// is not a regular file. The open does not block (a FIFO with no writer
 /// would hang it), and the check is made on the opened file, so the path

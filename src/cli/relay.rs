@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oplog::relay::{self, tail, NatsAuth, Relay, RelayOptions, StreamItem, TailOptions};
-use oplog::{LiveEvent, LiveOptions};
+use oplog::LiveOptions;
 
 use super::render::EntryView;
 use super::{read_failure, with_hint, Context, Failure, Output};
@@ -38,29 +38,12 @@ pub fn run(
             poll_interval: poll,
             ..LiveOptions::default()
         };
-        let mut waiting = false;
         relay::run(
             ctx.database()?.clone(),
             opts.clone(),
             live,
             stop,
-            &mut |event| match event {
-                LiveEvent::Reconnecting {
-                    error, retry_in, ..
-                } => {
-                    waiting = true;
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "oplog: relay: waiting ({error}); trying again in {:.1} s",
-                        retry_in.as_secs_f64()
-                    );
-                }
-                LiveEvent::CaughtUp if waiting => {
-                    waiting = false;
-                    let _ = writeln!(std::io::stderr(), "oplog: relay: resumed");
-                }
-                _ => {}
-            },
+            &mut super::waiting_said("relay"),
         )
         .map_err(read_failure)?
     };

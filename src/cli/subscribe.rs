@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use oplog::{Batch, LiveEvent, SubscribeOptions, Subscription};
+use oplog::{Batch, SubscribeOptions, Subscription};
 
 use super::render::EntryView;
 use super::{read_failure, Context, Failure, Output};
@@ -31,26 +31,8 @@ pub fn run(
     into: Option<&str>,
 ) -> Result<(), Failure> {
     let oplog = super::reader(ctx.keyring()?);
-    let mut waiting = false;
-    let mut subscription =
-        Subscription::new(&oplog, ctx.database()?.clone(), options).on_event(move |event| {
-            match event {
-                LiveEvent::Reconnecting {
-                    error, retry_in, ..
-                } => {
-                    waiting = true;
-                    eprintln!(
-                        "oplog: subscribe: waiting ({error}); trying again in {:.1} s",
-                        retry_in.as_secs_f64()
-                    );
-                }
-                LiveEvent::CaughtUp if waiting => {
-                    waiting = false;
-                    eprintln!("oplog: subscribe: resumed");
-                }
-                _ => {}
-            }
-        });
+    let mut subscription = Subscription::new(&oplog, ctx.database()?.clone(), options)
+        .on_event(super::waiting_said("subscribe"));
     let stop = subscription.stop_flag();
     ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
         .map_err(|e| Failure::msg(format!("cannot install the Ctrl-C/SIGTERM handler: {e}")))?;
