@@ -194,15 +194,30 @@ pub enum Error {
 
     /// An entry has a format version this build does not read.
     #[error(
-        "{entry} has format version {found}, this build reads version {supported}; upgrade oplog"
+        "{entry} has format version {found}, this build reads versions up to {supported}; upgrade oplog"
     )]
     UnsupportedFormat {
         /// The entry concerned.
         entry: EntryRef,
         /// Format stored in the entry.
         found: i16,
-        /// Format this build reads.
+        /// Newest format this build reads.
         supported: i16,
+    },
+
+    /// The data subject was shredded (its data key destroyed): nothing can
+    /// be written for it any more.
+    #[error("data subject {subject:?} was shredded (its data key is destroyed); no entry can be written for it")]
+    SubjectShredded {
+        /// The subject.
+        subject: String,
+    },
+
+    /// The data subject has no data key: no entry was ever written for it.
+    #[error("data subject {subject:?} has no data key: no entry names it, so there is nothing to shred")]
+    UnknownSubject {
+        /// The subject.
+        subject: String,
     },
 
     /// An entry as built is invalid (empty or overlong aggregate name, empty
@@ -638,6 +653,12 @@ mod tests {
             },
             Error::Keyring(text()),
             Error::Encryption(text()),
+            Error::SubjectShredded {
+                subject: "user-42".into(),
+            },
+            Error::UnknownSubject {
+                subject: "user-42".into(),
+            },
             Error::UnsupportedFormat {
                 entry: entry(),
                 found: 9,

@@ -252,7 +252,8 @@ struct ReadmeExamples;
 pub use crate::codec::catalog::{TableInfo, TypeCatalog, TypeInfo, FILE_DESCRIPTOR_SET};
 pub use crate::codec::crypto::{CryptoError, Keyring, Wrapper};
 pub use crate::codec::entry::{
-    Entry, Metadata, NewEntry, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN, MAX_AGGREGATE,
+    Entry, Metadata, NewEntry, FORMAT_SUBJECT, FORMAT_VERSION, GENESIS_CHAIN, HASH_LEN,
+    MAX_AGGREGATE, RESERVED_METADATA_PREFIX,
 };
 pub use crate::codec::queue::{Limits, Operation, Queue};
 pub use crate::codec::signing::{SigningKey, TreeHead, VerifierKey};
@@ -317,6 +318,14 @@ pub use crate::source::retry::AttemptFuture;
 pub use crate::source::retry::{Retried, RetryPolicy, Retryable};
 pub use crate::source::rewrap::{key_usage, KeyUsage, RewrapProgress, RewrapReport};
 pub use crate::source::roles::{grant, grants, Role};
+/// Crypto-shredding: [`Oplog::shred`] destroys a data subject's key and
+/// writes tombstones; these are the tombstones' reserved metadata keys.
+pub mod shred {
+    pub use crate::source::shred::{
+        Shredded, SHRED_AGGREGATE, SHRED_BY, SHRED_ENTRIES, SHRED_KEY, SHRED_REASON,
+        SHRED_SUBJECT,
+    };
+}
 pub use crate::source::trim::{trim, AggregateTrim, TrimOptions, TrimReport};
 pub use crate::source::write::{Entries, LockMode, Oplog, Ticket, Written, GLOBAL_TICKET};
 pub use crate::sql::validate_identifier;

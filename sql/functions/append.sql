@@ -7,7 +7,8 @@
 -- followers when asked. When the ticket is elsewhere, nothing is written and
 -- its version and chain come back (locked, and created when missing, with
 -- p_wait). When the entry's catalog is not stored, nothing is written and
--- o_missing_catalog is true. Runs with the owner's rights, so that writers
+-- o_missing_catalog is true. An entry under a subject's key is refused
+-- when the key is missing or shredded. Runs with the owner's rights, so that writers
 -- need no INSERT on entries or metadata and no UPDATE on tickets: the only
 -- entry a writer can add is the next one of an aggregate, with its own
 -- metadata.
@@ -21,6 +22,18 @@ CREATE OR REPLACE FUNCTION @schema@.oplog_append(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = @schema@, pg_temp AS $body$
 BEGIN
     o_missing_catalog := false;
+    -- An entry under a subject's data key (format 2) needs that key to
+    -- exist and not be shredded; the row is held FOR SHARE until the
+    -- transaction ends, as oplog_subject_key holds it, so that a shred
+    -- waits for this entry.
+    IF p_format = 2 THEN
+        PERFORM 1 FROM @schema@.oplog_subject_key k
+          WHERE k.key_id = p_key_id AND k.wrapped IS NOT NULL FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'oplog: subject key % of aggregate %''s entry does not exist or was shredded; nothing was written', p_key_id, p_aggregate
+                USING ERRCODE = 'integrity_constraint_violation';
+        END IF;
+    END IF;
     IF p_catalog IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM @schema@.oplog_catalog c WHERE c.digest = p_catalog) THEN
         o_missing_catalog := true;

@@ -15,6 +15,19 @@
 //! It leaves out the key id and ciphertext so that re-encrypting an entry
 //! under a new key keeps the chain intact.
 //!
+//! An entry that names a data subject has format 2 ([`FORMAT_SUBJECT`]): it
+//! is encrypted under the subject's data key ([`crate::codec::subject`]),
+//! and its `digest` is over the ciphertext instead of the plaintext:
+//!
+//! ```text
+//! digest = SHA-256("oplog-sealed-v2" | data)
+//! ```
+//!
+//! so that once the subject's key is destroyed (shredded), the digest and
+//! the chain still check the entry, ciphertext included, without any key.
+//! Its ciphertext never changes (key rotation re-wraps the subject's key,
+//! not the entry), so the chain may cover it.
+//!
 //! Architecture invariant: nothing here touches the database.
 
 use prost::Message;
@@ -28,8 +41,16 @@ use crate::codec::queue::{Limits, Operation, Queue};
 use crate::error::{EntryRef, Error, Result};
 use crate::proto::OpType;
 
-/// The entry format this build writes and reads.
+/// The entry format this build writes for entries under the keyring.
 pub const FORMAT_VERSION: i16 = 1;
+
+/// The entry format of entries under a data subject's key: the digest is
+/// over the ciphertext.
+pub const FORMAT_SUBJECT: i16 = 2;
+
+/// Metadata keys starting with this are the oplog's own (tombstones); an
+/// entry built by an application may not use them.
+pub const RESERVED_METADATA_PREFIX: &str = "oplog.";
 
 /// Length of a chain value and of a digest.
 pub const HASH_LEN: usize = 32;
@@ -109,6 +130,11 @@ impl Metadata {
                     "metadata key {k:?} must be 1 to {MAX_METADATA_KEY} bytes"
                 )));
             }
+            if k.starts_with(RESERVED_METADATA_PREFIX) {
+                return Err(Error::InvalidEntry(format!(
+                    "metadata key {k:?} starts with {RESERVED_METADATA_PREFIX:?}, which is reserved for the oplog's own entries (tombstones)"
+                )));
+            }
         }
         Ok(())
     }
@@ -160,6 +186,10 @@ pub struct NewEntry {
     pub(crate) aggregate: String,
     pub(crate) metadata: Metadata,
     pub(crate) queue: Queue,
+    pub(crate) subject: Option<String>,
+    /// Written by the oplog itself (a tombstone): may have no operation
+    /// and reserved metadata.
+    pub(crate) internal: bool,
 }
 
 impl NewEntry {
@@ -169,7 +199,11 @@ impl NewEntry {
         Header {
             aggregate: &self.aggregate,
             seq,
-            format: FORMAT_VERSION,
+            format: if self.subject.is_some() {
+                FORMAT_SUBJECT
+            } else {
+                FORMAT_VERSION
+            },
             key_id,
             uuid: self.uuid,
             metadata: &self.metadata,
@@ -187,7 +221,35 @@ impl NewEntry {
             aggregate: aggregate.into(),
             metadata: Metadata::new(),
             queue: Queue::new(),
+            subject: None,
+            internal: false,
         }
+    }
+
+    /// Names the data subject (a person, say `"user-42"`) whose data this
+    /// entry holds: its payload is then encrypted under that subject's own
+    /// data key, created on first use in the same transaction and stored
+    /// wrapped by the keyring. Shredding the subject
+    /// ([`Oplog::shred`](crate::Oplog::shred)) destroys that key, after
+    /// which nobody can read the entry's payload, while the log stays
+    /// verifiable. Writing for a shredded subject is refused.
+    ///
+    /// ```
+    /// use oplog::{NewEntry, demo::User};
+    ///
+    /// let mut entry = NewEntry::new("tenant-1");
+    /// entry.subject("user-42");
+    /// entry.create(&User { id: "u42".into(), ..Default::default() }).unwrap();
+    /// assert_eq!(entry.data_subject(), Some("user-42"));
+    /// ```
+    pub fn subject(&mut self, subject: impl Into<String>) -> &mut Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The data subject named with [`NewEntry::subject`], if any.
+    pub fn data_subject(&self) -> Option<&str> {
+        self.subject.as_deref()
     }
 
     /// The entry's UUID, generated here; ask [`crate::Oplog::committed`]
@@ -274,6 +336,12 @@ impl NewEntry {
                 "aggregate name {:?} must be 1 to {MAX_AGGREGATE} bytes",
                 self.aggregate
             )));
+        }
+        if let Some(subject) = &self.subject {
+            crate::codec::subject::check_subject(subject)?;
+        }
+        if self.internal {
+            return Ok(());
         }
         if self.queue.is_empty() {
             return Err(Error::InvalidEntry(format!(
@@ -404,14 +472,38 @@ pub(crate) fn seal(
     let mut plaintext = zeroize::Zeroizing::new(vec![0u8; SALT_LEN]);
     rand::thread_rng().fill_bytes(&mut plaintext[..SALT_LEN]);
     plaintext.extend_from_slice(queue.as_bytes());
-    let digest: [u8; HASH_LEN] = Sha256::digest(plaintext.as_slice()).into();
     let data = wrapper.encrypt(&plaintext, &header.aad())?;
+    let digest = if header.format == FORMAT_SUBJECT {
+        sealed_digest(&data)
+    } else {
+        Sha256::digest(plaintext.as_slice()).into()
+    };
     let chain = header.chain(prev, &digest);
     Ok(Sealed {
         data,
         digest,
         chain,
     })
+}
+
+/// The digest of an entry under a subject's key: over its ciphertext.
+pub(crate) fn sealed_digest(data: &[u8]) -> [u8; HASH_LEN] {
+    let mut h = Sha256::new();
+    h.update(b"oplog-sealed-v2");
+    h.update(data);
+    h.finalize().into()
+}
+
+/// Checks the digest of an entry under a subject's key against its
+/// ciphertext: possible without any key, so also for shredded entries.
+pub(crate) fn check_sealed_digest(header: &Header<'_>, id: Option<i64>, data: &[u8], digest: &[u8]) -> Result<()> {
+    if sealed_digest(data).as_slice() != digest {
+        return Err(Error::CorruptEntry {
+            entry: header.entry_ref(id),
+            reason: "stored digest does not match the ciphertext".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Decrypts an entry's data, checks its digest and decodes its operations.
@@ -449,12 +541,15 @@ fn decrypt(
     digest: &[u8],
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let entry = || header.entry_ref(id);
-    if header.format != FORMAT_VERSION {
+    if header.format != FORMAT_VERSION && header.format != FORMAT_SUBJECT {
         return Err(Error::UnsupportedFormat {
             entry: entry(),
             found: header.format,
-            supported: FORMAT_VERSION,
+            supported: FORMAT_SUBJECT,
         });
+    }
+    if header.format == FORMAT_SUBJECT {
+        check_sealed_digest(header, id, data, digest)?;
     }
     if data.len() > limits.max_entry_bytes() {
         return Err(Error::LimitExceeded {
@@ -475,7 +570,7 @@ fn decrypt(
                 entry: Some(entry()),
             },
         })?);
-    if Sha256::digest(plaintext.as_slice()).as_slice() != digest {
+    if header.format == FORMAT_VERSION && Sha256::digest(plaintext.as_slice()).as_slice() != digest {
         return Err(Error::CorruptEntry {
             entry: entry(),
             reason: "stored digest does not match the decrypted payload".into(),
@@ -497,6 +592,12 @@ pub(crate) fn rewrap<'w>(
     data: &[u8],
     digest: &[u8],
 ) -> Result<(Vec<u8>, &'w str)> {
+    if header.format == FORMAT_SUBJECT {
+        return Err(Error::CorruptEntry {
+            entry: header.entry_ref(id),
+            reason: "an entry under a subject's data key is never re-encrypted: its key is re-wrapped instead".into(),
+        });
+    }
     let plaintext = decrypt(wrapper, limits, header, id, data, digest)?;
     let key_id = wrapper.key_id();
     let new = Header { key_id, ..*header };
@@ -524,6 +625,12 @@ pub struct Entry {
     pub metadata: Metadata,
     /// Chain value after this entry.
     pub chain: Vec<u8>,
+    /// The data subject whose key encrypts the entry, if any.
+    pub subject: Option<String>,
+    /// The subject's key was destroyed ([`Oplog::shred`](crate::Oplog::shred)):
+    /// the payload cannot be read by anyone, and `operations` is empty. The
+    /// entry's digest and chain were still checked.
+    pub shredded: bool,
     /// Decoded operations, in FIFO order.
     pub operations: Vec<Operation>,
     /// The type catalog the entry was written with, which decodes its

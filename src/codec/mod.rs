@@ -15,3 +15,4 @@ pub(crate) mod mapping;
 pub(crate) mod merkle;
 pub(crate) mod queue;
 pub(crate) mod signing;
+pub(crate) mod subject;

@@ -310,6 +310,10 @@ impl WireEntry {
             created_us: self.created_us,
             meta_keys: self.meta_keys,
             meta_values: self.meta_values,
+            // A stream carries no subject keys: entries under one travel
+            // sealed, and are never readable from the stream.
+            subject: None,
+            subject_wrapped: None,
         })
     }
 
@@ -1204,7 +1208,10 @@ impl<'o> StreamChecker<'o> {
                 return Ok(items);
             }
         };
-        match self.oplog.open_with(row, catalog) {
+        match self
+            .oplog
+            .open_under(row, catalog, crate::source::write::SubjectKeys::Absent)
+        {
             Ok(entry) => items.push(StreamItem::Entry {
                 entry: Box::new(entry),
                 stream_seq,

@@ -11,10 +11,12 @@
 //! succeeds. Every driver (rust-postgres, diesel, tokio-postgres) is a thin
 //! loop around it that sends the requests; none decides anything itself.
 
-use crate::codec::entry::{self, NewEntry, Sealed, FORMAT_VERSION};
+use crate::codec::crypto::{Keyring, Wrapper};
+use crate::codec::entry::{self, NewEntry, Sealed};
+use crate::codec::subject::{self, Candidate};
 use crate::error::{Error, Result};
 use crate::source::write::{Oplog, Ticket, Written};
-use crate::store::{Appended, InsertRow, TicketRow};
+use crate::store::{Appended, InsertRow, SubjectKeyQuery, SubjectKeyRow, TicketRow};
 
 /// How many times a pessimistic writer finds its ticket moved before it
 /// gives up: the second call holds the ticket's lock, so only a database
@@ -31,12 +33,24 @@ pub(crate) struct Append<'a> {
     /// The ticket position the entry is sealed after.
     after: TicketRow,
     seq: i64,
-    sealed: Sealed,
+    /// The sealed entry, or the lookup of its subject's key it waits for.
+    stage: Stage,
+    /// The key of the entry's data subject, once looked up.
+    subject_key: Option<Keyring>,
     /// The catalog must be stored before the next append.
     store_catalog: bool,
     /// The catalog was stored by this append.
     catalog_stored: bool,
     moves: u32,
+}
+
+/// Where an append stands.
+enum Stage {
+    /// Sealed: ready to be appended.
+    Sealed(Sealed),
+    /// Waiting for the data key of `subject`, offering `candidate` in case
+    /// it has none.
+    Lookup { subject: String, candidate: Candidate },
 }
 
 /// What the driver sends next.
@@ -48,6 +62,9 @@ pub(crate) enum Request<'r> {
         /// Wait for the ticket's lock (pessimistic).
         wait: bool,
     },
+    /// Look up the data key of the entry's subject, creating it from the
+    /// candidate when missing, and hold it (in the same transaction).
+    SubjectKey(SubjectKeyQuery<'r>),
     /// Store the catalog the entry names (in the same transaction).
     StoreCatalog {
         /// The catalog's SHA-256.
@@ -89,14 +106,29 @@ impl<'a> Append<'a> {
     }
 
     fn sealed(oplog: &'a Oplog, entry: &'a NewEntry, after: TicketRow, wait: bool) -> Result<Self> {
-        let (seq, sealed) = seal(oplog, entry, &after)?;
+        // An entry of a data subject is sealed once the subject's key is
+        // known.
+        let (seq, stage) = match &entry.subject {
+            Some(name) => (
+                0,
+                Stage::Lookup {
+                    subject: name.clone(),
+                    candidate: subject::candidate(oplog.wrapper(), name)?,
+                },
+            ),
+            None => {
+                let (seq, sealed) = seal(oplog, entry, None, &after)?;
+                (seq, Stage::Sealed(sealed))
+            }
+        };
         Ok(Append {
             oplog,
             entry,
             wait,
             after,
             seq,
-            sealed,
+            stage,
+            subject_key: None,
             store_catalog: false,
             catalog_stored: false,
             moves: 0,
@@ -112,6 +144,9 @@ impl<'a> Append<'a> {
     #[cfg(feature = "tokio-postgres")]
     pub(crate) fn with_commit(oplog: &'a Oplog, entry: &'a NewEntry) -> Result<Option<Self>> {
         oplog.check_entry(entry)?;
+        if entry.subject.is_some() {
+            return Ok(None);
+        }
         match oplog.known_ticket(&entry.aggregate) {
             Some(after) => Append::sealed(oplog, entry, after, false).map(Some),
             None => Ok(None),
@@ -127,17 +162,31 @@ impl<'a> Append<'a> {
                 bytes: &encoded.bytes,
             };
         }
+        let sealed = match &self.stage {
+            Stage::Sealed(sealed) => sealed,
+            Stage::Lookup { subject, candidate } => {
+                return Request::SubjectKey(SubjectKeyQuery {
+                    subject,
+                    key_id: &candidate.key_id,
+                    wrapped: &candidate.wrapped,
+                    wrapping_key_id: &candidate.wrapping_key_id,
+                })
+            }
+        };
         Request::Append {
             row: InsertRow {
                 uuid: self.entry.uuid,
                 aggregate: &self.entry.aggregate,
                 seq: self.seq,
                 prev_chain: &self.after.chain,
-                format: FORMAT_VERSION,
-                key_id: self.oplog.wrapper().key_id(),
-                data: &self.sealed.data,
-                digest: &self.sealed.digest,
-                chain: &self.sealed.chain,
+                format: entry_format(self.entry),
+                key_id: match &self.subject_key {
+                    Some(key) => key.key_id(),
+                    None => self.oplog.wrapper().key_id(),
+                },
+                data: &sealed.data,
+                digest: &sealed.digest,
+                chain: &sealed.chain,
                 meta_keys: self.entry.metadata.iter().map(|(k, _)| k).collect(),
                 meta_values: self.entry.metadata.iter().map(|(_, v)| v).collect(),
                 catalog: Some(&encoded.digest),
@@ -145,6 +194,28 @@ impl<'a> Append<'a> {
             },
             wait: self.wait,
         }
+    }
+
+    /// What the lookup asked for by [`Request::SubjectKey`] answered: the
+    /// subject's key, which seals the entry, or its shredding, which
+    /// refuses it.
+    pub(crate) fn subject_key_found(&mut self, row: SubjectKeyRow) -> Result<()> {
+        let Stage::Lookup { subject, .. } = &self.stage else {
+            return Err(Error::Config(
+                "a subject key was looked up for an entry already sealed".into(),
+            ));
+        };
+        let subject = subject.clone();
+        let Some(wrapped) = row.wrapped else {
+            return Err(Error::SubjectShredded { subject });
+        };
+        let key = subject::unwrap(self.oplog.wrapper(), &subject, &row.key_id, &wrapped)
+            .map_err(|e| Error::Keyring(e.describe(&subject, &row.key_id)))?;
+        let (seq, sealed) = seal(self.oplog, self.entry, Some(&key), &self.after)?;
+        self.seq = seq;
+        self.stage = Stage::Sealed(sealed);
+        self.subject_key = Some(key);
+        Ok(())
     }
 
     /// The catalog asked for by [`Request::StoreCatalog`] is stored.
@@ -158,11 +229,16 @@ impl<'a> Append<'a> {
     pub(crate) fn answered(&mut self, appended: Appended) -> Result<Option<Written>> {
         match appended {
             Appended::Entry(id) => {
+                let Stage::Sealed(sealed) = &self.stage else {
+                    return Err(Error::Config(
+                        "an entry was reported written before it was sealed".into(),
+                    ));
+                };
                 self.oplog.remember_ticket(
                     &self.entry.aggregate,
                     TicketRow {
                         version: self.seq,
-                        chain: self.sealed.chain.to_vec(),
+                        chain: sealed.chain.to_vec(),
                     },
                 );
                 Ok(Some(Written {
@@ -170,7 +246,7 @@ impl<'a> Append<'a> {
                     uuid: self.entry.uuid,
                     aggregate: self.entry.aggregate.clone(),
                     seq: self.seq,
-                    chain: self.sealed.chain,
+                    chain: sealed.chain,
                 }))
             }
             // The first entry written with this catalog in this database:
@@ -195,10 +271,11 @@ impl<'a> Append<'a> {
                         name: self.entry.aggregate.clone(),
                     });
                 }
-                let (seq, sealed) = seal(self.oplog, self.entry, &current)?;
+                let (seq, sealed) =
+                    seal(self.oplog, self.entry, self.subject_key.as_ref(), &current)?;
                 self.after = current;
                 self.seq = seq;
-                self.sealed = sealed;
+                self.stage = Stage::Sealed(sealed);
                 Ok(None)
             }
             Appended::NoTicket => Err(Error::TicketNotFound {
@@ -208,20 +285,35 @@ impl<'a> Append<'a> {
     }
 }
 
-/// Seals `entry` as the successor of `after`.
-fn seal(oplog: &Oplog, entry: &NewEntry, after: &TicketRow) -> Result<(i64, Sealed)> {
+/// The format `entry` is written in.
+fn entry_format(entry: &NewEntry) -> i16 {
+    if entry.subject.is_some() {
+        entry::FORMAT_SUBJECT
+    } else {
+        entry::FORMAT_VERSION
+    }
+}
+
+/// Seals `entry` as the successor of `after`, under its subject's key when
+/// it has one, else under the keyring.
+fn seal(
+    oplog: &Oplog,
+    entry: &NewEntry,
+    subject_key: Option<&Keyring>,
+    after: &TicketRow,
+) -> Result<(i64, Sealed)> {
     let seq = after
         .version
         .checked_add(1)
         .ok_or_else(|| Error::TicketExhausted {
             name: entry.aggregate.clone(),
         })?;
-    let header = entry.header(
-        seq,
-        oplog.wrapper().key_id(),
-        &oplog.encoded_catalog().digest,
-    );
-    let sealed = entry::seal(oplog.wrapper(), &header, &entry.queue, &after.chain)?;
+    let wrapper: &dyn Wrapper = match subject_key {
+        Some(key) => key,
+        None => oplog.wrapper(),
+    };
+    let header = entry.header(seq, wrapper.key_id(), &oplog.encoded_catalog().digest);
+    let sealed = entry::seal(wrapper, &header, &entry.queue, &after.chain)?;
     Ok((seq, sealed))
 }
 

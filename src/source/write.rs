@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use crate::codec::catalog::{CatalogBytes, EncodedCatalog, TypeCatalog};
-use crate::codec::crypto::Wrapper;
+use crate::codec::crypto::{CryptoError, Keyring, Wrapper};
+use crate::codec::subject;
 use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, HASH_LEN};
 use crate::codec::queue::Limits;
 use crate::error::{EntryRef, Error, Result};
@@ -469,17 +470,77 @@ impl Oplog {
     /// Decrypts, authenticates and decodes a stored entry with `catalog`,
     /// which the caller found for the digest the entry names.
     pub(crate) fn open_with(&self, row: StoredRow, catalog: Arc<TypeCatalog>) -> Result<Entry> {
+        self.open_under(row, catalog, SubjectKeys::Stored)
+    }
+
+    /// [`Oplog::open_with`], opening an entry under a subject's key with the
+    /// key `keys` says. An entry whose subject was shredded opens without
+    /// operations, marked shredded, once its digest checks against its
+    /// ciphertext.
+    pub(crate) fn open_under(
+        &self,
+        row: StoredRow,
+        catalog: Arc<TypeCatalog>,
+        keys: SubjectKeys<'_>,
+    ) -> Result<Entry> {
         let (uuid, metadata) = row_parts(&row)?;
         let header = row_header(&row, uuid, &metadata);
-        let operations = entry::open(
-            self.wrapper.as_ref(),
-            &catalog,
-            &self.limits,
-            &header,
-            Some(row.id),
-            &row.data,
-            &row.digest,
-        )?;
+        let corrupt = |reason: String| Error::CorruptEntry {
+            entry: row_ref(&row),
+            reason,
+        };
+        let mut shredded = false;
+        let mut sealed = false;
+        let unwrapped;
+        let wrapper: &dyn Wrapper = if row.format != entry::FORMAT_SUBJECT {
+            self.wrapper.as_ref()
+        } else if let SubjectKeys::Given(key) = keys {
+            key
+        } else if let SubjectKeys::Absent = keys {
+            entry::check_sealed_digest(&header, Some(row.id), &row.data, &row.digest)?;
+            sealed = true;
+            self.wrapper.as_ref()
+        } else {
+            entry::check_sealed_digest(&header, Some(row.id), &row.data, &row.digest)?;
+            let Some(subject) = &row.subject else {
+                return Err(corrupt(format!(
+                    "it is under subject key {:?}, which does not exist",
+                    row.key_id
+                )));
+            };
+            match &row.subject_wrapped {
+                None => {
+                    shredded = true;
+                    self.wrapper.as_ref()
+                }
+                Some(wrapped) => {
+                    unwrapped = subject::unwrap(self.wrapper.as_ref(), subject, &row.key_id, wrapped)
+                        .map_err(|e| match e {
+                            subject::UnwrapError::Crypto(CryptoError::UnknownKey(key_id)) => {
+                                Error::UnknownKey {
+                                    key_id,
+                                    entry: Some(row_ref(&row)),
+                                }
+                            }
+                            e => corrupt(e.describe(subject, &row.key_id)),
+                        })?;
+                    &unwrapped
+                }
+            }
+        };
+        let operations = if shredded || sealed {
+            Vec::new()
+        } else {
+            entry::open(
+                wrapper,
+                &catalog,
+                &self.limits,
+                &header,
+                Some(row.id),
+                &row.data,
+                &row.digest,
+            )?
+        };
         Ok(Entry {
             id: row.id,
             uuid,
@@ -490,10 +551,25 @@ impl Oplog {
             created_at_micros: row.created_us,
             metadata,
             chain: row.chain,
+            subject: row.subject,
+            shredded,
             catalog,
             operations,
         })
     }
+}
+
+/// Where the key of an entry under a subject's key comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum SubjectKeys<'k> {
+    /// The wrapped key read with the row.
+    Stored,
+    /// This key (a shred reads the subject's entries with the key it has
+    /// just destroyed).
+    Given(&'k Keyring),
+    /// Nowhere: the entry came without its key (from a stream), so it is
+    /// handed over without operations once its digest checks.
+    Absent,
 }
 
 /// Entries read a page at a time and opened one at a time; see
@@ -719,8 +795,9 @@ impl Oplog {
                 crate::store::tokio_driver::append_and_commit(tx.client(), &row, || sent = true)
                     .await
             }
-            Request::StoreCatalog { .. } => Err(Error::Config(
-                "an append sent with COMMIT has no catalog to store".into(),
+            Request::StoreCatalog { .. } | Request::SubjectKey(_) => Err(Error::Config(
+                "an append sent with COMMIT has no catalog to store and no subject key to look up"
+                    .into(),
             )),
         };
         if !sent {
@@ -924,6 +1001,11 @@ async fn drive_async(
                 append.catalog_stored();
                 continue;
             }
+            Request::SubjectKey(q) => {
+                let found = c.subject_key(&q).await?;
+                append.subject_key_found(found)?;
+                continue;
+            }
         };
         if let Some(written) = append.answered(answered)? {
             return Ok(written);
@@ -940,6 +1022,11 @@ fn drive(conn: &mut impl Connection, mut append: Append<'_>) -> Result<Written> 
             Request::StoreCatalog { digest, bytes } => {
                 conn.store_catalog(digest, bytes)?;
                 append.catalog_stored();
+                continue;
+            }
+            Request::SubjectKey(q) => {
+                let found = conn.subject_key(&q)?;
+                append.subject_key_found(found)?;
                 continue;
             }
         };

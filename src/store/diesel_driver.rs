@@ -6,6 +6,8 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, SmallInt, Text};
 use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 
+use crate::error::Error;
+
 use super::*;
 
 #[derive(QueryableByName)]
@@ -34,6 +36,14 @@ struct DieselCatalog {
     size: i64,
     #[diesel(sql_type = Nullable<Binary>)]
     catalog: Option<Vec<u8>>,
+}
+
+#[derive(QueryableByName)]
+struct DieselSubjectKey {
+    #[diesel(sql_type = Text)]
+    o_key_id: String,
+    #[diesel(sql_type = Nullable<Binary>)]
+    o_wrapped: Option<Vec<u8>>,
 }
 
 #[derive(QueryableByName)]
@@ -131,6 +141,22 @@ impl private::Sealed for PgConnection {
             .bind::<Binary, _>(bytes)
             .execute(self)?;
         Ok(())
+    }
+
+    fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow> {
+        let rows: Vec<DieselSubjectKey> = diesel::sql_query(SUBJECT_KEY)
+            .bind::<Text, _>(q.subject)
+            .bind::<Text, _>(q.key_id)
+            .bind::<Binary, _>(q.wrapped)
+            .bind::<Text, _>(q.wrapping_key_id)
+            .load(self)?;
+        let row = first(rows).ok_or_else(|| {
+            Error::Migration("oplog_subject_key returned no row; migrate the database".into())
+        })?;
+        Ok(SubjectKeyRow {
+            key_id: row.o_key_id,
+            wrapped: row.o_wrapped,
+        })
     }
 
     fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {

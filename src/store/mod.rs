@@ -45,6 +45,8 @@ pub(crate) trait AsyncStatements {
     async fn append(&mut self, row: &InsertRow<'_>, wait: bool) -> Result<Appended>;
     /// Stores a catalog (in the caller's transaction).
     async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
+    /// Looks up (or creates) a subject's data key, held FOR SHARE.
+    async fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow>;
 }
 
 /// Where an async listing reads its pages and the catalogs entries name:
@@ -139,6 +141,34 @@ pub struct StoredRow {
     pub meta_values: Vec<String>,
     #[cfg_attr(feature = "diesel", diesel(sql_type = Nullable<Binary>))]
     pub catalog: Option<Vec<u8>>,
+    /// For an entry under a subject's key (format 2): the subject, when its
+    /// key exists.
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Nullable<Text>))]
+    pub subject: Option<String>,
+    /// The subject's wrapped data key; `None` once shredded.
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Nullable<Binary>))]
+    pub subject_wrapped: Option<Vec<u8>>,
+}
+
+/// A subject's data key as `oplog_subject_key` answers: its id, and its
+/// wrapped key (`None` when shredded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectKeyRow {
+    pub key_id: String,
+    pub wrapped: Option<Vec<u8>>,
+}
+
+/// Looks up a subject's data key in the writer's transaction, creating it
+/// from the candidate when missing, and holds it FOR SHARE.
+pub(crate) const SUBJECT_KEY: &str =
+    "SELECT o_key_id, o_wrapped FROM oplog_subject_key($1, $2, $3, $4)";
+
+/// The parameters of [`SUBJECT_KEY`].
+pub struct SubjectKeyQuery<'a> {
+    pub subject: &'a str,
+    pub key_id: &'a str,
+    pub wrapped: &'a [u8],
+    pub wrapping_key_id: &'a str,
 }
 
 /// Which entries to list: one page of a scan in (aggregate, seq) order.
@@ -333,12 +363,13 @@ SELECT e.id, e.entry_uuid::text AS entry_uuid, e.aggregate_name, e.seq, e.format
        e.data, e.digest, e.chain,
        (extract(epoch FROM e.created_at) * 1000000)::bigint AS created_us,
        coalesce(m.keys, '{}') AS meta_keys, coalesce(m.vals, '{}') AS meta_values,
-       e.catalog
+       e.catalog, sk.subject, sk.wrapped AS subject_wrapped
 FROM oplog_entry e
 LEFT JOIN LATERAL (
     SELECT array_agg(key ORDER BY ordinal) AS keys, array_agg(value ORDER BY ordinal) AS vals
     FROM oplog_metadata WHERE entry_id = e.id
-) m ON true";
+) m ON true
+LEFT JOIN oplog_subject_key sk ON e.format = 2 AND sk.key_id = e.key_id";
 
 /// The bytes an entry costs to read, computed from the sizes PostgreSQL
 /// keeps in each value's header, so that no large value is read to size it.
@@ -447,6 +478,7 @@ pub(crate) mod private {
         fn list_entries(&mut self, q: &ListQuery<'_>) -> Result<EntryPage>;
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
+        fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow>;
         fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
     }
 }
@@ -666,7 +698,31 @@ pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
         meta_keys: r.get(10),
         meta_values: r.get(11),
         catalog: r.get(12),
+        subject: r.get(13),
+        subject_wrapped: r.get(14),
     }
+}
+
+/// The parameters of [`SUBJECT_KEY`] for `q`.
+pub(crate) fn subject_key_params<'p>(q: &'p SubjectKeyQuery<'_>) -> [(&'p (dyn ToSql + Sync), Type); 4] {
+    [
+        (&q.subject, Type::TEXT),
+        (&q.key_id, Type::TEXT),
+        (&q.wrapped, Type::BYTEA),
+        (&q.wrapping_key_id, Type::TEXT),
+    ]
+}
+
+/// A subject key from a row of [`SUBJECT_KEY`].
+pub(crate) fn subject_key_row(row: &postgres::Row) -> Result<SubjectKeyRow> {
+    Ok(SubjectKeyRow {
+        key_id: row.try_get(0)?,
+        wrapped: row.try_get(1)?,
+    })
+}
+
+fn pg_subject_key(c: &mut impl GenericClient, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow> {
+    subject_key_row(&c.query_typed_one(SUBJECT_KEY, &subject_key_params(q))?)
 }
 
 fn pg_store_catalog(c: &mut impl GenericClient, digest: &[u8], bytes: &[u8]) -> Result<()> {
@@ -718,6 +774,9 @@ macro_rules! impl_postgres {
             }
             fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
                 pg_store_catalog(self, digest, bytes)
+            }
+            fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow> {
+                pg_subject_key(self, q)
             }
             fn load_catalog(
                 &mut self,
@@ -959,6 +1018,25 @@ pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> R
         &[(&key_id, Type::TEXT)],
     )?;
     Ok(row.get(0))
+}
+
+/// The entries under the subject key `key_id` with an id above `after`,
+/// in id order, at most `limit`: one range of the partial index on
+/// (key_id, id) of entries under subject keys.
+pub(crate) fn subject_entries(
+    c: &mut impl GenericClient,
+    key_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredRow>> {
+    let sql = format!(
+        "{SELECT_ENTRIES} WHERE e.format = 2 AND e.key_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3"
+    );
+    let rows = c.query_typed(
+        &sql,
+        &[(&key_id, Type::TEXT), (&after, Type::INT8), (&limit, Type::INT8)],
+    )?;
+    Ok(rows.iter().map(stored_row).collect())
 }
 
 /// The highest entry id, 0 when there is none.

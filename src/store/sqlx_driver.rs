@@ -125,6 +125,8 @@ pub(crate) async fn list_entries(c: &mut PgConnection, q: &ListQuery<'_>) -> Res
                 meta_keys: r.try_get(10)?,
                 meta_values: r.try_get(11)?,
                 catalog: r.try_get(12)?,
+                subject: r.try_get(13)?,
+                subject_wrapped: r.try_get(14)?,
             });
         }
     }
@@ -142,6 +144,23 @@ impl super::AsyncStatements for Driver<'_> {
 
     async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
         store_catalog(self.0, digest, bytes).await
+    }
+
+    async fn subject_key(
+        &mut self,
+        q: &super::SubjectKeyQuery<'_>,
+    ) -> Result<super::SubjectKeyRow> {
+        let row = sqlx::query(super::SUBJECT_KEY)
+            .bind(q.subject)
+            .bind(q.key_id)
+            .bind(q.wrapped)
+            .bind(q.wrapping_key_id)
+            .fetch_one(&mut *self.0)
+            .await?;
+        Ok(super::SubjectKeyRow {
+            key_id: row.try_get(0)?,
+            wrapped: row.try_get(1)?,
+        })
     }
 }
 

@@ -163,6 +163,17 @@ impl<C: GenericClient> super::AsyncStatements for Driver<'_, C> {
     async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()> {
         store_catalog(self.0, digest, bytes).await
     }
+
+    async fn subject_key(
+        &mut self,
+        q: &super::SubjectKeyQuery<'_>,
+    ) -> Result<super::SubjectKeyRow> {
+        let row = self
+            .0
+            .query_typed_one(super::SUBJECT_KEY, &super::subject_key_params(q))
+            .await?;
+        super::subject_key_row(&row)
+    }
 }
 
 impl<C: GenericClient> super::AsyncPages for Driver<'_, C> {

@@ -359,7 +359,7 @@ fn opening_finding(e: Error) -> Result<(FindingKind, String)> {
             found, supported, ..
         } => (
             FindingKind::UnsupportedFormat,
-            format!("format version {found}, this build reads version {supported}; upgrade oplog"),
+            format!("format version {found}, this build reads versions up to {supported}; upgrade oplog"),
         ),
         Error::CorruptEntry { reason, .. } => (FindingKind::Corrupt, reason),
         Error::Catalog(reason) => (FindingKind::Catalog, reason),
