@@ -295,8 +295,8 @@ pub use crate::replica::subscribe::{
     Batch, Selection, SubscribeOptions, SubscribeReport, Subscription,
 };
 pub use crate::replica::verify::{
-    heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, TableReport,
-    VerifyOptions, VerifyReport,
+    heads, verify, DifferenceKind, Finding, FindingKind, Head, KeyDifference, ShreddedSubject,
+    TableReport, TombstoneRef, VerifyOptions, VerifyReport,
 };
 pub use crate::replica::{Checkpoint, SkippedEntry, Target};
 

@@ -126,8 +126,13 @@ enum Command {
     /// consumer has applied.
     Trim(TrimArgs),
 
-    /// Grant a database role what a writer, reader, trimmer, agent or key
-    /// administrator needs, and no more (run as the role that migrated).
+    /// Erase a data subject: destroy its data key, so nobody can read its
+    /// entries again, and append tombstones that delete its rows on every
+    /// replica.
+    Shred(ShredArgs),
+
+    /// Grant a database role what a writer, reader, trimmer, agent,
+    /// shredder or key administrator needs, and no more (run as the role that migrated).
     Grant(GrantArgs),
 
     /// Check that the log is intact (and its anchors, and a replica): exit
@@ -488,7 +493,8 @@ enum ConsumersCommand {
 
 #[derive(Debug, Args)]
 struct GrantArgs {
-    /// What the role is for: writer, reader, trimmer, keys or agent.
+    /// What the role is for: writer, reader, trimmer, keys, agent or
+    /// shredder.
     #[arg(value_name = "KIND")]
     kind: String,
 
@@ -727,6 +733,17 @@ struct ServeArgs {
     /// [agent] listen).
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct ShredArgs {
+    /// The data subject, as entries name it (`NewEntry::subject`).
+    #[arg(value_name = "SUBJECT")]
+    subject: String,
+
+    /// Why (recorded in the tombstones, in plaintext).
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -998,6 +1015,7 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             None => Err(Failure::msg("serve needs --config FILE (or --example)")),
         },
         Command::Status(args) => cli::serve::status(ctx, out, args.config.as_deref()),
+        Command::Shred(args) => cli::shred::run(ctx, out, &args.subject, &args.reason),
         Command::Checkpoint(args) => {
             cli::tree::checkpoint(ctx, out, &args.signing_key, args.out.as_deref())
         }

@@ -23,3 +23,21 @@ CREATE INDEX oplog_entry_subject ON oplog_entry (key_id, id) WHERE format = 2;
 
 -- The functions (sql/functions/subjects.sql, and the append's check of a
 -- subject's key in append.sql) come with the function set.
+
+-- Entries are read together with their subject's wrapped key, so every
+-- role that may read entries may read the subject keys (they are wrapped:
+-- reading them needs the keyring, as reading entries does).
+DO $grants$
+DECLARE
+    r text;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT a.grantee::regrole::text
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.oid = 'oplog_entry'::regclass
+           AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner AND a.grantee <> 0
+    LOOP
+        EXECUTE pg_catalog.format('GRANT SELECT ON oplog_subject_key TO %s', r);
+    END LOOP;
+END
+$grants$;

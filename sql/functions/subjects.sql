@@ -95,3 +95,29 @@ END;
 $body$;
 
 REVOKE EXECUTE ON FUNCTION @schema@.oplog_shred(text) FROM PUBLIC;
+
+-- Whoever may append may look up and create subjects' keys; whoever may
+-- rewrap entries may re-wrap subjects' keys. Shredding is granted on its
+-- own (`oplog grant shredder`).
+DO $grants$
+DECLARE
+    r text;
+BEGIN
+    FOR r IN
+        SELECT DISTINCT a.grantee::regrole::text
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid = '@schema@.oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean)'::regprocedure
+           AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @schema@.oplog_subject_key(text, text, bytea, text) TO %s', r);
+    END LOOP;
+    FOR r IN
+        SELECT DISTINCT a.grantee::regrole::text
+          FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+         WHERE p.oid = '@schema@.oplog_rewrap(bigint, text, text, bytea)'::regprocedure
+           AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, bytea) TO %s', r);
+    END LOOP;
+END
+$grants$;

@@ -126,6 +126,7 @@ pub fn rotate(ctx: &Context, out: &mut Output) -> Result<(), Failure> {
 struct RewrapSummary<'a> {
     active_key: &'a str,
     rewrapped: u64,
+    subject_keys_rewrapped: u64,
     skipped: u64,
     batches: u64,
     remaining: u64,
@@ -177,6 +178,7 @@ pub fn rewrap(ctx: &Context, out: &mut Output, batch: usize) -> Result<(), Failu
         return out.json_line(&RewrapSummary {
             active_key: &report.key_id,
             rewrapped: report.rewrapped,
+            subject_keys_rewrapped: report.subject_keys_rewrapped,
             skipped: report.skipped,
             batches: report.batches,
             remaining: report.remaining,
@@ -193,6 +195,12 @@ pub fn rewrap(ctx: &Context, out: &mut Output, batch: usize) -> Result<(), Failu
         report.skipped,
         report.elapsed.as_secs_f64()
     ))?;
+    if report.subject_keys_rewrapped > 0 {
+        out.line(format_args!(
+            "re-wrapped {} subjects' data keys to key {}",
+            report.subject_keys_rewrapped, report.key_id
+        ))?;
+    }
     for (key, n) in &entries_by_key {
         out.line(format_args!("  {key}: {n} entries"))?;
     }
@@ -241,7 +249,7 @@ pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Res
                 usage
                     .iter()
                     .find(|k| k.key_id == key_id)
-                    .map_or(0, |k| k.entries),
+                    .map_or(0, |k| k.entries + k.subject_keys),
             )
         }
         None if force => None,
@@ -254,7 +262,7 @@ pub fn remove(ctx: &Context, out: &mut Output, key_id: &str, force: bool) -> Res
     if let Some(n) = in_use.filter(|n| *n > 0) {
         if !force {
             return Err(Failure::msg(format!(
-                "key {key_id} still encrypts {n} entries; run `oplog keys rewrap` first, or pass --force to remove it anyway (those entries become unreadable)"
+                "key {key_id} still encrypts {n} entries or subjects' data keys; run `oplog keys rewrap` first, or pass --force to remove it anyway (those entries become unreadable)"
             )));
         }
     }

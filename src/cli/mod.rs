@@ -23,6 +23,7 @@ pub mod relay;
 mod render;
 pub mod replay;
 pub mod serve;
+pub mod shred;
 pub mod subscribe;
 pub mod tree;
 pub mod trim;

@@ -55,6 +55,8 @@ impl<'a> EntryView<'a> {
             seq: e.seq,
             format: e.format,
             key_id: &e.key_id,
+            subject: e.subject.as_deref(),
+            shredded: e.shredded,
             created_at: humantime::format_rfc3339_micros(e.created_at()).to_string(),
             metadata: MetadataJson(e.metadata.grouped()),
             messages: e
@@ -84,6 +86,17 @@ impl<'a> EntryView<'a> {
             e.key_id,
             humantime::format_rfc3339_micros(e.created_at())
         ))?;
+        if let Some(subject) = &e.subject {
+            out.line(format_args!(
+                "  subject {}{}",
+                word(subject),
+                if e.shredded {
+                    ": shredded, the payload can no longer be read"
+                } else {
+                    ""
+                }
+            ))?;
+        }
         if !e.metadata.is_empty() {
             let pairs: Vec<String> = e
                 .metadata
@@ -131,6 +144,10 @@ struct EntryJson<'a> {
     seq: i64,
     format: i16,
     key_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shredded: bool,
     created_at: String,
     metadata: MetadataJson<'a>,
     messages: Vec<MessageJson<'a>>,

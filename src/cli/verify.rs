@@ -194,6 +194,32 @@ fn write_text(out: &mut Output, report: &VerifyReport) -> Result<(), Failure> {
             out.line(format_args!("  ... and {unlisted} more"))?;
         }
     }
+    for s in &report.shredded {
+        let tombstones: Vec<String> = s
+            .tombstones
+            .iter()
+            .map(|t| format!("{}:{}", word(&t.aggregate), t.seq))
+            .collect();
+        out.line(format_args!(
+            "shredded: subject {} (key {}): {} {} unreadable; {}",
+            word(&s.subject),
+            s.key_id,
+            s.entries,
+            plural(s.entries, "entry", "entries"),
+            if tombstones.is_empty() {
+                "no tombstone".to_string()
+            } else {
+                format!(
+                    "{} {}{}",
+                    plural(tombstones.len() as u64, "tombstone", "tombstones"),
+                    tombstones.join(", "),
+                    s.by.as_deref()
+                        .map(|by| format!(", by {}", word(by)))
+                        .unwrap_or_default()
+                )
+            }
+        ))?;
+    }
     for note in &report.notes {
         out.line(format_args!("note: {note}"))?;
     }

@@ -639,6 +639,15 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// True for a tombstone: an entry the oplog wrote when it shredded a
+    /// data subject ([`Oplog::shred`](crate::Oplog::shred)), whose DELETEs
+    /// erase the subject's rows and are applied idempotently.
+    pub fn is_tombstone(&self) -> bool {
+        self.metadata
+            .get(crate::codec::subject::SHRED_SUBJECT)
+            .is_some()
+    }
+
     /// Names the entry in errors and messages.
     pub fn entry_ref(&self) -> EntryRef {
         EntryRef {
@@ -773,11 +782,11 @@ mod tests {
     fn unsupported_format_is_refused() {
         let (ring, meta, uuid, _, s) = sealed_entry();
         let h = Header {
-            format: 2,
+            format: 3,
             ..header(&meta, ring.key_id(), uuid)
         };
         let err = open_as(&ring, &h, &s).unwrap_err();
-        assert!(err.to_string().contains("format version 2"), "{err}");
+        assert!(err.to_string().contains("format version 3"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,20 @@ use zeroize::Zeroizing;
 use crate::codec::crypto::{CryptoError, Keyring, Wrapper};
 use crate::error::{Error, Result};
 
+/// Metadata key of a tombstone naming the shredded subject.
+pub const SHRED_SUBJECT: &str = "oplog.shred.subject";
+/// Metadata key of a tombstone giving the reason.
+pub const SHRED_REASON: &str = "oplog.shred.reason";
+/// Metadata key of a tombstone naming the database user who shredded.
+pub const SHRED_BY: &str = "oplog.shred.by";
+/// Metadata key of a tombstone naming the destroyed key.
+pub const SHRED_KEY: &str = "oplog.shred.key";
+/// Metadata key of a tombstone counting the subject's entries in its
+/// aggregate, now unreadable.
+pub const SHRED_ENTRIES: &str = "oplog.shred.entries";
+/// The aggregate of the tombstone of a subject that wrote no entry.
+pub const SHRED_AGGREGATE: &str = "oplog.shred";
+
 /// Longest data subject name, in bytes.
 pub const MAX_SUBJECT: usize = 256;
 

@@ -109,6 +109,8 @@ mod tests {
                     meta_keys: Vec::new(),
                     meta_values: Vec::new(),
                     catalog: None,
+                    subject: None,
+                    subject_wrapped: None,
                 };
                 row.chain = expected_chain(&row, &prev).unwrap().to_vec();
                 prev.clone_from(&row.chain);

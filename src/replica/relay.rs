@@ -1294,6 +1294,8 @@ mod tests {
             meta_keys: vec!["actor".into()],
             meta_values: vec!["bob".into()],
             catalog: Some(vec![6; 32]),
+            subject: None,
+            subject_wrapped: None,
         };
         let payload = serde_json::to_vec(&WireEntry::of(&row)).unwrap();
         let back = WireEntry::parse(&payload).unwrap();

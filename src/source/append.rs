@@ -344,7 +344,7 @@ mod tests {
             Request::Append { row, wait } => {
                 (row.seq, row.prev_chain.to_vec(), row.chain.to_vec(), wait)
             }
-            Request::StoreCatalog { .. } => panic!("expected an append"),
+            _ => panic!("expected an append"),
         }
     }
 
@@ -421,7 +421,7 @@ mod tests {
                 assert_eq!(digest, log.catalog_digest().as_slice());
                 assert_eq!(bytes, log.encoded_catalog().bytes.as_slice());
             }
-            Request::Append { .. } => panic!("expected the catalog first"),
+            _ => panic!("expected the catalog first"),
         }
         append.catalog_stored();
         assert_eq!(append_row(&append), before, "the same sealed entry again");
@@ -485,5 +485,75 @@ mod tests {
     fn an_entry_that_could_not_be_read_back_is_refused_before_anything_is_sent() {
         let log = oplog();
         assert!(Append::pessimistic(&log, &NewEntry::new("a")).is_err());
+    }
+
+    #[test]
+    fn a_subject_entry_is_sealed_under_the_key_the_lookup_answers() {
+        let log = oplog();
+        let mut e = entry("a");
+        e.subject("user-42");
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let (key_id, wrapped) = match append.request() {
+            Request::SubjectKey(q) => {
+                assert_eq!(q.subject, "user-42");
+                assert_eq!(q.wrapping_key_id, log.wrapper().key_id());
+                (q.key_id.to_string(), q.wrapped.to_vec())
+            }
+            _ => panic!("expected the subject's key first"),
+        };
+        append
+            .subject_key_found(SubjectKeyRow {
+                key_id: key_id.clone(),
+                wrapped: Some(wrapped),
+            })
+            .unwrap();
+        match append.request() {
+            Request::Append { row, .. } => {
+                assert_eq!(row.format, entry::FORMAT_SUBJECT);
+                assert_eq!(row.key_id, key_id);
+                assert_eq!(row.seq, 1);
+                // The digest is over the ciphertext, so it checks without
+                // any key.
+                assert_eq!(row.digest, entry::sealed_digest(row.data).as_slice());
+            }
+            _ => panic!("expected the append"),
+        }
+        // A moved ticket seals again under the same subject key.
+        let moved = TicketRow {
+            version: 4,
+            chain: vec![7; 32],
+        };
+        assert!(append.answered(Appended::Moved(moved)).unwrap().is_none());
+        match append.request() {
+            Request::Append { row, .. } => {
+                assert_eq!((row.seq, row.key_id), (5, key_id.as_str()));
+            }
+            _ => panic!("expected the append"),
+        }
+    }
+
+    #[test]
+    fn a_shredded_subject_is_refused() {
+        let log = oplog();
+        let mut e = entry("a");
+        e.subject("user-42");
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let err = append
+            .subject_key_found(SubjectKeyRow {
+                key_id: "s1".into(),
+                wrapped: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::SubjectShredded { ref subject } if subject == "user-42"), "{err}");
+        // A key wrapped for another subject does not unwrap.
+        let other = subject::candidate(log.wrapper(), "user-43").unwrap();
+        let mut append = Append::pessimistic(&log, &e).unwrap();
+        let err = append
+            .subject_key_found(SubjectKeyRow {
+                key_id: other.key_id,
+                wrapped: Some(other.wrapped),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("failed authentication"), "{err}");
     }
 }

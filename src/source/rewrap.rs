@@ -14,6 +14,12 @@
 //! before, during and after, and an entry that does not authenticate is
 //! never re-encrypted: rewrapping stops with the error that names it.
 //!
+//! Entries under a data subject's key (format 2) are not re-encrypted:
+//! their ciphertext never changes. Each subject's data key is re-wrapped
+//! instead (unwrapped with the keyring, wrapped under the active key,
+//! replaced through `oplog_rewrap_subject_key`), after the entries, a
+//! bounded page of subjects per transaction.
+//!
 //! Writers keep working meanwhile: a batch locks only the old entries it
 //! re-encrypts, which no writer touches. Each batch is one short
 //! transaction, so a rewrap that is interrupted loses at most one batch
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, GenericClient};
 
 use crate::codec::entry::{self, Header};
+use crate::codec::subject;
 use crate::error::{EntryRef, Error, Result};
 use crate::source::write::{row_parts, row_ref, Oplog};
 use crate::store;
@@ -61,6 +68,8 @@ pub struct RewrapReport {
     /// meanwhile by a writer whose keyring has an older active key. Run the
     /// rewrap again once every writer has the new key.
     pub remaining: u64,
+    /// Subjects' data keys re-wrapped under the active key.
+    pub subject_keys_rewrapped: u64,
     /// How many entries each key encrypts, after the rewrap.
     pub keys: Vec<KeyUsage>,
     /// How long the rewrap took.
@@ -74,6 +83,8 @@ pub struct KeyUsage {
     pub key_id: String,
     /// Entries stored under it.
     pub entries: u64,
+    /// Data subjects' keys it wraps (each subject's entries depend on it).
+    pub subject_keys: u64,
 }
 
 /// How many entries each key id encrypts, by key id: a key may be removed
@@ -81,13 +92,28 @@ pub struct KeyUsage {
 /// caller's connection or transaction ([`Database::connect`](crate::Database::connect)
 /// opens one).
 pub fn key_usage(client: &mut impl GenericClient) -> Result<Vec<KeyUsage>> {
-    Ok(store::key_usage(client)?
+    let mut usage: std::collections::BTreeMap<String, KeyUsage> = store::key_usage(client)?
         .into_iter()
-        .map(|(key_id, n)| KeyUsage {
-            key_id,
-            entries: count(n),
+        .map(|(key_id, n)| {
+            let usage = KeyUsage {
+                key_id: key_id.clone(),
+                entries: count(n),
+                subject_keys: 0,
+            };
+            (key_id, usage)
         })
-        .collect())
+        .collect();
+    for (key_id, n) in store::subject_key_usage(client)? {
+        usage
+            .entry(key_id.clone())
+            .or_insert(KeyUsage {
+                key_id,
+                entries: 0,
+                subject_keys: 0,
+            })
+            .subject_keys = count(n);
+    }
+    Ok(usage.into_values().collect())
 }
 
 /// The fewest entry ids a rewrap page looks through.
@@ -139,6 +165,7 @@ impl Oplog {
             skipped: 0,
             batches: 0,
             remaining: 0,
+            subject_keys_rewrapped: 0,
             keys: Vec::new(),
             elapsed: Duration::ZERO,
         };
@@ -210,6 +237,7 @@ impl Oplog {
                 elapsed: start.elapsed(),
             });
         }
+        report.subject_keys_rewrapped = self.rewrap_subject_keys(client, &report.key_id, limit)?;
         report.remaining = count(store::count_not_under_key(client, &report.key_id)?);
         report.keys = key_usage(client)?;
         report.elapsed = start.elapsed();
@@ -219,6 +247,37 @@ impl Oplog {
 
 /// The wrapper's active key changed in the middle of a rewrap (a wrapper
 /// whose active key can change under it): stop rather than mix keys.
+impl Oplog {
+    /// Re-wraps the subjects' data keys not under `key_id` (the active
+    /// key), `limit` subjects per transaction; returns how many.
+    fn rewrap_subject_keys(&self, client: &mut Client, key_id: &str, limit: i64) -> Result<u64> {
+        let mut done = 0u64;
+        let mut after = String::new();
+        loop {
+            let mut tx = client.transaction()?;
+            let keys = store::subject_keys_not_under_key(&mut tx, key_id, &after, limit)?;
+            let Some(last) = keys.last() else {
+                return Ok(done);
+            };
+            after = last.subject.clone();
+            for k in &keys {
+                let wrapped = subject::rewrap(self.wrapper(), &k.subject, &k.key_id, &k.wrapped)
+                    .map_err(|e| Error::Keyring(e.describe(&k.subject, &k.key_id)))?;
+                if self.wrapper().key_id() != key_id {
+                    return Err(Error::Keyring(format!(
+                        "the active key changed from {key_id:?} to {:?} while subject keys were re-wrapped; run the rewrap again",
+                        self.wrapper().key_id()
+                    )));
+                }
+                if store::rewrap_subject_key(&mut tx, k, key_id, &wrapped)? {
+                    done += 1;
+                }
+            }
+            tx.commit()?;
+        }
+    }
+}
+
 fn changed_key(entry: EntryRef, expected: &str, found: &str) -> Error {
     Error::Keyring(format!(
         "the active key changed from {expected:?} to {found:?} while {entry} was re-encrypted; run the rewrap again"

@@ -9,6 +9,13 @@
 //!   catalogs that match their digest. It may not insert entries or
 //!   metadata directly, move a ticket, update or delete anything, truncate,
 //!   trim, or change the schema: it cannot rewrite history, only add to it.
+//!   Entries naming a data subject are written under the subject's key,
+//!   which a writer looks up, or creates, through `oplog_subject_key`
+//!   (owner's rights): it cannot change or destroy a subject's key.
+//! - **Shredder** (`shred`, or [`Oplog::shred`](crate::Oplog::shred) in the
+//!   application's transaction): a writer that may also destroy a
+//!   subject's key through `oplog_shred` (owner's rights), which records
+//!   who did it; the tombstones are appended as a writer appends.
 //! - **Reader** (`log`, `verify`, `replay` and `follow` on the source):
 //!   reads everything, and registers consumers so trimming knows what its
 //!   replica needs. A consumer belongs to the role that registered it: row
@@ -21,7 +28,8 @@
 //!   own.
 //! - **Keys** (`keys rewrap`, `keys remove`): reads entries and may change
 //!   exactly their `key_id` and `data`, which the entry trigger allows only
-//!   through `oplog_rewrap`.
+//!   through `oplog_rewrap`, and re-wrap a subject's key through
+//!   `oplog_rewrap_subject_key`, which never destroys or revives one.
 //! - **Agent** (`serve`): what a reader and a trimmer may do, keeping the
 //!   agents' registry and run log (`oplog_agent`, `oplog_job_run`), and
 //!   appending checkpoints (leaves and heads of the log's Merkle tree,
@@ -56,6 +64,9 @@ pub enum Role {
     Keys,
     /// The agents of `oplog serve`.
     Agent,
+    /// Whoever erases data subjects by destroying their keys: a writer
+    /// that may also shred.
+    Shredder,
 }
 
 impl FromStr for Role {
@@ -68,8 +79,9 @@ impl FromStr for Role {
             "trimmer" => Ok(Role::Trimmer),
             "keys" => Ok(Role::Keys),
             "agent" => Ok(Role::Agent),
+            "shredder" => Ok(Role::Shredder),
             other => Err(Error::Config(format!(
-                "unknown role kind {other:?}; use writer, reader, trimmer, keys or agent"
+                "unknown role kind {other:?}; use writer, reader, trimmer, keys, agent or shredder"
             ))),
         }
     }
@@ -83,6 +95,7 @@ impl fmt::Display for Role {
             Role::Trimmer => "trimmer",
             Role::Keys => "keys",
             Role::Agent => "agent",
+            Role::Shredder => "shredder",
         })
     }
 }
@@ -91,6 +104,12 @@ impl fmt::Display for Role {
 const APPEND: &str = "oplog_append(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], boolean, bytea, boolean)";
 
 /// The same append for a writer that sends COMMIT in the same round trip.
+const SUBJECT_KEY: &str = "oplog_subject_key(text, text, bytea, text)";
+
+const REWRAP_SUBJECT_KEY: &str = "oplog_rewrap_subject_key(text, text, text, bytea)";
+
+const SHRED: &str = "oplog_shred(text)";
+
 const APPEND_OR_ABORT: &str = "oplog_append_or_abort(uuid, text, bigint, bytea, smallint, text, bytea, bytea, bytea, text[], text[], bytea, boolean)";
 
 /// The statements that give database role `name` what `role` needs in the
@@ -100,15 +119,15 @@ pub fn grants(role: Role, name: &str) -> String {
     let lines: Vec<String> = match role {
         Role::Writer => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_subject_key TO {to}"
             ),
             format!("GRANT INSERT (name) ON oplog_ticket TO {to}"),
             format!("GRANT INSERT ON oplog_catalog TO {to}"),
-            format!("GRANT EXECUTE ON FUNCTION {APPEND}, {APPEND_OR_ABORT} TO {to}"),
+            format!("GRANT EXECUTE ON FUNCTION {APPEND}, {APPEND_OR_ABORT}, {SUBJECT_KEY} TO {to}"),
         ],
         Role::Reader => vec![
             format!(
-                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_source, oplog_trim_point, oplog_trim_policy, oplog_tree_leaf, oplog_tree_head, oplog_tree_node TO {to}"
+                "GRANT SELECT ON oplog_ticket, oplog_entry, oplog_metadata, oplog_catalog, oplog_subject_key, oplog_source, oplog_trim_point, oplog_trim_policy, oplog_tree_leaf, oplog_tree_head, oplog_tree_node TO {to}"
             ),
             format!("GRANT SELECT, INSERT, UPDATE ON oplog_consumer, oplog_consumer_position TO {to}"),
             format!("GRANT DELETE ON oplog_consumer, oplog_consumer_position TO {to}"),
@@ -120,12 +139,12 @@ pub fn grants(role: Role, name: &str) -> String {
             format!("GRANT EXECUTE ON FUNCTION oplog_trim_bound(text, interval) TO {to}"),
             format!("GRANT EXECUTE ON FUNCTION oplog_trim(text, bigint, bigint, interval) TO {to}"),
         ],
-        Role::Agent => Vec::new(),
+        Role::Agent | Role::Shredder => Vec::new(),
         Role::Keys => vec![
-            format!("GRANT SELECT ON oplog_entry, oplog_metadata, oplog_catalog TO {to}"),
+            format!("GRANT SELECT ON oplog_entry, oplog_metadata, oplog_catalog, oplog_subject_key TO {to}"),
             format!("GRANT UPDATE (key_id, data) ON oplog_entry TO {to}"),
             format!(
-                "GRANT EXECUTE ON FUNCTION oplog_rewrap(bigint, text, text, bytea) TO {to}"
+                "GRANT EXECUTE ON FUNCTION oplog_rewrap(bigint, text, text, bytea), {REWRAP_SUBJECT_KEY} TO {to}"
             ),
         ],
     };
@@ -147,6 +166,14 @@ pub fn grants(role: Role, name: &str) -> String {
             lines.push(format!(
                 "GRANT INSERT ON oplog_tree_leaf, oplog_tree_head, oplog_tree_node TO {to}"
             ));
+            lines
+        }
+        Role::Shredder => {
+            let mut lines: Vec<String> = grants(Role::Writer, name)
+                .lines()
+                .map(|l| l.trim_end_matches(';').to_string())
+                .collect();
+            lines.push(format!("GRANT EXECUTE ON FUNCTION {SHRED} TO {to}"));
             lines
         }
         _ => lines,

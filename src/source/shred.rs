@@ -37,19 +37,9 @@ use crate::proto::OpType;
 use crate::source::write::{row_ref, Oplog, SubjectKeys, Written};
 use crate::store;
 
-/// Metadata key of a tombstone naming the shredded subject.
-pub const SHRED_SUBJECT: &str = "oplog.shred.subject";
-/// Metadata key of a tombstone giving the reason.
-pub const SHRED_REASON: &str = "oplog.shred.reason";
-/// Metadata key of a tombstone naming the database user who shredded.
-pub const SHRED_BY: &str = "oplog.shred.by";
-/// Metadata key of a tombstone naming the destroyed key.
-pub const SHRED_KEY: &str = "oplog.shred.key";
-/// Metadata key of a tombstone counting the subject's entries in its
-/// aggregate, now unreadable.
-pub const SHRED_ENTRIES: &str = "oplog.shred.entries";
-/// The aggregate of the tombstone of a subject that wrote no entry.
-pub const SHRED_AGGREGATE: &str = "oplog.shred";
+pub use crate::codec::subject::{
+    SHRED_AGGREGATE, SHRED_BY, SHRED_ENTRIES, SHRED_KEY, SHRED_REASON, SHRED_SUBJECT,
+};
 
 /// Most deletions in one tombstone entry; more make more tombstones.
 const DELETES_PER_TOMBSTONE: usize = 1_000;

@@ -1005,16 +1005,83 @@ pub(crate) fn next_seq(
 /// How many entries each key id encrypts, by key id.
 pub(crate) fn key_usage(c: &mut impl GenericClient) -> Result<Vec<(String, i64)>> {
     let rows = c.query_typed(
-        "SELECT key_id, count(*) FROM oplog_entry GROUP BY key_id ORDER BY key_id COLLATE \"C\"",
+        "SELECT key_id, count(*) FROM oplog_entry WHERE format <> 2 GROUP BY key_id ORDER BY key_id COLLATE \"C\"",
         &[],
     )?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// How many subjects' data keys each keyring key wraps, by key id.
+pub(crate) fn subject_key_usage(c: &mut impl GenericClient) -> Result<Vec<(String, i64)>> {
+    let rows = c.query_typed(
+        "SELECT wrapping_key_id, count(*) FROM oplog_subject_key WHERE wrapped IS NOT NULL \
+         GROUP BY wrapping_key_id ORDER BY wrapping_key_id COLLATE \"C\"",
+        &[],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A subject's data key, wrapped.
+pub(crate) struct WrappedSubjectKey {
+    pub subject: String,
+    pub key_id: String,
+    pub wrapped: Vec<u8>,
+    pub wrapping_key_id: String,
+}
+
+/// The subjects' data keys wrapped by a key other than `key_id`, after
+/// subject `after` in subject order, at most `limit`: a range of the
+/// primary key.
+pub(crate) fn subject_keys_not_under_key(
+    c: &mut impl GenericClient,
+    key_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<WrappedSubjectKey>> {
+    let rows = c.query_typed(
+        "SELECT subject, key_id, wrapped, wrapping_key_id FROM oplog_subject_key \
+         WHERE subject > $2 AND wrapped IS NOT NULL AND wrapping_key_id <> $1 \
+         ORDER BY subject LIMIT $3",
+        &[(&key_id, Type::TEXT), (&after, Type::TEXT), (&limit, Type::INT8)],
+    )?;
+    rows.iter()
+        .map(|r| {
+            Ok(WrappedSubjectKey {
+                subject: r.try_get(0)?,
+                key_id: r.try_get(1)?,
+                wrapped: r.try_get(2)?,
+                wrapping_key_id: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Replaces subject key `k`'s wrapped key with `wrapped` under `new_key`
+/// through `oplog_rewrap_subject_key`; false when it changed meanwhile
+/// (shredded, or re-wrapped by someone else).
+pub(crate) fn rewrap_subject_key(
+    c: &mut impl GenericClient,
+    k: &WrappedSubjectKey,
+    new_key: &str,
+    wrapped: &[u8],
+) -> Result<bool> {
+    let row = c.query_typed_one(
+        "SELECT oplog_rewrap_subject_key($1, $2, $3, $4, $5)",
+        &[
+            (&k.subject, Type::TEXT),
+            (&k.key_id, Type::TEXT),
+            (&k.wrapping_key_id, Type::TEXT),
+            (&new_key, Type::TEXT),
+            (&wrapped, Type::BYTEA),
+        ],
+    )?;
+    Ok(row.try_get(0)?)
+}
+
 /// How many entries are encrypted under a key other than `key_id`.
 pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> Result<i64> {
     let row = c.query_typed_one(
-        "SELECT count(*) FROM oplog_entry WHERE key_id <> $1",
+        "SELECT count(*) FROM oplog_entry WHERE key_id <> $1 AND format <> 2",
         &[(&key_id, Type::TEXT)],
     )?;
     Ok(row.get(0))
@@ -1062,7 +1129,7 @@ pub(crate) fn lock_entries_not_under_key(
     limit: i64,
 ) -> Result<Vec<StoredRow>> {
     let sql = format!(
-        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.id > $2 AND e.id <= $3 \
+        "{SELECT_ENTRIES} WHERE e.key_id <> $1 AND e.format <> 2 AND e.id > $2 AND e.id <= $3 \
          ORDER BY e.id LIMIT $4 FOR NO KEY UPDATE OF e"
     );
     let rows = c.query_typed(
@@ -1165,6 +1232,8 @@ mod tests {
             meta_keys: Vec::new(),
             meta_values: Vec::new(),
             catalog: None,
+            subject: None,
+            subject_wrapped: None,
         }
     }
 

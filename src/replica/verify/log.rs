@@ -5,8 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Finding, FindingKind, VerifyReport};
-use crate::codec::entry::GENESIS_CHAIN;
+use super::{Finding, FindingKind, ShreddedSubject, TombstoneRef, VerifyReport};
+use crate::codec::entry::{Entry, GENESIS_CHAIN};
+use crate::codec::subject::{SHRED_BY, SHRED_KEY, SHRED_REASON, SHRED_SUBJECT};
 use crate::hex::hex;
 use crate::replica::chain::{ChainCursor, Link};
 use crate::store::{StoredRow, TicketInfo};
@@ -54,6 +55,9 @@ pub(super) struct LogCheck {
     kept: HashMap<String, Facts>,
     current: Option<Current>,
     report: VerifyReport,
+    /// Shredded subjects seen, by data key id, with the first shredded
+    /// entry seen of each.
+    shredded: HashMap<String, (ShreddedSubject, Option<(String, i64, i64)>)>,
 }
 
 impl LogCheck {
@@ -68,6 +72,41 @@ impl LogCheck {
             kept: HashMap::new(),
             current: None,
             report: VerifyReport::default(),
+            shredded: HashMap::new(),
+        }
+    }
+
+    /// Counts an opened entry that is shredded, or a tombstone.
+    pub fn opened(&mut self, entry: &Entry) {
+        let key_of = |key_id: &str, subject: &str| ShreddedSubject {
+            subject: subject.to_string(),
+            key_id: key_id.to_string(),
+            ..ShreddedSubject::default()
+        };
+        if entry.shredded {
+            let subject = entry.subject.as_deref().unwrap_or_default();
+            let (s, first) = self
+                .shredded
+                .entry(entry.key_id.clone())
+                .or_insert_with(|| (key_of(&entry.key_id, subject), None));
+            s.entries += 1;
+            first.get_or_insert((entry.aggregate.clone(), entry.seq, entry.id));
+        } else if entry.is_tombstone() {
+            let Some(key_id) = entry.metadata.get(SHRED_KEY) else {
+                return;
+            };
+            let subject = entry.metadata.get(SHRED_SUBJECT).unwrap_or_default();
+            let (s, _) = self
+                .shredded
+                .entry(key_id.to_string())
+                .or_insert_with(|| (key_of(key_id, subject), None));
+            s.tombstones.push(TombstoneRef {
+                aggregate: entry.aggregate.clone(),
+                seq: entry.seq,
+                entry_id: entry.id,
+            });
+            s.by = entry.metadata.get(SHRED_BY).map(str::to_string);
+            s.reason = entry.metadata.get(SHRED_REASON).map(str::to_string);
         }
     }
 
@@ -296,6 +335,24 @@ impl LogCheck {
             let cur = self.start(&name);
             self.finish_aggregate(cur);
         }
+        let mut shredded: Vec<_> = self.shredded.into_values().collect();
+        shredded.sort_by(|a, b| (&a.0.subject, &a.0.key_id).cmp(&(&b.0.subject, &b.0.key_id)));
+        for (subject, first) in shredded {
+            if let (Some((aggregate, seq, id)), true) = (&first, subject.tombstones.is_empty()) {
+                self.report.findings.push(Finding {
+                    kind: FindingKind::ShreddedWithoutTombstone,
+                    aggregate: aggregate.clone(),
+                    seq: Some(*seq),
+                    entry_id: Some(*id),
+                    detail: format!(
+                        "{} entries of subject {:?} (key {:?}) are shredded, and no tombstone records it: \
+                         the key was destroyed other than by `oplog shred`, or its tombstones were removed",
+                        subject.entries, subject.subject, subject.key_id
+                    ),
+                });
+            }
+            self.report.shredded.push(subject);
+        }
         (self.report, self.kept)
     }
 }
@@ -346,6 +403,8 @@ pub(super) mod tests {
                     meta_keys: vec!["actor".into()],
                     meta_values: vec!["alice".into()],
                     catalog: None,
+                    subject: None,
+                    subject_wrapped: None,
                 };
                 row.chain = expected_chain(&row, &prev).unwrap().to_vec();
                 prev = row.chain.clone();

@@ -113,6 +113,39 @@ pub struct VerifyReport {
     /// What could not be checked, and why; notes do not make a report
     /// unclean.
     pub notes: Vec<String>,
+    /// The data subjects whose entries are shredded (their keys destroyed),
+    /// by subject: such entries are checked (digest over the ciphertext,
+    /// chain) but cannot be read, which is no finding when a tombstone
+    /// records the shred.
+    pub shredded: Vec<ShreddedSubject>,
+}
+
+/// A data subject whose entries verify found shredded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShreddedSubject {
+    /// The subject.
+    pub subject: String,
+    /// Its destroyed data key.
+    pub key_id: String,
+    /// Its entries read, which nobody can decrypt any more.
+    pub entries: u64,
+    /// The tombstones recording the shred.
+    pub tombstones: Vec<TombstoneRef>,
+    /// Who shredded, as the tombstones say.
+    pub by: Option<String>,
+    /// Why, as the tombstones say.
+    pub reason: Option<String>,
+}
+
+/// Where a tombstone is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TombstoneRef {
+    /// Its aggregate.
+    pub aggregate: String,
+    /// Its seq.
+    pub seq: i64,
+    /// Its database id.
+    pub entry_id: i64,
 }
 
 impl VerifyReport {
@@ -195,6 +228,10 @@ pub enum FindingKind {
     /// (for example to pass off deleted newest entries as trimmed ones) or
     /// trimmed entries were put back.
     BelowTrimPoint,
+    /// Entries are shredded (their subject's key destroyed) but no
+    /// tombstone records it: the key was destroyed other than by
+    /// `oplog shred`, or the tombstones were removed.
+    ShreddedWithoutTombstone,
     /// Replay can never apply the entry: one of its types has no table in
     /// the catalog the entry names, or an UPDATE's mask names a nested path
     /// or a path that is no field of the message. Replay stops the
@@ -227,6 +264,7 @@ impl FindingKind {
             FindingKind::CheckpointMismatch => "checkpoint_mismatch",
             FindingKind::BelowTrimPoint => "below_trim_point",
             FindingKind::Unreplayable => "unreplayable",
+            FindingKind::ShreddedWithoutTombstone => "shredded_without_tombstone",
             FindingKind::SkippedEntry => "skipped_entry",
         }
     }
@@ -538,6 +576,7 @@ mod tests {
             CheckpointMismatch,
             BelowTrimPoint,
             Unreplayable,
+            ShreddedWithoutTombstone,
             SkippedEntry,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());

@@ -271,6 +271,7 @@ fn check_pages(
                         check.push(finding(kind, detail));
                     }
                     Ok(entry) => {
+                        check.opened(&entry);
                         if let Some(detail) = unreplayable(&entry) {
                             check.push(finding(FindingKind::Unreplayable, detail));
                         }
@@ -397,6 +398,8 @@ mod tests {
             created_at_micros: 0,
             metadata: Default::default(),
             chain: Vec::new(),
+            subject: None,
+            shredded: false,
             operations,
             catalog: Arc::new(catalog()),
         }

@@ -442,8 +442,8 @@ mod tests {
     /// SHA-256 (over each file's name and its lines other than whole-line
     /// comments, with line ends as `\n`).
     const FUNCTIONS_CHANGED_WITH: (&str, &str) = (
-        "20261207000006",
-        "231171b1259e8fcb9451f94b6eb7bea193422b5cc95d5cdcd532eca913fdf106",
+        "20261207000010",
+        "3ba8f4d40c4a18802c17fd39fc25ee348b951282c3d87ee25a36c8309bcdc812",
     );
 
     fn functions_digest() -> String {
