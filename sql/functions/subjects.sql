@@ -63,7 +63,7 @@ BEGIN
 END;
 $body$;
 
-REVOKE EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, bytea) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, text, bytea) FROM PUBLIC;
 
 -- Destroys a subject's data key: the wrapped key becomes NULL, and when and
 -- by which session user are recorded. Waits for every open transaction
@@ -117,7 +117,7 @@ BEGIN
          WHERE p.oid = '@schema@.oplog_rewrap(bigint, text, text, bytea)'::regprocedure
            AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner AND a.grantee <> 0
     LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, bytea) TO %s', r);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, text, bytea) TO %s', r);
     END LOOP;
 END
 $grants$;

@@ -106,7 +106,7 @@ const APPEND: &str = "oplog_append(uuid, text, bigint, bytea, smallint, text, by
 /// The same append for a writer that sends COMMIT in the same round trip.
 const SUBJECT_KEY: &str = "oplog_subject_key(text, text, bytea, text)";
 
-const REWRAP_SUBJECT_KEY: &str = "oplog_rewrap_subject_key(text, text, text, bytea)";
+const REWRAP_SUBJECT_KEY: &str = "oplog_rewrap_subject_key(text, text, text, text, bytea)";
 
 const SHRED: &str = "oplog_shred(text)";
 

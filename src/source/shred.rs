@@ -22,6 +22,7 @@
 //! which skips the shredded entries, ends like one that followed it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use postgres::types::Type;
 use postgres::Transaction;
@@ -87,6 +88,25 @@ struct Touched {
     entries: u64,
     /// Row -> the order of its last touch.
     rows: HashMap<RowKey, u64>,
+    /// The catalog of the subject's last entry in the aggregate.
+    catalog: Option<Arc<TypeCatalog>>,
+}
+
+impl Touched {
+    /// The catalog to write this aggregate's tombstones with: `own` when
+    /// it gives every touched type a table, else the one the subject's
+    /// last entry was written with when that does.
+    fn catalog_for_tombstones(&self, own: &Arc<TypeCatalog>) -> Option<Arc<TypeCatalog>> {
+        let covers = |c: &TypeCatalog| {
+            self.rows
+                .keys()
+                .all(|r| c.get(&r.type_name).is_some_and(|i| i.table().is_some()))
+        };
+        if covers(own) {
+            return Some(own.clone());
+        }
+        self.catalog.clone().filter(|c| covers(c))
+    }
 }
 
 impl Oplog {
@@ -167,6 +187,20 @@ impl Oplog {
             return Ok(report);
         }
         for (aggregate, t) in touched {
+            let own = self.own_catalog();
+            let catalog = t.catalog_for_tombstones(&own).ok_or_else(|| {
+                Error::Catalog(format!(
+                    "the tombstone of aggregate {aggregate:?} deletes rows of types that neither this \
+                     oplog's catalog nor the one of the subject's last entry there maps to tables; \
+                     register every type the subject's entries used, with its table"
+                ))
+            })?;
+            let writer = if Arc::ptr_eq(&catalog, &own) {
+                None
+            } else {
+                Some(self.writing_with(catalog))
+            };
+            let writer = writer.as_ref().unwrap_or(self);
             let mut rows: Vec<(RowKey, u64)> = t.rows.into_iter().collect();
             // Most recently touched first: rows written later (children)
             // go before those they may refer to.
@@ -187,7 +221,7 @@ impl Oplog {
                         null_mask: Vec::new(),
                     })?;
                 }
-                report.tombstones.push(self.write(tx, &entry)?);
+                report.tombstones.push(writer.write(tx, &entry)?);
             }
         }
         Ok(report)
@@ -216,10 +250,11 @@ impl Oplog {
                 let entry = self.open_under(row, catalog.clone(), SubjectKeys::Given(key))?;
                 let t = touched.entry(entry.aggregate.clone()).or_default();
                 t.entries += 1;
+                t.catalog = Some(catalog.clone());
                 for op in &entry.operations {
                     let row = RowKey {
                         type_name: op.type_name.clone(),
-                        key: primary_key_only(&catalog, self.own_catalog().as_ref(), op)
+                        key: primary_key_only(&catalog, op)
                             .map_err(|reason| Error::CorruptEntry {
                                 entry: entry_ref.clone(),
                                 reason,
@@ -253,27 +288,14 @@ fn tombstone(aggregate: &str, metadata: &Metadata, entries: u64) -> NewEntry {
 
 /// `op`'s message with only its primary key fields, encoded: what a DELETE
 /// of its row needs, and nothing of the subject's data beyond its key. The
-/// type must have a table in both the catalog the entry names and the one
-/// the tombstone is written with.
-fn primary_key_only(
-    catalog: &TypeCatalog,
-    own: &TypeCatalog,
-    op: &Operation,
-) -> std::result::Result<Vec<u8>, String> {
-    let table_of = |c: &TypeCatalog| c.get(&op.type_name).and_then(|i| i.table().cloned());
-    let Some(table) = table_of(catalog) else {
+/// type must have a table in the catalog the entry names.
+fn primary_key_only(catalog: &TypeCatalog, op: &Operation) -> std::result::Result<Vec<u8>, String> {
+    let Some(table) = catalog.get(&op.type_name).and_then(|i| i.table().cloned()) else {
         return Err(format!(
             "type {} has no table in the catalog the entry names, so its row cannot be deleted",
             op.type_name
         ));
     };
-    if table_of(own).is_none() {
-        return Err(format!(
-            "type {} has no table in this oplog's catalog, which the tombstone is written with; \
-             register it with its table",
-            op.type_name
-        ));
-    }
     let full = catalog
         .decode_dynamic(&op.type_name, &op.value)
         .map_err(|e| e.to_string())?;

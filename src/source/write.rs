@@ -196,6 +196,21 @@ impl Oplog {
         }
     }
 
+    /// This oplog writing with `catalog` instead of its own (same keys,
+    /// limits, notifications and caches of stored catalogs).
+    pub(crate) fn writing_with(&self, catalog: Arc<TypeCatalog>) -> Oplog {
+        Oplog {
+            encoded: Arc::new(catalog.encode()),
+            catalog,
+            wrapper: self.wrapper.clone(),
+            limits: self.limits.clone(),
+            notify: self.notify,
+            tickets: self.tickets.clone(),
+            stored: self.stored.clone(),
+            catalog_written: Arc::default(),
+        }
+    }
+
     /// Replaces the decoding limits used when reading entries.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;

@@ -17,6 +17,7 @@ mod scale;
 mod scans;
 mod security;
 mod serve;
+mod shred;
 mod sqlx_pg;
 mod subscribe;
 mod support;

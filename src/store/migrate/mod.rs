@@ -443,7 +443,7 @@ mod tests {
     /// comments, with line ends as `\n`).
     const FUNCTIONS_CHANGED_WITH: (&str, &str) = (
         "20261207000010",
-        "3ba8f4d40c4a18802c17fd39fc25ee348b951282c3d87ee25a36c8309bcdc812",
+        "05a48ce7b994e2537ca7c46a64d873539b15ba2b0c68e73f8f4b213ebc6cb789",
     );
 
     fn functions_digest() -> String {
