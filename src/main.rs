@@ -205,6 +205,10 @@ enum BenchCommand {
     /// What notifying followers at commit costs many writers, each on its
     /// own aggregate.
     Notify(BenchArgs),
+    /// What naming a data subject (an entry under the subject's own key,
+    /// looked up or created in the transaction) costs many writers, each on
+    /// its own aggregate.
+    Subjects(BenchArgs),
     /// Many writers, each on its own aggregate, with and without an entry,
     /// through rust-postgres, tokio-postgres (an entry written, and sent
     /// with COMMIT) and sqlx.
@@ -1053,6 +1057,14 @@ fn run(ctx: &Context, out: &mut Output, command: Command) -> Result<(), Failure>
             ctx,
             out,
             cli::bench::Scenario::Notify {
+                seconds: a.seconds,
+                writers: a.writers,
+            },
+        ),
+        Command::Bench(BenchCommand::Subjects(a)) => cli::bench::run(
+            ctx,
+            out,
+            cli::bench::Scenario::Subjects {
                 seconds: a.seconds,
                 writers: a.writers,
             },

@@ -39,6 +39,14 @@ pub enum Scenario {
         /// Concurrent writers.
         writers: usize,
     },
+    /// Many writers on their own aggregates, entries under the keyring
+    /// and entries naming data subjects.
+    Subjects {
+        /// Seconds per variant.
+        seconds: f64,
+        /// Concurrent writers.
+        writers: usize,
+    },
     /// Many writers on their own aggregates, with and without an entry,
     /// through each driver.
     Spread {
@@ -155,6 +163,9 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
         ),
         Scenario::Notify { seconds, writers } => {
             print(out, &server, &bench::notify(&write_cfg(seconds, writers))?)
+        }
+        Scenario::Subjects { seconds, writers } => {
+            print(out, &server, &bench::subjects(&write_cfg(seconds, writers))?)
         }
         Scenario::Spread { seconds, writers } => {
             print(out, &server, &bench::spread(&write_cfg(seconds, writers))?)

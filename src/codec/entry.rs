@@ -631,7 +631,9 @@ pub struct Entry {
     /// the payload cannot be read by anyone, and `operations` is empty. The
     /// entry's digest and chain were still checked.
     pub shredded: bool,
-    /// Decoded operations, in FIFO order.
+    /// Decoded operations, in FIFO order. Empty for a shredded entry, and
+    /// for an entry under a subject's key read from a NATS stream (which
+    /// carries no subjects' keys): its digest and chain were checked.
     pub operations: Vec<Operation>,
     /// The type catalog the entry was written with, which decodes its
     /// messages ([`TypeCatalog::decode_dynamic`]) and names their tables.

@@ -30,6 +30,7 @@ use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 
 use crate::codec::catalog::TypeCatalog;
+use crate::codec::crypto::Keyring;
 use crate::codec::entry::{Metadata, NewEntry};
 use crate::codec::queue::Operation;
 use crate::codec::subject;
@@ -232,7 +233,7 @@ impl Oplog {
         &self,
         tx: &mut Transaction<'_>,
         key_id: &str,
-        key: &crate::Keyring,
+        key: &Keyring,
     ) -> Result<BTreeMap<String, Touched>> {
         let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
         let mut distinct = 0usize;

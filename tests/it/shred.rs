@@ -430,3 +430,56 @@ fn shred_on_the_command_line() {
     let out = crate::cli::run_against(&db.url, &keys, &["shred", "nobody", "--reason", "x"]);
     crate::cli::failure(&out, &["nobody", "no data key"]);
 }
+
+#[test]
+fn every_driver_writes_subject_entries_and_lists_them() {
+    use diesel::Connection as _;
+    use sqlx::Connection as _;
+    let db = TestDb::new();
+    let log = oplog_with(Keyring::generate());
+    let entry = |id: &str| {
+        let mut e = NewEntry::new("tenant-1");
+        e.subject("jo").create(&user(id)).unwrap();
+        e
+    };
+    // diesel, in its transaction.
+    let mut conn = db.diesel();
+    conn.transaction(|c| log.write(c, &entry("d1"))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // tokio-postgres, and with COMMIT in the same round trip (which
+        // writes a subject's entry the usual way).
+        let (mut client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let tx = client.transaction().await.unwrap();
+        log.write_async(&tx, &entry("t1")).await.unwrap();
+        tx.commit().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        log.write_and_commit_async(tx, &entry("t2")).await.unwrap();
+        let listed = log.list_async(&client, Some("tenant-1"), 0, None).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        // sqlx.
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        log.write_sqlx(&mut tx, &entry("s1")).await.unwrap();
+        tx.commit().await.unwrap();
+        let listed = log.list_sqlx(&mut conn, Some("tenant-1"), 0, None).await.unwrap();
+        assert_eq!(listed.len(), 4);
+        assert!(listed.iter().all(|e| e.subject.as_deref() == Some("jo") && e.format == 2));
+    });
+    // One key for the subject, whatever wrote.
+    let keys: i64 = db.scalar("SELECT count(*) FROM oplog_subject_key");
+    assert_eq!(keys, 1);
+    let ids: Vec<String> = log
+        .list(&mut db.client(), Some("tenant-1"), 0, None)
+        .unwrap()
+        .iter()
+        .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
+        .collect();
+    assert_eq!(ids, ["d1", "t1", "t2", "s1"]);
+}

@@ -758,10 +758,12 @@ fn verify_exits_0_when_clean_and_1_with_findings_in_text_and_json() {
             "entries_checked",
             "findings",
             "notes",
+            "shredded",
             "tables"
         ]
     );
     assert_eq!(doc["entries_checked"], 4);
+    assert_eq!(doc["shredded"], Value::Array(vec![]));
     assert_eq!(doc["findings"], Value::Array(vec![]));
     assert_eq!(doc["notes"], Value::Array(vec![]));
 

@@ -473,6 +473,98 @@ fn notify_on(db: &Scratch, shared: &Shared, duration: Duration) -> Result<Notify
     })
 }
 
+/// What [`subjects`] measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubjectsReport {
+    /// Always `"subjects"`.
+    pub scenario: &'static str,
+    /// Concurrent writers, each on its own aggregate.
+    pub writers: usize,
+    /// Data subjects the entries name.
+    pub subjects: usize,
+    /// Subjects' keys created during the run.
+    pub keys_created: i64,
+    /// Commits per second with entries under subjects' keys.
+    pub rate_per_s: f64,
+    /// Commits per second with entries under the keyring.
+    pub baseline_per_s: f64,
+    /// `rate_per_s / baseline_per_s`.
+    pub ratio: f64,
+    /// Entries under the keyring.
+    pub plain: Figures,
+    /// Entries under subjects' keys.
+    pub subject: Figures,
+}
+
+impl fmt::Display for SubjectsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "subjects: {} writers, each on its own aggregate, entries naming one of {} subjects \
+             ({} keys created), {:.1} s per scenario in alternating slices",
+            self.writers, self.subjects, self.keys_created, self.plain.seconds
+        )?;
+        writeln!(f, "{HEADING}")?;
+        row(f, "(d) pessimistic (Oplog::write)", &self.plain)?;
+        row(f, "(s) (d) naming a data subject", &self.subject)?;
+        writeln!(f, "  ratio (s)/(d): {:.2}", self.ratio)
+    }
+}
+
+/// Measures what naming a data subject costs the write path: `cfg.writers`
+/// writers, each on an aggregate of its own, writing entries under the
+/// keyring and entries naming one of 4,096 subjects (so encrypted under the
+/// subject's key, looked up, or created on first use, in the same
+/// transaction), in alternating slices.
+pub fn subjects(cfg: &WriteBenchConfig) -> Result<SubjectsReport> {
+    let duration = cfg.check()?;
+    let db = Scratch::create(&cfg.url)?;
+    let shared = Shared::new(cfg);
+    let mut admin = db.connect()?;
+    let (plain_prefix, subject_prefix) = ("bench-plain", "bench-subject");
+    for prefix in [plain_prefix, subject_prefix] {
+        for i in 0..shared.writers {
+            shared.oplog.ensure_ticket(&mut admin, &format!("{prefix}-{i}"))?;
+        }
+    }
+    const ROUNDS: u32 = 4;
+    let slice = duration / ROUNDS;
+    let (mut plain, mut subject) = (Tally::default(), Tally::default());
+    for round in 0..ROUNDS {
+        let order = if round % 2 == 0 {
+            [Scenario::Pessimistic, Scenario::PessimisticSubject]
+        } else {
+            [Scenario::PessimisticSubject, Scenario::Pessimistic]
+        };
+        for scenario in order {
+            let (prefix, tally) = match scenario {
+                Scenario::Pessimistic => (plain_prefix, &mut plain),
+                _ => (subject_prefix, &mut subject),
+            };
+            let name = |i: usize| format!("{prefix}-{i}");
+            tally.add(concurrently_on(&db, &shared, scenario, &name, slice)?);
+        }
+    }
+    check_spread_log(&mut admin, plain_prefix, plain.commits + plain.uncounted)?;
+    check_spread_log(&mut admin, subject_prefix, subject.commits + subject.uncounted)?;
+    let keys_created: i64 = admin
+        .query_one("SELECT count(*) FROM oplog_subject_key", &[])?
+        .get(0);
+    let plain = Figures::new("pessimistic", plain);
+    let subject = Figures::new("pessimistic+subject", subject);
+    Ok(SubjectsReport {
+        scenario: "subjects",
+        writers: shared.writers,
+        subjects: SUBJECTS,
+        keys_created,
+        rate_per_s: subject.rate_per_s,
+        baseline_per_s: plain.rate_per_s,
+        ratio: per(subject.rate_per_s, plain.rate_per_s),
+        plain,
+        subject,
+    })
+}
+
 /// Checks that the aggregates `<prefix>-<i>` hold `commits` entries in all.
 fn check_spread_log(admin: &mut Client, prefix: &str, commits: u64) -> Result<()> {
     let entries: i64 = admin
@@ -922,7 +1014,14 @@ enum Scenario {
     Boundary,
     /// As `Pessimistic`, with an oplog that notifies followers at commit.
     PessimisticNotify,
+    /// As `Pessimistic`, the entry naming a data subject (one of
+    /// [`SUBJECTS`]), so that it is encrypted under the subject's key.
+    PessimisticSubject,
 }
+
+/// How many data subjects the subject scenario's entries name: the first
+/// entry of each creates its key.
+const SUBJECTS: usize = 4096;
 
 impl Scenario {
     fn name(self) -> &'static str {
@@ -932,6 +1031,7 @@ impl Scenario {
             Scenario::Optimistic => "optimistic",
             Scenario::Boundary => "baseline",
             Scenario::PessimisticNotify => "pessimistic+notify",
+            Scenario::PessimisticSubject => "pessimistic+subject",
         }
     }
 }
@@ -1064,6 +1164,13 @@ impl<'a> Writer<'a> {
                     let user = user(&shared.avatar);
                     insert(tx, insert_user, &user)?;
                     shared.notifying.write(tx, &new_entry(aggregate, &user)?)?;
+                }
+                Scenario::PessimisticSubject => {
+                    let user = user(&shared.avatar);
+                    insert(tx, insert_user, &user)?;
+                    let mut entry = new_entry(aggregate, &user)?;
+                    entry.subject(format!("subject-{}", rand::random::<usize>() % SUBJECTS));
+                    oplog.write(tx, &entry)?;
                 }
                 Scenario::Optimistic => {
                     let ticket = oplog.ticket(tx, aggregate)?;
