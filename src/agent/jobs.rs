@@ -125,6 +125,7 @@ fn attempt(
                 json!({
                     "key_id": report.key_id,
                     "rewrapped": report.rewrapped,
+                    "subject_keys_rewrapped": report.subject_keys_rewrapped,
                     "remaining": report.remaining,
                 }),
             ))
