@@ -113,7 +113,7 @@ enum Command {
     /// checkpoint of it (its size and root) with a signing key.
     Checkpoint(CheckpointArgs),
 
-    /// Prove that an entry is in a checkpoint (AGGREGATE:SEQ
+    /// Prove that an entry is in a checkpoint (AGGREGATE:SEQ or ENTRY_ID
     /// --checkpoint FILE), or that a checkpoint extends an earlier one
     /// (--from OLD --to NEW); the proof is JSON, checked by verify-proof.
     Prove(ProveArgs),
@@ -763,9 +763,9 @@ struct CheckpointArgs {
 
 #[derive(Debug, Args)]
 struct ProveArgs {
-    /// The entry, as AGGREGATE:SEQ.
+    /// The entry, as AGGREGATE:SEQ or its id.
     #[arg(
-        value_name = "AGGREGATE:SEQ",
+        value_name = "AGGREGATE:SEQ|ENTRY_ID",
         required_unless_present = "from",
         conflicts_with = "from"
     )]

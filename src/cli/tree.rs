@@ -60,20 +60,42 @@ pub fn checkpoint(
     }
 }
 
-/// An inclusion proof of `entry` (AGGREGATE:SEQ) in `checkpoint`, as JSON.
+/// An inclusion proof of `entry` (AGGREGATE:SEQ, or the entry's id) in
+/// `checkpoint`, as JSON.
 pub fn prove(
     ctx: &Context,
     out: &mut Output,
     entry: &str,
     checkpoint: &Path,
 ) -> Result<(), Failure> {
-    let (aggregate, seq) = entry
-        .rsplit_once(':')
-        .and_then(|(a, s)| Some((a, s.parse::<i64>().ok()?)))
-        .ok_or_else(|| Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ")))?;
     let note = read_text(checkpoint, "checkpoint")?;
     let mut c = ctx.connect()?;
-    let proof = oplog::tree::prove(&mut c, aggregate, seq, &note).map_err(read_failure)?;
+    let (aggregate, seq) = match entry.rsplit_once(':') {
+        Some((aggregate, seq)) => {
+            let seq = seq
+                .parse::<i64>()
+                .map_err(|_| Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id")))?;
+            (aggregate.to_string(), seq)
+        }
+        None => {
+            let id = entry
+                .parse::<i64>()
+                .map_err(|_| Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id")))?;
+            let row = c
+                .query_opt(
+                    "SELECT aggregate_name, seq FROM oplog_entry WHERE id = $1",
+                    &[&id],
+                )
+                .map_err(|e| read_failure(e.into()))?
+                .ok_or_else(|| {
+                    Failure::msg(format!(
+                        "entry {id} is not in the log (trimmed, or never written); a trimmed entry is still proven by AGGREGATE:SEQ"
+                    ))
+                })?;
+            (row.get(0), row.get(1))
+        }
+    };
+    let proof = oplog::tree::prove(&mut c, &aggregate, seq, &note).map_err(read_failure)?;
     out.json_line(&proof)
 }
 

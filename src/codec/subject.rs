@@ -90,6 +90,25 @@ pub(crate) fn candidate(wrapper: &dyn Wrapper, subject: &str) -> Result<Candidat
     })
 }
 
+/// The material of `subject`'s data key `key_id`, unwrapped by `wrapper`.
+fn material(
+    wrapper: &dyn Wrapper,
+    subject: &str,
+    key_id: &str,
+    wrapped: &[u8],
+) -> std::result::Result<Zeroizing<[u8; KEY_LEN]>, UnwrapError> {
+    let bytes = Zeroizing::new(
+        wrapper
+            .decrypt(wrapped, &aad(subject, key_id))
+            .map_err(UnwrapError::Crypto)?,
+    );
+    let material: [u8; KEY_LEN] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| UnwrapError::Length(bytes.len()))?;
+    Ok(Zeroizing::new(material))
+}
+
 /// Unwraps `subject`'s data key `key_id` with `wrapper`: a one-key
 /// [`Keyring`] that opens the subject's entries.
 pub(crate) fn unwrap(
@@ -98,36 +117,20 @@ pub(crate) fn unwrap(
     key_id: &str,
     wrapped: &[u8],
 ) -> std::result::Result<Keyring, UnwrapError> {
-    let material = Zeroizing::new(
-        wrapper
-            .decrypt(wrapped, &aad(subject, key_id))
-            .map_err(UnwrapError::Crypto)?,
-    );
-    let material: [u8; KEY_LEN] = material
-        .as_slice()
-        .try_into()
-        .map_err(|_| UnwrapError::Length(material.len()))?;
-    Keyring::from_key(key_id, material).map_err(|_| UnwrapError::KeyId)
+    let material = material(wrapper, subject, key_id, wrapped)?;
+    Keyring::from_key(key_id, *material).map_err(|_| UnwrapError::KeyId)
 }
 
-/// `subject`'s data key `key_id`, wrapped again by `wrapper`'s active key:
-/// the new wrapped key and the id of the key wrapping it.
+/// `subject`'s data key `key_id`, wrapped again by `wrapper`'s active key.
 pub(crate) fn rewrap(
     wrapper: &dyn Wrapper,
     subject: &str,
     key_id: &str,
     wrapped: &[u8],
 ) -> std::result::Result<Vec<u8>, UnwrapError> {
-    let material = Zeroizing::new(
-        wrapper
-            .decrypt(wrapped, &aad(subject, key_id))
-            .map_err(UnwrapError::Crypto)?,
-    );
-    if material.len() != KEY_LEN {
-        return Err(UnwrapError::Length(material.len()));
-    }
+    let material = material(wrapper, subject, key_id, wrapped)?;
     wrapper
-        .encrypt(&material, &aad(subject, key_id))
+        .encrypt(material.as_slice(), &aad(subject, key_id))
         .map_err(|_| UnwrapError::Crypto(CryptoError::Malformed("the key could not be wrapped")))
 }
 

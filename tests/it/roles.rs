@@ -53,12 +53,12 @@ impl Drop for TestRole {
     }
 }
 
-fn denied(c: &mut postgres::Client, sql: &str) {
+pub(crate) fn denied(c: &mut postgres::Client, sql: &str) {
     refused(c, sql, "42501");
 }
 
 /// `sql` fails with SQLSTATE `code`.
-fn refused(c: &mut postgres::Client, sql: &str, code: &str) {
+pub(crate) fn refused(c: &mut postgres::Client, sql: &str, code: &str) {
     let err = Error::from(c.batch_execute(sql).unwrap_err());
     assert_eq!(err.sqlstate(), Some(code), "{sql}: {err}");
 }

@@ -11,7 +11,7 @@ use oplog::{
 };
 use postgres::Client;
 
-use crate::roles::TestRole;
+use crate::roles::{denied, refused, TestRole};
 use crate::support::{superuser_exec, table_rows, user, TestDb};
 
 fn oplog_with(ring: Keyring) -> Oplog {
@@ -350,27 +350,23 @@ fn subject_keys_change_only_through_their_functions_and_only_shredders_shred() {
         "SELECT * FROM oplog_shred('frank')",
         "SELECT oplog_rewrap_subject_key('frank', 'k', 'k', 'k', '\\x00')",
     ] {
-        let err = Error::from(w.batch_execute(sql).unwrap_err());
-        assert_eq!(err.sqlstate(), Some("42501"), "{sql}: {err}");
+        denied(&mut w, sql);
     }
     // An entry under a subject key that does not exist is refused by the
     // append itself, so no entry can pass for shredded.
-    let err = Error::from(
-        w.batch_execute(
-            "SELECT * FROM oplog_append(gen_random_uuid(), 'tenant-9', 1, decode(repeat('00', 32), 'hex'), \
-             2::smallint, 'sdoesnotexist', '\\x00', decode(repeat('00', 32), 'hex'), \
-             decode(repeat('00', 32), 'hex'), '{}', '{}', true, NULL, false)",
-        )
-        .unwrap_err(),
+    refused(
+        &mut w,
+        "SELECT * FROM oplog_append(gen_random_uuid(), 'tenant-9', 1, decode(repeat('00', 32), 'hex'), \
+         2::smallint, 'sdoesnotexist', '\\x00', decode(repeat('00', 32), 'hex'), \
+         decode(repeat('00', 32), 'hex'), '{}', '{}', true, NULL, false)",
+        "23000",
     );
-    assert_eq!(err.sqlstate(), Some("23000"), "{err}");
     // The reader reads subjects' entries (and cannot shred).
     let mut r = Client::connect(&reader.url(&db.url), postgres::NoTls).unwrap();
     let read = log.list(&mut r, Some("tenant-1"), 0, None).unwrap();
     assert_eq!(read.len(), 4);
     assert!(read.iter().all(|e| e.subject.is_some() && !e.operations.is_empty()));
-    let err = Error::from(r.batch_execute("SELECT * FROM oplog_shred('frank')").unwrap_err());
-    assert_eq!(err.sqlstate(), Some("42501"), "{err}");
+    denied(&mut r, "SELECT * FROM oplog_shred('frank')");
     // The shredder shreds, and still cannot touch keys directly or bring
     // one back.
     let mut s = Client::connect(&shredder.url(&db.url), postgres::NoTls).unwrap();
@@ -385,8 +381,7 @@ fn subject_keys_change_only_through_their_functions_and_only_shredders_shred() {
         "DELETE FROM oplog_subject_key",
         "UPDATE oplog_entry SET data = '\\x00'",
     ] {
-        let err = Error::from(s.batch_execute(sql).unwrap_err());
-        assert_eq!(err.sqlstate(), Some("42501"), "{sql}: {err}");
+        denied(&mut s, sql);
     }
     // Even the owner's re-wrap never revives a shredded key.
     let revived: bool = owner
@@ -482,4 +477,53 @@ fn every_driver_writes_subject_entries_and_lists_them() {
         .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
         .collect();
     assert_eq!(ids, ["d1", "t1", "t2", "s1"]);
+}
+
+#[test]
+fn a_running_follower_erases_the_subjects_rows_when_the_shred_commits() {
+    use std::sync::atomic::Ordering;
+    let source = TestDb::new();
+    let replica = TestDb::empty();
+    let log = oplog_with(Keyring::generate());
+    let mut follower = oplog::Follower::new(
+        &log,
+        &source.url,
+        Target::database(&replica.url),
+        oplog::FollowOptions::default(),
+    );
+    let stop = follower.stop_flag();
+    let running = std::thread::spawn(move || follower.run(&mut |_| {}));
+    let mut c = source.client();
+    for subject in ["kim", "lee"] {
+        for i in 0..3 {
+            write_user(&mut c, &log, &format!("tenant-{i}"), subject, &format!("{subject}-{i}"));
+        }
+    }
+    // Every row of the table, none before the follower created it.
+    let rows = |db: &TestDb| {
+        let exists: bool = db.scalar("SELECT to_regclass('demo_user') IS NOT NULL");
+        if exists {
+            table_rows(&db.url, "demo_user")
+        } else {
+            Vec::new()
+        }
+    };
+    assert!(crate::support::eventually(30, || rows(&replica).len() == 6));
+    let mut tx = c.transaction().unwrap();
+    tx.execute("DELETE FROM demo_user WHERE id LIKE 'kim-%'", &[])
+        .unwrap();
+    let report = log.shred(&mut tx, "kim", "erasure").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(report.tombstones.len(), 3);
+    assert!(
+        crate::support::eventually(30, || rows(&replica) == rows(&source)),
+        "{:?}",
+        rows(&replica)
+    );
+    stop.store(true, Ordering::Relaxed);
+    running.join().unwrap().unwrap();
+    assert_eq!(rows(&replica).len(), 3);
+    let report = verify_against(&log, &source, &replica);
+    assert!(report.is_clean(), "{:?} {:?}", report.findings, report.tables);
+    assert_eq!(report.shredded[0].entries, 6);
 }

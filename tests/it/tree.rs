@@ -112,6 +112,15 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
         let line = verify(&p, &verifier).unwrap_or_else(|c| panic!("{entry}: exit {c}"));
         assert!(line.contains(&format!("of size {size}")), "{line}");
     }
+    // An entry named by its id is the same leaf as by AGGREGATE:SEQ.
+    let id: i64 = db.scalar("SELECT id FROM oplog_entry WHERE aggregate_name = 'c' AND seq = 7");
+    let by_id = success(&run(&db, &["prove", &id.to_string(), "--checkpoint", path(&cp2)]));
+    let by_name = success(&run(&db, &["prove", "c:7", "--checkpoint", path(&cp2)]));
+    assert_eq!(by_id, by_name);
+    failure(
+        &run(&db, &["prove", "999999", "--checkpoint", path(&cp2)]),
+        &["entry 999999 is not in the log"],
+    );
     // An entry after the checkpoint is refused, naming what to do.
     failure(
         &run(&db, &["prove", "a:9", "--checkpoint", path(&cp1)]),
