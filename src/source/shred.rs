@@ -123,7 +123,8 @@ impl Oplog {
     /// shredded before does nothing and says so (`already`); one that never
     /// wrote is [`Error::UnknownSubject`].
     ///
-    /// The role needs `oplog grant shredder`.
+    /// The transaction must be READ COMMITTED (PostgreSQL's default). The
+    /// role needs `oplog grant shredder`.
     pub fn shred(
         &self,
         tx: &mut Transaction<'_>,
@@ -134,6 +135,17 @@ impl Oplog {
         if reason.trim().is_empty() || reason.len() > MAX_REASON {
             return Err(Error::InvalidEntry(format!(
                 "the reason for shredding must be 1 to {MAX_REASON} bytes"
+            )));
+        }
+        // Each statement must see what committed before it: the entries of
+        // writers the shred waited for, which an older snapshot would miss.
+        let isolation: String = tx
+            .query_typed_one("SELECT current_setting('transaction_isolation')", &[])?
+            .try_get(0)?;
+        if isolation != "read committed" {
+            return Err(Error::Config(format!(
+                "a shred runs in a READ COMMITTED transaction, not {isolation}: under one snapshot \
+                 it would miss the entries of the writers it waits for"
             )));
         }
         let row = tx

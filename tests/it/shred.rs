@@ -203,6 +203,14 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
     let err = log.shred(&mut tx, "nobody", "no such subject").unwrap_err();
     assert!(matches!(err, Error::UnknownSubject { .. }), "{err}");
     drop(tx);
+    let mut tx = c
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    let err = log.shred(&mut tx, "carol", "under one snapshot").unwrap_err();
+    assert!(err.to_string().contains("READ COMMITTED"), "{err}");
+    drop(tx);
 
     // Key rotation re-wraps the subjects' keys; once the old keyring key is
     // removed, the subjects' entries still open.

@@ -57,6 +57,13 @@ pub struct TreeBenchReport {
     pub prove_s: f64,
     /// Microseconds to check a proof with the verifier key (mean).
     pub verify_us: f64,
+    /// Hashes in the consistency proof from the first checkpoint to the
+    /// second (1,000 entries more).
+    pub consistency_hashes: usize,
+    /// Seconds to build that consistency proof.
+    pub consistency_s: f64,
+    /// Microseconds to check it with the verifier key.
+    pub consistency_verify_us: f64,
 }
 
 impl fmt::Display for TreeBenchReport {
@@ -80,6 +87,13 @@ impl fmt::Display for TreeBenchReport {
             f,
             "  proofs of the first, middle and last entry: {:?} hashes ({} bytes as JSON at most); built in {:.1} ms, checked in {:.0} µs",
             self.proof_hashes, self.proof_bytes, self.prove_s * 1000.0, self.verify_us
+        )?;
+        writeln!(
+            f,
+            "  consistency proof of the first checkpoint in the second: {} hashes; built in {:.1} ms, checked in {:.0} µs",
+            self.consistency_hashes,
+            self.consistency_s * 1000.0,
+            self.consistency_verify_us
         )
     }
 }
@@ -171,7 +185,12 @@ pub fn tree(cfg: &TreeBenchConfig) -> Result<TreeBenchReport> {
         &second.note,
     )?
     .verify(&verifier)?;
-    prove_consistency(&mut c, &first.note, &second.note)?.verify(&verifier)?;
+    let started = Instant::now();
+    let consistency = prove_consistency(&mut c, &first.note, &second.note)?;
+    let consistency_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    consistency.verify(&verifier)?;
+    let consistency_verify_us = started.elapsed().as_secs_f64() * 1e6;
     let rate = cfg.entries as f64 / checkpoint_s;
     let baseline = cfg.entries as f64 / baseline_s;
     Ok(TreeBenchReport {
@@ -187,6 +206,9 @@ pub fn tree(cfg: &TreeBenchConfig) -> Result<TreeBenchReport> {
         proof_bytes: bytes,
         prove_s: prove_s / 3.0,
         verify_us: verify_s / 3.0 * 1e6,
+        consistency_hashes: consistency.proof.len(),
+        consistency_s,
+        consistency_verify_us,
     })
 }
 
