@@ -214,7 +214,9 @@ pub enum Error {
     },
 
     /// The data subject has no data key: no entry was ever written for it.
-    #[error("data subject {subject:?} has no data key: no entry names it, so there is nothing to shred")]
+    #[error(
+        "data subject {subject:?} has no data key: no entry names it, so there is nothing to shred"
+    )]
     UnknownSubject {
         /// The subject.
         subject: String,

@@ -322,8 +322,7 @@ pub use crate::source::roles::{grant, grants, Role};
 /// writes tombstones; these are the tombstones' reserved metadata keys.
 pub mod shred {
     pub use crate::source::shred::{
-        Shredded, SHRED_AGGREGATE, SHRED_BY, SHRED_ENTRIES, SHRED_KEY, SHRED_REASON,
-        SHRED_SUBJECT,
+        Shredded, SHRED_AGGREGATE, SHRED_BY, SHRED_ENTRIES, SHRED_KEY, SHRED_REASON, SHRED_SUBJECT,
     };
 }
 pub use crate::source::trim::{trim, AggregateTrim, TrimOptions, TrimReport};

@@ -164,9 +164,11 @@ pub fn run(ctx: &Context, out: &mut Output, scenario: Scenario) -> Result<(), Fa
         Scenario::Notify { seconds, writers } => {
             print(out, &server, &bench::notify(&write_cfg(seconds, writers))?)
         }
-        Scenario::Subjects { seconds, writers } => {
-            print(out, &server, &bench::subjects(&write_cfg(seconds, writers))?)
-        }
+        Scenario::Subjects { seconds, writers } => print(
+            out,
+            &server,
+            &bench::subjects(&write_cfg(seconds, writers))?,
+        ),
         Scenario::Spread { seconds, writers } => {
             print(out, &server, &bench::spread(&write_cfg(seconds, writers))?)
         }

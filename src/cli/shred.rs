@@ -27,9 +27,7 @@ struct Tombstone<'a> {
 /// Shreds `subject` in one transaction.
 pub fn run(ctx: &Context, out: &mut Output, subject: &str, reason: &str) -> Result<(), Failure> {
     let (mut client, oplog) = ctx.open()?;
-    let mut tx = client
-        .transaction()
-        .map_err(|e| read_failure(e.into()))?;
+    let mut tx = client.transaction().map_err(|e| read_failure(e.into()))?;
     let report = oplog
         .shred(&mut tx, subject, reason)
         .map_err(read_failure)?;

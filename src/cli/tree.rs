@@ -72,15 +72,15 @@ pub fn prove(
     let mut c = ctx.connect()?;
     let (aggregate, seq) = match entry.rsplit_once(':') {
         Some((aggregate, seq)) => {
-            let seq = seq
-                .parse::<i64>()
-                .map_err(|_| Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id")))?;
+            let seq = seq.parse::<i64>().map_err(|_| {
+                Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id"))
+            })?;
             (aggregate.to_string(), seq)
         }
         None => {
-            let id = entry
-                .parse::<i64>()
-                .map_err(|_| Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id")))?;
+            let id = entry.parse::<i64>().map_err(|_| {
+                Failure::msg(format!("{entry:?} is not AGGREGATE:SEQ or an entry id"))
+            })?;
             let row = c
                 .query_opt(
                     "SELECT aggregate_name, seq FROM oplog_entry WHERE id = $1",

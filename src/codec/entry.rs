@@ -496,7 +496,12 @@ pub(crate) fn sealed_digest(data: &[u8]) -> [u8; HASH_LEN] {
 
 /// Checks the digest of an entry under a subject's key against its
 /// ciphertext: possible without any key, so also for shredded entries.
-pub(crate) fn check_sealed_digest(header: &Header<'_>, id: Option<i64>, data: &[u8], digest: &[u8]) -> Result<()> {
+pub(crate) fn check_sealed_digest(
+    header: &Header<'_>,
+    id: Option<i64>,
+    data: &[u8],
+    digest: &[u8],
+) -> Result<()> {
     if sealed_digest(data).as_slice() != digest {
         return Err(Error::CorruptEntry {
             entry: header.entry_ref(id),
@@ -570,7 +575,8 @@ fn decrypt(
                 entry: Some(entry()),
             },
         })?);
-    if header.format == FORMAT_VERSION && Sha256::digest(plaintext.as_slice()).as_slice() != digest {
+    if header.format == FORMAT_VERSION && Sha256::digest(plaintext.as_slice()).as_slice() != digest
+    {
         return Err(Error::CorruptEntry {
             entry: entry(),
             reason: "stored digest does not match the decrypted payload".into(),

@@ -56,8 +56,7 @@ pub(crate) struct Candidate {
 /// Checks a subject's name: 1 to [`MAX_SUBJECT`] bytes, no control
 /// characters.
 pub(crate) fn check_subject(subject: &str) -> Result<()> {
-    if subject.is_empty() || subject.len() > MAX_SUBJECT || subject.chars().any(char::is_control)
-    {
+    if subject.is_empty() || subject.len() > MAX_SUBJECT || subject.chars().any(char::is_control) {
         return Err(Error::InvalidEntry(format!(
             "data subject {subject:?} must be 1 to {MAX_SUBJECT} bytes without control characters"
         )));
@@ -179,7 +178,11 @@ mod tests {
         let ring = Keyring::generate();
         let c = candidate(&ring, "user-42").unwrap();
         assert_eq!(c.wrapping_key_id, ring.key_id());
-        assert!(c.key_id.starts_with('s') && c.key_id.len() == 25, "{}", c.key_id);
+        assert!(
+            c.key_id.starts_with('s') && c.key_id.len() == 25,
+            "{}",
+            c.key_id
+        );
         let key = unwrap(&ring, "user-42", &c.key_id, &c.wrapped).unwrap();
         assert_eq!(key.key_id(), c.key_id);
         let blob = key.encrypt(b"payload", b"ad").unwrap();
@@ -187,13 +190,21 @@ mod tests {
         // Moved to another subject or key id, it does not unwrap.
         for (subject, key_id) in [("user-43", c.key_id.as_str()), ("user-42", "s0")] {
             let err = unwrap(&ring, subject, key_id, &c.wrapped).unwrap_err();
-            assert!(matches!(err, UnwrapError::Crypto(CryptoError::Authentication)));
-            assert!(err.describe(subject, key_id).contains("failed authentication"));
+            assert!(matches!(
+                err,
+                UnwrapError::Crypto(CryptoError::Authentication)
+            ));
+            assert!(err
+                .describe(subject, key_id)
+                .contains("failed authentication"));
         }
         // Another keyring cannot unwrap it.
         let other = Keyring::generate();
         let err = unwrap(&other, "user-42", &c.key_id, &c.wrapped).unwrap_err();
-        assert!(matches!(err, UnwrapError::Crypto(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            err,
+            UnwrapError::Crypto(CryptoError::UnknownKey(_))
+        ));
         assert!(!format!("{err:?}").is_empty());
     }
 

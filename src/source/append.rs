@@ -50,7 +50,10 @@ enum Stage {
     Sealed(Sealed),
     /// Waiting for the data key of `subject`, offering `candidate` in case
     /// it has none.
-    Lookup { subject: String, candidate: Candidate },
+    Lookup {
+        subject: String,
+        candidate: Candidate,
+    },
 }
 
 /// What the driver sends next.
@@ -544,7 +547,10 @@ mod tests {
                 wrapped: None,
             })
             .unwrap_err();
-        assert!(matches!(err, Error::SubjectShredded { ref subject } if subject == "user-42"), "{err}");
+        assert!(
+            matches!(err, Error::SubjectShredded { ref subject } if subject == "user-42"),
+            "{err}"
+        );
         // A key wrapped for another subject does not unwrap.
         let other = subject::candidate(log.wrapper(), "user-43").unwrap();
         let mut append = Append::pessimistic(&log, &e).unwrap();

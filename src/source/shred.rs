@@ -217,7 +217,7 @@ impl Oplog {
             let mut rows: Vec<(RowKey, u64)> = t.rows.into_iter().collect();
             // Most recently touched first: rows written later (children)
             // go before those they may refer to.
-            rows.sort_by(|a, b| b.1.cmp(&a.1));
+            rows.sort_by_key(|r| std::cmp::Reverse(r.1));
             let chunks: Vec<&[(RowKey, u64)]> = if rows.is_empty() {
                 vec![&[]]
             } else {
@@ -267,11 +267,12 @@ impl Oplog {
                 for op in &entry.operations {
                     let row = RowKey {
                         type_name: op.type_name.clone(),
-                        key: primary_key_only(&catalog, op)
-                            .map_err(|reason| Error::CorruptEntry {
+                        key: primary_key_only(&catalog, op).map_err(|reason| {
+                            Error::CorruptEntry {
                                 entry: entry_ref.clone(),
                                 reason,
-                            })?,
+                            }
+                        })?,
                     };
                     order += 1;
                     if t.rows.insert(row, order).is_none() {

@@ -8,9 +8,9 @@ use uuid::Uuid;
 
 use crate::codec::catalog::{CatalogBytes, EncodedCatalog, TypeCatalog};
 use crate::codec::crypto::{CryptoError, Keyring, Wrapper};
-use crate::codec::subject;
 use crate::codec::entry::{self, Entry, Header, Metadata, NewEntry, HASH_LEN};
 use crate::codec::queue::Limits;
+use crate::codec::subject;
 use crate::error::{EntryRef, Error, Result};
 use crate::source::append::{Append, Request};
 use crate::store::{Connection, EntryPage, ListQuery, Pager, StoredRow, TicketRow};
@@ -203,7 +203,7 @@ impl Oplog {
             encoded: Arc::new(catalog.encode()),
             catalog,
             wrapper: self.wrapper.clone(),
-            limits: self.limits.clone(),
+            limits: self.limits,
             notify: self.notify,
             tickets: self.tickets.clone(),
             stored: self.stored.clone(),
@@ -529,16 +529,17 @@ impl Oplog {
                     self.wrapper.as_ref()
                 }
                 Some(wrapped) => {
-                    unwrapped = subject::unwrap(self.wrapper.as_ref(), subject, &row.key_id, wrapped)
-                        .map_err(|e| match e {
-                            subject::UnwrapError::Crypto(CryptoError::UnknownKey(key_id)) => {
-                                Error::UnknownKey {
-                                    key_id,
-                                    entry: Some(row_ref(&row)),
+                    unwrapped =
+                        subject::unwrap(self.wrapper.as_ref(), subject, &row.key_id, wrapped)
+                            .map_err(|e| match e {
+                                subject::UnwrapError::Crypto(CryptoError::UnknownKey(key_id)) => {
+                                    Error::UnknownKey {
+                                        key_id,
+                                        entry: Some(row_ref(&row)),
+                                    }
                                 }
-                            }
-                            e => corrupt(e.describe(subject, &row.key_id)),
-                        })?;
+                                e => corrupt(e.describe(subject, &row.key_id)),
+                            })?;
                     &unwrapped
                 }
             }

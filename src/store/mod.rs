@@ -704,7 +704,9 @@ pub(crate) fn stored_row(r: &postgres::Row) -> StoredRow {
 }
 
 /// The parameters of [`SUBJECT_KEY`] for `q`.
-pub(crate) fn subject_key_params<'p>(q: &'p SubjectKeyQuery<'_>) -> [(&'p (dyn ToSql + Sync), Type); 4] {
+pub(crate) fn subject_key_params<'p>(
+    q: &'p SubjectKeyQuery<'_>,
+) -> [(&'p (dyn ToSql + Sync), Type); 4] {
     [
         (&q.subject, Type::TEXT),
         (&q.key_id, Type::TEXT),
@@ -1042,7 +1044,11 @@ pub(crate) fn subject_keys_not_under_key(
         "SELECT subject, key_id, wrapped, wrapping_key_id FROM oplog_subject_key \
          WHERE subject > $2 AND wrapped IS NOT NULL AND wrapping_key_id <> $1 \
          ORDER BY subject LIMIT $3",
-        &[(&key_id, Type::TEXT), (&after, Type::TEXT), (&limit, Type::INT8)],
+        &[
+            (&key_id, Type::TEXT),
+            (&after, Type::TEXT),
+            (&limit, Type::INT8),
+        ],
     )?;
     rows.iter()
         .map(|r| {
@@ -1101,7 +1107,11 @@ pub(crate) fn subject_entries(
     );
     let rows = c.query_typed(
         &sql,
-        &[(&key_id, Type::TEXT), (&after, Type::INT8), (&limit, Type::INT8)],
+        &[
+            (&key_id, Type::TEXT),
+            (&after, Type::INT8),
+            (&limit, Type::INT8),
+        ],
     )?;
     Ok(rows.iter().map(stored_row).collect())
 }

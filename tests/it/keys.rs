@@ -54,7 +54,11 @@ fn usage(db: &TestDb) -> Vec<(String, u64)> {
     key_usage(&mut db.client())
         .unwrap()
         .into_iter()
-        .map(|KeyUsage { key_id, entries, .. }| (key_id, entries))
+        .map(
+            |KeyUsage {
+                 key_id, entries, ..
+             }| (key_id, entries),
+        )
         .collect()
 }
 

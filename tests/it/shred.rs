@@ -129,7 +129,8 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
 
     // Nobody can read bob's payloads any more: the key is gone from the
     // database, and the keyring never held it.
-    let wrapped: Option<Vec<u8>> = source.scalar("SELECT wrapped FROM oplog_subject_key WHERE subject = 'bob'");
+    let wrapped: Option<Vec<u8>> =
+        source.scalar("SELECT wrapped FROM oplog_subject_key WHERE subject = 'bob'");
     assert!(wrapped.is_none());
     let full_ring = Keyring::from_json(&ring_json).unwrap();
     for data in &bob_data {
@@ -142,15 +143,25 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
         .collect();
     assert_eq!(bob.len(), 12);
     assert!(bob.iter().all(|e| e.shredded && e.operations.is_empty()));
-    for e in listed.iter().filter(|e| e.subject.as_deref() == Some("alice")) {
+    for e in listed
+        .iter()
+        .filter(|e| e.subject.as_deref() == Some("alice"))
+    {
         assert!(!e.shredded);
-        assert!(e.operations[0].decode::<oplog::demo::User>().unwrap().id.starts_with("alice-"));
+        assert!(e.operations[0]
+            .decode::<oplog::demo::User>()
+            .unwrap()
+            .id
+            .starts_with("alice-"));
     }
     // The tombstones say who erased what, when and why, and delete only by
     // primary key: none of bob's data is copied into them.
     for t in listed.iter().filter(|e| e.is_tombstone()) {
         assert_eq!(t.metadata.get(oplog::shred::SHRED_SUBJECT), Some("bob"));
-        assert_eq!(t.metadata.get(oplog::shred::SHRED_REASON), Some("erasure request 2026-117"));
+        assert_eq!(
+            t.metadata.get(oplog::shred::SHRED_REASON),
+            Some("erasure request 2026-117")
+        );
         assert_eq!(t.metadata.get(oplog::shred::SHRED_BY), Some("postgres"));
         assert_eq!(t.operations.len(), 3);
         for op in &t.operations {
@@ -168,9 +179,16 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
         table_rows(&replica.url, "demo_user"),
         table_rows(&source.url, "demo_user")
     );
-    assert!(!table_rows(&replica.url, "demo_user").iter().any(|r| r.contains("bob-")));
+    assert!(!table_rows(&replica.url, "demo_user")
+        .iter()
+        .any(|r| r.contains("bob-")));
     let report = verify_against(&log, &source, &replica);
-    assert!(report.is_clean(), "{:?} {:?}", report.findings, report.tables);
+    assert!(
+        report.is_clean(),
+        "{:?} {:?}",
+        report.findings,
+        report.tables
+    );
     assert_eq!(report.shredded.len(), 1);
     let s = &report.shredded[0];
     assert_eq!((s.subject.as_str(), s.entries), ("bob", 12));
@@ -193,7 +211,10 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
     let mut entry = NewEntry::new("tenant-1");
     entry.subject("bob").create(&user("bob-9")).unwrap();
     let err = log.write(&mut tx, &entry).unwrap_err();
-    assert!(matches!(err, Error::SubjectShredded { ref subject } if subject == "bob"), "{err}");
+    assert!(
+        matches!(err, Error::SubjectShredded { ref subject } if subject == "bob"),
+        "{err}"
+    );
     drop(tx);
     write_user(&mut c, &log, "tenant-1", "alice", "alice-9");
     let mut tx = c.transaction().unwrap();
@@ -208,7 +229,9 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
         .isolation_level(postgres::IsolationLevel::RepeatableRead)
         .start()
         .unwrap();
-    let err = log.shred(&mut tx, "carol", "under one snapshot").unwrap_err();
+    let err = log
+        .shred(&mut tx, "carol", "under one snapshot")
+        .unwrap_err();
     assert!(err.to_string().contains("READ COMMITTED"), "{err}");
     drop(tx);
 
@@ -222,7 +245,9 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
     assert_eq!(report.subject_keys_rewrapped, 2);
     let usage = key_usage(&mut c).unwrap();
     assert!(usage.iter().all(|k| k.key_id != old), "{usage:?}");
-    assert!(usage.iter().any(|k| k.key_id == ring.key_id() && k.subject_keys == 2));
+    assert!(usage
+        .iter()
+        .any(|k| k.key_id == ring.key_id() && k.subject_keys == 2));
     ring.remove(&old).unwrap();
     let without_old = oplog_with(ring);
     let alice = without_old.list(&mut c, Some("tenant-2"), 0, None).unwrap();
@@ -244,7 +269,8 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
         report
             .findings
             .iter()
-            .any(|f| f.kind == FindingKind::Corrupt && f.detail.contains("does not match the ciphertext")),
+            .any(|f| f.kind == FindingKind::Corrupt
+                && f.detail.contains("does not match the ciphertext")),
         "{:?}",
         report.findings
     );
@@ -257,7 +283,10 @@ fn shredding_a_subject_erases_its_payloads_and_rows_everywhere_and_the_log_stays
     );
     let report = verify(&without_old, &source.url, &VerifyOptions::default()).unwrap();
     assert!(
-        report.findings.iter().any(|f| f.kind == FindingKind::ChainMismatch),
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::ChainMismatch),
         "{:?}",
         report.findings
     );
@@ -314,13 +343,20 @@ fn a_shred_waits_for_open_transactions_writing_the_subject_and_refuses_later_one
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!shredder.is_finished(), "the shred did not wait for the open writer");
+    assert!(
+        !shredder.is_finished(),
+        "the shred did not wait for the open writer"
+    );
     open.commit().unwrap();
     let report = shredder.join().unwrap();
     // The entry committed meanwhile is shredded too, and its aggregate has
     // a tombstone after it.
     assert_eq!(report.entries, 3);
-    let mut aggregates: Vec<String> = report.tombstones.iter().map(|t| t.aggregate.clone()).collect();
+    let mut aggregates: Vec<String> = report
+        .tombstones
+        .iter()
+        .map(|t| t.aggregate.clone())
+        .collect();
     aggregates.sort();
     assert_eq!(aggregates, ["tenant-1", "tenant-2"]);
     let mut tx = c.transaction().unwrap();
@@ -373,7 +409,9 @@ fn subject_keys_change_only_through_their_functions_and_only_shredders_shred() {
     let mut r = Client::connect(&reader.url(&db.url), postgres::NoTls).unwrap();
     let read = log.list(&mut r, Some("tenant-1"), 0, None).unwrap();
     assert_eq!(read.len(), 4);
-    assert!(read.iter().all(|e| e.subject.is_some() && !e.operations.is_empty()));
+    assert!(read
+        .iter()
+        .all(|e| e.subject.is_some() && !e.operations.is_empty()));
     denied(&mut r, "SELECT * FROM oplog_shred('frank')");
     // The shredder shreds, and still cannot touch keys directly or bring
     // one back.
@@ -402,7 +440,10 @@ fn subject_keys_change_only_through_their_functions_and_only_shredders_shred() {
     assert!(!revived);
     let report = verify(&log, &db.url, &VerifyOptions::default()).unwrap();
     assert!(report.is_clean(), "{:?}", report.findings);
-    assert_eq!(report.shredded[0].by.as_deref(), Some(shredder.name.as_str()));
+    assert_eq!(
+        report.shredded[0].by.as_deref(),
+        Some(shredder.name.as_str())
+    );
 }
 
 #[test]
@@ -415,7 +456,11 @@ fn shred_on_the_command_line() {
     let mut c = db.client();
     write_user(&mut c, &log, "tenant-1", "hank", "hank-1");
     write_user(&mut c, &log, "tenant-1", "ivy", "ivy-1");
-    let out = crate::cli::run_against(&db.url, &keys, &["shred", "hank", "--reason", "GDPR art. 17"]);
+    let out = crate::cli::run_against(
+        &db.url,
+        &keys,
+        &["shred", "hank", "--reason", "GDPR art. 17"],
+    );
     let text = crate::cli::success(&out);
     assert!(text.contains("shredded subject hank"), "{text}");
     assert!(text.contains("2 entries can no longer be read"), "{text}");
@@ -427,7 +472,11 @@ fn shred_on_the_command_line() {
     let text = crate::cli::success(&out);
     assert!(text.contains("subject hank: shredded"), "{text}");
     assert!(text.contains("ivy-1"), "{text}");
-    let out = crate::cli::run_against(&db.url, &keys, &["shred", "hank", "--reason", "again", "--json"]);
+    let out = crate::cli::run_against(
+        &db.url,
+        &keys,
+        &["shred", "hank", "--reason", "again", "--json"],
+    );
     let json: serde_json::Value = serde_json::from_str(crate::cli::success(&out).trim()).unwrap();
     assert_eq!(json["already_shredded"], true);
     let out = crate::cli::run_against(&db.url, &keys, &["shred", "nobody", "--reason", "x"]);
@@ -464,16 +513,24 @@ fn every_driver_writes_subject_entries_and_lists_them() {
         tx.commit().await.unwrap();
         let tx = client.transaction().await.unwrap();
         log.write_and_commit_async(tx, &entry("t2")).await.unwrap();
-        let listed = log.list_async(&client, Some("tenant-1"), 0, None).await.unwrap();
+        let listed = log
+            .list_async(&client, Some("tenant-1"), 0, None)
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 3);
         // sqlx.
         let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         log.write_sqlx(&mut tx, &entry("s1")).await.unwrap();
         tx.commit().await.unwrap();
-        let listed = log.list_sqlx(&mut conn, Some("tenant-1"), 0, None).await.unwrap();
+        let listed = log
+            .list_sqlx(&mut conn, Some("tenant-1"), 0, None)
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 4);
-        assert!(listed.iter().all(|e| e.subject.as_deref() == Some("jo") && e.format == 2));
+        assert!(listed
+            .iter()
+            .all(|e| e.subject.as_deref() == Some("jo") && e.format == 2));
     });
     // One key for the subject, whatever wrote.
     let keys: i64 = db.scalar("SELECT count(*) FROM oplog_subject_key");
@@ -504,7 +561,13 @@ fn a_running_follower_erases_the_subjects_rows_when_the_shred_commits() {
     let mut c = source.client();
     for subject in ["kim", "lee"] {
         for i in 0..3 {
-            write_user(&mut c, &log, &format!("tenant-{i}"), subject, &format!("{subject}-{i}"));
+            write_user(
+                &mut c,
+                &log,
+                &format!("tenant-{i}"),
+                subject,
+                &format!("{subject}-{i}"),
+            );
         }
     }
     // Every row of the table, none before the follower created it.
@@ -532,6 +595,11 @@ fn a_running_follower_erases_the_subjects_rows_when_the_shred_commits() {
     running.join().unwrap().unwrap();
     assert_eq!(rows(&replica).len(), 3);
     let report = verify_against(&log, &source, &replica);
-    assert!(report.is_clean(), "{:?} {:?}", report.findings, report.tables);
+    assert!(
+        report.is_clean(),
+        "{:?} {:?}",
+        report.findings,
+        report.tables
+    );
     assert_eq!(report.shredded[0].entries, 6);
 }

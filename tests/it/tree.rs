@@ -114,7 +114,10 @@ fn entries_are_proven_in_signed_checkpoints_and_tampering_and_forgery_are_not() 
     }
     // An entry named by its id is the same leaf as by AGGREGATE:SEQ.
     let id: i64 = db.scalar("SELECT id FROM oplog_entry WHERE aggregate_name = 'c' AND seq = 7");
-    let by_id = success(&run(&db, &["prove", &id.to_string(), "--checkpoint", path(&cp2)]));
+    let by_id = success(&run(
+        &db,
+        &["prove", &id.to_string(), "--checkpoint", path(&cp2)],
+    ));
     let by_name = success(&run(&db, &["prove", "c:7", "--checkpoint", path(&cp2)]));
     assert_eq!(by_id, by_name);
     failure(

@@ -12,6 +12,9 @@ use crate::hex::hex;
 use crate::replica::chain::{ChainCursor, Link};
 use crate::store::{StoredRow, TicketInfo};
 
+/// Where an entry is: aggregate, seq and id.
+type EntryAt = (String, i64, i64);
+
 /// An aggregate as the log holds it, for checking anchors and checkpoints.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Facts {
@@ -57,7 +60,7 @@ pub(super) struct LogCheck {
     report: VerifyReport,
     /// Shredded subjects seen, by data key id, with the first shredded
     /// entry seen of each.
-    shredded: HashMap<String, (ShreddedSubject, Option<(String, i64, i64)>)>,
+    shredded: HashMap<String, (ShreddedSubject, Option<EntryAt>)>,
 }
 
 impl LogCheck {

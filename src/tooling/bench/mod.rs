@@ -48,8 +48,8 @@ mod write_async;
 pub use codec::{open_entry, seal_entry, SealedEntry};
 pub use write::{
     all, contention, notify, spread, subjects, write, ContentionReport, Figures, NotifyReport,
-    Reports, SpreadReport, SubjectsReport, WriteBenchConfig, WriteReport, CONTENTION_TARGET_RATIO, SPREAD_TARGET_RATIO,
-    WRITE_SQLX_TARGET_RATIO, WRITE_TARGET_RATIO, WRITE_TOKIO_TARGET_RATIO,
+    Reports, SpreadReport, SubjectsReport, WriteBenchConfig, WriteReport, CONTENTION_TARGET_RATIO,
+    SPREAD_TARGET_RATIO, WRITE_SQLX_TARGET_RATIO, WRITE_TARGET_RATIO, WRITE_TOKIO_TARGET_RATIO,
 };
 
 pub use follow::{

@@ -524,7 +524,9 @@ pub fn subjects(cfg: &WriteBenchConfig) -> Result<SubjectsReport> {
     let (plain_prefix, subject_prefix) = ("bench-plain", "bench-subject");
     for prefix in [plain_prefix, subject_prefix] {
         for i in 0..shared.writers {
-            shared.oplog.ensure_ticket(&mut admin, &format!("{prefix}-{i}"))?;
+            shared
+                .oplog
+                .ensure_ticket(&mut admin, &format!("{prefix}-{i}"))?;
         }
     }
     const ROUNDS: u32 = 4;
@@ -546,7 +548,11 @@ pub fn subjects(cfg: &WriteBenchConfig) -> Result<SubjectsReport> {
         }
     }
     check_spread_log(&mut admin, plain_prefix, plain.commits + plain.uncounted)?;
-    check_spread_log(&mut admin, subject_prefix, subject.commits + subject.uncounted)?;
+    check_spread_log(
+        &mut admin,
+        subject_prefix,
+        subject.commits + subject.uncounted,
+    )?;
     let keys_created: i64 = admin
         .query_one("SELECT count(*) FROM oplog_subject_key", &[])?
         .get(0);
