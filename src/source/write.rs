@@ -511,7 +511,7 @@ impl Oplog {
             self.wrapper.as_ref()
         } else if let SubjectKeys::Given(key) = keys {
             key
-        } else if let SubjectKeys::Absent = keys {
+        } else if keys.absent() {
             entry::check_sealed_digest(&header, Some(row.id), &row.data, &row.digest)?;
             sealed = true;
             self.wrapper.as_ref()
@@ -585,7 +585,19 @@ pub(crate) enum SubjectKeys<'k> {
     Given(&'k Keyring),
     /// Nowhere: the entry came without its key (from a stream), so it is
     /// handed over without operations once its digest checks.
+    #[cfg(feature = "nats")]
     Absent,
+}
+
+impl SubjectKeys<'_> {
+    /// True for [`SubjectKeys::Absent`].
+    fn absent(self) -> bool {
+        #[cfg(feature = "nats")]
+        if let SubjectKeys::Absent = self {
+            return true;
+        }
+        false
+    }
 }
 
 /// Entries read a page at a time and opened one at a time; see
