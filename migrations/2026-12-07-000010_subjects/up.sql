@@ -18,8 +18,11 @@ CREATE TABLE oplog_subject_key (
 
 -- The entries of one subject key, in id order: what a shred reads to find
 -- the rows to delete on replicas. Only entries under a subject's key
--- (format 2) are indexed.
-CREATE INDEX oplog_entry_subject ON oplog_entry (key_id, id) WHERE format = 2;
+-- (format 2) are indexed, but building the index reads the whole table
+-- while writers wait: on a large log, create it beforehand with
+--   CREATE INDEX CONCURRENTLY oplog_entry_subject ON oplog_entry (key_id, id) WHERE format = 2;
+-- and this migration leaves it as it is.
+CREATE INDEX IF NOT EXISTS oplog_entry_subject ON oplog_entry (key_id, id) WHERE format = 2;
 
 -- The functions (sql/functions/subjects.sql, and the append's check of a
 -- subject's key in append.sql) come with the function set.

@@ -72,7 +72,8 @@ REVOKE EXECUTE ON FUNCTION @schema@.oplog_rewrap_subject_key(text, text, text, t
 -- written meanwhile. Returns the key id and the wrapped key as it was, so
 -- that the caller can still read the subject's entries in this transaction
 -- to write the tombstones; a rollback keeps the key. No row when the
--- subject has no key; a NULL wrapped key when it was shredded already.
+-- subject has no key; a NULL wrapped key, and who shredded it, when it
+-- was shredded already.
 CREATE OR REPLACE FUNCTION @schema@.oplog_shred(
     p_subject text,
     OUT o_key_id text, OUT o_wrapped bytea, OUT o_wrapping_key_id text, OUT o_by text)
@@ -84,8 +85,11 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    o_by := session_user;
-    IF o_wrapped IS NOT NULL THEN
+    IF o_wrapped IS NULL THEN
+        -- Shredded before: who did it.
+        SELECT k.shredded_by INTO o_by FROM @schema@.oplog_subject_key k WHERE k.subject = p_subject;
+    ELSE
+        o_by := session_user;
         UPDATE @schema@.oplog_subject_key
            SET wrapped = NULL, wrapping_key_id = NULL, shredded_at = pg_catalog.now(), shredded_by = o_by
          WHERE subject = p_subject;

@@ -24,8 +24,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use postgres::types::Type;
-use postgres::Transaction;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 
@@ -37,7 +35,7 @@ use crate::codec::subject;
 use crate::error::{Error, Result};
 use crate::proto::OpType;
 use crate::source::write::{row_ref, Oplog, SubjectKeys, Written};
-use crate::store;
+use crate::store::{Connection, ShredKeyRow, StoredRow};
 
 pub use crate::codec::subject::{
     SHRED_AGGREGATE, SHRED_BY, SHRED_ENTRIES, SHRED_KEY, SHRED_REASON, SHRED_SUBJECT,
@@ -114,9 +112,12 @@ impl Oplog {
     /// Shreds the data subject `subject` in the caller's transaction:
     /// destroys its data key, so that nobody can decrypt its entries again
     /// (keyring or not), and appends tombstones that delete the rows its
-    /// entries wrote on every replica (see [module docs](crate::shred)).
-    /// Run the application's own deletions of the subject's rows in the
-    /// same transaction; nothing happens unless it commits.
+    /// entries wrote on every replica (their reserved metadata is in
+    /// [`crate::shred`]). Run the application's own deletions of the
+    /// subject's rows in the same transaction; nothing happens unless it
+    /// commits. `conn` is a rust-postgres `Transaction` or a diesel
+    /// connection inside a transaction; [`Oplog::shred_async`] and
+    /// [`Oplog::shred_sqlx`] do the same over the async drivers.
     ///
     /// Waits for open transactions writing the subject; afterwards writing
     /// for it fails with [`Error::SubjectShredded`]. Shredding a subject
@@ -127,80 +128,271 @@ impl Oplog {
     /// role needs `oplog grant shredder`.
     pub fn shred(
         &self,
-        tx: &mut Transaction<'_>,
-        subject_name: &str,
+        conn: &mut impl Connection,
+        subject: &str,
         reason: &str,
     ) -> Result<Shredded> {
-        subject::check_subject(subject_name)?;
-        if reason.trim().is_empty() || reason.len() > MAX_REASON {
-            return Err(Error::InvalidEntry(format!(
-                "the reason for shredding must be 1 to {MAX_REASON} bytes"
-            )));
+        check_request(subject, reason)?;
+        if !conn.in_transaction() {
+            return Err(Error::NotInTransaction);
         }
-        // Each statement must see what committed before it: the entries of
-        // writers the shred waited for, which an older snapshot would miss.
-        let isolation: String = tx
-            .query_typed_one("SELECT current_setting('transaction_isolation')", &[])?
-            .try_get(0)?;
-        if isolation != "read committed" {
-            return Err(Error::Config(format!(
-                "a shred runs in a READ COMMITTED transaction, not {isolation}: under one snapshot \
-                 it would miss the entries of the writers it waits for"
-            )));
+        check_isolation(&conn.isolation()?)?;
+        let mut run = match ShredRun::begin(self, subject, reason, conn.shred_key(subject)?)? {
+            Begun::Already(report) => return Ok(report),
+            Begun::Run(run) => run,
+        };
+        while let Some((key_id, after)) = run.next_page() {
+            let rows = conn.subject_entries(&key_id, after, PAGE)?;
+            let mut opened = Vec::with_capacity(rows.len());
+            for row in rows {
+                let catalog = self.catalog_for(conn, row.catalog.as_deref(), || row_ref(&row))?;
+                opened.push((row, catalog));
+            }
+            run.page(opened)?;
         }
-        let row = tx
-            .query_typed_opt(
-                "SELECT o_key_id, o_wrapped, o_by FROM oplog_shred($1)",
-                &[(&subject_name, Type::TEXT)],
-            )?
-            .ok_or_else(|| Error::UnknownSubject {
-                subject: subject_name.to_string(),
-            })?;
-        let key_id: String = row.try_get(0)?;
-        let wrapped: Option<Vec<u8>> = row.try_get(1)?;
-        let by: String = row.try_get(2)?;
-        let Some(wrapped) = wrapped else {
-            let by = tx
-                .query_typed_one(
-                    "SELECT coalesce(shredded_by, '') FROM oplog_subject_key WHERE subject = $1",
-                    &[(&subject_name, Type::TEXT)],
-                )?
-                .try_get(0)?;
-            return Ok(Shredded {
-                subject: subject_name.to_string(),
-                key_id,
+        let (mut report, tombstones) = run.finish()?;
+        for t in tombstones {
+            report
+                .tombstones
+                .push(t.writer.as_ref().unwrap_or(self).write(conn, &t.entry)?);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
+impl Oplog {
+    /// [`Oplog::shred`] over an async driver.
+    async fn shred_over<D>(&self, driver: &mut D, subject: &str, reason: &str) -> Result<Shredded>
+    where
+        D: crate::store::AsyncStatements + crate::store::AsyncPages,
+    {
+        check_request(subject, reason)?;
+        check_isolation(&driver.isolation().await?)?;
+        let key = driver.shred_key(subject).await?;
+        let mut run = match ShredRun::begin(self, subject, reason, key)? {
+            Begun::Already(report) => return Ok(report),
+            Begun::Run(run) => run,
+        };
+        while let Some((key_id, after)) = run.next_page() {
+            let rows = driver.subject_entries(&key_id, after, PAGE).await?;
+            let mut opened = Vec::with_capacity(rows.len());
+            for row in rows {
+                let catalog = self.catalog_async(driver, &row).await?;
+                opened.push((row, catalog));
+            }
+            run.page(opened)?;
+        }
+        let (mut report, tombstones) = run.finish()?;
+        for t in tombstones {
+            let writer = t.writer.as_ref().unwrap_or(self);
+            report.tombstones.push(
+                crate::source::write::drive_async(
+                    driver,
+                    crate::source::append::Append::pessimistic(writer, &t.entry)?,
+                )
+                .await?,
+            );
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(feature = "tokio-postgres")]
+impl Oplog {
+    /// [`Oplog::shred`] in the caller's tokio-postgres transaction.
+    pub async fn shred_async(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        subject: &str,
+        reason: &str,
+    ) -> Result<Shredded> {
+        self.shred_over(&mut crate::store::tokio_driver::Driver(tx), subject, reason)
+            .await
+    }
+}
+
+#[cfg(feature = "sqlx")]
+impl Oplog {
+    /// [`Oplog::shred`] in the caller's sqlx transaction.
+    pub async fn shred_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        subject: &str,
+        reason: &str,
+    ) -> Result<Shredded> {
+        self.shred_over(&mut crate::store::sqlx_driver::Driver(tx), subject, reason)
+            .await
+    }
+}
+
+/// Checks a shred's subject and reason.
+fn check_request(subject: &str, reason: &str) -> Result<()> {
+    subject::check_subject(subject)?;
+    if reason.trim().is_empty() || reason.len() > MAX_REASON {
+        return Err(Error::InvalidEntry(format!(
+            "the reason for shredding must be 1 to {MAX_REASON} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Each statement of a shred must see what committed before it: the
+/// entries of the writers it waited for, which an older snapshot would
+/// miss.
+fn check_isolation(isolation: &str) -> Result<()> {
+    if isolation != "read committed" {
+        return Err(Error::Config(format!(
+            "a shred runs in a READ COMMITTED transaction, not {isolation}: under one snapshot \
+             it would miss the entries of the writers it waits for"
+        )));
+    }
+    Ok(())
+}
+
+/// How a shred starts.
+enum Begun<'o> {
+    /// The subject was shredded before: nothing to do.
+    Already(Shredded),
+    /// Its key was destroyed now: read its entries, then write tombstones.
+    Run(ShredRun<'o>),
+}
+
+/// A tombstone to write, with the oplog to write it with when not the
+/// shred's own (another catalog).
+struct Tombstone {
+    writer: Option<Oplog>,
+    entry: NewEntry,
+}
+
+/// A shred without I/O, once its key is destroyed: the subject's entries
+/// go in a page at a time, the tombstones come out.
+struct ShredRun<'o> {
+    oplog: &'o Oplog,
+    subject: String,
+    reason: String,
+    key_id: String,
+    by: String,
+    key: Keyring,
+    touched: BTreeMap<String, Touched>,
+    /// Distinct rows so far, and the order of the last touch.
+    distinct: usize,
+    order: u64,
+    /// The id after which the next page starts; `None` once read.
+    after: Option<i64>,
+}
+
+impl<'o> ShredRun<'o> {
+    /// What `oplog_shred` answered for `subject`.
+    fn begin(
+        oplog: &'o Oplog,
+        subject: &str,
+        reason: &str,
+        answered: Option<ShredKeyRow>,
+    ) -> Result<Begun<'o>> {
+        let row = answered.ok_or_else(|| Error::UnknownSubject {
+            subject: subject.to_string(),
+        })?;
+        let Some(wrapped) = row.wrapped else {
+            return Ok(Begun::Already(Shredded {
+                subject: subject.to_string(),
+                key_id: row.key_id,
                 already: true,
-                by,
+                by: row.by,
                 entries: 0,
                 rows: 0,
                 tombstones: Vec::new(),
-            });
+            }));
         };
-        let key = subject::unwrap(self.wrapper(), subject_name, &key_id, &wrapped)
-            .map_err(|e| Error::Keyring(e.describe(subject_name, &key_id)))?;
-        let touched = self.touched_rows(tx, &key_id, &key)?;
-        let mut report = Shredded {
-            subject: subject_name.to_string(),
-            key_id: key_id.clone(),
+        let key = subject::unwrap(oplog.wrapper(), subject, &row.key_id, &wrapped)
+            .map_err(|e| Error::Keyring(e.describe(subject, &row.key_id)))?;
+        Ok(Begun::Run(ShredRun {
+            oplog,
+            subject: subject.to_string(),
+            reason: reason.to_string(),
+            key_id: row.key_id,
+            by: row.by,
+            key,
+            touched: BTreeMap::new(),
+            distinct: 0,
+            order: 0,
+            after: Some(0),
+        }))
+    }
+
+    /// The key id and entry id the next page of the subject's entries
+    /// starts after, while there is one.
+    fn next_page(&self) -> Option<(String, i64)> {
+        self.after.map(|after| (self.key_id.clone(), after))
+    }
+
+    /// A page of the subject's entries, each with the catalog it names.
+    fn page(&mut self, rows: Vec<(StoredRow, Arc<TypeCatalog>)>) -> Result<()> {
+        self.after = match rows.last() {
+            Some((last, _)) if i64::try_from(rows.len()).is_ok_and(|n| n >= PAGE) => Some(last.id),
+            _ => None,
+        };
+        for (row, catalog) in rows {
+            let entry_ref = row_ref(&row);
+            let entry =
+                self.oplog
+                    .open_under(row, catalog.clone(), SubjectKeys::Given(&self.key))?;
+            let t = self.touched.entry(entry.aggregate.clone()).or_default();
+            t.entries += 1;
+            t.catalog = Some(catalog.clone());
+            for op in &entry.operations {
+                let row = RowKey {
+                    type_name: op.type_name.clone(),
+                    key: primary_key_only(&catalog, op).map_err(|reason| Error::CorruptEntry {
+                        entry: entry_ref.clone(),
+                        reason,
+                    })?,
+                };
+                self.order += 1;
+                if t.rows.insert(row, self.order).is_none() {
+                    self.distinct += 1;
+                    if self.distinct > MAX_ROWS {
+                        return Err(Error::LimitExceeded {
+                            what: "rows one shred deletes",
+                            actual: self.distinct,
+                            limit: MAX_ROWS,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The report, and the tombstones to write.
+    fn finish(self) -> Result<(Shredded, Vec<Tombstone>)> {
+        let report = Shredded {
+            subject: self.subject.clone(),
+            key_id: self.key_id.clone(),
             already: false,
-            by: by.clone(),
-            entries: touched.values().map(|t| t.entries).sum(),
-            rows: touched.values().map(|t| t.rows.len() as u64).sum(),
+            by: self.by.clone(),
+            entries: self.touched.values().map(|t| t.entries).sum(),
+            rows: self.touched.values().map(|t| t.rows.len() as u64).sum(),
             tombstones: Vec::new(),
         };
         let mut metadata = Metadata::new();
-        metadata.insert(SHRED_SUBJECT, subject_name);
-        metadata.insert(SHRED_REASON, reason);
-        metadata.insert(SHRED_BY, by);
-        metadata.insert(SHRED_KEY, key_id);
-        if touched.is_empty() {
-            let mut entry = tombstone(SHRED_AGGREGATE, &metadata, 0);
-            entry.internal = true;
-            report.tombstones.push(self.write(tx, &entry)?);
-            return Ok(report);
+        metadata.insert(SHRED_SUBJECT, self.subject);
+        metadata.insert(SHRED_REASON, self.reason);
+        metadata.insert(SHRED_BY, self.by);
+        metadata.insert(SHRED_KEY, self.key_id);
+        if self.touched.is_empty() {
+            let entry = tombstone(SHRED_AGGREGATE, &metadata, 0);
+            return Ok((
+                report,
+                vec![Tombstone {
+                    writer: None,
+                    entry,
+                }],
+            ));
         }
-        for (aggregate, t) in touched {
-            let own = self.own_catalog();
+        let own = self.oplog.own_catalog();
+        let mut tombstones = Vec::new();
+        for (aggregate, t) in self.touched {
             let catalog = t.catalog_for_tombstones(&own).ok_or_else(|| {
                 Error::Catalog(format!(
                     "the tombstone of aggregate {aggregate:?} deletes rows of types that neither this \
@@ -208,21 +400,15 @@ impl Oplog {
                      register every type the subject's entries used, with its table"
                 ))
             })?;
-            let writer = if Arc::ptr_eq(&catalog, &own) {
-                None
-            } else {
-                Some(self.writing_with(catalog))
-            };
-            let writer = writer.as_ref().unwrap_or(self);
+            let writer = (!Arc::ptr_eq(&catalog, &own)).then(|| self.oplog.writing_with(catalog));
             let mut rows: Vec<(RowKey, u64)> = t.rows.into_iter().collect();
             // Most recently touched first: rows written later (children)
             // go before those they may refer to.
             rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-            let chunks: Vec<&[(RowKey, u64)]> = if rows.is_empty() {
-                vec![&[]]
-            } else {
-                rows.chunks(DELETES_PER_TOMBSTONE).collect()
-            };
+            let mut chunks: Vec<&[(RowKey, u64)]> = rows.chunks(DELETES_PER_TOMBSTONE).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
             for chunk in chunks {
                 let mut entry = tombstone(&aggregate, &metadata, t.entries);
                 for (row, _) in chunk {
@@ -234,60 +420,13 @@ impl Oplog {
                         null_mask: Vec::new(),
                     })?;
                 }
-                report.tombstones.push(writer.write(tx, &entry)?);
+                tombstones.push(Tombstone {
+                    writer: writer.clone(),
+                    entry,
+                });
             }
         }
-        Ok(report)
-    }
-
-    /// The rows the entries under `key_id` touched, by aggregate.
-    fn touched_rows(
-        &self,
-        tx: &mut Transaction<'_>,
-        key_id: &str,
-        key: &Keyring,
-    ) -> Result<BTreeMap<String, Touched>> {
-        let mut touched: BTreeMap<String, Touched> = BTreeMap::new();
-        let mut distinct = 0usize;
-        let mut order = 0u64;
-        let mut after = 0i64;
-        loop {
-            let rows = store::subject_entries(tx, key_id, after, PAGE)?;
-            let Some(last) = rows.last() else {
-                return Ok(touched);
-            };
-            after = last.id;
-            for row in rows {
-                let entry_ref = row_ref(&row);
-                let catalog = self.catalog_for(tx, row.catalog.as_deref(), || entry_ref.clone())?;
-                let entry = self.open_under(row, catalog.clone(), SubjectKeys::Given(key))?;
-                let t = touched.entry(entry.aggregate.clone()).or_default();
-                t.entries += 1;
-                t.catalog = Some(catalog.clone());
-                for op in &entry.operations {
-                    let row = RowKey {
-                        type_name: op.type_name.clone(),
-                        key: primary_key_only(&catalog, op).map_err(|reason| {
-                            Error::CorruptEntry {
-                                entry: entry_ref.clone(),
-                                reason,
-                            }
-                        })?,
-                    };
-                    order += 1;
-                    if t.rows.insert(row, order).is_none() {
-                        distinct += 1;
-                        if distinct > MAX_ROWS {
-                            return Err(Error::LimitExceeded {
-                                what: "rows one shred deletes",
-                                actual: distinct,
-                                limit: MAX_ROWS,
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        Ok((report, tombstones))
     }
 }
 

@@ -888,6 +888,22 @@ impl Oplog {
 
 #[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
 impl Oplog {
+    /// The catalog `row` names, read through `pages` when not known yet.
+    pub(crate) async fn catalog_async(
+        &self,
+        pages: &mut impl crate::store::AsyncPages,
+        row: &StoredRow,
+    ) -> Result<Arc<TypeCatalog>> {
+        match self.known_catalog(row.catalog.as_deref()) {
+            Ok(catalog) => Ok(catalog),
+            Err(digest) => {
+                let max = self.limits.max_catalog_bytes;
+                let stored = pages.catalog(digest, max).await?;
+                self.loaded_catalog(digest, stored, || row_ref(row))
+            }
+        }
+    }
+
     /// The listing of [`Oplog::list`] over an async driver.
     async fn list_pages(
         &self,
@@ -907,14 +923,7 @@ impl Oplog {
                 None => match listing.next_row() {
                     Some(row) => {
                         row_parts(&row)?;
-                        let catalog = match self.known_catalog(row.catalog.as_deref()) {
-                            Ok(catalog) => catalog,
-                            Err(digest) => {
-                                let max = self.limits.max_catalog_bytes;
-                                let stored = pages.catalog(digest, max).await?;
-                                self.loaded_catalog(digest, stored, || row_ref(&row))?
-                            }
-                        };
+                        let catalog = self.catalog_async(pages, &row).await?;
                         entries.push(self.open_with(row, catalog)?);
                         continue;
                     }
@@ -1017,7 +1026,7 @@ impl Drop for ForgetPosition<'_> {
 /// Sends what `append` asks for over an async driver until the entry is
 /// written or refused.
 #[cfg(any(feature = "tokio-postgres", feature = "sqlx"))]
-async fn drive_async(
+pub(crate) async fn drive_async(
     c: &mut impl crate::store::AsyncStatements,
     mut append: Append<'_>,
 ) -> Result<Written> {

@@ -47,6 +47,12 @@ struct DieselSubjectKey {
 }
 
 #[derive(QueryableByName)]
+struct DieselIsolation {
+    #[diesel(sql_type = Text)]
+    isolation: String,
+}
+
+#[derive(QueryableByName)]
 struct DieselId {
     #[diesel(sql_type = BigInt)]
     id: i64,
@@ -157,6 +163,26 @@ impl private::Sealed for PgConnection {
             key_id: row.o_key_id,
             wrapped: row.o_wrapped,
         })
+    }
+
+    fn isolation(&mut self) -> Result<String> {
+        let rows: Vec<DieselIsolation> = diesel::sql_query(ISOLATION).load(self)?;
+        Ok(first(rows).map(|r| r.isolation).unwrap_or_default())
+    }
+
+    fn shred_key(&mut self, subject: &str) -> Result<Option<ShredKeyRow>> {
+        let rows: Vec<ShredKeyRow> = diesel::sql_query(SHRED)
+            .bind::<Text, _>(subject)
+            .load(self)?;
+        Ok(first(rows))
+    }
+
+    fn subject_entries(&mut self, key_id: &str, after: i64, limit: i64) -> Result<Vec<StoredRow>> {
+        Ok(diesel::sql_query(subject_entries_sql())
+            .bind::<Text, _>(key_id)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(limit)
+            .load(self)?)
     }
 
     fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>> {

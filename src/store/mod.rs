@@ -47,6 +47,17 @@ pub(crate) trait AsyncStatements {
     async fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
     /// Looks up (or creates) a subject's data key, held FOR SHARE.
     async fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow>;
+    /// The transaction's isolation level.
+    async fn isolation(&mut self) -> Result<String>;
+    /// Calls `oplog_shred`.
+    async fn shred_key(&mut self, subject: &str) -> Result<Option<ShredKeyRow>>;
+    /// A page of a subject's entries, in id order.
+    async fn subject_entries(
+        &mut self,
+        key_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRow>>;
 }
 
 /// Where an async listing reads its pages and the catalogs entries name:
@@ -162,6 +173,43 @@ pub struct SubjectKeyRow {
 /// from the candidate when missing, and holds it FOR SHARE.
 pub(crate) const SUBJECT_KEY: &str =
     "SELECT o_key_id, o_wrapped FROM oplog_subject_key($1, $2, $3, $4)";
+
+/// What `oplog_shred` answered: the subject's key as it was (its wrapped
+/// key `None` when it was shredded before) and who shreds it (or did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "diesel", derive(QueryableByName))]
+pub struct ShredKeyRow {
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
+    pub key_id: String,
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Nullable<Binary>))]
+    pub wrapped: Option<Vec<u8>>,
+    #[cfg_attr(feature = "diesel", diesel(sql_type = Text))]
+    pub by: String,
+}
+
+/// Destroys a subject's key, answering it as it was.
+pub(crate) const SHRED: &str =
+    "SELECT o_key_id AS key_id, o_wrapped AS wrapped, coalesce(o_by, '') AS by FROM oplog_shred($1)";
+
+/// The transaction's isolation level.
+pub(crate) const ISOLATION: &str = "SELECT current_setting('transaction_isolation') AS isolation";
+
+/// A subject's entries after an id, in id order (parameters: key id, id,
+/// limit): one range of the partial index on (key_id, id).
+pub(crate) fn subject_entries_sql() -> String {
+    format!(
+        "{SELECT_ENTRIES} WHERE e.format = 2 AND e.key_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3"
+    )
+}
+
+/// A row of [`SHRED`].
+pub(crate) fn shred_key_row(row: &postgres::Row) -> Result<ShredKeyRow> {
+    Ok(ShredKeyRow {
+        key_id: row.try_get(0)?,
+        wrapped: row.try_get(1)?,
+        by: row.try_get(2)?,
+    })
+}
 
 /// The parameters of [`SUBJECT_KEY`].
 pub struct SubjectKeyQuery<'a> {
@@ -479,6 +527,14 @@ pub(crate) mod private {
         fn entry_id_by_uuid(&mut self, uuid: Uuid) -> Result<Option<i64>>;
         fn store_catalog(&mut self, digest: &[u8], bytes: &[u8]) -> Result<()>;
         fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow>;
+        fn isolation(&mut self) -> Result<String>;
+        fn shred_key(&mut self, subject: &str) -> Result<Option<ShredKeyRow>>;
+        fn subject_entries(
+            &mut self,
+            key_id: &str,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<StoredRow>>;
         fn load_catalog(&mut self, digest: &[u8], limit: usize) -> Result<Option<CatalogBytes>>;
     }
 }
@@ -779,6 +835,23 @@ macro_rules! impl_postgres {
             }
             fn subject_key(&mut self, q: &SubjectKeyQuery<'_>) -> Result<SubjectKeyRow> {
                 pg_subject_key(self, q)
+            }
+            fn isolation(&mut self) -> Result<String> {
+                Ok(self.query_typed_one(ISOLATION, &[])?.try_get(0)?)
+            }
+            fn shred_key(&mut self, subject: &str) -> Result<Option<ShredKeyRow>> {
+                self.query_typed_opt(SHRED, &[(&subject, Type::TEXT)])?
+                    .as_ref()
+                    .map(shred_key_row)
+                    .transpose()
+            }
+            fn subject_entries(
+                &mut self,
+                key_id: &str,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<StoredRow>> {
+                pg_subject_entries(self, key_id, after, limit)
             }
             fn load_catalog(
                 &mut self,
@@ -1094,19 +1167,15 @@ pub(crate) fn count_not_under_key(c: &mut impl GenericClient, key_id: &str) -> R
 }
 
 /// The entries under the subject key `key_id` with an id above `after`,
-/// in id order, at most `limit`: one range of the partial index on
-/// (key_id, id) of entries under subject keys.
-pub(crate) fn subject_entries(
+/// in id order, at most `limit`.
+pub(crate) fn pg_subject_entries(
     c: &mut impl GenericClient,
     key_id: &str,
     after: i64,
     limit: i64,
 ) -> Result<Vec<StoredRow>> {
-    let sql = format!(
-        "{SELECT_ENTRIES} WHERE e.format = 2 AND e.key_id = $1 AND e.id > $2 ORDER BY e.id LIMIT $3"
-    );
     let rows = c.query_typed(
-        &sql,
+        &subject_entries_sql(),
         &[
             (&key_id, Type::TEXT),
             (&after, Type::INT8),

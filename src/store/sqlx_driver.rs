@@ -111,26 +111,31 @@ pub(crate) async fn list_entries(c: &mut PgConnection, q: &ListQuery<'_>) -> Res
             .fetch_all(&mut *c)
             .await?
         {
-            rows.push(StoredRow {
-                id: r.try_get(0)?,
-                entry_uuid: r.try_get(1)?,
-                aggregate_name: r.try_get(2)?,
-                seq: r.try_get(3)?,
-                format: r.try_get(4)?,
-                key_id: r.try_get(5)?,
-                data: r.try_get(6)?,
-                digest: r.try_get(7)?,
-                chain: r.try_get(8)?,
-                created_us: r.try_get(9)?,
-                meta_keys: r.try_get(10)?,
-                meta_values: r.try_get(11)?,
-                catalog: r.try_get(12)?,
-                subject: r.try_get(13)?,
-                subject_wrapped: r.try_get(14)?,
-            });
+            rows.push(stored_row(&r)?);
         }
     }
     Ok(entry_page(&picked, rows, cut, full))
+}
+
+/// An entry row selected with `SELECT_ENTRIES`'s columns.
+fn stored_row(r: &sqlx::postgres::PgRow) -> Result<StoredRow> {
+    Ok(StoredRow {
+        id: r.try_get(0)?,
+        entry_uuid: r.try_get(1)?,
+        aggregate_name: r.try_get(2)?,
+        seq: r.try_get(3)?,
+        format: r.try_get(4)?,
+        key_id: r.try_get(5)?,
+        data: r.try_get(6)?,
+        digest: r.try_get(7)?,
+        chain: r.try_get(8)?,
+        created_us: r.try_get(9)?,
+        meta_keys: r.try_get(10)?,
+        meta_values: r.try_get(11)?,
+        catalog: r.try_get(12)?,
+        subject: r.try_get(13)?,
+        subject_wrapped: r.try_get(14)?,
+    })
 }
 
 /// A sqlx connection (or transaction), for the async append loop and
@@ -161,6 +166,45 @@ impl super::AsyncStatements for Driver<'_> {
             key_id: row.try_get(0)?,
             wrapped: row.try_get(1)?,
         })
+    }
+
+    async fn isolation(&mut self) -> Result<String> {
+        let row = sqlx::query(super::ISOLATION)
+            .fetch_one(&mut *self.0)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn shred_key(&mut self, subject: &str) -> Result<Option<super::ShredKeyRow>> {
+        let row = sqlx::query(super::SHRED)
+            .bind(subject)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        row.map(|r| {
+            Ok(super::ShredKeyRow {
+                key_id: r.try_get(0)?,
+                wrapped: r.try_get(1)?,
+                by: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn subject_entries(
+        &mut self,
+        key_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredRow>> {
+        sqlx::query(&super::subject_entries_sql())
+            .bind(key_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *self.0)
+            .await?
+            .iter()
+            .map(stored_row)
+            .collect()
     }
 }
 

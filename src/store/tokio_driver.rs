@@ -174,6 +174,45 @@ impl<C: GenericClient> super::AsyncStatements for Driver<'_, C> {
             .await?;
         super::subject_key_row(&row)
     }
+
+    async fn isolation(&mut self) -> Result<String> {
+        Ok(self
+            .0
+            .query_typed_one(super::ISOLATION, &[])
+            .await?
+            .try_get(0)?)
+    }
+
+    async fn shred_key(&mut self, subject: &str) -> Result<Option<super::ShredKeyRow>> {
+        self.0
+            .query_typed_opt(super::SHRED, &[(&subject, Type::TEXT)])
+            .await?
+            .as_ref()
+            .map(super::shred_key_row)
+            .transpose()
+    }
+
+    async fn subject_entries(
+        &mut self,
+        key_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<super::StoredRow>> {
+        Ok(self
+            .0
+            .query_typed(
+                &super::subject_entries_sql(),
+                &[
+                    (&key_id, Type::TEXT),
+                    (&after, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await?
+            .iter()
+            .map(stored_row)
+            .collect())
+    }
 }
 
 impl<C: GenericClient> super::AsyncPages for Driver<'_, C> {

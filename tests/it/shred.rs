@@ -542,6 +542,52 @@ fn every_driver_writes_subject_entries_and_lists_them() {
         .map(|e| e.operations[0].decode::<oplog::demo::User>().unwrap().id)
         .collect();
     assert_eq!(ids, ["d1", "t1", "t2", "s1"]);
+
+    // Each driver shreds in its own transaction: diesel one subject, sqlx
+    // another, tokio-postgres jo.
+    let for_subject = |subject: &str, id: &str| {
+        let mut e = NewEntry::new("tenant-2");
+        e.subject(subject).create(&user(id)).unwrap();
+        e
+    };
+    let mut conn = db.diesel();
+    conn.transaction(|c| log.write(c, &for_subject("mo", "m1")))
+        .unwrap();
+    conn.transaction(|c| log.write(c, &for_subject("po", "p1")))
+        .unwrap();
+    let err = log
+        .shred(&mut conn, "mo", "outside a transaction")
+        .unwrap_err();
+    assert!(matches!(err, Error::NotInTransaction), "{err}");
+    let by_diesel = conn.transaction(|c| log.shred(c, "mo", "diesel")).unwrap();
+    assert_eq!((by_diesel.entries, by_diesel.tombstones.len()), (1, 1));
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let by_sqlx = log.shred_sqlx(&mut tx, "po", "sqlx").await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!((by_sqlx.entries, by_sqlx.rows), (1, 1));
+        let (mut client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let tx = client.transaction().await.unwrap();
+        let by_tokio = log.shred_async(&tx, "jo", "tokio").await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!((by_tokio.entries, by_tokio.rows), (4, 4));
+        let tx = client.transaction().await.unwrap();
+        let again = log.shred_async(&tx, "jo", "again").await.unwrap();
+        assert!(again.already);
+        assert_eq!(again.by, by_tokio.by);
+    });
+    let report = verify(&log, &db.url, &VerifyOptions::default()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+    let subjects: Vec<(&str, u64, usize)> = report
+        .shredded
+        .iter()
+        .map(|s| (s.subject.as_str(), s.entries, s.tombstones.len()))
+        .collect();
+    assert_eq!(subjects, [("jo", 4, 1), ("mo", 1, 1), ("po", 1, 1)]);
 }
 
 #[test]

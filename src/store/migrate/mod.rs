@@ -443,7 +443,7 @@ mod tests {
     /// comments, with line ends as `\n`).
     const FUNCTIONS_CHANGED_WITH: (&str, &str) = (
         "20261207000010",
-        "05a48ce7b994e2537ca7c46a64d873539b15ba2b0c68e73f8f4b213ebc6cb789",
+        "5f39d1be2e084fda0d72f3ebaedec28768f4aa833235371349e3610de3022f70",
     );
 
     fn functions_digest() -> String {
