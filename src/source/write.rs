@@ -500,62 +500,15 @@ impl Oplog {
     ) -> Result<Entry> {
         let (uuid, metadata) = row_parts(&row)?;
         let header = row_header(&row, uuid, &metadata);
-        let corrupt = |reason: String| Error::CorruptEntry {
-            entry: row_ref(&row),
-            reason,
-        };
-        let mut shredded = false;
-        let mut sealed = false;
-        let unwrapped;
-        let wrapper: &dyn Wrapper = if row.format != entry::FORMAT_SUBJECT {
-            self.wrapper.as_ref()
-        } else if let SubjectKeys::Given(key) = keys {
-            key
-        } else if keys.absent() {
-            entry::check_sealed_digest(&header, Some(row.id), &row.data, &row.digest)?;
-            sealed = true;
-            self.wrapper.as_ref()
+        let opening = if row.format == entry::FORMAT_SUBJECT {
+            self.subject_opening(&row, &header, keys)?
         } else {
-            entry::check_sealed_digest(&header, Some(row.id), &row.data, &row.digest)?;
-            let Some(subject) = &row.subject else {
-                return Err(corrupt(format!(
-                    "it is under subject key {:?}, which does not exist",
-                    row.key_id
-                )));
-            };
-            match &row.subject_wrapped {
-                None => {
-                    shredded = true;
-                    self.wrapper.as_ref()
-                }
-                Some(wrapped) => {
-                    unwrapped =
-                        subject::unwrap(self.wrapper.as_ref(), subject, &row.key_id, wrapped)
-                            .map_err(|e| match e {
-                                subject::UnwrapError::Crypto(CryptoError::UnknownKey(key_id)) => {
-                                    Error::UnknownKey {
-                                        key_id,
-                                        entry: Some(row_ref(&row)),
-                                    }
-                                }
-                                e => corrupt(e.describe(subject, &row.key_id)),
-                            })?;
-                    &unwrapped
-                }
-            }
+            Opening::Key(self.wrapper.as_ref())
         };
-        let operations = if shredded || sealed {
-            Vec::new()
-        } else {
-            entry::open(
-                wrapper,
-                &catalog,
-                &self.limits,
-                &header,
-                Some(row.id),
-                &row.data,
-                &row.digest,
-            )?
+        let (operations, shredded) = match &opening {
+            Opening::Key(wrapper) => (self.decrypt(*wrapper, &catalog, &header, &row)?, false),
+            Opening::Unwrapped(key) => (self.decrypt(key, &catalog, &header, &row)?, false),
+            Opening::Unreadable { shredded } => (Vec::new(), *shredded),
         };
         Ok(Entry {
             id: row.id,
@@ -573,6 +526,84 @@ impl Oplog {
             operations,
         })
     }
+
+    /// How to open `row`, an entry under a subject's key: with the key
+    /// `keys` says, or not at all (shredded, or read without keys), once
+    /// its digest checked against its ciphertext.
+    fn subject_opening<'k>(
+        &self,
+        row: &StoredRow,
+        header: &Header<'_>,
+        keys: SubjectKeys<'k>,
+    ) -> Result<Opening<'k>> {
+        let corrupt = |reason: String| Error::CorruptEntry {
+            entry: row_ref(row),
+            reason,
+        };
+        // Opening checks the digest; an entry that is not opened is checked
+        // here, once.
+        let unopened = || entry::check_sealed_digest(header, Some(row.id), &row.data, &row.digest);
+        match keys {
+            SubjectKeys::Given(key) => return Ok(Opening::Key(key)),
+            SubjectKeys::Stored => {}
+            #[cfg(feature = "nats")]
+            SubjectKeys::Absent => {
+                unopened()?;
+                return Ok(Opening::Unreadable { shredded: false });
+            }
+        }
+        let Some(subject) = &row.subject else {
+            return Err(corrupt(format!(
+                "it is under subject key {:?}, which does not exist",
+                row.key_id
+            )));
+        };
+        let Some(wrapped) = &row.subject_wrapped else {
+            unopened()?;
+            return Ok(Opening::Unreadable { shredded: true });
+        };
+        subject::unwrap(self.wrapper.as_ref(), subject, &row.key_id, wrapped)
+            .map(Opening::Unwrapped)
+            .map_err(|e| match e {
+                subject::UnwrapError::Crypto(CryptoError::UnknownKey(key_id)) => {
+                    Error::UnknownKey {
+                        key_id,
+                        entry: Some(row_ref(row)),
+                    }
+                }
+                e => corrupt(e.describe(subject, &row.key_id)),
+            })
+    }
+
+    /// Decrypts and decodes `row`'s operations with `wrapper`.
+    fn decrypt(
+        &self,
+        wrapper: &dyn Wrapper,
+        catalog: &TypeCatalog,
+        header: &Header<'_>,
+        row: &StoredRow,
+    ) -> Result<Vec<crate::codec::queue::Operation>> {
+        entry::open(
+            wrapper,
+            catalog,
+            &self.limits,
+            header,
+            Some(row.id),
+            &row.data,
+            &row.digest,
+        )
+    }
+}
+
+/// How an entry is opened.
+enum Opening<'k> {
+    /// With this key (the keyring, or a subject's key given).
+    Key(&'k dyn Wrapper),
+    /// With the subject's key, unwrapped from the row.
+    Unwrapped(Keyring),
+    /// Not at all: the subject was shredded, or the entry came without its
+    /// subject's key (from a stream).
+    Unreadable { shredded: bool },
 }
 
 /// Where the key of an entry under a subject's key comes from.
@@ -587,17 +618,6 @@ pub(crate) enum SubjectKeys<'k> {
     /// handed over without operations once its digest checks.
     #[cfg(feature = "nats")]
     Absent,
-}
-
-impl SubjectKeys<'_> {
-    /// True for [`SubjectKeys::Absent`].
-    fn absent(self) -> bool {
-        #[cfg(feature = "nats")]
-        if let SubjectKeys::Absent = self {
-            return true;
-        }
-        false
-    }
 }
 
 /// Entries read a page at a time and opened one at a time; see
