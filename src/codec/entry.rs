@@ -199,11 +199,7 @@ impl NewEntry {
         Header {
             aggregate: &self.aggregate,
             seq,
-            format: if self.subject.is_some() {
-                FORMAT_SUBJECT
-            } else {
-                FORMAT_VERSION
-            },
+            format: self.format(),
             key_id,
             uuid: self.uuid,
             metadata: &self.metadata,
@@ -245,6 +241,16 @@ impl NewEntry {
     pub fn subject(&mut self, subject: impl Into<String>) -> &mut Self {
         self.subject = Some(subject.into());
         self
+    }
+
+    /// The format the entry is written in: [`FORMAT_SUBJECT`] when it
+    /// names a data subject.
+    pub(crate) fn format(&self) -> i16 {
+        if self.subject.is_some() {
+            FORMAT_SUBJECT
+        } else {
+            FORMAT_VERSION
+        }
     }
 
     /// The data subject named with [`NewEntry::subject`], if any.

@@ -182,7 +182,7 @@ impl<'a> Append<'a> {
                 aggregate: &self.entry.aggregate,
                 seq: self.seq,
                 prev_chain: &self.after.chain,
-                format: entry_format(self.entry),
+                format: self.entry.format(),
                 key_id: match &self.subject_key {
                     Some(key) => key.key_id(),
                     None => self.oplog.wrapper().key_id(),
@@ -285,15 +285,6 @@ impl<'a> Append<'a> {
                 name: self.entry.aggregate.clone(),
             }),
         }
-    }
-}
-
-/// The format `entry` is written in.
-fn entry_format(entry: &NewEntry) -> i16 {
-    if entry.subject.is_some() {
-        entry::FORMAT_SUBJECT
-    } else {
-        entry::FORMAT_VERSION
     }
 }
 
