@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use oplog::relay::{tail, Relay, RelayOptions, StreamFinding, StreamItem, TailOptions};
-use oplog::{Keyring, Oplog};
+use oplog::{Keyring, NewEntry, Oplog};
 
-use crate::support::{create_users, superuser_exec, TestDb};
+use crate::support::{create_users, superuser_exec, user, TestDb};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -283,6 +283,75 @@ fn forged_and_duplicated_messages_in_the_stream_are_findings() {
     // Teardown: the stream goes, once.
     assert!(oplog::relay::delete_stream(&stream.opts).unwrap());
     assert!(!oplog::relay::delete_stream(&stream.opts).unwrap());
+}
+
+/// Entries under a data subject's key travel sealed: the stream carries no
+/// subject key, so a reader with the keyring hands them over without
+/// operations, checks their seq and chain all the same, and finds a
+/// changed ciphertext.
+#[test]
+fn entries_of_a_data_subject_travel_sealed_and_stay_checked() {
+    let db = TestDb::new();
+    let keys = shared_key();
+    let log = oplog_with(&keys);
+    let stream = TestStream::new();
+    let mut source = db.client();
+    for id in ["s1", "s2"] {
+        let mut tx = source.transaction().unwrap();
+        let mut entry = NewEntry::new("acct");
+        entry.subject("user-7").create(&user(id)).unwrap();
+        log.write(&mut tx, &entry).unwrap();
+        tx.commit().unwrap();
+    }
+    create_users(&db.url, &log, "acct", ["plain".to_string()]);
+    let mut relay = Relay::connect(&mut source, stream.opts.clone()).unwrap();
+    relay.pass(&mut source).unwrap();
+    let payload = String::from_utf8(stream.payload(2)).unwrap();
+    assert!(!payload.contains("user-7"), "{payload}");
+    let mut operations = Vec::new();
+    let mut findings = Vec::new();
+    tail(
+        &oplog_with(&keys),
+        &TailOptions {
+            relay: stream.opts.clone(),
+            aggregate: None,
+            follow: false,
+            idle: std::time::Duration::from_millis(700),
+        },
+        |item| {
+            match item {
+                StreamItem::Entry { entry, .. } => {
+                    operations.push((entry.seq, entry.format, entry.operations.len()))
+                }
+                StreamItem::Finding(f) => findings.push(f),
+                StreamItem::Waiting(why) => panic!("not following, yet waiting: {why}"),
+            }
+            true
+        },
+    )
+    .unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    assert_eq!(operations, [(1, 2, 0), (2, 2, 0), (3, 1, 1)]);
+    // A changed ciphertext of a sealed entry is a finding on the stream too:
+    // its digest is over the ciphertext.
+    let mut tx = source.transaction().unwrap();
+    let mut entry = NewEntry::new("acct");
+    entry.subject("user-7").create(&user("s3")).unwrap();
+    log.write(&mut tx, &entry).unwrap();
+    tx.commit().unwrap();
+    superuser_exec(
+        &db,
+        "UPDATE oplog_entry SET data = data || '\\x00'::bytea WHERE aggregate_name = 'acct' AND seq = 4",
+    );
+    relay.pass(&mut source).unwrap();
+    let (seqs, findings) = stream.tail(&oplog_with(&keys));
+    assert_eq!(seqs["acct"], [1, 2, 3]);
+    assert!(
+        findings.iter().any(|f| matches!(f,
+            StreamFinding::Altered { aggregate, seq: 4, reason } if aggregate == "acct"
+                && reason.contains("does not match the ciphertext"))),
+        "{findings:?}"
+    );
 }
 
 /// `oplog relay` killed with SIGKILL at random moments while writers
